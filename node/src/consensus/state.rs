@@ -1,0 +1,164 @@
+//! The replicated state: what every node has after applying the same committed entries.
+//!
+//! Applying is pure and deterministic (no clock reads, no I/O): the redb state machine and the
+//! simulator call [`ClusterState::apply`] with the entry's log index and payload, and persist
+//! the result themselves.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{Request, Response};
+
+/// Most history records kept; older ones are compacted away (the oldest kept seq is reported).
+pub const HISTORY_CAP: usize = 10_000;
+
+/// Longest note text accepted, in bytes.
+pub const MAX_NOTE_BYTES: usize = 4096;
+
+/// One record of the append-only history (who, when, what).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    /// 1-based, gapless, strictly increasing.
+    pub seq: u64,
+    /// Raft log index of the entry that produced it.
+    pub log_index: u64,
+    /// Proposer's wall clock, ms since the Unix epoch (display only).
+    pub at_unix_ms: i64,
+    /// Who: an operator name or a node name.
+    pub author: String,
+    /// What kind of record: `note` so far.
+    pub kind: String,
+    /// What happened, in words.
+    pub text: String,
+}
+
+/// The application state every node converges to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Newest last; at most [`HISTORY_CAP`] records.
+    pub history: VecDeque<HistoryRecord>,
+    /// Seq of the newest record ever appended (0 = none).
+    pub last_seq: u64,
+}
+
+/// What one apply did to the history, so a store can persist just the difference.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The answer for the proposer.
+    pub response: Response,
+    /// The record appended, if any.
+    pub appended: Option<HistoryRecord>,
+    /// Seqs compacted away by the cap (oldest first).
+    pub dropped_seqs: Vec<u64>,
+}
+
+impl ClusterState {
+    /// Applies one committed request at `log_index`.
+    ///
+    /// Panics if `log_index` does not grow: entries are applied in log order, exactly once, and
+    /// anything else is a consensus bug that must not be papered over.
+    pub fn apply(&mut self, log_index: u64, req: &Request) -> Applied {
+        if let Some(last) = self.history.back() {
+            assert!(
+                log_index > last.log_index,
+                "entries applied out of order: index {log_index} after {}",
+                last.log_index
+            );
+        }
+        match req {
+            Request::Note { author, text, at_unix_ms } => {
+                let mut text = text.clone();
+                truncate_utf8(&mut text, MAX_NOTE_BYTES);
+                let record = HistoryRecord {
+                    seq: self.last_seq + 1,
+                    log_index,
+                    at_unix_ms: *at_unix_ms,
+                    author: author.clone(),
+                    kind: "note".to_string(),
+                    text,
+                };
+                self.last_seq = record.seq;
+                self.history.push_back(record.clone());
+                let mut dropped_seqs = Vec::new();
+                while self.history.len() > HISTORY_CAP {
+                    if let Some(old) = self.history.pop_front() {
+                        dropped_seqs.push(old.seq);
+                    }
+                }
+                Applied {
+                    response: Response { history_seq: Some(record.seq) },
+                    appended: Some(record),
+                    dropped_seqs,
+                }
+            }
+        }
+    }
+
+    /// Seq of the oldest record still kept (`last_seq + 1` when the history is empty).
+    pub fn first_seq(&self) -> u64 {
+        self.history.front().map_or(self.last_seq + 1, |r| r.seq)
+    }
+
+    /// Records with `seq > after_seq`, oldest first, at most `limit`.
+    pub fn history_after(&self, after_seq: u64, limit: usize) -> Vec<HistoryRecord> {
+        self.history.iter().filter(|r| r.seq > after_seq).take(limit).cloned().collect()
+    }
+}
+
+fn truncate_utf8(s: &mut String, max_bytes: usize) {
+    if s.len() <= max_bytes {
+        return;
+    }
+    let mut cut = max_bytes;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(text: &str) -> Request {
+        Request::Note { author: "op".into(), text: text.into(), at_unix_ms: 1 }
+    }
+
+    #[test]
+    fn notes_get_gapless_sequence_numbers() {
+        let mut s = ClusterState::default();
+        assert_eq!(s.apply(3, &note("a")).response.history_seq, Some(1));
+        assert_eq!(s.apply(7, &note("b")).response.history_seq, Some(2));
+        assert_eq!(s.history_after(1, 10).len(), 1);
+        assert_eq!(s.first_seq(), 1);
+    }
+
+    #[test]
+    fn history_is_capped_oldest_first() {
+        let mut s = ClusterState::default();
+        for i in 0..(HISTORY_CAP as u64 + 3) {
+            s.apply(i + 1, &note("x"));
+        }
+        assert_eq!(s.history.len(), HISTORY_CAP);
+        assert_eq!(s.first_seq(), 4);
+        assert_eq!(s.last_seq, HISTORY_CAP as u64 + 3);
+    }
+
+    #[test]
+    fn long_notes_are_cut_on_a_char_boundary() {
+        let mut s = ClusterState::default();
+        let long = "é".repeat(MAX_NOTE_BYTES);
+        let applied = s.apply(1, &note(&long));
+        let text = applied.appended.unwrap().text;
+        assert!(text.len() <= MAX_NOTE_BYTES);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of order")]
+    fn applying_out_of_order_is_a_bug() {
+        let mut s = ClusterState::default();
+        s.apply(5, &note("a"));
+        s.apply(5, &note("b"));
+    }
+}
