@@ -66,9 +66,7 @@ pub struct LogStore {
 
 impl LogStore {
     pub(super) fn new(db: Arc<Database>) -> Self {
-        LogStore {
-            reader: LogReader { db },
-        }
+        LogStore { reader: LogReader { db } }
     }
 
     pub(super) fn db(&self) -> &Database {
@@ -84,10 +82,7 @@ impl LogStore {
             Some((index, bytes)) => Some(decode_entry(index.value(), bytes.value())?.log_id),
             None => last_purged_log_id,
         };
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, DbError> {
@@ -139,8 +134,7 @@ impl LogStore {
         {
             let mut meta = txn.open_table(LOG_META)?;
             put_json(&mut meta, KEY_LAST_PURGED, &upto)?;
-            txn.open_table(LOG)?
-                .retain_in(..=upto.index, |_, _| false)?;
+            txn.open_table(LOG)?.retain_in(..=upto.index, |_, _| false)?;
         }
         txn.commit()?;
         Ok(())
@@ -168,23 +162,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_VOTE, Some(vote))
-            .or_storage(StorageIOError::write_vote)
+        self.write_meta(KEY_VOTE, Some(vote)).or_storage(StorageIOError::write_vote)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.read_meta(KEY_VOTE)
-            .or_storage(StorageIOError::read_vote)
+        self.read_meta(KEY_VOTE).or_storage(StorageIOError::read_vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_COMMITTED, committed.as_ref())
-            .or_storage(StorageIOError::write)
+        self.write_meta(KEY_COMMITTED, committed.as_ref()).or_storage(StorageIOError::write)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.read_meta(KEY_COMMITTED)
-            .or_storage(StorageIOError::read)
+        self.read_meta(KEY_COMMITTED).or_storage(StorageIOError::read)
     }
 
     async fn append<I>(
@@ -196,20 +186,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.write_entries(entries)
-            .or_storage(StorageIOError::write_logs)?;
+        self.write_entries(entries).or_storage(StorageIOError::write_logs)?;
         // Committed with Durability::Immediate: the entries are on disk.
         callback.log_io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.truncate_from(log_id.index)
-            .or_storage(StorageIOError::write_logs)
+        self.truncate_from(log_id.index).or_storage(StorageIOError::write_logs)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.purge_upto(log_id)
-            .or_storage(StorageIOError::write_logs)
+        self.purge_upto(log_id).or_storage(StorageIOError::write_logs)
     }
 }

@@ -75,9 +75,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     /// 32 MiB: the log between snapshots plus at most 10,000 history records fit easily.
     fn default() -> Self {
-        StoreOptions {
-            cache_size_bytes: 32 * 1024 * 1024,
-        }
+        StoreOptions { cache_size_bytes: 32 * 1024 * 1024 }
     }
 }
 
@@ -150,37 +148,25 @@ pub enum StoreError {
 /// `HISTORY_CAP` history records) is loaded here, so a damaged file is reported at startup
 /// rather than on the first read.
 pub fn open(dir: &Path, opts: StoreOptions) -> Result<(LogStore, StateMachine), StoreError> {
-    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|source| StoreError::CreateDir { dir: dir.to_path_buf(), source })?;
     let path = dir.join(DB_FILE_NAME);
-    let db = redb::Builder::new()
-        .set_cache_size(opts.cache_size_bytes)
-        .create(&path)
-        .map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: path.clone() },
-            source => StoreError::Open {
-                path: path.clone(),
-                source,
-            },
+    let db =
+        redb::Builder::new().set_cache_size(opts.cache_size_bytes).create(&path).map_err(|e| {
+            match e {
+                DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::AlreadyOpen { path: path.clone() }
+                }
+                source => StoreError::Open { path: path.clone(), source },
+            }
         })?;
     let db = Arc::new(db);
     let loaded = create_tables(&db).and_then(|()| state_machine::load(&db));
     let sm_state = loaded.map_err(|e| match e {
-        DbError::Redb(source) => StoreError::Read {
-            path: path.clone(),
-            source,
-        },
-        other => StoreError::Corrupt {
-            path: path.clone(),
-            detail: other.to_string(),
-        },
+        DbError::Redb(source) => StoreError::Read { path: path.clone(), source },
+        other => StoreError::Corrupt { path: path.clone(), detail: other.to_string() },
     })?;
-    Ok((
-        LogStore::new(Arc::clone(&db)),
-        StateMachine::new(db, sm_state),
-    ))
+    Ok((LogStore::new(Arc::clone(&db)), StateMachine::new(db, sm_state)))
 }
 
 /// Creates every table, so later read transactions never meet a missing one.
@@ -203,15 +189,9 @@ enum DbError {
     #[error(transparent)]
     Redb(Box<redb::Error>),
     #[error("cannot decode the {what}: {source}")]
-    Decode {
-        what: String,
-        source: serde_json::Error,
-    },
+    Decode { what: String, source: serde_json::Error },
     #[error("cannot encode the {what}: {source}")]
-    Encode {
-        what: String,
-        source: serde_json::Error,
-    },
+    Encode { what: String, source: serde_json::Error },
     #[error("{0}")]
     Invalid(String),
 }
@@ -258,17 +238,12 @@ impl<T> ToStorageError<T> for Result<T, DbError> {
 }
 
 fn encode<T: Serialize>(value: &T, what: impl fmt::Display) -> Result<Vec<u8>, DbError> {
-    serde_json::to_vec(value).map_err(|source| DbError::Encode {
-        what: what.to_string(),
-        source,
-    })
+    serde_json::to_vec(value).map_err(|source| DbError::Encode { what: what.to_string(), source })
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: impl fmt::Display) -> Result<T, DbError> {
-    serde_json::from_slice(bytes).map_err(|source| DbError::Decode {
-        what: what.to_string(),
-        source,
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|source| DbError::Decode { what: what.to_string(), source })
 }
 
 /// Reads and decodes one value of a metadata table.

@@ -70,11 +70,7 @@ pub(super) fn load(db: &Database) -> Result<SmState, DbError> {
         }
         history.push_back(record);
     }
-    Ok(SmState {
-        last_applied,
-        last_membership,
-        cluster: ClusterState { history, last_seq },
-    })
+    Ok(SmState { last_applied, last_membership, cluster: ClusterState { history, last_seq } })
 }
 
 /// A cheap, cloneable read handle on the applied state, for the admin API. It shows only
@@ -121,14 +117,8 @@ pub struct StateMachine {
 
 impl StateMachine {
     pub(super) fn new(db: Arc<Database>, state: SmState) -> Self {
-        let shared = StateHandle {
-            inner: Arc::new(RwLock::new(state.clone())),
-        };
-        StateMachine {
-            db,
-            working: state,
-            shared,
-        }
+        let shared = StateHandle { inner: Arc::new(RwLock::new(state.clone())) };
+        StateMachine { db, working: state, shared }
     }
 
     #[cfg(test)]
@@ -178,11 +168,7 @@ impl StateMachine {
             }
             let mut meta = txn.open_table(SM_META)?;
             put_json(&mut meta, KEY_LAST_APPLIED, &self.working.last_applied)?;
-            put_json(
-                &mut meta,
-                KEY_LAST_MEMBERSHIP,
-                &self.working.last_membership,
-            )?;
+            put_json(&mut meta, KEY_LAST_MEMBERSHIP, &self.working.last_membership)?;
             put_json(&mut meta, KEY_LAST_SEQ, &self.working.cluster.last_seq)?;
         }
         txn.commit()?;
@@ -261,10 +247,7 @@ impl StateMachine {
             )));
         };
         let data = data.value().to_vec();
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 
@@ -272,10 +255,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        Ok((
-            self.working.last_applied,
-            self.working.last_membership.clone(),
-        ))
+        Ok((self.working.last_applied, self.working.last_membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
@@ -297,10 +277,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder {
-            db: Arc::clone(&self.db),
-            shared: self.shared.clone(),
-        }
+        SnapshotBuilder { db: Arc::clone(&self.db), shared: self.shared.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -318,8 +295,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        self.current_snapshot()
-            .or_storage(|e| StorageIOError::read_snapshot(None, e))
+        self.current_snapshot().or_storage(|e| StorageIOError::read_snapshot(None, e))
     }
 }
 
@@ -331,16 +307,8 @@ pub struct SnapshotBuilder {
 
 impl SnapshotBuilder {
     fn build(&self) -> Result<Snapshot<TypeConfig>, DbError> {
-        let SmState {
-            last_applied,
-            last_membership,
-            cluster,
-        } = self.shared.cloned();
-        let payload = SnapshotPayload {
-            last_applied,
-            last_membership,
-            state: cluster,
-        };
+        let SmState { last_applied, last_membership, cluster } = self.shared.cloned();
+        let payload = SnapshotPayload { last_applied, last_membership, state: cluster };
         let data = encode(&payload, "snapshot")?;
         let txn = self.db.begin_write()?;
         let meta = {
@@ -366,16 +334,12 @@ impl SnapshotBuilder {
             meta
         };
         txn.commit()?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        self.build()
-            .or_storage(|e| StorageIOError::write_snapshot(None, e))
+        self.build().or_storage(|e| StorageIOError::write_snapshot(None, e))
     }
 }

@@ -46,22 +46,12 @@ fn log_id(term: u64, index: u64) -> LogId {
 }
 
 fn blank(term: u64, index: u64) -> Entry {
-    Entry {
-        log_id: log_id(term, index),
-        payload: EntryPayload::Blank,
-    }
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Blank }
 }
 
 fn note(term: u64, index: u64, text: &str) -> Entry {
-    let req = Request::Note {
-        author: "op".into(),
-        text: text.into(),
-        at_unix_ms: index as i64,
-    };
-    Entry {
-        log_id: log_id(term, index),
-        payload: EntryPayload::Normal(req),
-    }
+    let req = Request::Note { author: "op".into(), text: text.into(), at_unix_ms: index as i64 };
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(req) }
 }
 
 fn members() -> Membership<u64, Member> {
@@ -75,10 +65,7 @@ fn members() -> Membership<u64, Member> {
 }
 
 fn membership(term: u64, index: u64) -> Entry {
-    Entry {
-        log_id: log_id(term, index),
-        payload: EntryPayload::Membership(members()),
-    }
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Membership(members()) }
 }
 
 /// The state a correct store must hold after applying `entries`.
@@ -97,13 +84,7 @@ fn open_dir(dir: &TempDir) -> (LogStore, StateMachine) {
 }
 
 fn sample_entries() -> Vec<Entry> {
-    vec![
-        blank(1, 1),
-        membership(1, 2),
-        note(1, 3, "a"),
-        note(1, 4, "b"),
-        note(2, 5, "c"),
-    ]
+    vec![blank(1, 1), membership(1, 2), note(1, 3, "a"), note(1, 4, "b"), note(2, 5, "c")]
 }
 
 #[tokio::test]
@@ -136,29 +117,18 @@ async fn everything_survives_a_restart() -> Result<(), StorageError> {
 
     let (last_applied, last_membership) = sm.applied_state().await?;
     assert_eq!(last_applied, Some(log_id(2, 5)));
-    assert_eq!(
-        last_membership,
-        StoredMembership::new(Some(log_id(1, 2)), members())
-    );
+    assert_eq!(last_membership, StoredMembership::new(Some(log_id(1, 2)), members()));
     let handle = sm.state_handle();
     assert_eq!(handle.read(|s| s.clone()), expected_state(&entries));
 
     let current = sm.get_current_snapshot().await?.expect("snapshot kept");
     assert_eq!(current.meta, first_snapshot.meta);
     assert_eq!(current.meta.snapshot_id, "2-5-1");
-    assert_eq!(
-        current.snapshot.into_inner(),
-        first_snapshot.snapshot.into_inner()
-    );
+    assert_eq!(current.snapshot.into_inner(), first_snapshot.snapshot.into_inner());
 
     // Applying continues the sequence, and the snapshot counter was persisted.
     let responses = sm.apply([note(2, 6, "d")]).await?;
-    assert_eq!(
-        responses,
-        [Response {
-            history_seq: Some(4)
-        }]
-    );
+    assert_eq!(responses, [Response { history_seq: Some(4) }]);
     assert_eq!(handle.read(|s| s.last_seq), 4);
     let second = sm.get_snapshot_builder().await.build_snapshot().await?;
     assert_eq!(second.meta.snapshot_id, "2-6-2");
@@ -168,23 +138,15 @@ async fn everything_survives_a_restart() -> Result<(), StorageError> {
 #[tokio::test]
 async fn history_cap_drops_rows_on_disk_too() -> Result<(), StorageError> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let entries: Vec<Entry> = (1..=HISTORY_CAP as u64 + 3)
-        .map(|i| note(1, i, "x"))
-        .collect();
+    let entries: Vec<Entry> = (1..=HISTORY_CAP as u64 + 3).map(|i| note(1, i, "x")).collect();
     {
         let (_log, mut sm) = open_dir(&dir);
         sm.apply(entries[..10].to_vec()).await?;
         sm.apply(entries[10..].to_vec()).await?;
-        assert_eq!(
-            sm.state_handle().read(|s| (s.history.len(), s.first_seq())),
-            (HISTORY_CAP, 4)
-        );
+        assert_eq!(sm.state_handle().read(|s| (s.history.len(), s.first_seq())), (HISTORY_CAP, 4));
     }
     let (_log, sm) = open_dir(&dir);
-    assert_eq!(
-        sm.state_handle().read(|s| s.clone()),
-        expected_state(&entries)
-    );
+    assert_eq!(sm.state_handle().read(|s| s.clone()), expected_state(&entries));
     Ok(())
 }
 
@@ -200,8 +162,7 @@ async fn installed_snapshot_reproduces_the_source_state() -> Result<(), StorageE
     {
         let (_dst_log, mut dst) = open_dir(&dst_dir);
         // The receiver already applied something the snapshot replaces.
-        dst.apply([note(1, 1, "stale"), note(1, 2, "stale")])
-            .await?;
+        dst.apply([note(1, 1, "stale"), note(1, 2, "stale")]).await?;
         let mut received = dst.begin_receiving_snapshot().await?;
         assert!(received.get_ref().is_empty());
         *received = Cursor::new(snapshot.snapshot.get_ref().clone());
@@ -210,27 +171,16 @@ async fn installed_snapshot_reproduces_the_source_state() -> Result<(), StorageE
         assert_eq!(dst.applied_state().await?, src.applied_state().await?);
         let src_state = src.state_handle().read(|s| s.clone());
         assert_eq!(dst.state_handle().read(|s| s.clone()), src_state);
-        let current = dst
-            .get_current_snapshot()
-            .await?
-            .expect("installed snapshot kept");
+        let current = dst.get_current_snapshot().await?.expect("installed snapshot kept");
         assert_eq!(current.meta, snapshot.meta);
     }
 
     // Durable: a restart sees the installed state, and applying continues from it.
     let (_dst_log, mut dst) = open_dir(&dst_dir);
     assert_eq!(dst.applied_state().await?, src.applied_state().await?);
-    assert_eq!(
-        dst.state_handle().read(|s| s.clone()),
-        expected_state(&entries)
-    );
+    assert_eq!(dst.state_handle().read(|s| s.clone()), expected_state(&entries));
     let responses = dst.apply([note(2, 6, "d")]).await?;
-    assert_eq!(
-        responses,
-        [Response {
-            history_seq: Some(4)
-        }]
-    );
+    assert_eq!(responses, [Response { history_seq: Some(4) }]);
     Ok(())
 }
 
@@ -263,14 +213,10 @@ async fn undecodable_snapshot_is_an_error_and_changes_nothing() -> Result<(), St
 async fn corrupt_log_entry_is_an_error_not_a_panic() -> Result<(), StorageError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut log, _sm) = open_dir(&dir);
-    log.blocking_append([blank(1, 1), blank(1, 2), blank(1, 3)])
-        .await?;
+    log.blocking_append([blank(1, 1), blank(1, 2), blank(1, 3)]).await?;
     {
         let txn = log.db().begin_write().expect("begin");
-        txn.open_table(LOG)
-            .expect("table")
-            .insert(2, b"\xffgarbage".as_slice())
-            .expect("insert");
+        txn.open_table(LOG).expect("table").insert(2, b"\xffgarbage".as_slice()).expect("insert");
         txn.commit().expect("commit");
     }
     assert!(log.try_get_log_entries(0..10).await.is_err());
@@ -280,10 +226,7 @@ async fn corrupt_log_entry_is_an_error_not_a_panic() -> Result<(), StorageError>
     {
         let bytes = serde_json::to_vec(&blank(1, 7)).expect("encode");
         let txn = log.db().begin_write().expect("begin");
-        txn.open_table(LOG)
-            .expect("table")
-            .insert(3, bytes.as_slice())
-            .expect("insert");
+        txn.open_table(LOG).expect("table").insert(3, bytes.as_slice()).expect("insert");
         txn.commit().expect("commit");
     }
     assert!(log.get_log_state().await.is_err());
@@ -297,10 +240,7 @@ async fn corrupt_history_row_fails_open_with_a_clear_error() {
         let (_log, mut sm) = open_dir(&dir);
         sm.apply(sample_entries()).await.expect("apply");
         let txn = sm.db().begin_write().expect("begin");
-        txn.open_table(HISTORY)
-            .expect("table")
-            .insert(2, b"nope".as_slice())
-            .expect("insert");
+        txn.open_table(HISTORY).expect("table").insert(2, b"nope".as_slice()).expect("insert");
         txn.commit().expect("commit");
     }
     match open(dir.path(), StoreOptions::default()) {
@@ -321,10 +261,7 @@ fn second_open_of_the_same_store_is_refused() {
     match open(dir.path(), StoreOptions::default()) {
         Err(e @ StoreError::AlreadyOpen { .. }) => {
             let msg = e.to_string();
-            assert!(
-                msg.contains(&dir.path().join(DB_FILE_NAME).display().to_string()),
-                "{msg}"
-            );
+            assert!(msg.contains(&dir.path().join(DB_FILE_NAME).display().to_string()), "{msg}");
         }
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("opened the same store twice"),
