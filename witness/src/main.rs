@@ -28,12 +28,22 @@ enum Cmd {
         #[arg(long)]
         insecure_dev: bool,
     },
+    /// Check a node.toml and its TLS files without starting anything; exit code 2 if invalid.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        insecure_dev: bool,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().cmd {
         Cmd::Run { config, insecure_dev } => {
             cli::run_daemon(&config, insecure_dev, Some(Role::Witness), Some(1))
+        }
+        Cmd::CheckConfig { config, insecure_dev } => {
+            cli::check_config(&config, insecure_dev, Some(Role::Witness))
         }
     }
 }

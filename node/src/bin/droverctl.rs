@@ -79,6 +79,16 @@ enum Cmd {
     /// TLS material for the cluster.
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Measure commit latency: commit small notes through Raft and report percentiles.
+    /// Each commit adds a history record authored "droverctl-bench".
+    Bench {
+        /// Number of commits.
+        #[arg(long, default_value_t = 500)]
+        count: u32,
+        /// Commits in flight at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -247,6 +257,7 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
                 print!("{}", render::history_table(&r));
             }
         }
+        Cmd::Bench { count, concurrency } => bench(client, *count, *concurrency, cli.json).await?,
         Cmd::Certs(_) => unreachable!("handled before connecting"),
     }
     Ok(())
@@ -296,4 +307,67 @@ fn print_membership(what: &str, r: &pb::MembershipReply, as_json: bool) {
             r.log_index, r.voters, r.learners
         );
     }
+}
+
+async fn bench(
+    client: &Client,
+    count: u32,
+    concurrency: u32,
+    as_json: bool,
+) -> Result<(), ClientError> {
+    if count == 0 || concurrency == 0 || concurrency > 256 {
+        return Err(ClientError::Setup(
+            "--count must be > 0 and --concurrency between 1 and 256".into(),
+        ));
+    }
+    // Warm up the connection (and find the leader) outside the measurement.
+    client.call(|mut c| async move { c.status(pb::StatusRequest { local: false }).await }).await?;
+    let started = std::time::Instant::now();
+    let per_worker = count.div_ceil(concurrency);
+    let workers = (0..concurrency).map(|w| async move {
+        let mut samples = Vec::with_capacity(per_worker as usize);
+        for i in 0..per_worker {
+            let n = w * per_worker + i;
+            if n >= count {
+                break;
+            }
+            let req = pb::AddNoteRequest {
+                author: "droverctl-bench".into(),
+                text: format!("bench commit {n}"),
+            };
+            let t = std::time::Instant::now();
+            client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.add_note(req).await }
+                })
+                .await?;
+            samples.push(t.elapsed());
+        }
+        Ok::<_, ClientError>(samples)
+    });
+    let mut samples = Vec::new();
+    for r in futures::future::join_all(workers).await {
+        samples.extend(r?);
+    }
+    let wall = started.elapsed();
+    samples.sort();
+    let pct = |p: f64| {
+        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        samples[i.min(samples.len() - 1)].as_secs_f64() * 1000.0
+    };
+    let rate = samples.len() as f64 / wall.as_secs_f64();
+    if as_json {
+        println!(
+            "{}",
+            json!({"commits": samples.len(), "concurrency": concurrency, "p50_ms": pct(0.5),
+                   "p90_ms": pct(0.9), "p99_ms": pct(0.99), "max_ms": pct(1.0), "commits_per_s": rate})
+        );
+    } else {
+        println!(
+            "{} commits, concurrency {concurrency}: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {rate:.0} commits/s",
+            samples.len(), pct(0.5), pct(0.9), pct(0.99), pct(1.0)
+        );
+    }
+    Ok(())
 }

@@ -5,8 +5,10 @@
 
 pub mod render;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use drover_proto::v1::admin_client::AdminClient;
@@ -61,6 +63,8 @@ struct Tls {
 pub struct Client {
     cfg: ClientConfig,
     tls: Option<Tls>,
+    /// One multiplexed connection per address, reused across calls; dropped when it fails.
+    channels: Mutex<HashMap<String, Channel>>,
 }
 
 fn read(path: &PathBuf, what: &str, flag: &str) -> Result<Vec<u8>, ClientError> {
@@ -101,7 +105,7 @@ impl Client {
             };
             Some(Tls { ca, identity })
         };
-        Ok(Client { cfg, tls })
+        Ok(Client { cfg, tls, channels: Mutex::new(HashMap::new()) })
     }
 
     fn endpoint(&self, address: &str) -> Result<Endpoint, ClientError> {
@@ -159,12 +163,31 @@ impl Client {
         F: Fn(AdminClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let ep = self.endpoint(address).map_err(Attempt::Final)?;
-        let channel =
-            ep.connect().await.map_err(|e| Attempt::Down(self.explain_connect(address, &e)))?;
+        let cached = self.channels.lock().unwrap_or_else(|p| p.into_inner()).get(address).cloned();
+        let channel = match cached {
+            Some(c) => c,
+            None => {
+                let ep = self.endpoint(address).map_err(Attempt::Final)?;
+                let c = ep
+                    .connect()
+                    .await
+                    .map_err(|e| Attempt::Down(self.explain_connect(address, &e)))?;
+                self.channels
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(address.to_string(), c.clone());
+                c
+            }
+        };
         match op(AdminClient::new(channel)).await {
             Ok(resp) => Ok(resp.into_inner()),
-            Err(status) => Err(self.classify(address, status)),
+            Err(status) => {
+                let attempt = self.classify(address, status);
+                if matches!(attempt, Attempt::Down(_)) {
+                    self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(address);
+                }
+                Err(attempt)
+            }
         }
     }
 

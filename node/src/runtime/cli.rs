@@ -80,6 +80,36 @@ pub fn run_daemon(
     }
 }
 
+/// Validates a node.toml and its TLS files without starting anything (`check-config`).
+pub fn check_config(path: &Path, insecure_dev: bool, required_role: Option<Role>) -> ExitCode {
+    let cfg = match crate::config::load(path, insecure_dev) {
+        Ok(c) => c,
+        Err(e) => return bad_input(&e.to_string()),
+    };
+    if let Some(role) = required_role.filter(|r| *r != cfg.role) {
+        return bad_input(&format!(
+            "{}: role: this binary runs a {role} but the file says {}",
+            cfg.path.display(),
+            cfg.role
+        ));
+    }
+    if let Some(files) = &cfg.tls {
+        if let Err(e) = crate::tls::load(files) {
+            return bad_input(&format!("{}: tls: {e}", cfg.path.display()));
+        }
+    }
+    println!(
+        "{}: ok (node {} \"{}\", site {}, role {}, {} initial members)",
+        cfg.path.display(),
+        cfg.id,
+        cfg.name,
+        cfg.site,
+        cfg.role,
+        cfg.initial_members.len()
+    );
+    ExitCode::SUCCESS
+}
+
 fn bad_input(msg: &str) -> ExitCode {
     eprintln!("error: {msg}");
     ExitCode::from(EXIT_BAD_INPUT)

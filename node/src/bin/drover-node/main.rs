@@ -45,33 +45,7 @@ enum Cmd {
 fn main() -> ExitCode {
     match Cli::parse().cmd {
         Cmd::Run { config, insecure_dev } => cli::run_daemon(&config, insecure_dev, None, None),
-        Cmd::CheckConfig { config, insecure_dev } => check_config(&config, insecure_dev),
+        Cmd::CheckConfig { config, insecure_dev } => cli::check_config(&config, insecure_dev, None),
         Cmd::Demo { keep } => demo::run(keep),
     }
-}
-
-fn check_config(path: &std::path::Path, insecure_dev: bool) -> ExitCode {
-    let cfg = match drover::config::load(path, insecure_dev) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(cli::EXIT_BAD_INPUT);
-        }
-    };
-    if let Some(files) = &cfg.tls {
-        if let Err(e) = drover::tls::load(files) {
-            eprintln!("error: {}: tls: {e}", cfg.path.display());
-            return ExitCode::from(cli::EXIT_BAD_INPUT);
-        }
-    }
-    println!(
-        "{}: ok (node {} \"{}\", site {}, role {}, {} initial members)",
-        cfg.path.display(),
-        cfg.id,
-        cfg.name,
-        cfg.site,
-        cfg.role,
-        cfg.initial_members.len()
-    );
-    ExitCode::SUCCESS
 }
