@@ -7,6 +7,7 @@
 //! - [`api`]: gRPC services (Raft transport, admin) and the HTTP endpoints.
 //! - [`runtime`]: starts a node and wires the parts together.
 //! - [`pb`]: conversions between protobuf messages and domain types.
+//! - [`spec`]: the replicated cluster spec (`cluster.toml`): model, validation and diff.
 
 pub mod api;
 pub mod client;
@@ -14,4 +15,5 @@ pub mod config;
 pub mod consensus;
 pub mod pb;
 pub mod runtime;
+pub mod spec;
 pub mod tls;

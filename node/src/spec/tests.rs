@@ -1,0 +1,425 @@
+use std::time::Duration;
+
+use super::*;
+
+/// The documented example (shared/examples/secure-transport.toml), copied verbatim.
+const EXAMPLE: &str = include_str!("testdata/cluster.toml");
+
+fn example() -> ClusterSpec {
+    parse(EXAMPLE, "cluster.toml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Parses the example with `from` replaced by `to` (which must occur).
+fn parse_edit(from: &str, to: &str) -> Result<ClusterSpec, SpecErrors> {
+    assert!(EXAMPLE.contains(from), "{from:?} not in the example");
+    parse(&EXAMPLE.replacen(from, to, 1), "cluster.toml")
+}
+
+/// Asserts that `r` failed with an error at `key` whose reason contains `needle`.
+#[track_caller]
+fn assert_error(r: &Result<ClusterSpec, SpecErrors>, key: &str, needle: &str) {
+    let errs = match r {
+        Ok(_) => panic!("expected an error at {key}, but the spec validated"),
+        Err(e) => e,
+    };
+    assert!(
+        errs.errors.iter().any(|e| e.key == key && e.reason.contains(needle)),
+        "no error at {key} containing {needle:?}:\n{errs}"
+    );
+}
+
+#[test]
+fn example_parses_and_validates() {
+    let spec = example();
+    assert_eq!(spec.active_capable_sites().collect::<Vec<_>>(), ["prod", "dr"]);
+    assert_eq!(spec.witness_site(), Some("witness"));
+    assert_eq!(spec.policy, Policy::default());
+    let svc = spec.service("file-transfer").unwrap();
+    assert_eq!(svc.initial_active, "prod");
+    assert_eq!(svc.max_lag_on_failover, Some(30.0));
+    assert_eq!(svc.checks.len(), 2);
+    assert_eq!(svc.checks[0].timeout, Duration::from_millis(800));
+    assert_eq!(
+        svc.checks[1].probe,
+        CheckProbe::Http {
+            url: "https://st.dr.example/healthcheck".into(),
+            expect_status: 200,
+            body_contains: None
+        }
+    );
+    let lag = svc.lag.as_ref().unwrap();
+    assert_eq!(lag.run_on, RunOn::Site("dr".into()));
+    assert_eq!(lag.interval, Duration::from_secs(5));
+
+    let fence = svc.runbook("prod", Phase::Fence);
+    assert_eq!(fence.len(), 1);
+    assert_eq!(fence[0].run_on, RunOn::Any);
+    let StepAction::FenceAgent(f) = &fence[0].action else { panic!("{:?}", fence[0]) };
+    assert_eq!(f.agent, "fence_ipmilan");
+    assert_eq!(f.action, FenceAction::Off);
+    assert_eq!(f.params["password_file"], "/etc/drover/ipmi.pass");
+
+    let activate = svc.runbook("dr", Phase::Activate);
+    assert_eq!(
+        activate.iter().map(|s| s.action.kind()).collect::<Vec<_>>(),
+        ["exec", "haproxy", "dns"]
+    );
+    assert_eq!(activate[0].retries, 2);
+    assert_eq!(activate[0].timeout, Duration::from_secs(300));
+    assert_eq!(activate[0].on_failure, OnFailure::Abort);
+    assert_eq!(activate[0].backoff, Duration::from_secs(1));
+    let StepAction::Haproxy(h) = &activate[1].action else { panic!() };
+    assert_eq!(h.set[0].state, HaproxyState::Maint);
+    assert_eq!(activate[1].timeout, Duration::from_secs(10), "haproxy default timeout");
+    let StepAction::Dns(d) = &activate[2].action else { panic!() };
+    assert_eq!(d.records[0].rtype, DnsRecordType::A);
+    assert_eq!(d.records[0].ttl_secs, 30);
+    assert_eq!(d.protocol, DnsProtocol::Tcp);
+    assert!(svc.runbook("dr", Phase::Fence).is_empty());
+    let verify = svc.runbook("dr", Phase::Verify);
+    assert_eq!(verify[0].action, StepAction::Probe(ProbeStep { checks: "dr".into() }));
+    assert!(spec.auto_failover_allowed("file-transfer", "prod", "dr"));
+    // The DR site has no fencing: failing back automatically is not allowed.
+    assert!(!spec.auto_failover_allowed("file-transfer", "dr", "prod"));
+}
+
+#[test]
+fn defaults_apply_when_keys_are_omitted() {
+    let text = r#"
+[[site]]
+name = "a"
+[[site]]
+name = "b"
+[policy]
+auto_failover = false
+[[service]]
+name = "s"
+initial_active = "a"
+[[service.check]]
+site = "a"
+kind = "tcp"
+address = "a.example:80"
+[[service.check]]
+site = "b"
+kind = "exec"
+command = ["/bin/true"]
+interval = "10s"
+[[service.runbook.b.test]]
+kind = "wait"
+duration = "2s"
+[[service.runbook.b.test]]
+kind = "http"
+url = "https://hooks.example/x"
+"#;
+    let spec = parse(text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(spec.witness_site(), None);
+    let svc = &spec.services[0];
+    assert_eq!(svc.checks[0].interval, Duration::from_secs(1));
+    assert_eq!(svc.checks[0].timeout, Duration::from_millis(800), "80% of a 1s interval");
+    assert_eq!(svc.checks[1].timeout, Duration::from_secs(1));
+    let test = svc.runbook("b", Phase::Test);
+    assert_eq!(test[0].timeout, Duration::from_secs(7));
+    let StepAction::Http(h) = &test[1].action else { panic!() };
+    assert_eq!((h.method.as_str(), h.expect_status), ("POST", 200));
+    assert_eq!(test[1].run_on, RunOn::Any);
+    let p = spec.policy_for("s").unwrap();
+    assert!(!p.auto_failover);
+    assert_eq!(p.cooldown, Duration::from_secs(1800));
+    assert_eq!(p.commit, CommitMode::Auto);
+}
+
+#[test]
+fn service_policy_override_is_merged() {
+    let spec = parse_edit(
+        "max_lag_on_failover = 30",
+        "max_lag_on_failover = 30\npolicy = { down_after = \"5s\", commit = \"manual\" }",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let p = spec.policy_for("file-transfer").unwrap();
+    assert_eq!(p.down_after, Duration::from_secs(5));
+    assert_eq!(p.commit, CommitMode::Manual);
+    assert_eq!(p.up_after, Duration::from_secs(30));
+    assert_eq!(spec.policy.down_after, Duration::from_secs(3));
+    assert_eq!(spec.policy_for("nope"), None);
+
+    // A merged rule broken by the override is reported at the override.
+    let r = parse_edit(
+        "max_lag_on_failover = 30",
+        "max_lag_on_failover = 30\npolicy = { down_after = \"40s\" }",
+    );
+    assert_error(&r, "service[0].policy.up_after", "shorter than down_after 40s");
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_path() {
+    let r = parse_edit("  retries = 2\n", "  retries = 2\n  colour = \"red\"\n");
+    let errs = r.unwrap_err();
+    assert_eq!(errs.errors.len(), 1, "{errs}");
+    let e = &errs.errors[0];
+    assert_eq!(e.key, "service[0].runbook.dr.activate[0].colour", "{errs}");
+    assert!(e.reason.contains("unknown field `colour`"), "{errs}");
+    let line = EXAMPLE[..EXAMPLE.find("  retries = 2\n").unwrap()].matches('\n').count() + 2;
+    assert_eq!(e.line_col, Some((line, 3)), "{errs}");
+
+    let r = parse_edit("cooldown = \"30m\"", "cooldown = \"30m\"\ncooldwn = \"1m\"");
+    let errs = r.unwrap_err();
+    assert_eq!(errs.errors[0].key, "policy.cooldwn", "{errs}");
+
+    // A key that exists but belongs to another kind is refused by validation.
+    let r = parse_edit("  retries = 2\n", "  retries = 2\n  url = \"https://x.example/\"\n");
+    assert_error(&r, "service[0].runbook.dr.activate[0].url", "not a key of a \"exec\" step");
+    let r = parse_edit("  expect_status = 200\n", "  address = \"x.example:1\"\n");
+    assert_error(&r, "service[0].check[0].address", "not a key of a \"http\" check");
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let errs = parse("[[site]\nname = \"a\"\n", "bad.toml").unwrap_err();
+    assert_eq!(errs.errors.len(), 1);
+    assert_eq!(errs.errors[0].line_col.map(|(l, _)| l), Some(1), "{errs}");
+    let msg = errs.to_string();
+    assert!(msg.starts_with("cluster spec bad.toml has 1 error:\n  line 1, column "), "{msg}");
+}
+
+#[test]
+fn runbook_for_unknown_site_is_refused() {
+    let r = parse_edit("[[service.runbook.dr.verify]]", "[[service.runbook.nowhere.verify]]");
+    assert_error(&r, "service[0].runbook.nowhere", "unknown site \"nowhere\"; sites are prod, dr");
+    let r = parse_edit(
+        "run_on = \"dr\"\n  command = [\"/opt/st",
+        "run_on = \"qa\"\n  command = [\"/opt/st",
+    );
+    assert_error(&r, "service[0].runbook.dr.activate[0].run_on", "unknown site \"qa\"");
+    let r = parse_edit("site = \"dr\"\n  kind = \"http\"", "site = \"qa\"\n  kind = \"http\"");
+    assert_error(&r, "service[0].check[1].site", "unknown site \"qa\"; sites are prod, dr");
+    let r = parse_edit("[[service.runbook.dr.verify]]", "[[service.runbook.dr.verfy]]");
+    assert_error(&r, "service[0].runbook.dr.verfy", "unknown phase \"verfy\"");
+    let r = parse_edit("checks = \"dr\"", "checks = \"qa\"");
+    assert_error(&r, "service[0].runbook.dr.verify[0].checks", "unknown site \"qa\"");
+}
+
+#[test]
+fn negative_or_bad_durations_name_the_key() {
+    let r = parse_edit("timeout = \"300s\"", "timeout = \"-5s\"");
+    assert_error(&r, "service[0].runbook.dr.activate[0].timeout", "\"-5s\" is not a duration");
+    let r = parse_edit("down_after = \"3s\"", "down_after = \"soon\"");
+    assert_error(&r, "policy.down_after", "\"soon\" is not a duration");
+    let r = parse_edit("timeout = \"300s\"", "timeout = \"2h\"");
+    assert_error(&r, "service[0].runbook.dr.activate[0].timeout", "outside (0, 1h]");
+    let r = parse_edit("timeout = \"800ms\"", "timeout = \"1s\"");
+    assert_error(&r, "service[0].check[0].timeout", "not shorter than the interval 1s");
+}
+
+#[test]
+fn every_error_is_listed() {
+    let text = EXAMPLE
+        .replacen("timeout = \"300s\"", "timeout = \"-5s\"", 1)
+        .replacen("max_clock_drift = 0.01", "max_clock_drift = 0.2", 1)
+        .replacen("site = \"dr\"\n  kind = \"http\"", "site = \"qa\"\n  kind = \"http\"", 1)
+        .replacen("retries = 2", "retries = 11", 1)
+        .replacen("agent = \"fence_ipmilan\"", "agent = \"ipmilan\"", 1)
+        .replacen("value = \"203.0.113.20\"", "value = \"203.0.113.300\"", 1)
+        .replacen("server = \"st/dr-edge\"", "server = \"dr-edge\"", 1);
+    let errs = parse(&text, "cluster.toml").unwrap_err();
+    let keys: Vec<&str> = errs.errors.iter().map(|e| e.key.as_str()).collect();
+    for key in [
+        "policy.max_clock_drift",
+        "service[0].check[1].site",
+        "service[0].check", // dr now has no health check
+        "service[0].runbook.prod.fence[0].agent",
+        "service[0].runbook.dr.activate[0].timeout",
+        "service[0].runbook.dr.activate[0].retries",
+        "service[0].runbook.dr.activate[1].set[1].server",
+        "service[0].runbook.dr.activate[2].records[0].value",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from:\n{errs}");
+    }
+    assert_eq!(errs.errors.len(), 8, "{errs}");
+    let msg = errs.to_string();
+    assert!(msg.starts_with("cluster spec cluster.toml has 8 errors:\n  "), "{msg}");
+    assert_eq!(msg.lines().count(), 9);
+    assert!(
+        msg.contains("\n  service[0].runbook.dr.activate[0].timeout: \"-5s\" is not a duration"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn witness_with_runbook_or_check_is_refused() {
+    let r = parse_edit("[[service.runbook.dr.verify]]", "[[service.runbook.witness.verify]]");
+    assert_error(&r, "service[0].runbook.witness", "witness never runs steps");
+    let r = parse_edit("site = \"dr\"\n  kind = \"http\"", "site = \"witness\"\n  kind = \"http\"");
+    assert_error(&r, "service[0].check[1].site", "witness has no health checks");
+    let r = parse_edit("initial_active = \"prod\"", "initial_active = \"witness\"");
+    assert_error(&r, "service[0].initial_active", "witness is never active");
+}
+
+#[test]
+fn site_rules() {
+    let r = parse_edit("[[site]]\nname = \"dr\"\n", "");
+    assert_error(&r, "site", "declare at least two non-witness sites");
+    let r = parse_edit("name = \"dr\"\n", "name = \"dr\"\nwitness = true\n");
+    assert_error(&r, "site", "at most one site may be the witness");
+    let r = parse_edit("name = \"dr\"\n", "name = \"prod\"\n");
+    assert_error(&r, "site[1].name", "site names must be unique");
+    let r = parse_edit("name = \"dr\"\n", "name = \"DR\"\n");
+    assert_error(&r, "site[1].name", "lowercase");
+}
+
+#[test]
+fn auto_failover_needs_fencing_and_activation() {
+    // No fence and no on_lease_lost for the active site.
+    let text = EXAMPLE
+        .replacen("[[service.runbook.prod.fence]]", "[[service.runbook.prod.test]]", 1)
+        .replacen("[[service.runbook.prod.on_lease_lost]]", "[[service.runbook.prod.cleanup]]", 1);
+    let r = parse(&text, "cluster.toml");
+    assert_error(&r, "service[0].runbook.prod", "without fencing no automatic failover");
+    // Either one alone is enough.
+    parse_edit("[[service.runbook.prod.fence]]", "[[service.runbook.prod.test]]")
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The standby needs an activate runbook.
+    let text = EXAMPLE.replace("[[service.runbook.dr.activate]]", "[[service.runbook.dr.test]]");
+    let r = parse(&text, "cluster.toml");
+    assert_error(&r, "service[0].runbook.dr.activate", "no activate runbook");
+    // Without automation both are fine.
+    let text = text.replacen("auto_failover = true", "auto_failover = false", 1);
+    parse(&text, "cluster.toml").unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn on_lease_lost_must_fit_the_grace_and_run_locally() {
+    let r = parse_edit(
+        "command = [\"/opt/st/bin/stop_all\"]\n  timeout = \"3s\"",
+        "command = [\"/opt/st/bin/stop_all\"]\n  timeout = \"4s\"",
+    );
+    assert_error(&r, "service[0].runbook.prod.on_lease_lost", "may take up to 4s");
+    let text = EXAMPLE.replacen(
+        "[[service.runbook.prod.on_lease_lost]]          # self-fence when cut off from the cluster\n  kind = \"exec\"\n  run_on = \"prod\"",
+        "[[service.runbook.prod.on_lease_lost]]\n  kind = \"exec\"\n  run_on = \"dr\"",
+        1,
+    );
+    assert_ne!(text, EXAMPLE);
+    let r = parse(&text, "cluster.toml");
+    assert_error(&r, "service[0].runbook.prod.on_lease_lost[0].run_on", "must be \"prod\"");
+}
+
+#[test]
+fn policy_rules() {
+    let r = parse_edit("up_after = \"30s\"", "up_after = \"1s\"");
+    assert_error(&r, "policy.up_after", "shorter than down_after 3s");
+    let r = parse_edit("lease_ttl = \"6s\"", "lease_ttl = \"0s\"");
+    assert_error(&r, "policy.lease_ttl", "greater than 0");
+    let r = parse_edit("max_clock_drift = 0.01", "max_clock_drift = -0.01");
+    assert_error(&r, "policy.max_clock_drift", "outside [0, 0.1)");
+    let r = parse_edit("commit = \"auto\"", "commit = \"later\"");
+    assert_error(&r, "policy.commit", "use \"auto\" or \"manual\"");
+    parse_edit("max_clock_drift = 0.01", "max_clock_drift = 0").unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn step_kind_rules() {
+    let r = parse_edit("type = \"A\"", "type = \"AAAA\"");
+    assert_error(&r, "service[0].runbook.dr.activate[2].records[0].value", "not an IPv6 address");
+    let r = parse_edit("ttl = 30", "ttl = 86401");
+    assert_error(&r, "service[0].runbook.dr.activate[2].records[0].ttl", "outside 0..=86400");
+    let r = parse_edit("type = \"A\"", "type = \"MX\"");
+    assert_error(&r, "service[0].runbook.dr.activate[2].records[0].type", "not one of A, AAAA");
+    let r = parse_edit("name = \"st.example.\"", "name = \"st.other.\"");
+    assert_error(&r, "service[0].runbook.dr.activate[2].records[0].name", "not inside zone");
+    let r = parse_edit("state = \"maint\"", "state = \"off\"");
+    assert_error(&r, "service[0].runbook.dr.activate[1].set[0].state", "ready, drain, maint");
+    let r = parse_edit("action = \"off\"", "action = \"kill\"");
+    assert_error(&r, "service[0].runbook.prod.fence[0].action", "off, on, reboot, status");
+    let r = parse_edit("kind = \"haproxy\"", "kind = \"nginx\"");
+    assert_error(&r, "service[0].runbook.dr.activate[1].kind", "unknown step kind \"nginx\"");
+    let r = parse_edit("command = [\"/opt/st/bin/start_all\"]", "command = []");
+    assert_error(&r, "service[0].runbook.dr.activate[0].command", "must not be empty");
+    let r = parse_edit(
+        "  run_on = \"dr\"\n  command = [\"/opt/st/bin/start_all\"]",
+        "  command = [\"/opt/st/bin/start_all\"]",
+    );
+    assert_error(&r, "service[0].runbook.dr.activate[0].run_on", "required for kind \"exec\"");
+    let r = parse_edit("secret_file = \"/etc/drover/tsig.key\"", "secret_file = \"tsig.key\"");
+    assert_error(&r, "service[0].runbook.dr.activate[2].tsig.secret_file", "absolute path");
+}
+
+#[test]
+fn json_round_trip_is_lossless() {
+    let spec = example();
+    let json = serde_json::to_string(&spec).unwrap();
+    let back: ClusterSpec = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, spec);
+    // Durations read like the TOML, with their unit.
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["policy"]["cooldown"], "30m");
+    assert_eq!(v["services"][0]["checks"][0]["timeout"], "800ms");
+    assert_eq!(v["services"][0]["runbooks"]["dr"]["activate"][0]["kind"], "exec");
+
+    // Odd values survive too.
+    let spec = parse_edit(
+        "max_lag_on_failover = 30",
+        "max_lag_on_failover = 0.5\npolicy = { lease_ttl = \"1s 500ms 7us\" }",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let back: ClusterSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+    assert_eq!(back, spec);
+    assert_eq!(back.policy_for("file-transfer").unwrap().lease_ttl, Duration::new(1, 500_007_000));
+}
+
+#[test]
+fn diff_describes_changes() {
+    let old = example();
+    assert!(diff(Some(&old), &old).is_empty());
+
+    let second = EXAMPLE[EXAMPLE.find("[[service]]").unwrap()..].replacen(
+        "name = \"file-transfer\"",
+        "name = \"billing\"",
+        1,
+    );
+    let text = EXAMPLE.replacen("down_after = \"3s\"", "down_after = \"5s\"", 1).replacen(
+        "[[service.runbook.dr.verify]]",
+        "[[service.runbook.dr.activate]]",
+        1,
+    ) + &second;
+    let new = parse(&text, "cluster.toml").unwrap_or_else(|e| panic!("{e}"));
+    let lines = diff(Some(&old), &new);
+    assert_eq!(
+        lines,
+        [
+            "~ policy.down_after: 3s -> 5s",
+            "~ service file-transfer: runbook dr.activate changed (3 -> 4 steps)",
+            "~ service file-transfer: runbook dr.verify removed (had 1 step)",
+            "+ service billing",
+        ]
+    );
+    let back = diff(Some(&new), &old);
+    assert!(back.contains(&"- service billing".to_string()), "{back:?}");
+    assert!(back.contains(&"~ policy.down_after: 5s -> 3s".to_string()), "{back:?}");
+
+    let tweaked = parse_edit("timeout = \"800ms\"", "timeout = \"900ms\"").unwrap();
+    assert_eq!(
+        diff(Some(&old), &tweaked),
+        ["~ service file-transfer: checks[0].timeout: 800ms -> 900ms"]
+    );
+
+    let first = diff(None, &old);
+    assert_eq!(first[..3], ["+ site prod", "+ site dr", "+ site witness (witness)"]);
+    assert!(first.contains(&"+ policy.lease_ttl: 6s".to_string()), "{first:?}");
+    assert_eq!(first.last().unwrap(), "+ service file-transfer");
+}
+
+#[test]
+fn load_reads_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, EXAMPLE).unwrap();
+    let (spec, text) = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(spec, example());
+    assert_eq!(text, EXAMPLE);
+    let missing = dir.path().join("nope.toml");
+    let msg = load(&missing).unwrap_err().to_string();
+    assert!(
+        msg.starts_with(&format!("cluster spec {} has 1 error:\n  cannot read", missing.display())),
+        "{msg}"
+    );
+}
