@@ -2,6 +2,7 @@
 //!
 //! The crate is laid out by responsibility (see `docs/architecture.md`):
 //! - [`consensus`]: openraft type config, replicated state, redb storage, gRPC Raft network.
+//! - [`decide`]: the pure decision engine: site health detection, lease arithmetic.
 //! - [`config`]: the node-local `node.toml`, parsed and validated once.
 //! - [`tls`]: mutual TLS for every gRPC connection, and the dev CA generator.
 //! - [`api`]: gRPC services (Raft transport, admin) and the HTTP endpoints.
@@ -13,6 +14,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod consensus;
+pub mod decide;
 pub mod pb;
 pub mod runtime;
 pub mod spec;
