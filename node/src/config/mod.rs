@@ -185,10 +185,8 @@ fn millis(d: Duration) -> u64 {
 /// `insecure_dev` allows a file without `[tls]` (plaintext gRPC, for development only).
 /// Nothing is created or modified; the data directory is not touched.
 pub fn load(path: &Path, insecure_dev: bool) -> Result<NodeConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     parse(&text, path, insecure_dev)
 }
 
@@ -214,11 +212,7 @@ fn line_col(text: &str, pos: usize) -> (usize, usize) {
 }
 
 fn one_line(msg: &str) -> String {
-    msg.split('\n')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
+    msg.split('\n').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
 /// Checks a member or site name: 1..=63 characters of `[a-z0-9-]`, not starting or ending with
@@ -233,13 +227,10 @@ pub(crate) fn check_name(s: &str) -> Result<(), String> {
             s.len()
         ));
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    if let Some(c) =
+        s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
-        return Err(format!(
-            "{s:?} contains {c:?}; use only lowercase letters, digits and '-'"
-        ));
+        return Err(format!("{s:?} contains {c:?}; use only lowercase letters, digits and '-'"));
     }
     if s.starts_with('-') || s.ends_with('-') {
         return Err(format!("{s:?} must not start or end with '-'"));
@@ -250,9 +241,7 @@ pub(crate) fn check_name(s: &str) -> Result<(), String> {
 /// Checks a `host:port` address (`[v6]:port` for IPv6 literals); returns the reason if invalid.
 fn check_address(s: &str) -> Result<(), String> {
     let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(format!(
-            "{s:?} is not host:port (e.g. \"ctl-1.prod.example:7400\")"
-        ));
+        return Err(format!("{s:?} is not host:port (e.g. \"ctl-1.prod.example:7400\")"));
     };
     match port.parse::<u16>() {
         Ok(0) | Err(_) => {
@@ -266,9 +255,7 @@ fn check_address(s: &str) -> Result<(), String> {
         return Err(format!("{s:?} has no host before the port"));
     }
     if let Some(inner) = host.strip_prefix('[') {
-        let ok = inner
-            .strip_suffix(']')
-            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        let ok = inner.strip_suffix(']').is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
         if !ok {
             return Err(format!("{s:?} has an invalid bracketed IPv6 host {host:?}"));
         }
@@ -279,9 +266,8 @@ fn check_address(s: &str) -> Result<(), String> {
             "{s:?} looks like an IPv6 address without brackets; write it as [addr]:port"
         ));
     }
-    if let Some(c) = host
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.' || *c == '_'))
+    if let Some(c) =
+        host.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.' || *c == '_'))
     {
         return Err(format!("{s:?} has {c:?} in its host name"));
     }
@@ -422,10 +408,7 @@ impl Validator<'_> {
 
     fn socket_addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
         s.parse().map_err(|_| {
-            self.err(
-                key,
-                format!("{s:?} is not an IP address and port (e.g. \"0.0.0.0:7400\")"),
-            )
+            self.err(key, format!("{s:?} is not an IP address and port (e.g. \"0.0.0.0:7400\")"))
         })
     }
 
@@ -451,20 +434,14 @@ impl Validator<'_> {
             Ok(_) => {}
         }
         File::open(&path).map_err(|e| {
-            self.err(
-                key,
-                format!("cannot open {shown}: {e}; check its permissions"),
-            )
+            self.err(key, format!("cannot open {shown}: {e}; check its permissions"))
         })?;
         Ok(path)
     }
 
     fn duration(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
         humantime::parse_duration(s).map_err(|e| {
-            self.err(
-                key,
-                format!("{s:?} is not a duration ({e}); write e.g. \"150ms\" or \"2s\""),
-            )
+            self.err(key, format!("{s:?} is not a duration ({e}); write e.g. \"150ms\" or \"2s\""))
         })
     }
 
@@ -517,16 +494,11 @@ impl Validator<'_> {
         if max <= min {
             return Err(self.err(
                 "raft.election_timeout",
-                format!(
-                    "max {} must be greater than min {}; raise max",
-                    fmt_d(max),
-                    fmt_d(min)
-                ),
+                format!("max {} must be greater than min {}; raise max", fmt_d(max), fmt_d(min)),
             ));
         }
-        let snapshot_after_entries = r
-            .snapshot_after_entries
-            .unwrap_or(DEFAULT_SNAPSHOT_AFTER_ENTRIES);
+        let snapshot_after_entries =
+            r.snapshot_after_entries.unwrap_or(DEFAULT_SNAPSHOT_AFTER_ENTRIES);
         if snapshot_after_entries < MIN_SNAPSHOT_AFTER_ENTRIES {
             return Err(self.err(
                 "raft.snapshot_after_entries",
@@ -565,10 +537,7 @@ impl Validator<'_> {
             if let Some(j) = ids.insert(m.id, i) {
                 return Err(self.err(
                     key("id"),
-                    format!(
-                        "id {} is also used by initial_member[{j}]; ids must be unique",
-                        m.id
-                    ),
+                    format!("id {} is also used by initial_member[{j}]; ids must be unique", m.id),
                 ));
             }
             check_name(&m.name).map_err(|r| self.err(key("name"), r))?;
@@ -773,10 +742,7 @@ address = "witness.third.example:7400"
         assert_eq!(o.heartbeat_interval, 150);
         assert_eq!(o.election_timeout_min, 1000);
         assert_eq!(o.election_timeout_max, 2000);
-        assert_eq!(
-            o.snapshot_policy,
-            openraft::SnapshotPolicy::LogsSinceLast(20)
-        );
+        assert_eq!(o.snapshot_policy, openraft::SnapshotPolicy::LogsSinceLast(20));
         assert_eq!(o.max_in_snapshot_log_to_keep, 7);
     }
 
@@ -792,11 +758,7 @@ address = "witness.third.example:7400"
 
     #[test]
     fn id_must_be_positive() {
-        assert_invalid(
-            parse_edit("id = 1\nname", "id = 0\nname"),
-            "id",
-            "greater than 0",
-        );
+        assert_invalid(parse_edit("id = 1\nname", "id = 0\nname"), "id", "greater than 0");
     }
 
     #[test]
@@ -806,17 +768,10 @@ address = "witness.third.example:7400"
             "name",
             "lowercase",
         );
-        assert_invalid(
-            parse_edit("site = \"prod\"\nrole", "site = \"\"\nrole"),
-            "site",
-            "empty",
-        );
+        assert_invalid(parse_edit("site = \"prod\"\nrole", "site = \"\"\nrole"), "site", "empty");
         let long = "a".repeat(64);
         assert_invalid(
-            parse_edit(
-                "name = \"prod-1\"\nsite",
-                &format!("name = \"{long}\"\nsite"),
-            ),
+            parse_edit("name = \"prod-1\"\nsite", &format!("name = \"{long}\"\nsite")),
             "name",
             "at most 63",
         );
@@ -844,26 +799,17 @@ address = "witness.third.example:7400"
     #[test]
     fn heartbeat_range() {
         assert_invalid(
-            parse_edit(
-                "heartbeat_interval = \"150ms\"",
-                "heartbeat_interval = \"5ms\"",
-            ),
+            parse_edit("heartbeat_interval = \"150ms\"", "heartbeat_interval = \"5ms\""),
             "raft.heartbeat_interval",
             "outside 10ms..=10s",
         );
         assert_invalid(
-            parse_edit(
-                "heartbeat_interval = \"150ms\"",
-                "heartbeat_interval = \"11s\"",
-            ),
+            parse_edit("heartbeat_interval = \"150ms\"", "heartbeat_interval = \"11s\""),
             "raft.heartbeat_interval",
             "outside",
         );
         assert_invalid(
-            parse_edit(
-                "heartbeat_interval = \"150ms\"",
-                "heartbeat_interval = \"fast\"",
-            ),
+            parse_edit("heartbeat_interval = \"150ms\"", "heartbeat_interval = \"fast\""),
             "raft.heartbeat_interval",
             "not a duration",
         );
@@ -898,18 +844,12 @@ address = "witness.third.example:7400"
     #[test]
     fn snapshot_after_entries_minimum() {
         assert_invalid(
-            parse_edit(
-                "election_timeout = [\"1500ms\", \"3000ms\"]",
-                "snapshot_after_entries = 9",
-            ),
+            parse_edit("election_timeout = [\"1500ms\", \"3000ms\"]", "snapshot_after_entries = 9"),
             "raft.snapshot_after_entries",
             "below 10",
         );
-        parse_edit(
-            "election_timeout = [\"1500ms\", \"3000ms\"]",
-            "snapshot_after_entries = 10",
-        )
-        .unwrap();
+        parse_edit("election_timeout = [\"1500ms\", \"3000ms\"]", "snapshot_after_entries = 10")
+            .unwrap();
     }
 
     #[test]
@@ -976,20 +916,14 @@ address = "witness.third.example:7400"
         // Without any initial members the config is fine (restart of an existing node).
         let dir = tls_dir();
         let text = EXAMPLE.split("[[initial_member]]").next().unwrap();
-        assert!(parse_in(dir.path(), text)
-            .unwrap()
-            .initial_members
-            .is_empty());
+        assert!(parse_in(dir.path(), text).unwrap().initial_members.is_empty());
     }
 
     #[test]
     fn member_addresses_are_host_port() {
         for (addr, needle) in [
             ("st-ctl-2.prod.example", "not host:port"),
-            (
-                "st-ctl-2.prod.example:0",
-                "port must be a number from 1 to 65535",
-            ),
+            ("st-ctl-2.prod.example:0", "port must be a number from 1 to 65535"),
             ("st-ctl-2.prod.example:70000", "port must be"),
             (":7400", "no host"),
             ("::1:7400", "without brackets"),
@@ -1018,15 +952,9 @@ address = "witness.third.example:7400"
         );
         let err = parse_edit("[listen]\n", "[listen]\nhttps = \"x\"\n").unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("line 9, column 1: unknown field `https`"),
-            "{msg}"
-        );
-        let err = parse_edit(
-            "address = \"st-ctl-1.dr",
-            "weight = 3\naddress = \"st-ctl-1.dr",
-        )
-        .unwrap_err();
+        assert!(msg.contains("line 9, column 1: unknown field `https`"), "{msg}");
+        let err = parse_edit("address = \"st-ctl-1.dr", "weight = 3\naddress = \"st-ctl-1.dr")
+            .unwrap_err();
         assert!(err.to_string().contains("unknown field `weight`"), "{err}");
     }
 
@@ -1051,10 +979,7 @@ address = "witness.third.example:7400"
     fn wrong_type_is_a_parse_error_with_location() {
         let err = parse_edit("id = 1\nname", "id = \"one\"\nname").unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("line 2, column 6: invalid type: string"),
-            "{msg}"
-        );
+        assert!(msg.contains("line 2, column 6: invalid type: string"), "{msg}");
         let err = parse_edit("role = \"controller\"  ", "role = \"boss\"  ").unwrap_err();
         assert!(err.to_string().contains("unknown variant `boss`"), "{err}");
     }
@@ -1072,11 +997,7 @@ address = "witness.third.example:7400"
         assert_eq!(err.to_string(), expected);
         // A directory is not a certificate.
         std::fs::create_dir(dir.path().join("prod-1.pem")).unwrap();
-        assert_invalid(
-            parse_in(dir.path(), EXAMPLE),
-            "tls.cert",
-            "not a regular file",
-        );
+        assert_invalid(parse_in(dir.path(), EXAMPLE), "tls.cert", "not a regular file");
     }
 
     #[test]
@@ -1121,26 +1042,18 @@ address = "witness.third.example:7400"
         assert_eq!(load(&path, false).unwrap().path, path);
         let missing = dir.path().join("nope.toml");
         let msg = load(&missing, false).unwrap_err().to_string();
-        assert!(
-            msg.starts_with(&format!("cannot read {}: ", missing.display())),
-            "{msg}"
-        );
-        assert!(
-            msg.ends_with("; pass the node's config with --config"),
-            "{msg}"
-        );
+        assert!(msg.starts_with(&format!("cannot read {}: ", missing.display())), "{msg}");
+        assert!(msg.ends_with("; pass the node's config with --config"), "{msg}");
     }
 
     #[test]
     fn witness_role_is_accepted() {
         let dir = tls_dir();
-        let text = EXAMPLE
-            .replacen("role = \"controller\"", "role = \"witness\"", 1)
-            .replacen(
-                "site = \"prod\"\naddress = \"st-ctl-1",
-                "site = \"prod\"\nrole = \"witness\"\naddress = \"st-ctl-1",
-                1,
-            );
+        let text = EXAMPLE.replacen("role = \"controller\"", "role = \"witness\"", 1).replacen(
+            "site = \"prod\"\naddress = \"st-ctl-1",
+            "site = \"prod\"\nrole = \"witness\"\naddress = \"st-ctl-1",
+            1,
+        );
         let c = parse_in(dir.path(), &text).unwrap();
         assert_eq!(c.role, Role::Witness);
     }

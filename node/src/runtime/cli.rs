@@ -2,6 +2,7 @@
 //! files (exit code 2 on any problem, before anything touches the data dir), the tokio runtime
 //! and SIGTERM/SIGINT handling.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -17,8 +18,11 @@ pub const EXIT_BAD_INPUT: u8 = 2;
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Runs a daemon from `config_path` until SIGTERM or SIGINT. `required_role` makes a binary

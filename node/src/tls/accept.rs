@@ -76,10 +76,7 @@ impl tonic::transport::server::Connected for Conn {
                 .and_then(|chain| chain.first())
                 .and_then(certificate_name),
         };
-        ConnectInfo {
-            remote_addr: self.tcp().peer_addr().ok(),
-            peer_name,
-        }
+        ConnectInfo { remote_addr: self.tcp().peer_addr().ok(), peer_name }
     }
 }
 
@@ -238,10 +235,7 @@ fn is_per_connection(err: &io::Error) -> bool {
 /// A plain-English reason for a failed server-side handshake.
 pub(crate) fn refusal_reason(err: &io::Error) -> &'static str {
     use rustls::CertificateError as C;
-    let Some(tls_err) = err
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>())
-    else {
+    let Some(tls_err) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
         return "TLS handshake failed";
     };
     match tls_err {
@@ -288,9 +282,7 @@ mod der {
             }
             let (bytes, after) = rest.split_at(n);
             rest = after;
-            bytes
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+            bytes.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
         };
         if rest.len() < len {
             return None;

@@ -77,10 +77,7 @@ pub enum CertError {
 
 /// Parses the command-line syntax `NAME` or `NAME=HOST[,HOST...]`.
 pub fn parse_subject(s: &str) -> Result<CertSubject, CertError> {
-    let bad = |reason: String| CertError::Subject {
-        input: s.to_string(),
-        reason,
-    };
+    let bad = |reason: String| CertError::Subject { input: s.to_string(), reason };
     let (name, hosts) = match s.split_once('=') {
         None => (s, Vec::new()),
         Some((name, list)) => {
@@ -98,10 +95,7 @@ pub fn parse_subject(s: &str) -> Result<CertSubject, CertError> {
         }
     };
     check_subject_name(name).map_err(bad)?;
-    Ok(CertSubject {
-        name: name.to_string(),
-        hosts,
-    })
+    Ok(CertSubject { name: name.to_string(), hosts })
 }
 
 fn check_subject_name(name: &str) -> Result<(), String> {
@@ -122,16 +116,12 @@ fn check_host(h: &str) -> Result<(), String> {
         && h.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "host {h:?} is neither an IP address nor a DNS name"
-        ))
+        Err(format!("host {h:?} is neither an IP address nor a DNS name"))
     }
 }
 
@@ -153,23 +143,13 @@ pub fn init(
     force: bool,
 ) -> Result<Vec<PathBuf>, CertError> {
     if !force && out_dir.join("ca.pem").exists() {
-        return Err(CertError::CaExists {
-            dir: out_dir.to_path_buf(),
-        });
+        return Err(CertError::CaExists { dir: out_dir.to_path_buf() });
     }
     let mut seen = HashSet::new();
-    let admin_subjects: Vec<CertSubject> = admins
-        .iter()
-        .map(|name| CertSubject {
-            name: name.clone(),
-            hosts: Vec::new(),
-        })
-        .collect();
+    let admin_subjects: Vec<CertSubject> =
+        admins.iter().map(|name| CertSubject { name: name.clone(), hosts: Vec::new() }).collect();
     for s in nodes.iter().chain(&admin_subjects) {
-        let bad = |reason: String| CertError::Subject {
-            input: s.name.clone(),
-            reason,
-        };
+        let bad = |reason: String| CertError::Subject { input: s.name.clone(), reason };
         check_subject_name(&s.name).map_err(bad)?;
         for h in &s.hosts {
             check_host(h).map_err(bad)?;
@@ -179,10 +159,8 @@ pub fn init(
         }
     }
 
-    let ca_key = KeyPair::generate().map_err(|source| CertError::Generate {
-        name: "the CA".into(),
-        source,
-    })?;
+    let ca_key = KeyPair::generate()
+        .map_err(|source| CertError::Generate { name: "the CA".into(), source })?;
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name = dn("drover cluster CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -194,15 +172,8 @@ pub fn init(
     set_validity(&mut ca_params);
     let ca_cert = ca_params
         .self_signed(&ca_key)
-        .map_err(|source| CertError::Generate {
-            name: "the CA".into(),
-            source,
-        })?;
-    let ca = Issued {
-        name: "ca".into(),
-        cert_pem: ca_cert.pem(),
-        key_pem: ca_key.serialize_pem(),
-    };
+        .map_err(|source| CertError::Generate { name: "the CA".into(), source })?;
+    let ca = Issued { name: "ca".into(), cert_pem: ca_cert.pem(), key_pem: ca_key.serialize_pem() };
     let issuer = Issuer::new(ca_params, ca_key);
 
     let mut issued = vec![ca];
@@ -213,10 +184,8 @@ pub fn init(
         issued.push(issue(&issuer, admin, false)?);
     }
 
-    std::fs::create_dir_all(out_dir).map_err(|source| CertError::Write {
-        path: out_dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(out_dir)
+        .map_err(|source| CertError::Write { path: out_dir.to_path_buf(), source })?;
     let mut written = Vec::with_capacity(issued.len() * 2);
     for i in &issued {
         let cert_path = out_dir.join(format!("{}.pem", i.name));
@@ -237,9 +206,7 @@ fn dn(common_name: &str) -> DistinguishedName {
 
 /// Sets validity to (now - 1 day, now + 1 year), without naming the `time` crate.
 fn set_validity(params: &mut CertificateParams) {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
     params.not_before = now - BACKDATE;
     params.not_after = now + VALIDITY;
@@ -250,10 +217,7 @@ fn issue(
     subject: &CertSubject,
     server: bool,
 ) -> Result<Issued, CertError> {
-    let generate = |source| CertError::Generate {
-        name: subject.name.clone(),
-        source,
-    };
+    let generate = |source| CertError::Generate { name: subject.name.clone(), source };
     let key = KeyPair::generate().map_err(generate)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(&subject.name);
@@ -261,10 +225,8 @@ fn issue(
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     if server {
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let mut names = vec![subject.name.clone(), "localhost".to_string()];
         for h in &subject.hosts {
             if !names.contains(h) {
@@ -280,25 +242,17 @@ fn issue(
         }
     } else {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.subject_alt_names = vec![SanType::DnsName(
-            subject.name.as_str().try_into().map_err(generate)?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::DnsName(subject.name.as_str().try_into().map_err(generate)?)];
     }
     let cert = params.signed_by(&key, issuer).map_err(generate)?;
-    Ok(Issued {
-        name: subject.name.clone(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(Issued { name: subject.name.clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// Writes `contents` to `path` with permission `mode`, replacing any existing file (and its
 /// permissions).
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
-    let fail = |source| CertError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let fail = |source| CertError::Write { path: path.to_path_buf(), source };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -307,8 +261,7 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> 
         .open(path)
         .map_err(fail)?;
     // `mode` only applies to new files; an existing key file may have been more permissive.
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(fail)?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(fail)?;
     file.write_all(contents).map_err(fail)?;
     file.sync_all().map_err(fail)
 }

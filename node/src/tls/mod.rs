@@ -62,10 +62,7 @@ pub enum TlsError {
 }
 
 fn invalid(path: &Path, problem: String) -> TlsError {
-    TlsError::Invalid {
-        path: path.to_path_buf(),
-        problem,
-    }
+    TlsError::Invalid { path: path.to_path_buf(), problem }
 }
 
 /// This node's TLS material: the cluster CA, its certificate chain and private key, checked to
@@ -95,10 +92,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
 }
 
 fn certs_in(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -106,10 +100,7 @@ fn certs_in(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Tls
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(path, format!("malformed PEM in {}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(invalid(
-            path,
-            format!("no PEM certificate found in {}", path.display()),
-        ));
+        return Err(invalid(path, format!("no PEM certificate found in {}", path.display())));
     }
     Ok(certs)
 }
@@ -124,10 +115,9 @@ pub fn load(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
     let ca_certs = certs_in(&files.ca, &ca_pem)?;
     let cert_chain = certs_in(&files.cert, &cert_pem)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => invalid(
-            &files.key,
-            format!("no private key in {}", files.key.display()),
-        ),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            invalid(&files.key, format!("no private key in {}", files.key.display()))
+        }
         e => invalid(
             &files.key,
             format!("malformed private key PEM in {}: {e}", files.key.display()),
@@ -159,15 +149,7 @@ pub fn load(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
             )
         })?;
 
-    Ok(TlsMaterial {
-        files: files.clone(),
-        ca_pem,
-        cert_pem,
-        key_pem,
-        ca_certs,
-        cert_chain,
-        key,
-    })
+    Ok(TlsMaterial { files: files.clone(), ca_pem, cert_pem, key_pem, ca_certs, cert_chain, key })
 }
 
 impl TlsMaterial {
@@ -180,10 +162,7 @@ impl TlsMaterial {
     /// `h2`) that presents this node's certificate and REQUIRES a client certificate signed by
     /// the cluster CA.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let fail = |reason: String| TlsError::Config {
-            cert: self.files.cert.clone(),
-            reason,
-        };
+        let fail = |reason: String| TlsError::Config { cert: self.files.cert.clone(), reason };
         let provider = provider();
         let mut roots = RootCertStore::empty();
         for ca in &self.ca_certs {

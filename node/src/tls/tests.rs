@@ -19,10 +19,7 @@ use super::certs::{self, CertSubject};
 use super::*;
 
 fn subject(name: &str, hosts: &[&str]) -> CertSubject {
-    CertSubject {
-        name: name.into(),
-        hosts: hosts.iter().map(|h| h.to_string()).collect(),
-    }
+    CertSubject { name: name.into(), hosts: hosts.iter().map(|h| h.to_string()).collect() }
 }
 
 /// A dev CA with nodes prod-1 (extra hosts) and dr-1, and admin `admin`.
@@ -30,10 +27,7 @@ fn cluster() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     certs::init(
         dir.path(),
-        &[
-            subject("prod-1", &["127.0.0.1", "ctl-1.prod.example"]),
-            subject("dr-1", &[]),
-        ],
+        &[subject("prod-1", &["127.0.0.1", "ctl-1.prod.example"]), subject("dr-1", &[])],
         &["admin".to_string()],
         false,
     )
@@ -77,10 +71,7 @@ fn client_config(ca: &Path, identity: Option<(PathBuf, PathBuf)>) -> Arc<rustls:
 }
 
 fn identity(dir: &Path, name: &str) -> Option<(PathBuf, PathBuf)> {
-    Some((
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}-key.pem")),
-    ))
+    Some((dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem"))))
 }
 
 /// Connects a client to `addr`, expecting server name `prod-1`, writes "ping" and reads the
@@ -91,9 +82,7 @@ async fn client_ping(
 ) -> io::Result<Vec<u8>> {
     let tcp = TcpStream::connect(addr).await?;
     let connector = tokio_rustls::TlsConnector::from(config);
-    let mut tls = connector
-        .connect(ServerName::try_from("prod-1").unwrap(), tcp)
-        .await?;
+    let mut tls = connector.connect(ServerName::try_from("prod-1").unwrap(), tcp).await?;
     tls.write_all(b"ping").await?;
     tls.flush().await?;
     let mut buf = [0u8; 4];
@@ -112,12 +101,8 @@ async fn handshake(
     let server_side = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut tls = tokio_rustls::TlsAcceptor::from(server).accept(tcp).await?;
-        let name = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(certificate_name);
+        let name =
+            tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(certificate_name);
         let mut buf = [0u8; 4];
         tls.read_exact(&mut buf).await?;
         assert_eq!(&buf, b"ping");
@@ -151,11 +136,7 @@ fn init_writes_all_files_and_they_load() {
         ]
     );
     for f in &listed {
-        let mode = std::fs::metadata(dir.path().join(f))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
         if f.ends_with("-key.pem") {
             assert_eq!(mode, 0o600, "{f}");
         } else {
@@ -177,10 +158,7 @@ fn init_returns_the_files_it_wrote_into_a_new_directory() {
     let parent = tempfile::tempdir().unwrap();
     let out = parent.path().join("a/b");
     let written = certs::init(&out, &[subject("n1", &[])], &[], false).unwrap();
-    assert_eq!(
-        written,
-        ["ca.pem", "ca-key.pem", "n1.pem", "n1-key.pem"].map(|f| out.join(f))
-    );
+    assert_eq!(written, ["ca.pem", "ca-key.pem", "n1.pem", "n1-key.pem"].map(|f| out.join(f)));
     assert!(written.iter().all(|p| p.is_file()));
 }
 
@@ -204,10 +182,7 @@ fn init_refuses_to_replace_a_ca_without_force() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     certs::init(dir.path(), &[subject("prod-1", &[])], &[], true).unwrap();
     assert_ne!(std::fs::read(dir.path().join("ca.pem")).unwrap(), before);
-    assert_eq!(
-        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
     load(&files(dir.path(), "prod-1")).unwrap();
 }
 
@@ -217,11 +192,7 @@ fn init_rejects_bad_or_duplicate_names() {
     for (nodes, admins, needle) in [
         (vec![subject("Prod", &[])], vec![], "lowercase"),
         (vec![subject("ca", &[])], vec![], "clash"),
-        (
-            vec![subject("a", &[])],
-            vec!["a".to_string()],
-            "given twice",
-        ),
+        (vec![subject("a", &[])], vec!["a".to_string()], "given twice"),
         (vec![subject("a", &["bad host"])], vec![], "neither an IP"),
     ] {
         let err = certs::init(dir.path(), &nodes, &admins, false).unwrap_err();
@@ -232,18 +203,12 @@ fn init_rejects_bad_or_duplicate_names() {
 
 #[test]
 fn parse_subject_syntax() {
-    assert_eq!(
-        certs::parse_subject("prod-1").unwrap(),
-        subject("prod-1", &[])
-    );
+    assert_eq!(certs::parse_subject("prod-1").unwrap(), subject("prod-1", &[]));
     assert_eq!(
         certs::parse_subject("prod-1=10.0.0.1,ctl-1.prod.example").unwrap(),
         subject("prod-1", &["10.0.0.1", "ctl-1.prod.example"])
     );
-    assert_eq!(
-        certs::parse_subject("w=::1").unwrap(),
-        subject("w", &["::1"])
-    );
+    assert_eq!(certs::parse_subject("w=::1").unwrap(), subject("w", &["::1"]));
     for (bad, needle) in [
         ("prod-1=", "empty host"),
         ("prod-1=a,,b", "empty host"),
@@ -253,10 +218,7 @@ fn parse_subject_syntax() {
     ] {
         let err = certs::parse_subject(bad).unwrap_err().to_string();
         assert!(err.contains(needle), "{bad}: {err}");
-        assert!(
-            err.starts_with(&format!("invalid certificate subject {bad:?}")),
-            "{err}"
-        );
+        assert!(err.starts_with(&format!("invalid certificate subject {bad:?}")), "{err}");
     }
 }
 
@@ -299,18 +261,12 @@ fn load_names_the_file_and_the_problem() {
     f.cert = d.join("empty.pem");
     std::fs::write(&f.cert, "").unwrap();
     let msg = load(&f).unwrap_err().to_string();
-    assert!(
-        msg.starts_with(&format!("no PEM certificate found in {}", f.cert.display())),
-        "{msg}"
-    );
+    assert!(msg.starts_with(&format!("no PEM certificate found in {}", f.cert.display())), "{msg}");
 
     let mut f = files(d, "prod-1");
     f.key = d.join("prod-1.pem");
     let msg = load(&f).unwrap_err().to_string();
-    assert!(
-        msg.starts_with(&format!("no private key in {}", f.key.display())),
-        "{msg}"
-    );
+    assert!(msg.starts_with(&format!("no private key in {}", f.key.display())), "{msg}");
 
     let mut f = files(d, "prod-1");
     f.key = d.join("dr-1-key.pem");
@@ -320,10 +276,7 @@ fn load_names_the_file_and_the_problem() {
     let mut f = files(d, "prod-1");
     f.ca = d.join("missing.pem");
     let msg = load(&f).unwrap_err().to_string();
-    assert!(
-        msg.starts_with(&format!("cannot read {}: ", f.ca.display())),
-        "{msg}"
-    );
+    assert!(msg.starts_with(&format!("cannot read {}: ", f.ca.display())), "{msg}");
     assert!(!msg.contains('\n'));
 }
 
@@ -332,9 +285,7 @@ fn certificate_name_falls_back_to_the_common_name() {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["10.1.2.3".to_string()]).unwrap();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "only-cn");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "only-cn");
     let cert = params.self_signed(&key).unwrap();
     assert_eq!(certificate_name(cert.der()).as_deref(), Some("only-cn"));
 
@@ -345,23 +296,14 @@ fn certificate_name_falls_back_to_the_common_name() {
     ])
     .unwrap();
     let cert = params.self_signed(&key).unwrap();
-    assert_eq!(
-        certificate_name(cert.der()).as_deref(),
-        Some("first.example")
-    );
-    assert_eq!(
-        certificate_name(&CertificateDer::from(vec![0x30, 0x03, 1])),
-        None
-    );
+    assert_eq!(certificate_name(cert.der()).as_deref(), Some("first.example"));
+    assert_eq!(certificate_name(&CertificateDer::from(vec![0x30, 0x03, 1])), None);
 }
 
 #[tokio::test]
 async fn mtls_handshake_accepts_a_client_of_the_cluster_ca() {
     let dir = cluster();
-    let server = load(&files(dir.path(), "prod-1"))
-        .unwrap()
-        .server_config()
-        .unwrap();
+    let server = load(&files(dir.path(), "prod-1")).unwrap().server_config().unwrap();
     let client = client_config(&dir.path().join("ca.pem"), identity(dir.path(), "admin"));
     let (server_result, client_result) = handshake(server, client).await;
     assert_eq!(server_result.unwrap().as_deref(), Some("admin"));
@@ -372,37 +314,23 @@ async fn mtls_handshake_accepts_a_client_of_the_cluster_ca() {
 async fn mtls_handshake_refuses_a_client_of_another_ca() {
     let dir = cluster();
     let other = cluster();
-    let server = load(&files(dir.path(), "prod-1"))
-        .unwrap()
-        .server_config()
-        .unwrap();
+    let server = load(&files(dir.path(), "prod-1")).unwrap().server_config().unwrap();
     // Trusts the right CA for the server, but presents a certificate from another CA.
     let client = client_config(&dir.path().join("ca.pem"), identity(other.path(), "admin"));
     let (server_result, client_result) = handshake(server, client).await;
     let err = server_result.unwrap_err();
-    assert_eq!(
-        refusal_reason(&err),
-        "client certificate is not signed by the cluster CA",
-        "{err}"
-    );
+    assert_eq!(refusal_reason(&err), "client certificate is not signed by the cluster CA", "{err}");
     assert!(client_result.is_err());
 }
 
 #[tokio::test]
 async fn mtls_handshake_refuses_a_client_without_certificate() {
     let dir = cluster();
-    let server = load(&files(dir.path(), "prod-1"))
-        .unwrap()
-        .server_config()
-        .unwrap();
+    let server = load(&files(dir.path(), "prod-1")).unwrap().server_config().unwrap();
     let client = client_config(&dir.path().join("ca.pem"), None);
     let (server_result, client_result) = handshake(server, client).await;
     let err = server_result.unwrap_err();
-    assert_eq!(
-        refusal_reason(&err),
-        "client presented no certificate",
-        "{err}"
-    );
+    assert_eq!(refusal_reason(&err), "client presented no certificate", "{err}");
     assert!(client_result.is_err());
 }
 
@@ -415,9 +343,7 @@ async fn mtls_handshake_refuses_an_expired_client_certificate() {
             .unwrap();
     let mut ca_params = rcgen::CertificateParams::default();
     ca_params.distinguished_name = rcgen::DistinguishedName::new();
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "drover cluster CA");
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "drover cluster CA");
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["old".to_string()]).unwrap();
@@ -428,10 +354,7 @@ async fn mtls_handshake_refuses_an_expired_client_certificate() {
     std::fs::write(dir.path().join("old.pem"), cert.pem()).unwrap();
     std::fs::write(dir.path().join("old-key.pem"), key.serialize_pem()).unwrap();
 
-    let server = load(&files(dir.path(), "prod-1"))
-        .unwrap()
-        .server_config()
-        .unwrap();
+    let server = load(&files(dir.path(), "prod-1")).unwrap().server_config().unwrap();
     let client = client_config(&dir.path().join("ca.pem"), identity(dir.path(), "old"));
     let (server_result, _) = handshake(server, client).await;
     let err = server_result.unwrap_err();
@@ -483,10 +406,7 @@ fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
 /// Whether a client attempt failed (within 5 s; an accepted client would wait forever for a
 /// reply nobody sends, so a timeout counts as "not refused").
 async fn refused(attempt: impl std::future::Future<Output = io::Result<Vec<u8>>>) -> bool {
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), attempt).await,
-        Ok(Err(_))
-    )
+    matches!(tokio::time::timeout(Duration::from_secs(5), attempt).await, Ok(Err(_)))
 }
 
 // current_thread (the default): the spawned accept and handshake tasks run on this thread, so
@@ -496,10 +416,7 @@ async fn serve_incoming_yields_good_clients_and_logs_refusals_once() {
     let (logs, _guard) = capture_logs();
     let dir = cluster();
     let other = cluster();
-    let server = load(&files(dir.path(), "prod-1"))
-        .unwrap()
-        .server_config()
-        .unwrap();
+    let server = load(&files(dir.path(), "prod-1")).unwrap().server_config().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut incoming = serve_incoming(listener, Some(server));
@@ -508,17 +425,12 @@ async fn serve_incoming_yields_good_clients_and_logs_refusals_once() {
     // Refused clients first; each sees its connection fail.
     let foreign = client_config(&ca, identity(other.path(), "admin"));
     assert!(refused(client_ping(addr, foreign)).await);
-    logs.wait_for("refused connection: client certificate is not signed by the cluster CA")
-        .await;
+    logs.wait_for("refused connection: client certificate is not signed by the cluster CA").await;
     assert!(refused(client_ping(addr, client_config(&ca, None))).await);
-    logs.wait_for("refused connection: client presented no certificate")
-        .await;
+    logs.wait_for("refused connection: client presented no certificate").await;
 
     // Then a good one: it is the first (and only) connection the stream yields.
-    let good = tokio::spawn(client_ping(
-        addr,
-        client_config(&ca, identity(dir.path(), "dr-1")),
-    ));
+    let good = tokio::spawn(client_ping(addr, client_config(&ca, identity(dir.path(), "dr-1"))));
     let mut conn = tokio::time::timeout(Duration::from_secs(5), incoming.next())
         .await
         .expect("no connection yielded")
@@ -536,16 +448,11 @@ async fn serve_incoming_yields_good_clients_and_logs_refusals_once() {
     assert_eq!(good.await.unwrap().unwrap(), b"pong");
 
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), incoming.next())
-            .await
-            .is_err(),
+        tokio::time::timeout(Duration::from_millis(200), incoming.next()).await.is_err(),
         "a refused connection was yielded"
     );
     let text = logs.text();
-    let refusals: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("refused connection"))
-        .collect();
+    let refusals: Vec<&str> = text.lines().filter(|l| l.contains("refused connection")).collect();
     assert_eq!(refusals.len(), 2, "{text}");
     for line in &refusals {
         assert!(line.contains("WARN"), "{line}");
@@ -557,10 +464,7 @@ async fn serve_incoming_yields_good_clients_and_logs_refusals_once() {
 #[tokio::test]
 async fn tonic_client_tls_connects_to_serve_incoming() {
     let dir = cluster();
-    let server = load(&files(dir.path(), "prod-1"))
-        .unwrap()
-        .server_config()
-        .unwrap();
+    let server = load(&files(dir.path(), "prod-1")).unwrap().server_config().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut incoming = serve_incoming(listener, Some(server));
@@ -625,16 +529,12 @@ async fn dropping_incoming_closes_the_listener() {
 async fn stalled_handshakes_time_out() {
     let (logs, _guard) = capture_logs();
     let dir = cluster();
-    let server = load(&files(dir.path(), "prod-1"))
-        .unwrap()
-        .server_config()
-        .unwrap();
+    let server = load(&files(dir.path(), "prod-1")).unwrap().server_config().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let _incoming = serve_incoming(listener, Some(server));
     // Connects but never says anything.
     let _silent = TcpStream::connect(addr).await.unwrap();
     tokio::time::sleep(accept::HANDSHAKE_TIMEOUT + Duration::from_secs(1)).await;
-    logs.wait_for("refused connection: TLS handshake timed out")
-        .await;
+    logs.wait_for("refused connection: TLS handshake timed out").await;
 }
