@@ -196,9 +196,27 @@ pub fn parse(text: &str, path: &Path, insecure_dev: bool) -> Result<NodeConfig, 
     let file: raw::File = toml::from_str(text).map_err(|err| ConfigError::Parse {
         path: path.to_path_buf(),
         line_col: err.span().map(|span| line_col(text, span.start)),
-        message: one_line(err.message()),
+        message: with_table(text, err.span().map(|s| s.start), &one_line(err.message())),
     })?;
     Validator { path }.validate(file, insecure_dev)
+}
+
+/// toml reports a missing key as "missing field `cert`" at the end of its table; name the
+/// table too (`tls.cert`), so the user knows where to add it.
+fn with_table(text: &str, pos: Option<usize>, message: &str) -> String {
+    let Some(field) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next())
+    else {
+        return message.to_string();
+    };
+    let before = &text[..pos.unwrap_or(0).min(text.len())];
+    let table = before.lines().rev().map(str::trim).find_map(|l| {
+        let inner = l.strip_prefix("[[").and_then(|l| l.strip_suffix("]]"));
+        inner.or_else(|| l.strip_prefix('[').and_then(|l| l.strip_suffix(']'))).map(str::trim)
+    });
+    match table {
+        Some(t) => format!("{t}.{field}: missing key; add `{field} = ...` to the [{t}] table"),
+        None => format!("{field}: missing key; add `{field} = ...` at the top of the file"),
+    }
 }
 
 /// 1-based line and column (in characters) of byte offset `pos` in `text`.

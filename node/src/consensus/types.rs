@@ -6,6 +6,8 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::state::control::ControlRequest;
+
 /// A member's id: stable for the member's lifetime, never reused.
 pub type NodeId = u64;
 
@@ -90,8 +92,8 @@ impl fmt::Display for Member {
 }
 
 /// A command proposed through the Raft log. Every entry carries the proposer's wall clock for
-/// display only; nothing decides on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// display only; nothing decides on it except the cooldown's end, which is not a safety matter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// An operator's note, appended to the replicated history.
     Note {
@@ -102,6 +104,8 @@ pub enum Request {
         /// Proposer's wall clock, ms since the Unix epoch (display only).
         at_unix_ms: i64,
     },
+    /// A change to the failover machinery: spec, workflows, operator decisions.
+    Control(ControlRequest),
 }
 
 /// What applying an entry answers to its proposer.
@@ -109,4 +113,9 @@ pub enum Request {
 pub struct Response {
     /// Sequence number of the history record the entry produced, if any.
     pub history_seq: Option<u64>,
+    /// Why the entry changed nothing (a compare-and-set lost, a stale workflow step...).
+    /// Rejections are deterministic: every node rejects the same entry the same way.
+    pub rejected: Option<String>,
+    /// The spec version after the entry (for `config apply`).
+    pub spec_version: Option<u64>,
 }

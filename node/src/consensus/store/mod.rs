@@ -60,6 +60,8 @@ const KEY_LAST_PURGED: &str = "last_purged_log_id";
 const KEY_LAST_APPLIED: &str = "last_applied";
 const KEY_LAST_MEMBERSHIP: &str = "last_membership";
 const KEY_LAST_SEQ: &str = "last_seq";
+/// The failover control state (spec, services), persisted whole: it is small.
+const KEY_CONTROL: &str = "control";
 const KEY_SNAPSHOT_META: &str = "meta";
 const KEY_SNAPSHOT_DATA: &str = "data";
 const KEY_SNAPSHOT_COUNTER: &str = "counter";

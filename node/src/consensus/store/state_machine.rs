@@ -22,9 +22,9 @@ use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode, encode, get_json, put_json, DbError, ToStorageError, HISTORY, KEY_LAST_APPLIED,
-    KEY_LAST_MEMBERSHIP, KEY_LAST_SEQ, KEY_SNAPSHOT_COUNTER, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META,
-    SM_META, SNAPSHOT,
+    decode, encode, get_json, put_json, DbError, ToStorageError, HISTORY, KEY_CONTROL,
+    KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP, KEY_LAST_SEQ, KEY_SNAPSHOT_COUNTER, KEY_SNAPSHOT_DATA,
+    KEY_SNAPSHOT_META, SM_META, SNAPSHOT,
 };
 use crate::consensus::state::{ClusterState, HistoryRecord};
 use crate::consensus::types::{
@@ -32,7 +32,7 @@ use crate::consensus::types::{
 };
 
 /// What a snapshot's data holds: everything applying the log up to `last_applied` produced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotPayload {
     /// The last entry the snapshot covers.
     pub last_applied: Option<LogId>,
@@ -70,7 +70,12 @@ pub(super) fn load(db: &Database) -> Result<SmState, DbError> {
         }
         history.push_back(record);
     }
-    Ok(SmState { last_applied, last_membership, cluster: ClusterState { history, last_seq } })
+    let control = get_json(&meta, KEY_CONTROL)?.unwrap_or_default();
+    Ok(SmState {
+        last_applied,
+        last_membership,
+        cluster: ClusterState { history, last_seq, control },
+    })
 }
 
 /// A cheap, cloneable read handle on the applied state, for the admin API. It shows only
@@ -105,6 +110,8 @@ impl StateHandle {
 enum HistoryChange {
     Append(HistoryRecord),
     Drop(u64),
+    /// The control state changed; publish the working copy's.
+    Control,
 }
 
 /// The durable state machine (openraft's `RaftStateMachine`).
@@ -156,6 +163,9 @@ impl StateMachine {
                             history.remove(seq)?;
                             changes.push(HistoryChange::Drop(seq));
                         }
+                        if applied.control_changed {
+                            changes.push(HistoryChange::Control);
+                        }
                         applied.response
                     }
                     EntryPayload::Membership(m) => {
@@ -170,6 +180,9 @@ impl StateMachine {
             put_json(&mut meta, KEY_LAST_APPLIED, &self.working.last_applied)?;
             put_json(&mut meta, KEY_LAST_MEMBERSHIP, &self.working.last_membership)?;
             put_json(&mut meta, KEY_LAST_SEQ, &self.working.cluster.last_seq)?;
+            if changes.iter().any(|c| matches!(c, HistoryChange::Control)) {
+                put_json(&mut meta, KEY_CONTROL, &self.working.cluster.control)?;
+            }
         }
         txn.commit()?;
         Ok((responses, changes))
@@ -182,6 +195,9 @@ impl StateMachine {
             for change in changes {
                 match change {
                     HistoryChange::Append(record) => shared.cluster.history.push_back(record),
+                    HistoryChange::Control => {
+                        shared.cluster.control = working.cluster.control.clone();
+                    }
                     HistoryChange::Drop(seq) => {
                         let dropped = shared.cluster.history.pop_front().map(|r| r.seq);
                         assert_eq!(
@@ -219,6 +235,7 @@ impl StateMachine {
             put_json(&mut sm_meta, KEY_LAST_APPLIED, &payload.last_applied)?;
             put_json(&mut sm_meta, KEY_LAST_MEMBERSHIP, &payload.last_membership)?;
             put_json(&mut sm_meta, KEY_LAST_SEQ, &payload.state.last_seq)?;
+            put_json(&mut sm_meta, KEY_CONTROL, &payload.state.control)?;
             let mut snapshot = txn.open_table(SNAPSHOT)?;
             put_json(&mut snapshot, KEY_SNAPSHOT_META, meta)?;
             snapshot.insert(KEY_SNAPSHOT_DATA, data)?;

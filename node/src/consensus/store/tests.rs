@@ -128,7 +128,7 @@ async fn everything_survives_a_restart() -> Result<(), StorageError> {
 
     // Applying continues the sequence, and the snapshot counter was persisted.
     let responses = sm.apply([note(2, 6, "d")]).await?;
-    assert_eq!(responses, [Response { history_seq: Some(4) }]);
+    assert_eq!(responses, [Response { history_seq: Some(4), ..Default::default() }]);
     assert_eq!(handle.read(|s| s.last_seq), 4);
     let second = sm.get_snapshot_builder().await.build_snapshot().await?;
     assert_eq!(second.meta.snapshot_id, "2-6-2");
@@ -180,7 +180,7 @@ async fn installed_snapshot_reproduces_the_source_state() -> Result<(), StorageE
     assert_eq!(dst.applied_state().await?, src.applied_state().await?);
     assert_eq!(dst.state_handle().read(|s| s.clone()), expected_state(&entries));
     let responses = dst.apply([note(2, 6, "d")]).await?;
-    assert_eq!(responses, [Response { history_seq: Some(4) }]);
+    assert_eq!(responses, [Response { history_seq: Some(4), ..Default::default() }]);
     Ok(())
 }
 

@@ -3,6 +3,11 @@
 //! Applying is pure and deterministic (no clock reads, no I/O): the redb state machine and the
 //! simulator call [`ClusterState::apply`] with the entry's log index and payload, and persist
 //! the result themselves.
+//!
+//! Two parts: the append-only history (here) and the failover control state ([`control`]):
+//! the spec, and per service its active site, epoch, lease, phase and workflow.
+
+pub mod control;
 
 use std::collections::VecDeque;
 
@@ -34,12 +39,15 @@ pub struct HistoryRecord {
 }
 
 /// The application state every node converges to.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Newest last; at most [`HISTORY_CAP`] records.
     pub history: VecDeque<HistoryRecord>,
     /// Seq of the newest record ever appended (0 = none).
     pub last_seq: u64,
+    /// The spec and the per-service failover state.
+    #[serde(default)]
+    pub control: control::ControlState,
 }
 
 /// What one apply did to the history, so a store can persist just the difference.
@@ -51,6 +59,8 @@ pub struct Applied {
     pub appended: Option<HistoryRecord>,
     /// Seqs compacted away by the cap (oldest first).
     pub dropped_seqs: Vec<u64>,
+    /// Whether [`ClusterState::control`] changed (the store then persists it).
+    pub control_changed: bool,
 }
 
 impl ClusterState {
@@ -68,30 +78,59 @@ impl ClusterState {
         }
         match req {
             Request::Note { author, text, at_unix_ms } => {
-                let mut text = text.clone();
-                truncate_utf8(&mut text, MAX_NOTE_BYTES);
-                let record = HistoryRecord {
-                    seq: self.last_seq + 1,
-                    log_index,
-                    at_unix_ms: *at_unix_ms,
-                    author: author.clone(),
-                    kind: "note".to_string(),
-                    text,
-                };
-                self.last_seq = record.seq;
-                self.history.push_back(record.clone());
-                let mut dropped_seqs = Vec::new();
-                while self.history.len() > HISTORY_CAP {
-                    if let Some(old) = self.history.pop_front() {
-                        dropped_seqs.push(old.seq);
-                    }
-                }
-                Applied {
-                    response: Response { history_seq: Some(record.seq) },
-                    appended: Some(record),
-                    dropped_seqs,
-                }
+                let mut applied = self.record(log_index, *at_unix_ms, author, "note", text);
+                applied.response.history_seq = applied.appended.as_ref().map(|r| r.seq);
+                applied
             }
+            Request::Control(c) => {
+                let outcome = self.control.apply(log_index, c);
+                let mut applied = match &outcome.record {
+                    Some((kind, text)) => {
+                        self.record(log_index, c.at_unix_ms(), c.author(), kind, text)
+                    }
+                    None => Applied::default(),
+                };
+                applied.response.history_seq = applied.appended.as_ref().map(|r| r.seq);
+                applied.response.rejected = outcome.rejected;
+                applied.response.spec_version = self.control.spec.as_ref().map(|s| s.version);
+                applied.control_changed = outcome.changed;
+                applied
+            }
+        }
+    }
+
+    /// Appends one history record, compacting the oldest past the cap.
+    fn record(
+        &mut self,
+        log_index: u64,
+        at_unix_ms: i64,
+        author: &str,
+        kind: &str,
+        text: &str,
+    ) -> Applied {
+        let mut text = text.to_string();
+        truncate_utf8(&mut text, MAX_NOTE_BYTES);
+        let record = HistoryRecord {
+            seq: self.last_seq + 1,
+            log_index,
+            at_unix_ms,
+            author: author.to_string(),
+            kind: kind.to_string(),
+            text,
+        };
+        self.last_seq = record.seq;
+        self.history.push_back(record.clone());
+        let mut dropped_seqs = Vec::new();
+        while self.history.len() > HISTORY_CAP {
+            if let Some(old) = self.history.pop_front() {
+                dropped_seqs.push(old.seq);
+            }
+        }
+        Applied {
+            response: Response::default(),
+            appended: Some(record),
+            dropped_seqs,
+            control_changed: false,
         }
     }
 
