@@ -9,6 +9,7 @@
 //! - [`pb`]: conversions between protobuf messages and domain types.
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod consensus;
 pub mod pb;

@@ -1,1 +1,39 @@
-fn main(){}
+//! drover-witness: the third-site voter. It holds the Raft log and votes like any member, so
+//! neither site alone is a majority, but it never runs workflow steps and never becomes the
+//! active site. It is the same node library as drover-node, on a single-threaded runtime to
+//! stay small.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use drover::consensus::types::Role;
+use drover::runtime::cli;
+
+#[derive(Parser)]
+#[command(name = "drover-witness", version, about = "drover witness: a voter that never acts")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the witness described by a node.toml (role = "witness") until SIGTERM.
+    Run {
+        /// Path to node.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Serve gRPC in plaintext without client certificates (development only).
+        #[arg(long)]
+        insecure_dev: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().cmd {
+        Cmd::Run { config, insecure_dev } => {
+            cli::run_daemon(&config, insecure_dev, Some(Role::Witness), Some(1))
+        }
+    }
+}

@@ -1,1 +1,26 @@
-//! (in progress)
+//! The node's surfaces: gRPC services (the Raft transport between members and the admin API
+//! used by droverctl) and the plain HTTP endpoints (health, readiness, metrics).
+
+pub mod admin;
+pub mod http;
+pub mod raft;
+pub mod view;
+
+use crate::consensus::network::PeerContacts;
+use crate::consensus::store::StateHandle;
+use crate::consensus::types::{NodeId, Raft};
+
+/// What every surface needs to answer about this node; cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    /// This node's id.
+    pub id: NodeId,
+    /// This node's name.
+    pub name: String,
+    /// The local Raft instance.
+    pub raft: Raft,
+    /// When each peer last answered.
+    pub contacts: PeerContacts,
+    /// The applied replicated state.
+    pub state: StateHandle,
+}

@@ -1,1 +1,299 @@
-fn main(){}
+//! droverctl: the operator's admin client (gRPC over mutual TLS).
+//!
+//! Human tables by default, `--json` for scripts. Exit code 0 on success, 1 when the cluster
+//! refused or could not be reached, 2 on bad usage or local files.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use drover::client::{render, Client, ClientConfig, ClientError};
+use drover::tls::certs;
+use drover_proto::v1 as pb;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "droverctl", version, about = "Operate a drover cluster")]
+struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args)]
+struct Conn {
+    /// Member gRPC address(es), HOST:PORT, comma-separated; tried in order.
+    #[arg(long, global = true, env = "DROVER_ENDPOINT", value_delimiter = ',')]
+    endpoint: Vec<String>,
+    /// Directory holding ca.pem, admin.pem and admin-key.pem (as written by `certs init`).
+    #[arg(long, global = true, env = "DROVER_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Cluster CA certificate (overrides --tls-dir).
+    #[arg(long, global = true, env = "DROVER_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate (overrides --tls-dir).
+    #[arg(long, global = true, env = "DROVER_CERT")]
+    cert: Option<PathBuf>,
+    /// Client key (overrides --tls-dir).
+    #[arg(long, global = true, env = "DROVER_KEY")]
+    key: Option<PathBuf>,
+    /// Name expected in the node's certificate, when the endpoint host is not in it.
+    #[arg(long, global = true)]
+    server_name: Option<String>,
+    /// Deadline of each call, e.g. 5s or 500ms.
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Talk plaintext to a cluster started with --insecure-dev.
+    #[arg(long, global = true)]
+    insecure_dev: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Members with site and role, leader, term, commit/applied index, replication lag.
+    Status {
+        /// This node's own view instead of the leader's.
+        #[arg(long)]
+        local: bool,
+    },
+    /// Change the cluster's membership.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Operator notes in the replicated history.
+    #[command(subcommand)]
+    Note(NoteCmd),
+    /// The replicated history (oldest first).
+    History {
+        /// Only records after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// TLS material for the cluster.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Add a node as a learner (it replicates but does not vote until promoted).
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        site: String,
+        /// controller or witness.
+        #[arg(long, default_value = "controller")]
+        role: String,
+        /// The node's gRPC HOST:PORT as the other members reach it.
+        #[arg(long)]
+        address: String,
+    },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+    /// Remove a voter or learner from the cluster.
+    Remove { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum NoteCmd {
+    /// Append a note to the history, committed through Raft.
+    Add {
+        text: String,
+        #[arg(long, env = "USER", default_value = "operator")]
+        author: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create a development CA plus node and admin certificates (no openssl needed).
+    Init {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// A node certificate: NAME or NAME=HOST[,HOST...] (hosts become SANs). Repeatable.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+        /// An admin (client-only) certificate name. Repeatable.
+        #[arg(long = "admin", default_value = "admin")]
+        admins: Vec<String>,
+        /// Replace an existing CA in --out.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Certs(CertsCmd::Init { out, nodes, admins, force }) = &cli.cmd {
+        return certs_init(out, nodes, admins, *force, cli.json);
+    }
+    let client = match Client::new(client_config(&cli.conn)) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&client, &cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    eprintln!("error: {e}");
+    match e {
+        ClientError::Setup(_) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+fn client_config(c: &Conn) -> ClientConfig {
+    let in_dir = |f: &str| c.tls_dir.as_ref().map(|d| d.join(f));
+    ClientConfig {
+        endpoints: c
+            .endpoint
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect(),
+        ca: c.ca.clone().or_else(|| in_dir("ca.pem")),
+        cert: c.cert.clone().or_else(|| in_dir("admin.pem")),
+        key: c.key.clone().or_else(|| in_dir("admin-key.pem")),
+        server_name: c.server_name.clone(),
+        timeout: c.timeout,
+        insecure: c.insecure_dev,
+    }
+}
+
+async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
+    match &cli.cmd {
+        Cmd::Status { local } => {
+            let local = *local;
+            let s = client
+                .call(|mut c| async move { c.status(pb::StatusRequest { local }).await })
+                .await?;
+            if cli.json {
+                println!("{}", render::status_json(&s));
+            } else {
+                print!("{}", render::status_table(&s));
+            }
+        }
+        Cmd::Member(MemberCmd::Add { id, name, site, role, address }) => {
+            let req = pb::AddMemberRequest {
+                id: *id,
+                name: name.clone(),
+                site: site.clone(),
+                role: role.clone(),
+                address: address.clone(),
+            };
+            let r = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.add_member(req).await }
+                })
+                .await?;
+            print_membership(&format!("added node {id} ({name}) as a learner"), &r, cli.json);
+        }
+        Cmd::Member(MemberCmd::Promote { id }) => {
+            let id = *id;
+            let r = client
+                .call(|mut c| async move { c.promote_member(pb::MemberRef { id }).await })
+                .await?;
+            print_membership(&format!("node {id} is now a voter"), &r, cli.json);
+        }
+        Cmd::Member(MemberCmd::Remove { id }) => {
+            let id = *id;
+            let r = client
+                .call(|mut c| async move { c.remove_member(pb::MemberRef { id }).await })
+                .await?;
+            print_membership(&format!("node {id} removed"), &r, cli.json);
+        }
+        Cmd::Note(NoteCmd::Add { text, author }) => {
+            let req = pb::AddNoteRequest { author: author.clone(), text: text.clone() };
+            let r = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.add_note(req).await }
+                })
+                .await?;
+            if cli.json {
+                println!("{}", json!({"seq": r.seq, "log_index": r.log_index}));
+            } else {
+                println!("note #{} committed at log index {}", r.seq, r.log_index);
+            }
+        }
+        Cmd::History { after, limit } => {
+            let req = pb::HistoryRequest { after_seq: *after, limit: *limit };
+            let r = client.call(|mut c| async move { c.history(req).await }).await?;
+            if cli.json {
+                println!("{}", render::history_json(&r));
+            } else {
+                print!("{}", render::history_table(&r));
+            }
+        }
+        Cmd::Certs(_) => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}
+
+fn certs_init(
+    out: &Path,
+    nodes: &[String],
+    admins: &[String],
+    force: bool,
+    as_json: bool,
+) -> ExitCode {
+    let subjects: Result<Vec<_>, _> = nodes.iter().map(|n| certs::parse_subject(n)).collect();
+    let result = subjects.and_then(|s| certs::init(out, &s, admins, force));
+    match result {
+        Ok(files) => {
+            if as_json {
+                let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                println!("{}", json!({ "files": files }));
+            } else {
+                println!("wrote {} files to {}:", files.len(), out.display());
+                for f in files {
+                    println!("  {}", f.display());
+                }
+                println!(
+                    "keep ca-key.pem offline in production: whoever holds it can join the cluster"
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_membership(what: &str, r: &pb::MembershipReply, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            json!({"log_index": r.log_index, "voters": r.voters, "learners": r.learners})
+        );
+    } else {
+        println!(
+            "{what} (log index {}); voters {:?}, learners {:?}",
+            r.log_index, r.voters, r.learners
+        );
+    }
+}

@@ -1,1 +1,172 @@
-//! (in progress)
+//! Starts a node and wires its parts together:
+//!
+//! ```text
+//!  node.toml ─▶ config::load ─▶ tls::load ─▶ store::open(data_dir) ─▶ openraft::Raft
+//!                                                                      │
+//!      gRPC listener (mTLS): api::raft::RaftService + api::admin::AdminService
+//!      HTTP listener:        api::http (healthz, readyz, metrics)
+//! ```
+//!
+//! On first start (empty data dir) the node proposes the configured initial membership; every
+//! initial member does the same with the same list, which openraft accepts exactly once. Later
+//! starts ignore the list: the data dir is the truth. Shutdown stops Raft first (so nothing is
+//! acknowledged after it), then the listeners.
+
+pub mod cli;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::api::admin::AdminService;
+use crate::api::raft::RaftService;
+use crate::api::NodeHandle;
+use crate::config::NodeConfig;
+use crate::consensus::network::{Network, PeerContacts};
+use crate::consensus::store;
+use crate::consensus::types::{Member, NodeId, Raft};
+use crate::tls::TlsMaterial;
+
+/// Longest time the listeners get to finish in-flight requests at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a node could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The data store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {what} {addr}: {cause}; is another process using it? change listen.{what} in {config}")]
+    Listen { what: &'static str, addr: std::net::SocketAddr, cause: std::io::Error, config: String },
+    /// TLS material unusable for a server.
+    #[error("{0}")]
+    Tls(String),
+    /// openraft refused to start.
+    #[error("cannot start Raft: {0}")]
+    Raft(String),
+}
+
+/// Runs the node until `shutdown` resolves.
+pub async fn run(
+    cfg: NodeConfig,
+    tls: Option<TlsMaterial>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RuntimeError> {
+    let config_name = cfg.path.display().to_string();
+    let server_tls = match &tls {
+        Some(t) => Some(t.server_config().map_err(|e| RuntimeError::Tls(e.to_string()))?),
+        None => None,
+    };
+    // Bind before touching the store, so a port clash changes nothing on disk.
+    let grpc_listener =
+        TcpListener::bind(cfg.listen_grpc).await.map_err(|cause| RuntimeError::Listen {
+            what: "grpc",
+            addr: cfg.listen_grpc,
+            cause,
+            config: config_name.clone(),
+        })?;
+    let http_listener =
+        TcpListener::bind(cfg.listen_http).await.map_err(|cause| RuntimeError::Listen {
+            what: "http",
+            addr: cfg.listen_http,
+            cause,
+            config: config_name.clone(),
+        })?;
+
+    let (log_store, state_machine) = store::open(&cfg.data_dir, store::StoreOptions::default())?;
+    let state = state_machine.state_handle();
+    let contacts = PeerContacts::default();
+    let network = Network::new(cfg.id, tls.map(Arc::new), contacts.clone());
+    let raft_config = Arc::new(cfg.raft.to_openraft("drover"));
+    let raft = Raft::new(cfg.id, raft_config, network, log_store, state_machine)
+        .await
+        .map_err(|e| RuntimeError::Raft(e.to_string()))?;
+    let node =
+        NodeHandle { id: cfg.id, name: cfg.name.clone(), raft: raft.clone(), contacts, state };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let grpc = {
+        let mut stop = stop_rx.clone();
+        let incoming = crate::tls::serve_incoming(grpc_listener, server_tls);
+        let router = tonic::transport::Server::builder()
+            .timeout(Duration::from_secs(30))
+            .concurrency_limit_per_connection(64)
+            .add_service(RaftService::server(raft.clone()))
+            .add_service(AdminService::server(node.clone()));
+        tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let http = {
+        let mut stop = stop_rx.clone();
+        let app = crate::api::http::router(node.clone());
+        tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    info!(
+        node_id = cfg.id,
+        name = %cfg.name,
+        site = %cfg.site,
+        role = %cfg.role,
+        grpc = %cfg.listen_grpc,
+        http = %cfg.listen_http,
+        "node started"
+    );
+
+    initialize_if_new(&raft, cfg.id, &cfg.initial_members).await;
+
+    shutdown.await;
+    info!("shutting down: stopping Raft, then the listeners");
+    if let Err(e) = raft.shutdown().await {
+        warn!(cause = %e, "Raft did not stop cleanly");
+    }
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(SHUTDOWN_GRACE, async { (grpc.await, http.await) }).await {
+        Ok((Ok(Ok(())), Ok(Ok(())))) => info!("stopped"),
+        Ok((g, h)) => {
+            warn!(grpc = ?g.map(|r| r.map_err(|e| e.to_string())), http = ?h.map(|r| r.map_err(|e| e.to_string())), "listeners stopped with errors")
+        }
+        Err(_) => warn!("listeners did not stop within {SHUTDOWN_GRACE:?}; exiting anyway"),
+    }
+    Ok(())
+}
+
+/// Proposes the initial membership on a node whose data dir is empty.
+async fn initialize_if_new(raft: &Raft, id: NodeId, initial: &[(NodeId, Member)]) {
+    match raft.is_initialized().await {
+        Ok(true) => {
+            info!("data dir holds cluster state; the initial_member list is ignored");
+            return;
+        }
+        Ok(false) if initial.is_empty() => {
+            info!("no cluster state and no initial_member list: waiting to be added with 'droverctl member add'");
+            return;
+        }
+        Ok(false) => {}
+        Err(e) => {
+            warn!(cause = %e, "cannot read Raft state");
+            return;
+        }
+    }
+    let members: BTreeMap<NodeId, Member> = initial.iter().cloned().collect();
+    match raft.initialize(members).await {
+        Ok(()) => info!(node_id = id, members = initial.len(), "proposed the initial membership"),
+        // Another initial member's vote or entries reached us first: the cluster is forming.
+        Err(e) => info!(cause = %e, "initial membership not proposed by this node"),
+    }
+}

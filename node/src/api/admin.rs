@@ -1,0 +1,358 @@
+//! The admin API served to droverctl: status, membership changes, notes and history.
+//!
+//! Calls that change the cluster must run on the leader. A follower answers them with
+//! `FAILED_PRECONDITION` plus the leader's id and address in the metadata keys
+//! [`LEADER_ID_KEY`] and [`LEADER_ADDR_KEY`]; droverctl follows that hint by itself.
+
+use std::collections::BTreeSet;
+
+use drover_proto::v1 as pb;
+use drover_proto::v1::admin_server::{Admin, AdminServer};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::NodeHandle;
+use crate::consensus::types::{Member, NodeId, Role};
+use crate::pb::{history_to_pb, view_to_pb};
+
+/// Metadata key carrying the leader's id on a not-leader refusal.
+pub const LEADER_ID_KEY: &str = "drover-leader-id";
+/// Metadata key carrying the leader's gRPC address on a not-leader refusal.
+pub const LEADER_ADDR_KEY: &str = "drover-leader-addr";
+/// Most history records returned by one call.
+pub const MAX_HISTORY_PAGE: usize = 1000;
+/// Longest name or site accepted.
+const MAX_NAME_LEN: usize = 63;
+
+/// gRPC admin service.
+pub struct AdminService {
+    node: NodeHandle,
+}
+
+impl AdminService {
+    /// Wraps the node in a tonic server.
+    pub fn server(node: NodeHandle) -> AdminServer<AdminService> {
+        AdminServer::new(AdminService { node })
+    }
+
+    /// A refusal pointing at the leader (or saying none is known).
+    fn not_leader(&self, leader: Option<(NodeId, Option<Member>)>) -> Status {
+        match leader {
+            Some((id, member)) => {
+                let addr = member.as_ref().map(|m| m.address.clone()).unwrap_or_default();
+                let mut status = Status::failed_precondition(format!(
+                    "node {} is not the leader; the leader is node {id} at {addr}",
+                    self.node.name
+                ));
+                let md = status.metadata_mut();
+                if let Ok(v) = id.to_string().parse() {
+                    md.insert(LEADER_ID_KEY, v);
+                }
+                if let Ok(v) = addr.parse() {
+                    md.insert(LEADER_ADDR_KEY, v);
+                }
+                status
+            }
+            None => Status::unavailable(format!(
+                "node {} knows no leader right now (election in progress or no quorum); retry in a few seconds",
+                self.node.name
+            )),
+        }
+    }
+
+    fn write_error(&self, err: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Status {
+        match err {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                self.not_leader(f.leader_id.map(|id| (id, f.leader_node)))
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                Status::failed_precondition(membership_error_text(&e))
+            }
+            RaftError::Fatal(e) => Status::internal(format!(
+                "node {} has stopped its Raft instance: {e}; check its log and restart it",
+                self.node.name
+            )),
+        }
+    }
+
+    /// Refuses unless this node leads; used by calls that read the leader's view.
+    async fn require_leader(&self) -> Result<(), Status> {
+        let m = self.node.raft.metrics().borrow().clone();
+        if m.state == ServerState::Leader {
+            return Ok(());
+        }
+        let leader = m.current_leader.map(|id| {
+            let member = m.membership_config.membership().get_node(&id).cloned();
+            (id, member)
+        });
+        Err(self.not_leader(leader))
+    }
+}
+
+fn membership_error_text(e: &ChangeMembershipError<NodeId>) -> String {
+    match e {
+        ChangeMembershipError::InProgress(_) => {
+            "another membership change is still in progress; retry when it has committed".into()
+        }
+        ChangeMembershipError::EmptyMembership(_) => {
+            "the change would leave the cluster without voters; refused".into()
+        }
+        ChangeMembershipError::LearnerNotFound(l) => format!(
+            "node {} is not a learner of this cluster; add it first with 'droverctl member add'",
+            l.node_id
+        ),
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Checks an add-member request against the current membership; lists every problem.
+fn validate_new_member(
+    req: &pb::AddMemberRequest,
+    existing: &[(NodeId, Member)],
+) -> Result<(NodeId, Member), Status> {
+    let mut problems = Vec::new();
+    if req.id == 0 {
+        problems.push("id: must be greater than 0".to_string());
+    }
+    if let Some((_, m)) = existing.iter().find(|(id, _)| *id == req.id) {
+        problems.push(format!("id: {} is already used by member {}", req.id, m.name));
+    }
+    if !valid_name(&req.name) {
+        problems.push(format!(
+            "name: {:?} must be 1-{MAX_NAME_LEN} characters of a-z, 0-9 and '-'",
+            req.name
+        ));
+    } else if existing.iter().any(|(_, m)| m.name == req.name) {
+        problems.push(format!("name: {:?} is already a member", req.name));
+    }
+    if !valid_name(&req.site) {
+        problems.push(format!(
+            "site: {:?} must be 1-{MAX_NAME_LEN} characters of a-z, 0-9 and '-'",
+            req.site
+        ));
+    }
+    let role = Role::parse(&req.role);
+    if role.is_none() {
+        problems.push(format!("role: {:?} must be \"controller\" or \"witness\"", req.role));
+    }
+    if !valid_address(&req.address) {
+        problems.push(format!("address: {:?} must be host:port", req.address));
+    }
+    if !problems.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "member add refused: {}",
+            problems.join("; ")
+        )));
+    }
+    let member = Member {
+        name: req.name.clone(),
+        site: req.site.clone(),
+        role: role.unwrap_or_default(),
+        address: req.address.clone(),
+    };
+    Ok((req.id, member))
+}
+
+/// `host:port` with a non-empty host and a valid non-zero port.
+pub fn valid_address(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    }
+}
+
+fn membership_reply(
+    resp: &openraft::raft::ClientWriteResponse<crate::consensus::types::TypeConfig>,
+) -> pb::MembershipReply {
+    let (voters, learners) = match &resp.membership {
+        Some(m) => {
+            let voters: BTreeSet<NodeId> = m.voter_ids().collect();
+            let learners = m.learner_ids().collect();
+            (voters.into_iter().collect(), learners)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    pb::MembershipReply { log_index: resp.log_id.index, voters, learners }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let view = self.node.view().await;
+        // Only the leader knows replication progress; send the caller there unless it asked
+        // for this node's own view or no leader is known (then this view is all there is).
+        if !req.get_ref().local && view.state != ServerState::Leader && view.leader_id.is_some() {
+            self.require_leader().await?;
+        }
+        Ok(Response::new(view_to_pb(&view)))
+    }
+
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        self.require_leader().await?;
+        let existing: Vec<(NodeId, Member)> = {
+            let m = self.node.raft.metrics().borrow().clone();
+            m.membership_config.membership().nodes().map(|(i, n)| (*i, n.clone())).collect()
+        };
+        let (id, member) = validate_new_member(req.get_ref(), &existing)?;
+        info!(member_id = id, member = %member, "adding learner");
+        let resp =
+            self.node.raft.add_learner(id, member, false).await.map_err(|e| self.write_error(e))?;
+        Ok(Response::new(membership_reply(&resp)))
+    }
+
+    async fn promote_member(
+        &self,
+        req: Request<pb::MemberRef>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        self.require_leader().await?;
+        let id = req.get_ref().id;
+        info!(member_id = id, "promoting learner to voter");
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        let resp = self
+            .node
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| self.write_error(e))?;
+        Ok(Response::new(membership_reply(&resp)))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::MemberRef>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        self.require_leader().await?;
+        let id = req.get_ref().id;
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let change = if membership.voter_ids().any(|v| v == id) {
+            if membership.voter_ids().count() <= 1 {
+                return Err(Status::failed_precondition(format!(
+                    "node {id} is the last voter; a cluster cannot remove its last voter"
+                )));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else if membership.learner_ids().any(|l| l == id) {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            return Err(Status::not_found(format!(
+                "node {id} is not a member; 'droverctl status' lists the members"
+            )));
+        };
+        info!(member_id = id, "removing member");
+        let resp = self
+            .node
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| self.write_error(e))?;
+        Ok(Response::new(membership_reply(&resp)))
+    }
+
+    async fn add_note(
+        &self,
+        req: Request<pb::AddNoteRequest>,
+    ) -> Result<Response<pb::AddNoteReply>, Status> {
+        let req = req.into_inner();
+        if req.text.trim().is_empty() {
+            return Err(Status::invalid_argument("note text is empty; write what happened"));
+        }
+        if req.text.len() > crate::consensus::state::MAX_NOTE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "note text is {} bytes; the limit is {}",
+                req.text.len(),
+                crate::consensus::state::MAX_NOTE_BYTES
+            )));
+        }
+        let author = if req.author.is_empty() { "operator".to_string() } else { req.author };
+        let request = crate::consensus::types::Request::Note {
+            author,
+            text: req.text,
+            at_unix_ms: crate::pb::unix_now_ms(),
+        };
+        let resp = self.node.raft.client_write(request).await.map_err(|e| self.write_error(e))?;
+        Ok(Response::new(pb::AddNoteReply {
+            seq: resp.data.history_seq.unwrap_or(0),
+            log_index: resp.log_id.index,
+        }))
+    }
+
+    async fn history(
+        &self,
+        req: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryReply>, Status> {
+        let req = req.into_inner();
+        let limit = match req.limit {
+            0 => MAX_HISTORY_PAGE,
+            n => (n as usize).min(MAX_HISTORY_PAGE),
+        };
+        let (first_seq, records) =
+            self.node.state.read(|s| (s.first_seq(), s.history_after(req.after_seq, limit)));
+        Ok(Response::new(pb::HistoryReply {
+            records: records.iter().map(history_to_pb).collect(),
+            first_seq,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(id: u64, name: &str, site: &str, role: &str, address: &str) -> pb::AddMemberRequest {
+        pb::AddMemberRequest {
+            id,
+            name: name.into(),
+            site: site.into(),
+            role: role.into(),
+            address: address.into(),
+        }
+    }
+
+    #[test]
+    fn add_member_lists_every_problem() {
+        let existing = vec![(
+            1,
+            Member {
+                name: "prod-1".into(),
+                site: "prod".into(),
+                role: Role::Controller,
+                address: "a:1".into(),
+            },
+        )];
+        let err = validate_new_member(&req(1, "prod-1", "Prod", "boss", "nohost"), &existing)
+            .unwrap_err();
+        let msg = err.message();
+        for key in ["id: 1 is already used", "name:", "site:", "role:", "address:"] {
+            assert!(msg.contains(key), "{key} missing from {msg}");
+        }
+        assert!(
+            validate_new_member(&req(2, "dr-1", "dr", "controller", "h:7400"), &existing).is_ok()
+        );
+    }
+
+    #[test]
+    fn addresses_need_host_and_port() {
+        assert!(valid_address("127.0.0.1:7400"));
+        assert!(valid_address("st.example:7400"));
+        assert!(!valid_address("127.0.0.1"));
+        assert!(!valid_address(":7400"));
+        assert!(!valid_address("h:0"));
+        assert!(!valid_address("h:99999"));
+    }
+}

@@ -1,0 +1,238 @@
+//! The admin client behind droverctl and the demo: connects over mutual TLS, tries each given
+//! endpoint until one answers, and follows a follower's leader hint (a bounded number of hops).
+//!
+//! Errors are turned into one actionable line here, so every caller reports them alike.
+
+pub mod render;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use drover_proto::v1::admin_client::AdminClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+
+use crate::api::admin::{LEADER_ADDR_KEY, LEADER_ID_KEY};
+use crate::consensus::network::describe_status;
+
+/// Most leader hints followed by one call (a leader change during the call costs one hop).
+const MAX_LEADER_HOPS: usize = 3;
+
+/// How to reach and authenticate to the cluster.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of one or more members, tried in order.
+    pub endpoints: Vec<String>,
+    /// The cluster CA (required unless `insecure`).
+    pub ca: Option<PathBuf>,
+    /// Client certificate; without it, a TLS server refuses the connection.
+    pub cert: Option<PathBuf>,
+    /// Client key.
+    pub key: Option<PathBuf>,
+    /// Name to verify in the server's certificate instead of the endpoint's host.
+    pub server_name: Option<String>,
+    /// Deadline of each call (connect included).
+    pub timeout: Duration,
+    /// Plaintext, for clusters started with `--insecure-dev`.
+    pub insecure: bool,
+}
+
+/// A failed admin call, as one actionable line.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Local setup is wrong (missing file, bad flag).
+    #[error("{0}")]
+    Setup(String),
+    /// No endpoint answered.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The cluster answered with a refusal.
+    #[error("{0}")]
+    Refused(String),
+}
+
+struct Tls {
+    ca: Certificate,
+    identity: Option<Identity>,
+}
+
+/// A connected-on-demand admin client.
+pub struct Client {
+    cfg: ClientConfig,
+    tls: Option<Tls>,
+}
+
+fn read(path: &PathBuf, what: &str, flag: &str) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|e| {
+        ClientError::Setup(format!("cannot read the {what} {}: {e}; fix {flag}", path.display()))
+    })
+}
+
+impl Client {
+    /// Reads the TLS files once; fails with a clear line if one is missing.
+    pub fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
+        if cfg.endpoints.is_empty() {
+            return Err(ClientError::Setup(
+                "no endpoint given; pass --endpoint HOST:PORT (or set DROVER_ENDPOINT)".into(),
+            ));
+        }
+        let tls = if cfg.insecure {
+            None
+        } else {
+            let ca_path = cfg.ca.as_ref().ok_or_else(|| {
+                ClientError::Setup(
+                    "no cluster CA given; pass --ca FILE or --tls-dir DIR (or --insecure-dev for a plaintext dev cluster)"
+                        .into(),
+                )
+            })?;
+            let ca = Certificate::from_pem(read(ca_path, "CA certificate", "--ca")?);
+            let identity = match (&cfg.cert, &cfg.key) {
+                (Some(c), Some(k)) => Some(Identity::from_pem(
+                    read(c, "client certificate", "--cert")?,
+                    read(k, "client key", "--key")?,
+                )),
+                (None, None) => None,
+                _ => {
+                    return Err(ClientError::Setup(
+                        "--cert and --key go together; pass both".into(),
+                    ))
+                }
+            };
+            Some(Tls { ca, identity })
+        };
+        Ok(Client { cfg, tls })
+    }
+
+    fn endpoint(&self, address: &str) -> Result<Endpoint, ClientError> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let bad = |e: tonic::transport::Error| {
+            ClientError::Setup(format!("bad endpoint {address:?}: {e}; use HOST:PORT"))
+        };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(bad)?
+            .connect_timeout(self.cfg.timeout)
+            .timeout(self.cfg.timeout);
+        if let Some(tls) = &self.tls {
+            let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = self.cfg.server_name.as_deref().unwrap_or(host);
+            let mut cfg = ClientTlsConfig::new().ca_certificate(tls.ca.clone()).domain_name(name);
+            if let Some(id) = &tls.identity {
+                cfg = cfg.identity(id.clone());
+            }
+            ep = ep.tls_config(cfg).map_err(bad)?;
+        }
+        Ok(ep)
+    }
+
+    /// Runs `op` against the first endpoint that answers, following leader hints.
+    pub async fn call<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
+    where
+        F: Fn(AdminClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut failures = Vec::new();
+        for address in &self.cfg.endpoints {
+            let mut target = address.clone();
+            for _hop in 0..=MAX_LEADER_HOPS {
+                match self.call_one(&target, &op).await {
+                    Ok(v) => return Ok(v),
+                    Err(Attempt::Redirect(leader)) if leader != target => target = leader,
+                    Err(Attempt::Redirect(_)) => {
+                        failures.push(format!("{target}: keeps naming itself as leader"));
+                        break;
+                    }
+                    Err(Attempt::Down(msg)) => {
+                        failures.push(msg);
+                        break;
+                    }
+                    Err(Attempt::Final(e)) => return Err(e),
+                }
+            }
+        }
+        Err(ClientError::Unreachable(format!("no drover node answered: {}", failures.join("; "))))
+    }
+
+    async fn call_one<T, F, Fut>(&self, address: &str, op: &F) -> Result<T, Attempt>
+    where
+        F: Fn(AdminClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let ep = self.endpoint(address).map_err(Attempt::Final)?;
+        let channel =
+            ep.connect().await.map_err(|e| Attempt::Down(self.explain_connect(address, &e)))?;
+        match op(AdminClient::new(channel)).await {
+            Ok(resp) => Ok(resp.into_inner()),
+            Err(status) => Err(self.classify(address, status)),
+        }
+    }
+
+    fn classify(&self, address: &str, status: Status) -> Attempt {
+        if status.code() == Code::FailedPrecondition {
+            if let Some(addr) = status.metadata().get(LEADER_ADDR_KEY).and_then(|v| v.to_str().ok())
+            {
+                if !addr.is_empty() {
+                    let _ = status.metadata().get(LEADER_ID_KEY);
+                    return Attempt::Redirect(addr.to_string());
+                }
+            }
+        }
+        let detail = describe_status(&status);
+        match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
+                Attempt::Down(format!("{address}: {}", self.explain_text(&detail)))
+            }
+            _ => Attempt::Final(ClientError::Refused(format!("{address}: {}", status.message()))),
+        }
+    }
+
+    fn explain_connect(&self, address: &str, err: &tonic::transport::Error) -> String {
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        format!("{address}: {}", self.explain_text(&text))
+    }
+
+    /// Turns transport jargon into what the user should do.
+    fn explain_text(&self, text: &str) -> String {
+        let lower = text.to_ascii_lowercase();
+        let hint = if lower.contains("unknownissuer") || lower.contains("invalid peer certificate")
+        {
+            Some("the node's certificate is not signed by the CA given with --ca: use the cluster's CA")
+        } else if lower.contains("certificaterequired") || lower.contains("certificate required") {
+            Some("the node requires a client certificate: pass --cert and --key (signed by the cluster CA)")
+        } else if lower.contains("unknownca")
+            || lower.contains("unknown ca")
+            || lower.contains("badcertificate")
+            || lower.contains("bad certificate")
+            || lower.contains("decrypterror")
+        {
+            Some("the node refused this client's certificate: use one signed by the cluster CA")
+        } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+            Some("the node's certificate does not name this endpoint: pass --server-name NODE-NAME")
+        } else if lower.contains("connection refused") {
+            Some("nothing listens there: is the node running, and is the port its listen.grpc?")
+        } else if lower.contains("timed out") || lower.contains("deadline") {
+            Some("no answer in time: check the address, firewalls, or raise --timeout")
+        } else if lower.contains("corrupt message") || lower.contains("invalidcontenttype") {
+            Some("TLS mismatch: the node may be plaintext (--insecure-dev) or this client is")
+        } else {
+            None
+        };
+        match hint {
+            Some(h) => format!("{h} ({text})"),
+            None => text.to_string(),
+        }
+    }
+}
+
+enum Attempt {
+    Redirect(String),
+    Down(String),
+    Final(ClientError),
+}

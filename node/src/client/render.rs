@@ -1,0 +1,132 @@
+//! How status and history look to people (tables) and to scripts (JSON). Shared by droverctl
+//! and the demo so both show the same thing.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use drover_proto::v1 as pb;
+use serde_json::{json, Value};
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// `droverctl status --json`.
+pub fn status_json(s: &pb::StatusReply) -> Value {
+    let members: Vec<_> = s
+        .members
+        .iter()
+        .map(|m| {
+            json!({"id": m.id, "name": m.name, "site": m.site, "role": m.role, "address": m.address,
+                   "membership": m.membership, "matched_index": m.matched_index, "lag": m.lag,
+                   "last_contact_ms": m.last_contact_ms})
+        })
+        .collect();
+    json!({"node_id": s.node_id, "node_name": s.node_name, "leader_id": s.leader_id, "term": s.term,
+           "state": s.state, "last_log_index": s.last_log_index, "commit_index": s.commit_index,
+           "applied_index": s.applied_index, "history_seq": s.history_seq, "members": members})
+}
+
+/// `droverctl status`.
+pub fn status_table(s: &pb::StatusReply) -> String {
+    let mut out = String::new();
+    let leader = match s.leader_id {
+        Some(id) => {
+            let name = s.members.iter().find(|m| m.id == id).map_or("?", |m| m.name.as_str());
+            format!("{name} (node {id})")
+        }
+        None => "none (election in progress or no quorum)".to_string(),
+    };
+    let _ = writeln!(out, "leader:  {leader}");
+    let _ = writeln!(out, "term:    {}", s.term);
+    let _ = writeln!(
+        out,
+        "log:     last {}, committed {}, applied {}",
+        opt(s.last_log_index),
+        opt(s.commit_index),
+        opt(s.applied_index)
+    );
+    let _ = writeln!(out, "answered by {} (node {}, {})\n", s.node_name, s.node_id, s.state);
+    let mut rows = vec![vec![
+        "ID".to_string(),
+        "NAME".into(),
+        "SITE".into(),
+        "ROLE".into(),
+        "MEMBERSHIP".into(),
+        "ADDRESS".into(),
+        "MATCHED".into(),
+        "LAG".into(),
+        "LAST CONTACT".into(),
+    ]];
+    for m in &s.members {
+        let mark = if Some(m.id) == s.leader_id { " *" } else { "" };
+        rows.push(vec![
+            format!("{}{mark}", m.id),
+            m.name.clone(),
+            m.site.clone(),
+            m.role.clone(),
+            m.membership.clone(),
+            m.address.clone(),
+            opt(m.matched_index),
+            opt(m.lag),
+            m.last_contact_ms.map_or_else(|| "-".into(), |ms| format!("{ms}ms")),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    if s.state != "leader" {
+        let _ = writeln!(
+            out,
+            "\n(replication columns are known only to the leader; this is node {}'s view)",
+            s.node_id
+        );
+    }
+    out
+}
+
+/// `droverctl history --json`.
+pub fn history_json(r: &pb::HistoryReply) -> Value {
+    let records: Vec<_> = r
+        .records
+        .iter()
+        .map(|h| {
+            json!({"seq": h.seq, "log_index": h.log_index, "at_unix_ms": h.at_unix_ms,
+                        "author": h.author, "kind": h.kind, "text": h.text})
+        })
+        .collect();
+    json!({"first_seq": r.first_seq, "records": records})
+}
+
+/// `droverctl history`.
+pub fn history_table(r: &pb::HistoryReply) -> String {
+    if r.records.is_empty() {
+        return "(no records)\n".to_string();
+    }
+    let mut rows = vec![vec![
+        "SEQ".to_string(),
+        "AT (UTC)".into(),
+        "AUTHOR".into(),
+        "KIND".into(),
+        "TEXT".into(),
+    ]];
+    for h in &r.records {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(h.at_unix_ms.max(0) as u64);
+        let at = humantime::format_rfc3339_seconds(at).to_string();
+        rows.push(vec![h.seq.to_string(), at, h.author.clone(), h.kind.clone(), h.text.clone()]);
+    }
+    table(&rows)
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> =
+            row.iter().enumerate().map(|(i, cell)| format!("{cell:<w$}", w = widths[i])).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}

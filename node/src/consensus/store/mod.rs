@@ -1,0 +1,268 @@
+//! Durable Raft storage: the log store and the state machine, both kept in one redb file,
+//! `<data_dir>/drover.redb`, shared by the two halves through an `Arc<Database>`.
+//!
+//! ```text
+//!        openraft core                       openraft state-machine worker
+//!   append/truncate/purge/vote                 apply / snapshot
+//!              │                                     │
+//!          LogStore                             StateMachine ──publish──▶ StateHandle
+//!              │                                     │                (admin API reads)
+//!    tables: log, log_meta             tables: sm_meta, history, snapshot
+//!              └───────────── Arc<redb::Database> ───┘
+//! ```
+//!
+//! Every mutation is a single redb write transaction committed with redb's default
+//! `Durability::Immediate` (fsync) before the call returns, or before the append callback
+//! fires, so whatever openraft has been told is persisted survives a crash. Values are JSON.
+//!
+//! redb calls block. They are made directly from the async trait methods: the transactions
+//! are small (a batch of entries, a vote, a few history rows) and none spans an `.await`, so
+//! no task on the same thread can be holding redb's single writer slot while another waits
+//! for it. This also keeps the store usable from a current-thread runtime, where
+//! `tokio::task::block_in_place` would panic.
+
+mod log_store;
+mod state_machine;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::{AnyError, StorageIOError};
+use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use self::log_store::{LogReader, LogStore};
+pub use self::state_machine::{SnapshotBuilder, SnapshotPayload, StateHandle, StateMachine};
+use super::types::{NodeId, StorageError};
+
+/// Name of the database file inside the node's data directory.
+pub const DB_FILE_NAME: &str = "drover.redb";
+
+/// Log entries: log index -> JSON `Entry`.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Log-side metadata: [`KEY_VOTE`], [`KEY_COMMITTED`], [`KEY_LAST_PURGED`].
+const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("log_meta");
+/// State-machine metadata: [`KEY_LAST_APPLIED`], [`KEY_LAST_MEMBERSHIP`], [`KEY_LAST_SEQ`].
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+/// Replicated history: seq -> JSON `HistoryRecord`.
+const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+/// The current snapshot: [`KEY_SNAPSHOT_META`], [`KEY_SNAPSHOT_DATA`],
+/// [`KEY_SNAPSHOT_COUNTER`].
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_LAST_PURGED: &str = "last_purged_log_id";
+const KEY_LAST_APPLIED: &str = "last_applied";
+const KEY_LAST_MEMBERSHIP: &str = "last_membership";
+const KEY_LAST_SEQ: &str = "last_seq";
+const KEY_SNAPSHOT_META: &str = "meta";
+const KEY_SNAPSHOT_DATA: &str = "data";
+const KEY_SNAPSHOT_COUNTER: &str = "counter";
+
+/// Tuning for the data store. Log purge thresholds are not here: openraft's `Config`
+/// (`snapshot_policy`, `max_in_snapshot_log_to_keep`) decides when to snapshot and purge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Most memory redb may use for its page cache, in bytes.
+    pub cache_size_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    /// 32 MiB: the log between snapshots plus at most 10,000 history records fit easily.
+    fn default() -> Self {
+        StoreOptions { cache_size_bytes: 32 * 1024 * 1024 }
+    }
+}
+
+/// Why the data store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory does not exist and could not be created.
+    #[error(
+        "cannot create the data directory {}: {source}; check that the parent directory exists \
+         and is writable by the drover user",
+        dir.display()
+    )]
+    CreateDir {
+        /// The data directory.
+        dir: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another process, or another store in this process, holds the file open.
+    #[error(
+        "the data store {} is already in use by another drover process (or opened twice by \
+         this one); stop the other process, or give this node its own data_dir",
+        path.display()
+    )]
+    AlreadyOpen {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// redb could not open or create the file.
+    #[error(
+        "cannot open the data store {}: {source}; check the data_dir permissions and free disk \
+         space, or that no other drover process uses it",
+        path.display()
+    )]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// redb's error.
+        source: DatabaseError,
+    },
+    /// The file opened but reading or initializing it failed.
+    #[error(
+        "cannot read the data store {}: {source}; check free disk space and the file's \
+         permissions, or restore it from a backup",
+        path.display()
+    )]
+    Read {
+        /// The database file.
+        path: PathBuf,
+        /// redb's error.
+        source: Box<redb::Error>,
+    },
+    /// The file holds data drover cannot decode.
+    #[error(
+        "the data store {} is damaged: {detail}; restore it from a backup, or remove it and \
+         re-add this node to the cluster so it receives a snapshot",
+        path.display()
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What could not be decoded, and why.
+        detail: String,
+    },
+}
+
+/// Opens (creating if needed) `dir/drover.redb` and returns the two halves openraft needs.
+///
+/// Creates `dir` if it is missing. The state machine's in-memory mirror (at most
+/// `HISTORY_CAP` history records) is loaded here, so a damaged file is reported at startup
+/// rather than on the first read.
+pub fn open(dir: &Path, opts: StoreOptions) -> Result<(LogStore, StateMachine), StoreError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|source| StoreError::CreateDir { dir: dir.to_path_buf(), source })?;
+    let path = dir.join(DB_FILE_NAME);
+    let db =
+        redb::Builder::new().set_cache_size(opts.cache_size_bytes).create(&path).map_err(|e| {
+            match e {
+                DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::AlreadyOpen { path: path.clone() }
+                }
+                source => StoreError::Open { path: path.clone(), source },
+            }
+        })?;
+    let db = Arc::new(db);
+    let loaded = create_tables(&db).and_then(|()| state_machine::load(&db));
+    let sm_state = loaded.map_err(|e| match e {
+        DbError::Redb(source) => StoreError::Read { path: path.clone(), source },
+        other => StoreError::Corrupt { path: path.clone(), detail: other.to_string() },
+    })?;
+    Ok((LogStore::new(Arc::clone(&db)), StateMachine::new(db, sm_state)))
+}
+
+/// Creates every table, so later read transactions never meet a missing one.
+fn create_tables(db: &Database) -> Result<(), DbError> {
+    let txn = db.begin_write()?;
+    txn.open_table(LOG)?;
+    txn.open_table(LOG_META)?;
+    txn.open_table(SM_META)?;
+    txn.open_table(HISTORY)?;
+    txn.open_table(SNAPSHOT)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// What went wrong inside the store; converted to openraft's [`StorageError`] at the trait
+/// boundary and to [`StoreError`] at open.
+#[derive(Debug, thiserror::Error)]
+enum DbError {
+    // Boxed: redb's error is large and this travels through every store call.
+    #[error(transparent)]
+    Redb(Box<redb::Error>),
+    #[error("cannot decode the {what}: {source}")]
+    Decode { what: String, source: serde_json::Error },
+    #[error("cannot encode the {what}: {source}")]
+    Encode { what: String, source: serde_json::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+macro_rules! db_error_from_redb {
+    ($($t:ty),*) => {
+        $(impl From<$t> for DbError {
+            fn from(e: $t) -> Self {
+                DbError::Redb(Box::new(e.into()))
+            }
+        })*
+    };
+}
+db_error_from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Converts a store-internal error to openraft's error, naming the operation that failed.
+#[allow(
+    clippy::result_large_err,
+    reason = "openraft's StorageError is what its storage traits return"
+)]
+trait ToStorageError<T> {
+    fn or_storage(
+        self,
+        f: impl FnOnce(AnyError) -> StorageIOError<NodeId>,
+    ) -> Result<T, StorageError>;
+}
+
+#[allow(
+    clippy::result_large_err,
+    reason = "openraft's StorageError is what its storage traits return"
+)]
+impl<T> ToStorageError<T> for Result<T, DbError> {
+    fn or_storage(
+        self,
+        f: impl FnOnce(AnyError) -> StorageIOError<NodeId>,
+    ) -> Result<T, StorageError> {
+        self.map_err(|e| f(AnyError::new(&e)).into())
+    }
+}
+
+fn encode<T: Serialize>(value: &T, what: impl fmt::Display) -> Result<Vec<u8>, DbError> {
+    serde_json::to_vec(value).map_err(|source| DbError::Encode { what: what.to_string(), source })
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: impl fmt::Display) -> Result<T, DbError> {
+    serde_json::from_slice(bytes)
+        .map_err(|source| DbError::Decode { what: what.to_string(), source })
+}
+
+/// Reads and decodes one value of a metadata table.
+fn get_json<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, DbError> {
+    match table.get(key)? {
+        Some(v) => decode(v.value(), key).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Encodes and writes one value of a metadata table.
+fn put_json<T: Serialize>(
+    table: &mut redb::Table<&'static str, &'static [u8]>,
+    key: &str,
+    value: &T,
+) -> Result<(), DbError> {
+    table.insert(key, encode(value, key)?.as_slice())?;
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! What `drover-node run` and `drover-witness run` share: logging, loading the config and TLS
+//! files (exit code 2 on any problem, before anything touches the data dir), the tokio runtime
+//! and SIGTERM/SIGINT handling.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::consensus::types::Role;
+
+/// Exit code for bad input: config, TLS files, flags.
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// Installs the human-readable log subscriber on stderr (`RUST_LOG` overrides the filter).
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs a daemon from `config_path` until SIGTERM or SIGINT. `required_role` makes a binary
+/// refuse configs meant for the other role.
+pub fn run_daemon(
+    config_path: &Path,
+    insecure_dev: bool,
+    required_role: Option<Role>,
+    worker_threads: Option<usize>,
+) -> ExitCode {
+    let cfg = match crate::config::load(config_path, insecure_dev) {
+        Ok(cfg) => cfg,
+        Err(e) => return bad_input(&e.to_string()),
+    };
+    if let Some(role) = required_role {
+        if cfg.role != role {
+            return bad_input(&format!(
+                "{}: role: this binary runs a {role} but the file says {}; use the matching binary (drover-node for controllers, drover-witness for witnesses)",
+                cfg.path.display(),
+                cfg.role
+            ));
+        }
+    }
+    let tls = match &cfg.tls {
+        Some(files) => match crate::tls::load(files) {
+            Ok(t) => Some(t),
+            Err(e) => return bad_input(&format!("{}: tls: {e}", cfg.path.display())),
+        },
+        None => None,
+    };
+    init_logging();
+    if tls.is_none() {
+        warn!("--insecure-dev: gRPC is PLAINTEXT and unauthenticated; anyone who reaches {} controls this cluster. Never use this outside a laptop.", cfg.listen_grpc);
+    }
+    let mut builder = match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(cause = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(crate::runtime::run(cfg, tls, shutdown_signal()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bad_input(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(EXIT_BAD_INPUT)
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) =
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(t), Ok(i)) => (t, i),
+            _ => {
+                // Without signal handlers the process still stops on the default action.
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}

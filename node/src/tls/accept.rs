@@ -1,0 +1,364 @@
+//! The gRPC server's accept loop: TCP accept, TLS handshake, clear refusals.
+//!
+//! ```text
+//! TcpListener --accept task--> one task per handshake (10 s timeout, at most 256 at once)
+//!                                  | ok                          | refused
+//!                                  v                             v
+//!                       mpsc (capacity 64) --> Incoming    warn!("refused connection: ...")
+//!                                              (Stream of Conn for tonic)
+//! ```
+//!
+//! A refused handshake never reaches tonic; it is logged once with the peer address and a
+//! plain-English reason. When the [`Incoming`] stream is dropped (server shut down) the accept
+//! task ends and the listener closes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+/// Handshakes slower than this are abandoned.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Accepted connections waiting for the server to pick them up.
+const CHANNEL_CAPACITY: usize = 64;
+/// Handshakes in flight at once; further TCP connections wait in the kernel's backlog.
+const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+/// Pause after an accept error such as running out of file descriptors.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// An accepted connection: plaintext (only with `--insecure-dev`) or mutual TLS.
+#[derive(Debug)]
+pub enum Conn {
+    /// Plaintext TCP.
+    Plain(TcpStream),
+    /// A completed server-side TLS session with a verified client certificate.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// What a gRPC handler can learn about the connection a request came on, via
+/// `request.extensions().get::<ConnectInfo>()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectInfo {
+    /// The peer's address, if the socket still knows it.
+    pub remote_addr: Option<SocketAddr>,
+    /// The peer certificate's first DNS subject alternative name, or else its common name;
+    /// `None` for plaintext connections.
+    pub peer_name: Option<String>,
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = ConnectInfo;
+
+    fn connect_info(&self) -> ConnectInfo {
+        let peer_name = match self {
+            Conn::Plain(_) => None,
+            Conn::Tls(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(certificate_name),
+        };
+        ConnectInfo { remote_addr: self.tcp().peer_addr().ok(), peer_name }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The stream of accepted connections returned by [`serve_incoming`]. Never yields an error:
+/// failed accepts and handshakes are logged and skipped. Dropping it stops the accept task.
+#[derive(Debug)]
+pub struct Incoming {
+    rx: mpsc::Receiver<Conn>,
+}
+
+impl futures::Stream for Incoming {
+    type Item = Result<Conn, io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx).map(|c| c.map(Ok))
+    }
+}
+
+/// Accepts connections on `listener` in a spawned task and yields them for
+/// `tonic::transport::Server::serve_with_incoming_shutdown`.
+///
+/// With `tls`, each connection's handshake runs in its own task with a 10 s timeout; refusals
+/// are logged once at warn (`refused connection: client certificate is not signed by the
+/// cluster CA`, ...) and never yielded. With `None`, plaintext connections pass straight
+/// through (the caller warns about `--insecure-dev`). Must be called inside a tokio runtime.
+pub fn serve_incoming(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> Incoming {
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    tokio::spawn(accept_loop(listener, tls.map(TlsAcceptor::from), tx));
+    Incoming { rx }
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, tx: mpsc::Sender<Conn>) {
+    let handshakes = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    loop {
+        let permit = tokio::select! {
+            _ = tx.closed() => return,
+            permit = handshakes.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return, // the semaphore is never closed
+            },
+        };
+        let (tcp, addr) = tokio::select! {
+            _ = tx.closed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(err) if is_per_connection(&err) => {
+                    tracing::debug!(cause = %err, "connection failed before it was accepted");
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(cause = %err, "accept failed; retrying in 100ms");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        // Raft heartbeats and admin calls are small; don't let Nagle delay them.
+        let _ = tcp.set_nodelay(true);
+        let Some(acceptor) = acceptor.clone() else {
+            drop(permit);
+            if tx.send(Conn::Plain(tcp)).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    // A closed channel means the server is shutting down; drop the connection.
+                    let _ = tx.send(Conn::Tls(Box::new(stream))).await;
+                }
+                Ok(Err(err)) => {
+                    let reason = refusal_reason(&err);
+                    tracing::warn!(peer = %addr, cause = %err, "refused connection: {reason}");
+                }
+                Err(_) => {
+                    let err = format!("no handshake within {}s", HANDSHAKE_TIMEOUT.as_secs());
+                    tracing::warn!(peer = %addr, cause = %err, "refused connection: TLS handshake timed out");
+                }
+            }
+        });
+    }
+}
+
+/// Errors that concern one connection only; the listener itself is fine.
+fn is_per_connection(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// A plain-English reason for a failed server-side handshake.
+pub(crate) fn refusal_reason(err: &io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    let Some(tls_err) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+        return "TLS handshake failed";
+    };
+    match tls_err {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "client certificate is not signed by the cluster CA"
+        }
+        rustls::Error::NoCertificatesPresented => "client presented no certificate",
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "certificate expired"
+        }
+        _ => "TLS handshake failed",
+    }
+}
+
+/// The first DNS subject alternative name of a certificate, or else its subject common name.
+pub(crate) fn certificate_name(cert: &CertificateDer<'_>) -> Option<String> {
+    der::first_dns_san(cert).or_else(|| der::common_name(cert))
+}
+
+/// Just enough DER to pull names out of an X.509 certificate (RFC 5280), so the node needs no
+/// full X.509 parser. Anything unexpected yields `None`.
+mod der {
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const OID: u8 = 0x06;
+    const BOOLEAN: u8 = 0x01;
+    const OCTET_STRING: u8 = 0x04;
+    const VERSION: u8 = 0xa0; // [0] EXPLICIT
+    const EXTENSIONS: u8 = 0xa3; // [3] EXPLICIT
+    const DNS_NAME: u8 = 0x82; // GeneralName [2] IMPLICIT IA5String
+    const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11]; // 2.5.29.17
+    const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03]; // 2.5.4.3
+
+    /// Reads one tag-length-value from the front of `input`.
+    fn tlv<'a>(input: &mut &'a [u8]) -> Option<(u8, &'a [u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, mut rest) = rest.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let (bytes, after) = rest.split_at(n);
+            rest = after;
+            bytes.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+        };
+        if rest.len() < len {
+            return None;
+        }
+        let (value, after) = rest.split_at(len);
+        *input = after;
+        Some((tag, value))
+    }
+
+    fn expect<'a>(input: &mut &'a [u8], tag: u8) -> Option<&'a [u8]> {
+        match tlv(input)? {
+            (t, v) if t == tag => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Returns (subject, extensions-or-empty) of the TBSCertificate.
+    fn subject_and_extensions(cert: &[u8]) -> Option<(&[u8], &[u8])> {
+        let mut input = cert;
+        let mut cert = expect(&mut input, SEQUENCE)?;
+        let mut tbs = expect(&mut cert, SEQUENCE)?;
+        if tbs.first() == Some(&VERSION) {
+            tlv(&mut tbs)?;
+        }
+        tlv(&mut tbs)?; // serialNumber
+        tlv(&mut tbs)?; // signature
+        tlv(&mut tbs)?; // issuer
+        tlv(&mut tbs)?; // validity
+        let subject = expect(&mut tbs, SEQUENCE)?;
+        tlv(&mut tbs)?; // subjectPublicKeyInfo
+        while !tbs.is_empty() {
+            let (tag, value) = tlv(&mut tbs)?;
+            if tag == EXTENSIONS {
+                let mut v = value;
+                return Some((subject, expect(&mut v, SEQUENCE)?));
+            }
+        }
+        Some((subject, &[]))
+    }
+
+    pub(super) fn first_dns_san(cert: &[u8]) -> Option<String> {
+        let (_, mut exts) = subject_and_extensions(cert)?;
+        while !exts.is_empty() {
+            let mut ext = expect(&mut exts, SEQUENCE)?;
+            let oid = expect(&mut ext, OID)?;
+            if oid != OID_SUBJECT_ALT_NAME {
+                continue;
+            }
+            if ext.first() == Some(&BOOLEAN) {
+                tlv(&mut ext)?;
+            }
+            let mut value = expect(&mut ext, OCTET_STRING)?;
+            let mut names = expect(&mut value, SEQUENCE)?;
+            while !names.is_empty() {
+                let (tag, name) = tlv(&mut names)?;
+                if tag == DNS_NAME {
+                    return String::from_utf8(name.to_vec()).ok();
+                }
+            }
+            return None;
+        }
+        None
+    }
+
+    pub(super) fn common_name(cert: &[u8]) -> Option<String> {
+        let (mut subject, _) = subject_and_extensions(cert)?;
+        while !subject.is_empty() {
+            let mut rdn = expect(&mut subject, SET)?;
+            while !rdn.is_empty() {
+                let mut atv = expect(&mut rdn, SEQUENCE)?;
+                if expect(&mut atv, OID)? == OID_COMMON_NAME {
+                    let (_, value) = tlv(&mut atv)?;
+                    return String::from_utf8(value.to_vec()).ok();
+                }
+            }
+        }
+        None
+    }
+}
