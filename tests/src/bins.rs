@@ -43,23 +43,14 @@ pub fn bins() -> &'static Bins {
             .parent()
             .and_then(Path::parent)
             .unwrap_or_else(|| {
-                panic!(
-                    "test binary {} is not in <target>/<profile>/deps",
-                    exe.display()
-                )
+                panic!("test binary {} is not in <target>/<profile>/deps", exe.display())
             })
             .to_path_buf();
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_owned();
+        let profile =
+            profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
         let target_dir = match env::var_os("CARGO_TARGET_DIR") {
             Some(dir) => workspace_root().join(dir), // join keeps an absolute dir as is
-            None => profile_dir
-                .parent()
-                .expect("target dir above the profile dir")
-                .to_path_buf(),
+            None => profile_dir.parent().expect("target dir above the profile dir").to_path_buf(),
         };
         build(&target_dir, &profile);
         in_dir(&target_dir.join(&profile))
@@ -67,25 +58,14 @@ pub fn bins() -> &'static Bins {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 fn build(target_dir: &Path, profile: &str) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root())
-        .args([
-            "build",
-            "--bins",
-            "-p",
-            "drover-node",
-            "-p",
-            "drover-witness",
-            "--target-dir",
-        ])
+        .args(["build", "--bins", "-p", "drover-node", "-p", "drover-witness", "--target-dir"])
         .arg(target_dir);
     match profile {
         "debug" => {}
@@ -114,11 +94,7 @@ fn in_dir(dir: &Path) -> Bins {
         ctl: dir.join("droverctl"),
     };
     for path in [&bins.node, &bins.witness, &bins.ctl] {
-        assert!(
-            path.is_file(),
-            "binary under test {} does not exist",
-            path.display()
-        );
+        assert!(path.is_file(), "binary under test {} does not exist", path.display());
     }
     bins
 }

@@ -95,12 +95,7 @@ impl ClusterBuilder {
     /// A node with no `[[initial_member]]` list, not started by [`Cluster::start`]: it joins
     /// later through `droverctl member add`.
     pub fn joiner(mut self, name: &str, site: &str, role: Role) -> Self {
-        self.nodes.push(NodeDecl {
-            name: name.into(),
-            site: site.into(),
-            role,
-            joins_later: true,
-        });
+        self.nodes.push(NodeDecl { name: name.into(), site: site.into(), role, joins_later: true });
         self
     }
 
@@ -162,18 +157,9 @@ impl ClusterBuilder {
         }
         drop(held);
 
-        let cluster = Cluster {
-            dir: Some(dir),
-            root,
-            bins,
-            nodes,
-            reported: false,
-        };
-        let specs: Vec<(String, Ipv4Addr)> = cluster
-            .nodes
-            .iter()
-            .map(|n| (n.name.clone(), ip_of(n.grpc)))
-            .collect();
+        let cluster = Cluster { dir: Some(dir), root, bins, nodes, reported: false };
+        let specs: Vec<(String, Ipv4Addr)> =
+            cluster.nodes.iter().map(|n| (n.name.clone(), ip_of(n.grpc))).collect();
         let certs_dir = cluster.certs_dir();
         cluster.certs_init(&certs_dir, &specs, "admin");
         for id in cluster.ids() {
@@ -216,10 +202,7 @@ pub struct Cluster {
 impl Cluster {
     /// Starts declaring a cluster; `test_name` names the temp dir and seeds the loopback addresses.
     pub fn builder(test_name: &str) -> ClusterBuilder {
-        ClusterBuilder {
-            test_name: test_name.into(),
-            nodes: Vec::new(),
-        }
+        ClusterBuilder { test_name: test_name.into(), nodes: Vec::new() }
     }
 
     // ---- layout -------------------------------------------------------------------------
@@ -269,16 +252,10 @@ impl Cluster {
     }
 
     fn node(&self, id: NodeId) -> &Node {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .unwrap_or_else(|| panic!("no node with id {id}"))
+        self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node with id {id}"))
     }
     fn node_mut(&mut self, id: NodeId) -> &mut Node {
-        self.nodes
-            .iter_mut()
-            .find(|n| n.id == id)
-            .unwrap_or_else(|| panic!("no node with id {id}"))
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap_or_else(|| panic!("no node with id {id}"))
     }
 
     // ---- certificates and config --------------------------------------------------------
@@ -388,22 +365,14 @@ impl Cluster {
             Role::Witness => self.bins.witness.clone(),
         };
         let n = self.node_mut(id);
-        assert!(
-            n.child.is_none(),
-            "start_node({id}): {} is already running",
-            n.name
-        );
+        assert!(n.child.is_none(), "start_node({id}): {} is already running", n.name);
         n.starts += 1;
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&n.log)
             .unwrap_or_else(|e| panic!("open {}: {e}", n.log.display()));
-        let _ = writeln!(
-            log,
-            "=== harness: start #{} of {} (id {}) ===",
-            n.starts, n.name, n.id
-        );
+        let _ = writeln!(log, "=== harness: start #{} of {} (id {}) ===", n.starts, n.name, n.id);
         let mut cmd = Command::new(&bin);
         cmd.arg("run")
             .arg("--config")
@@ -423,9 +392,7 @@ impl Cluster {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         n.child = Some(child);
         n.last_exit = None;
     }
@@ -445,10 +412,8 @@ impl Cluster {
     /// SIGKILL to the node's process group; returns once it is reaped.
     pub fn kill_9(&mut self, id: NodeId) {
         let n = self.node_mut(id);
-        let mut child = n
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("kill_9({id}): {} is not running", n.name));
+        let mut child =
+            n.child.take().unwrap_or_else(|| panic!("kill_9({id}): {} is not running", n.name));
         signal_group(&child, libc::SIGKILL);
         let _ = child.kill();
         let _ = child.wait();
@@ -459,9 +424,7 @@ impl Cluster {
     pub fn terminate(&mut self, id: NodeId) -> ExitStatus {
         let mut child = {
             let n = self.node_mut(id);
-            n.child
-                .take()
-                .unwrap_or_else(|| panic!("terminate({id}): {} is not running", n.name))
+            n.child.take().unwrap_or_else(|| panic!("terminate({id}): {} is not running", n.name))
         };
         signal_group(&child, libc::SIGTERM);
         let started = Instant::now();
@@ -505,15 +468,8 @@ impl Cluster {
 
     /// `--endpoint` value listing the gRPC address of every running node.
     pub fn endpoints(&mut self) -> String {
-        let ids: Vec<NodeId> = self
-            .ids()
-            .into_iter()
-            .filter(|&id| self.is_running(id))
-            .collect();
-        ids.iter()
-            .map(|&id| self.grpc_addr(id).to_string())
-            .collect::<Vec<_>>()
-            .join(",")
+        let ids: Vec<NodeId> = self.ids().into_iter().filter(|&id| self.is_running(id)).collect();
+        ids.iter().map(|&id| self.grpc_addr(id).to_string()).collect::<Vec<_>>().join(",")
     }
 
     /// Runs droverctl with exactly `args` (no flags added).
@@ -579,9 +535,7 @@ impl Cluster {
         let v = self.ctl_json(&["note", "add", text])?;
         match (v["seq"].as_u64(), v["log_index"].as_u64()) {
             (Some(seq), Some(index)) => Ok((seq, index)),
-            _ => Err(format!(
-                "`note add` printed {v}, expected {{\"seq\":..,\"log_index\":..}}"
-            )),
+            _ => Err(format!("`note add` printed {v}, expected {{\"seq\":..,\"log_index\":..}}")),
         }
     }
 
@@ -589,9 +543,7 @@ impl Cluster {
     pub fn history_all(&mut self, max_pages: usize) -> Result<Vec<Value>, String> {
         let mut records: Vec<Value> = Vec::new();
         for _ in 0..max_pages {
-            let after = records
-                .last()
-                .map(|r| r["seq"].as_u64().unwrap_or(0).to_string());
+            let after = records.last().map(|r| r["seq"].as_u64().unwrap_or(0).to_string());
             let mut args = vec!["history", "--limit", "100"];
             if let Some(after) = after.as_deref() {
                 args.extend(["--after", after]);
@@ -616,9 +568,7 @@ impl Cluster {
             }
             records.extend(page);
         }
-        Err(format!(
-            "history has more than {max_pages} pages of 100 records"
-        ))
+        Err(format!("history has more than {max_pages} pages of 100 records"))
     }
 
     // ---- HTTP ---------------------------------------------------------------------------
@@ -632,11 +582,9 @@ impl Cluster {
     pub fn metrics(&self, id: NodeId) -> Result<Metrics, String> {
         match self.http_get(id, "/metrics")? {
             (200, body) => parse_metrics(&body),
-            (code, body) => Err(format!(
-                "GET /metrics on {} -> {code}: {}",
-                self.name(id),
-                body.trim()
-            )),
+            (code, body) => {
+                Err(format!("GET /metrics on {} -> {code}: {}", self.name(id), body.trim()))
+            }
         }
     }
 
@@ -667,16 +615,10 @@ impl Cluster {
 
     /// Waits until `droverctl status` names a leader and returns its id.
     pub fn wait_for_leader(&mut self, timeout: Duration) -> NodeId {
-        self.wait_for(
-            "a leader (droverctl status with a non-null leader_id)",
-            timeout,
-            |c| {
-                let s = c.status_json()?;
-                s["leader_id"]
-                    .as_u64()
-                    .ok_or_else(|| format!("status without a leader: {s}"))
-            },
-        )
+        self.wait_for("a leader (droverctl status with a non-null leader_id)", timeout, |c| {
+            let s = c.status_json()?;
+            s["leader_id"].as_u64().ok_or_else(|| format!("status without a leader: {s}"))
+        })
     }
 
     /// Panics with `msg`, every node's state and log tail; keeps the temp dir.
@@ -742,11 +684,7 @@ fn json_of(args: &[&str], out: CmdOutput) -> Result<Value, String> {
         return Err(format!("droverctl {}: {}", args.join(" "), out.describe()));
     }
     serde_json::from_str(&out.stdout).map_err(|e| {
-        format!(
-            "droverctl {}: stdout is not JSON ({e}): {:?}",
-            args.join(" "),
-            out.stdout
-        )
+        format!("droverctl {}: stdout is not JSON ({e}): {:?}", args.join(" "), out.stdout)
     })
 }
 
@@ -772,11 +710,7 @@ fn loopback_base(test_name: &str) -> (u8, u8) {
     let mut h = DefaultHasher::new();
     test_name.hash(&mut h);
     std::process::id().hash(&mut h);
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-        .hash(&mut h);
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0).hash(&mut h);
     let v = h.finish();
     (1 + (v % 254) as u8, ((v >> 8) % 256) as u8)
 }

@@ -12,17 +12,10 @@ const MAX_RESPONSE_BYTES: u64 = 4 << 20;
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("connect to http://{addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("send GET http://{addr}{path}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("send GET http://{addr}{path}: {e}"))?;
     let mut raw = Vec::new();
     stream
         .take(MAX_RESPONSE_BYTES + 1)
@@ -83,22 +76,14 @@ impl Metrics {
 /// Parses the Prometheus text exposition format (enough of it for gauges and counters).
 pub fn parse_metrics(text: &str) -> Result<Metrics, String> {
     let mut samples = Vec::new();
-    for line in text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (name, labels, rest) = match line.find('{') {
             Some(open) => {
                 let close = line[open..]
                     .rfind('}')
                     .ok_or_else(|| format!("unclosed labels in {line:?}"))?
                     + open;
-                (
-                    &line[..open],
-                    parse_labels(&line[open + 1..close])?,
-                    &line[close + 1..],
-                )
+                (&line[..open], parse_labels(&line[open + 1..close])?, &line[close + 1..])
             }
             None => {
                 let (name, rest) = line
@@ -107,22 +92,14 @@ pub fn parse_metrics(text: &str) -> Result<Metrics, String> {
                 (name, Vec::new(), rest)
             }
         };
-        let value = rest
-            .split_whitespace()
-            .next()
-            .ok_or_else(|| format!("no value in {line:?}"))?;
+        let value =
+            rest.split_whitespace().next().ok_or_else(|| format!("no value in {line:?}"))?;
         let value = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            v => v
-                .parse::<f64>()
-                .map_err(|e| format!("bad value in {line:?}: {e}"))?,
+            v => v.parse::<f64>().map_err(|e| format!("bad value in {line:?}: {e}"))?,
         };
-        samples.push(Sample {
-            name: name.trim().to_owned(),
-            labels,
-            value,
-        });
+        samples.push(Sample { name: name.trim().to_owned(), labels, value });
     }
     Ok(Metrics { samples })
 }
@@ -131,9 +108,7 @@ fn parse_labels(s: &str) -> Result<Vec<(String, String)>, String> {
     let mut labels = Vec::new();
     let mut rest = s.trim();
     while !rest.is_empty() {
-        let (key, after) = rest
-            .split_once('=')
-            .ok_or_else(|| format!("bad labels {s:?}"))?;
+        let (key, after) = rest.split_once('=').ok_or_else(|| format!("bad labels {s:?}"))?;
         let after = after
             .trim_start()
             .strip_prefix('"')
@@ -153,10 +128,7 @@ fn parse_labels(s: &str) -> Result<Vec<(String, String)>, String> {
             }
         };
         labels.push((key.trim().to_owned(), value));
-        rest = after[end + 1..]
-            .trim_start()
-            .trim_start_matches(',')
-            .trim_start();
+        rest = after[end + 1..].trim_start().trim_start_matches(',').trim_start();
     }
     Ok(labels)
 }
@@ -173,17 +145,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.get_u64("drover_raft_term"), Some(3));
-        assert_eq!(
-            m.get("drover_raft_replication_lag", &[("follower", "2")]),
-            Some(7.0)
-        );
-        assert_eq!(
-            m.get("drover_raft_replication_lag", &[("x", "a\"b")]),
-            Some(7.0)
-        );
-        assert_eq!(
-            m.get("drover_raft_replication_lag", &[("follower", "3")]),
-            None
-        );
+        assert_eq!(m.get("drover_raft_replication_lag", &[("follower", "2")]), Some(7.0));
+        assert_eq!(m.get("drover_raft_replication_lag", &[("x", "a\"b")]), Some(7.0));
+        assert_eq!(m.get("drover_raft_replication_lag", &[("follower", "3")]), None);
     }
 }

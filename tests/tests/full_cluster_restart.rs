@@ -12,9 +12,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[test]
 fn full_cluster_restart() {
-    let mut c = Cluster::builder("full_cluster_restart")
-        .two_sites_and_witness()
-        .build();
+    let mut c = Cluster::builder("full_cluster_restart").two_sites_and_witness().build();
     c.start();
     c.wait_for_leader(LEADER_TIMEOUT);
 
@@ -36,9 +34,7 @@ fn full_cluster_restart() {
             }
         });
         if let Some((other, _)) = acked.iter().find(|(_, &s)| s == seq) {
-            c.fail(format!(
-                "seq {seq} acknowledged twice: for {other:?} and for {text:?}"
-            ));
+            c.fail(format!("seq {seq} acknowledged twice: for {other:?} and for {text:?}"));
         }
         acked.insert(text, seq);
     }
@@ -51,35 +47,24 @@ fn full_cluster_restart() {
     }
     c.wait_for_leader(LEADER_TIMEOUT);
 
-    let records = c.wait_for("`history` after the restart", WRITE_TIMEOUT, |c| {
-        c.history_all(50)
-    });
+    let records = c.wait_for("`history` after the restart", WRITE_TIMEOUT, |c| c.history_all(50));
     let mut problems = Vec::new();
     for (text, seq) in &acked {
-        let found: Vec<&serde_json::Value> = records
-            .iter()
-            .filter(|r| r["text"] == text.as_str())
-            .collect();
+        let found: Vec<&serde_json::Value> =
+            records.iter().filter(|r| r["text"] == text.as_str()).collect();
         match found.as_slice() {
             [] => problems.push(format!("acknowledged note {text:?} (seq {seq}) is missing")),
-            [r] if r["seq"].as_u64() != Some(*seq) => problems.push(format!(
-                "note {text:?} was acknowledged as seq {seq} but history has {r}"
-            )),
+            [r] if r["seq"].as_u64() != Some(*seq) => problems
+                .push(format!("note {text:?} was acknowledged as seq {seq} but history has {r}")),
             [r] if r["kind"] != "note" => {
                 problems.push(format!("note {text:?} has kind {} in {r}", r["kind"]))
             }
             [_] => {}
-            many => problems.push(format!(
-                "note {text:?} appears {} times: {many:?}",
-                many.len()
-            )),
+            many => problems.push(format!("note {text:?} appears {} times: {many:?}", many.len())),
         }
     }
     for text in &unacked {
-        let n = records
-            .iter()
-            .filter(|r| r["text"] == text.as_str())
-            .count();
+        let n = records.iter().filter(|r| r["text"] == text.as_str()).count();
         if n > 1 {
             problems.push(format!("unacknowledged note {text:?} appears {n} times"));
         }

@@ -9,19 +9,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[test]
 fn leader_kill() {
-    let mut c = Cluster::builder("leader_kill")
-        .two_sites_and_witness()
-        .build();
+    let mut c = Cluster::builder("leader_kill").two_sites_and_witness().build();
     c.start();
     let old_leader = c.wait_for_leader(LEADER_TIMEOUT);
-    c.wait_for("the first note to commit", WRITE_TIMEOUT, |c| {
-        c.note_add("before the leader dies")
-    });
-    let old_term = c
-        .status_json()
-        .ok()
-        .and_then(|s| s["term"].as_u64())
-        .unwrap_or(0);
+    c.wait_for("the first note to commit", WRITE_TIMEOUT, |c| c.note_add("before the leader dies"));
+    let old_term = c.status_json().ok().and_then(|s| s["term"].as_u64()).unwrap_or(0);
 
     c.kill_9(old_leader);
 
@@ -36,19 +28,14 @@ fn leader_kill() {
             }
         },
     );
-    let (seq, index) = c.wait_for(
-        "a note to commit under the new leader",
-        WRITE_TIMEOUT,
-        |c| c.note_add("after the leader died"),
-    );
-    let status = c
-        .status_json()
-        .unwrap_or_else(|e| c.fail(format!("status after the failover: {e}")));
+    let (seq, index) = c.wait_for("a note to commit under the new leader", WRITE_TIMEOUT, |c| {
+        c.note_add("after the leader died")
+    });
+    let status =
+        c.status_json().unwrap_or_else(|e| c.fail(format!("status after the failover: {e}")));
     let commit = status["commit_index"].as_u64().unwrap_or(0);
     if status["term"].as_u64().unwrap_or(0) <= old_term {
-        c.fail(format!(
-            "the new leader {new_leader} must be in a term after {old_term}: {status}"
-        ));
+        c.fail(format!("the new leader {new_leader} must be in a term after {old_term}: {status}"));
     }
     if commit < index {
         c.fail(format!("note seq {seq} acknowledged at log index {index} but the leader's commit_index is {commit}"));

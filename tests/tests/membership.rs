@@ -12,21 +12,13 @@ const SETTLE: Duration = Duration::from_secs(20);
 const NOTES_BEFORE_JOIN: usize = 20;
 
 fn member(status: &Value, id: NodeId) -> Option<Value> {
-    status["members"]
-        .as_array()?
-        .iter()
-        .find(|m| m["id"].as_u64() == Some(id))
-        .cloned()
+    status["members"].as_array()?.iter().find(|m| m["id"].as_u64() == Some(id)).cloned()
 }
 
 fn run_ok(c: &mut Cluster, args: &[&str]) {
     let out = c.ctl(args);
     if !out.success() {
-        c.fail(format!(
-            "droverctl {} failed: {}",
-            args.join(" "),
-            out.describe()
-        ));
+        c.fail(format!("droverctl {} failed: {}", args.join(" "), out.describe()));
     }
 }
 
@@ -131,19 +123,15 @@ fn membership() {
         .expect("two candidates");
     let victim_name = c.name(victim).to_owned();
     run_ok(&mut c, &["member", "remove", &victim.to_string()]);
-    c.wait_for(
-        &format!("{victim_name} to no longer be a voter"),
-        SETTLE,
-        |c| {
-            let s = c.status_json()?;
-            match member(&s, victim) {
-                Some(m) if m["membership"] == "voter" => {
-                    Err(format!("{victim_name} still listed: {m}"))
-                }
-                _ => Ok(()),
+    c.wait_for(&format!("{victim_name} to no longer be a voter"), SETTLE, |c| {
+        let s = c.status_json()?;
+        match member(&s, victim) {
+            Some(m) if m["membership"] == "voter" => {
+                Err(format!("{victim_name} still listed: {m}"))
             }
-        },
-    );
+            _ => Ok(()),
+        }
+    });
     // The reshaped cluster (old leader, witness, dr-2) still commits.
     c.wait_for("a note to commit after the removal", WRITE_TIMEOUT, |c| {
         c.note_add("after removal")
