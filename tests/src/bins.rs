@@ -1,0 +1,100 @@
+//! Locating (and building) the binaries under test.
+//!
+//! The test executable lives in `<target>/<profile>/deps/`; the binaries it drives live in
+//! `<target>/<profile>/`. So that `cargo test` / `cargo nextest run` work on a clean checkout
+//! with one command, the first call in each test process runs
+//! `cargo build --bins -p drover-node -p drover-witness` for the same workspace, target dir and
+//! profile (cargo's own lock serialises concurrent test processes).
+//!
+//! `DROVER_BIN_DIR=<dir>` skips the build and uses the binaries already in `<dir>`: for running
+//! this suite against binaries built from another checkout that shares the target dir, where a
+//! build from this checkout would overwrite them.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::process::run_with_deadline;
+
+/// Paths of the three binaries under test.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub node: PathBuf,
+    pub witness: PathBuf,
+    pub ctl: PathBuf,
+}
+
+/// A full debug build of the workspace from scratch on 2 cores fits in this; a warm one is
+/// seconds.
+const BUILD_DEADLINE: Duration = Duration::from_secs(1200);
+
+/// The binaries under test, built once per process (see the module docs).
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        if let Some(dir) = env::var_os("DROVER_BIN_DIR") {
+            return in_dir(Path::new(&dir));
+        }
+        let exe = env::current_exe().expect("current_exe of the test binary");
+        // <target>/<profile>/deps/<test-exe>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or_else(|| {
+                panic!("test binary {} is not in <target>/<profile>/deps", exe.display())
+            })
+            .to_path_buf();
+        let profile =
+            profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
+        let target_dir = match env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => workspace_root().join(dir), // join keeps an absolute dir as is
+            None => profile_dir.parent().expect("target dir above the profile dir").to_path_buf(),
+        };
+        build(&target_dir, &profile);
+        in_dir(&target_dir.join(&profile))
+    })
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+fn build(target_dir: &Path, profile: &str) {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args(["build", "--bins", "-p", "drover-node", "-p", "drover-witness", "--target-dir"])
+        .arg(target_dir);
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let out = run_with_deadline(&mut cmd, BUILD_DEADLINE);
+    if !out.success() {
+        panic!(
+            "building the binaries under test failed ({:?} in {}):\n{}",
+            cmd,
+            workspace_root().display(),
+            out.describe()
+        );
+    }
+}
+
+fn in_dir(dir: &Path) -> Bins {
+    let bins = Bins {
+        node: dir.join("drover-node"),
+        witness: dir.join("drover-witness"),
+        ctl: dir.join("droverctl"),
+    };
+    for path in [&bins.node, &bins.witness, &bins.ctl] {
+        assert!(path.is_file(), "binary under test {} does not exist", path.display());
+    }
+    bins
+}
