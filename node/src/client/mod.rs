@@ -238,6 +238,12 @@ impl Client {
             Some("the node refused this client's certificate: use one signed by the cluster CA")
         } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
             Some("the node's certificate does not name this endpoint: pass --server-name NODE-NAME")
+        } else if self.tls.is_some()
+            && (lower.contains("connection closed")
+                || lower.contains("connection reset")
+                || lower.contains("broken pipe"))
+        {
+            Some("the node closed the connection after the TLS handshake: it most likely refused this client's certificate (it must be signed by the cluster CA; check --cert/--key); the node's log names the reason")
         } else if lower.contains("connection refused") {
             Some("nothing listens there: is the node running, and is the port its listen.grpc?")
         } else if lower.contains("timed out") || lower.contains("deadline") {

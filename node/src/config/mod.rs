@@ -208,7 +208,11 @@ fn with_table(text: &str, pos: Option<usize>, message: &str) -> String {
     else {
         return message.to_string();
     };
-    let before = &text[..pos.unwrap_or(0).min(text.len())];
+    // The span starts at the table's header line, or at the end of the file: look from the end
+    // of that line backwards for the nearest header.
+    let pos = pos.unwrap_or(0).min(text.len());
+    let end = text[pos..].find('\n').map_or(text.len(), |i| pos + i);
+    let before = &text[..end];
     let table = before.lines().rev().map(str::trim).find_map(|l| {
         let inner = l.strip_prefix("[[").and_then(|l| l.strip_suffix("]]"));
         inner.or_else(|| l.strip_prefix('[').and_then(|l| l.strip_suffix(']'))).map(str::trim)
