@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use super::NodeHandle;
+use crate::consensus::state::control::ControlRequest;
 use crate::consensus::types::{Member, NodeId, Role};
 use crate::pb::{history_to_pb, view_to_pb};
 
@@ -23,6 +24,8 @@ pub const LEADER_ID_KEY: &str = "drover-leader-id";
 pub const LEADER_ADDR_KEY: &str = "drover-leader-addr";
 /// Most history records returned by one call.
 pub const MAX_HISTORY_PAGE: usize = 1000;
+/// Largest cluster spec accepted, in bytes.
+pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
 /// Longest name or site accepted.
 const MAX_NAME_LEN: usize = 63;
 
@@ -292,6 +295,81 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn config_apply(
+        &self,
+        req: Request<pb::ConfigApplyRequest>,
+    ) -> Result<Response<pb::ConfigApplyReply>, Status> {
+        self.require_leader().await?;
+        let req = req.into_inner();
+        let spec = parse_spec(&req.text)?;
+        let old = self.node.state.read(|s| s.control.spec.as_ref().map(|v| v.spec.clone()));
+        let changes = crate::spec::diff(old.as_ref(), &spec);
+        let author = if req.author.is_empty() { "operator".to_string() } else { req.author };
+        let (_, version) = self
+            .propose_control(ControlRequest::ApplySpec {
+                expected_version: req.expected_version,
+                spec: Box::new(spec),
+                text: req.text,
+                author,
+                at_unix_ms: crate::pb::unix_now_ms(),
+            })
+            .await?;
+        info!(version = ?version, changes = changes.len(), "cluster spec applied");
+        Ok(Response::new(pb::ConfigApplyReply { version: version.unwrap_or(0), changes }))
+    }
+
+    async fn config_show(
+        &self,
+        _req: Request<pb::ConfigShowRequest>,
+    ) -> Result<Response<pb::ConfigShowReply>, Status> {
+        let shown = self.node.state.read(|s| {
+            s.control.spec.as_ref().map(|v| pb::ConfigShowReply {
+                version: v.version,
+                text: v.text.clone(),
+                applied_by: v.applied_by.clone(),
+                applied_at_unix_ms: v.applied_at_unix_ms,
+            })
+        });
+        shown.map(Response::new).ok_or_else(|| {
+            Status::not_found("no cluster spec applied yet; run 'droverctl config apply -f cluster.toml'")
+        })
+    }
+
+    async fn config_diff(
+        &self,
+        req: Request<pb::ConfigDiffRequest>,
+    ) -> Result<Response<pb::ConfigDiffReply>, Status> {
+        let spec = parse_spec(&req.get_ref().text)?;
+        let (version, old) = self.node.state.read(|s| {
+            (s.control.spec.as_ref().map_or(0, |v| v.version), s.control.spec.as_ref().map(|v| v.spec.clone()))
+        });
+        let changes = crate::spec::diff(old.as_ref(), &spec);
+        Ok(Response::new(pb::ConfigDiffReply { current_version: version, changes }))
+    }
+
+    async fn service_action(
+        &self,
+        req: Request<pb::ServiceActionRequest>,
+    ) -> Result<Response<pb::ServiceActionReply>, Status> {
+        self.require_leader().await?;
+        let req = req.into_inner();
+        let author = if req.author.is_empty() { "operator".to_string() } else { req.author };
+        let at_unix_ms = crate::pb::unix_now_ms();
+        let service = req.service;
+        let control = match req.action.as_str() {
+            "ack" => ControlRequest::Ack { service, author, at_unix_ms },
+            "commit" => ControlRequest::Commit { service, author, at_unix_ms },
+            "resume" => ControlRequest::Resume { service, author, at_unix_ms },
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action {other:?}; use ack, commit or resume"
+                )))
+            }
+        };
+        let (log_index, _) = self.propose_control(control).await?;
+        Ok(Response::new(pb::ServiceActionReply { log_index }))
+    }
+
     async fn history(
         &self,
         req: Request<pb::HistoryRequest>,
@@ -308,6 +386,31 @@ impl Admin for AdminService {
             first_seq,
         }))
     }
+}
+
+impl AdminService {
+    async fn propose_control(&self, req: ControlRequest) -> Result<(u64, Option<u64>), Status> {
+        let resp = self
+            .node
+            .raft
+            .client_write(crate::consensus::types::Request::Control(req))
+            .await
+            .map_err(|e| self.write_error(e))?;
+        if let Some(why) = resp.data.rejected {
+            return Err(Status::failed_precondition(why));
+        }
+        Ok((resp.log_id.index, resp.data.spec_version))
+    }
+}
+
+fn parse_spec(text: &str) -> Result<crate::spec::ClusterSpec, Status> {
+    if text.len() > MAX_SPEC_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "the spec is {} bytes; the limit is {MAX_SPEC_BYTES}",
+            text.len()
+        )));
+    }
+    crate::spec::parse(text, "cluster.toml").map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 #[cfg(test)]

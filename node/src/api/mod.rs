@@ -6,6 +6,9 @@ pub mod http;
 pub mod raft;
 pub mod view;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
 use crate::consensus::network::PeerContacts;
 use crate::consensus::store::StateHandle;
 use crate::consensus::types::{NodeId, Raft};
@@ -23,4 +26,13 @@ pub struct NodeHandle {
     pub contacts: PeerContacts,
     /// The applied replicated state.
     pub state: StateHandle,
+    /// The leader's view of each service's sites (service -> site -> health), for status.
+    pub health: HealthView,
+    /// Services this node self-fenced, with the epoch.
+    pub fenced: FencedView,
 }
+
+/// Leader-side health of each (service, site) as the detector sees it.
+pub type HealthView = Arc<RwLock<BTreeMap<String, BTreeMap<String, String>>>>;
+/// Services this node has self-fenced, with the epoch it fenced at.
+pub type FencedView = Arc<Mutex<BTreeMap<String, u64>>>;

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use openraft::ServerState;
 
+use std::collections::BTreeMap;
+
 use super::NodeHandle;
+use crate::consensus::state::control::ServiceState;
 use crate::consensus::types::{Member, NodeId};
 
 /// The cluster as this node sees it now.
@@ -31,6 +34,12 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
     /// Seq of the newest history record applied here.
     pub history_seq: u64,
+    /// Version of the applied spec (0 = none).
+    pub spec_version: u64,
+    /// Per service: its replicated state.
+    pub services: Vec<(String, ServiceState)>,
+    /// The leader's detector view (service -> site -> health); empty on followers.
+    pub health: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// One member as seen from this node.
@@ -124,6 +133,11 @@ impl NodeHandle {
             applied_index: metrics.last_applied.map(|l| l.index),
             members,
             history_seq: self.state.read(|s| s.last_seq),
+            spec_version: self.state.read(|s| s.control.spec.as_ref().map_or(0, |v| v.version)),
+            services: self.state.read(|s| {
+                s.control.services.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            }),
+            health: self.health.read().map(|h| h.clone()).unwrap_or_default(),
         }
     }
 }

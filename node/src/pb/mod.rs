@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use drover_proto::v1 as pb;
 
 use crate::api::view::{ClusterView, MemberView};
+use crate::consensus::state::control::{Automation, ServiceState, StepStatus, Workflow, WorkflowState};
 use crate::consensus::state::HistoryRecord;
 
 /// The status reply for a cluster view.
@@ -21,6 +22,74 @@ pub fn view_to_pb(view: &ClusterView) -> pb::StatusReply {
         applied_index: view.applied_index,
         members: view.members.iter().map(member_to_pb).collect(),
         history_seq: view.history_seq,
+        spec_version: view.spec_version,
+        services: view.services.iter().map(|(name, s)| service_to_pb(name, s, view)).collect(),
+    }
+}
+
+fn service_to_pb(name: &str, s: &ServiceState, view: &ClusterView) -> pb::ServiceStatus {
+    let mode = match &s.mode {
+        Automation::Auto => "auto".to_string(),
+        Automation::Cooldown { until_unix_ms } => {
+            let until = UNIX_EPOCH + std::time::Duration::from_millis((*until_unix_ms).max(0) as u64);
+            format!("cooldown until {}", humantime::format_rfc3339_seconds(until))
+        }
+    };
+    let sites = view
+        .health
+        .get(name)
+        .map(|m| m.iter().map(|(site, health)| pb::SiteHealth { site: site.clone(), health: health.clone() }).collect())
+        .unwrap_or_default();
+    pb::ServiceStatus {
+        name: name.to_string(),
+        active_site: s.active_site.clone(),
+        epoch: s.epoch,
+        phase: s.phase.as_str().to_string(),
+        mode,
+        lease_site: s.lease.as_ref().map(|l| l.site.clone()).unwrap_or_default(),
+        sites,
+        workflow: s.workflow.as_ref().map(workflow_to_pb),
+    }
+}
+
+fn workflow_to_pb(w: &Workflow) -> pb::WorkflowStatus {
+    let state = match &w.state {
+        WorkflowState::Running => "running",
+        WorkflowState::Paused { .. } => "paused",
+        WorkflowState::Failed { .. } => "failed",
+        WorkflowState::AwaitingCommit => "awaiting_commit",
+        WorkflowState::Committed => "committed",
+    };
+    let steps = w
+        .steps
+        .iter()
+        .map(|st| {
+            let (status, attempt, detail) = match &st.status {
+                StepStatus::Pending => ("pending", 0, String::new()),
+                StepStatus::Running { attempt, .. } => ("running", *attempt, String::new()),
+                StepStatus::RetryWait { attempt, error } => ("retry_wait", *attempt, error.clone()),
+                StepStatus::Succeeded { attempt, detail, .. } => ("succeeded", *attempt, detail.clone()),
+                StepStatus::Failed { attempt, error } => ("failed", *attempt, error.clone()),
+            };
+            pb::WorkflowStepStatus {
+                stage: st.stage.as_str().to_string(),
+                site: st.site.clone(),
+                kind: st.action.as_ref().map_or("lease_wait", |a| a.action.kind()).to_string(),
+                status: status.to_string(),
+                attempt,
+                detail,
+            }
+        })
+        .collect();
+    pb::WorkflowStatus {
+        id: w.id,
+        from_site: w.from.clone(),
+        to_site: w.to.clone(),
+        epoch: w.epoch,
+        automatic: w.automatic,
+        reason: w.reason.clone(),
+        state: state.to_string(),
+        steps,
     }
 }
 

@@ -13,6 +13,7 @@
 //! acknowledged after it), then the listeners.
 
 pub mod cli;
+pub mod control;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -82,15 +83,27 @@ pub async fn run(
     let (log_store, state_machine) = store::open(&cfg.data_dir, store::StoreOptions::default())?;
     let state = state_machine.state_handle();
     let contacts = PeerContacts::default();
-    let network = Network::new(cfg.id, tls.map(Arc::new), contacts.clone());
+    let tls = tls.map(Arc::new);
+    let network = Network::new(cfg.id, tls.clone(), contacts.clone());
     let raft_config = Arc::new(cfg.raft.to_openraft("drover"));
     let raft = Raft::new(cfg.id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| RuntimeError::Raft(e.to_string()))?;
     let node =
-        NodeHandle { id: cfg.id, name: cfg.name.clone(), raft: raft.clone(), contacts, state };
+        NodeHandle {
+            id: cfg.id,
+            name: cfg.name.clone(),
+            raft: raft.clone(),
+            contacts,
+            state,
+            health: Default::default(),
+            fenced: Default::default(),
+        };
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let actuator: Arc<dyn crate::actuate::Actuator> = Arc::new(crate::actuate::RealActuator::new());
+    let (control_service, _control) =
+        control::start(node.clone(), cfg.site.clone(), cfg.role, actuator, tls, stop_rx.clone());
     let grpc = {
         let mut stop = stop_rx.clone();
         let incoming = crate::tls::serve_incoming(grpc_listener, server_tls);
@@ -98,7 +111,8 @@ pub async fn run(
             .timeout(Duration::from_secs(30))
             .concurrency_limit_per_connection(64)
             .add_service(RaftService::server(raft.clone()))
-            .add_service(AdminService::server(node.clone()));
+            .add_service(AdminService::server(node.clone()))
+            .add_service(control_service);
         tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async move {

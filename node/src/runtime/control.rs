@@ -1,0 +1,667 @@
+//! The failover driver: wires the pure decision engine to Raft, probes, actuators and peers.
+//!
+//! ```text
+//!  every node:   Prober ──reports──▶ reporter loop ──gRPC ReportProbes──▶ leader
+//!  leader:       controller loop: Engine::tick(observation) ──▶ Propose  ──▶ Raft client_write
+//!                                                         └──▶ RunStep ──▶ local actuator, or
+//!                                                                          gRPC RunStep on a node of the step's site
+//!  active site:  lease loop: RenewLease (linearizable read on the leader), measured from the
+//!                send; not renewed for lease_ttl, or revoked ──▶ run on_lease_lost locally
+//! ```
+//!
+//! The engine decides; this module only carries out its commands and feeds it what happened.
+//! Every channel is bounded and every remote call has a deadline.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use drover_proto::v1 as pb;
+use drover_proto::v1::control_client::ControlClient;
+use drover_proto::v1::control_server::{Control, ControlServer};
+use openraft::ServerState;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::{debug, error, info, warn};
+
+use crate::actuate::{Actuator, StepContext};
+use crate::api::NodeHandle;
+use crate::consensus::network::endpoint;
+use crate::consensus::state::control::ControlRequest;
+use crate::consensus::types::{Member, NodeId, Request as RaftRequest, Role};
+use crate::decide::{
+    Command, Engine, EngineParams, HolderLease, LeaseParams, MonoTime, Observation,
+    StepDispatch, Verdict,
+};
+use crate::probe::{ProbeLimits, Prober};
+use crate::spec::{ClusterSpec, Phase, Step};
+use crate::tls::TlsMaterial;
+
+/// How often the leader's engine ticks.
+const TICK: Duration = Duration::from_millis(100);
+/// How often a node sends its probe results to the leader.
+const REPORT_EVERY: Duration = Duration::from_millis(500);
+/// Deadline of a report or lease RPC.
+const RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest an executor waits for its own state to reach a step's epoch.
+const EPOCH_CATCH_UP: Duration = Duration::from_secs(3);
+/// Capacity of the channels into the controller loop.
+const CHANNEL_CAPACITY: usize = 1024;
+
+pub use crate::api::{FencedView, HealthView};
+
+/// What the failover driver needs; shared by its loops and its gRPC service.
+#[derive(Clone)]
+pub struct ControlCtx {
+    /// The node.
+    pub node: NodeHandle,
+    /// This node's site.
+    pub site: String,
+    /// Controller or witness.
+    pub role: Role,
+    /// Runs steps.
+    pub actuator: Arc<dyn Actuator>,
+    /// gRPC channels to peers.
+    pub peers: PeerChannels,
+    /// Origin of this process's monotonic clock.
+    pub origin: Instant,
+    /// Into the controller loop.
+    events: mpsc::Sender<Event>,
+    /// Services this node has self-fenced, with the epoch.
+    pub fenced: FencedView,
+    /// Leader's detector view, for status.
+    pub health: HealthView,
+}
+
+/// Something that happened, for the controller loop.
+enum Event {
+    Reports { observer: NodeId, reports: Vec<pb::ProbeReport>, received: Instant },
+    StepResult { service: String, workflow_id: u64, step: usize, attempt: u32, result: Result<String, String> },
+    ProposalDone { service: String },
+}
+
+/// Cached lazy gRPC channels to members.
+#[derive(Clone)]
+pub struct PeerChannels {
+    tls: Option<Arc<TlsMaterial>>,
+    cache: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+}
+
+impl PeerChannels {
+    /// Channels over mutual TLS (None: `--insecure-dev`).
+    pub fn new(tls: Option<Arc<TlsMaterial>>) -> Self {
+        PeerChannels { tls, cache: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    fn control(&self, id: NodeId, member: &Member) -> Result<ControlClient<Channel>, String> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((addr, ch)) = cache.get(&id) {
+            if *addr == member.address {
+                return Ok(ControlClient::new(ch.clone()));
+            }
+        }
+        let ep = endpoint(&member.address, &member.name, self.tls.as_deref())
+            .map_err(|e| format!("bad address {} for {}: {e}", member.address, member.name))?;
+        let ch = ep.connect_lazy();
+        cache.insert(id, (member.address.clone(), ch.clone()));
+        Ok(ControlClient::new(ch))
+    }
+}
+
+fn mono(origin: Instant, at: Instant) -> MonoTime {
+    MonoTime::from_ms(at.saturating_duration_since(origin).as_millis() as u64)
+}
+
+fn unix_now_ms() -> i64 {
+    crate::pb::unix_now_ms()
+}
+
+/// Starts the driver's loops; they stop when `stop` turns true. Returns the gRPC service.
+pub fn start(
+    node: NodeHandle,
+    site: String,
+    role: Role,
+    actuator: Arc<dyn Actuator>,
+    tls: Option<Arc<TlsMaterial>>,
+    stop: watch::Receiver<bool>,
+) -> (ControlServer<ControlService>, ControlCtx) {
+    let (events_tx, events_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let ctx = ControlCtx {
+        site,
+        role,
+        actuator,
+        peers: PeerChannels::new(tls),
+        origin: Instant::now(),
+        events: events_tx,
+        fenced: node.fenced.clone(),
+        health: node.health.clone(),
+        node,
+    };
+    let (spec_tx, spec_rx) = watch::channel(None);
+    tokio::spawn(spec_watch(ctx.clone(), spec_tx, stop.clone()));
+    let prober = Prober::spawn(ctx.site.clone(), spec_rx, ProbeLimits::default());
+    tokio::spawn(reporter_loop(ctx.clone(), prober, stop.clone()));
+    tokio::spawn(controller_loop(ctx.clone(), events_rx, stop.clone()));
+    if role == Role::Controller {
+        tokio::spawn(lease_loop(ctx.clone(), stop));
+    }
+    (ControlServer::new(ControlService { ctx: ctx.clone() }), ctx)
+}
+
+/// Publishes the applied spec to the prober whenever its version changes.
+async fn spec_watch(
+    ctx: ControlCtx,
+    tx: watch::Sender<Option<Arc<ClusterSpec>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut version = 0;
+    loop {
+        let current = ctx.node.state.read(|s| s.control.spec.as_ref().map(|v| (v.version, v.spec.clone())));
+        if let Some((v, spec)) = current {
+            if v != version {
+                version = v;
+                info!(version, "cluster spec in force; probing its checks");
+                let _ = tx.send(Some(Arc::new(spec)));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn leader_of(node: &NodeHandle) -> Option<(NodeId, Option<Member>)> {
+    let m = node.raft.metrics().borrow().clone();
+    m.current_leader.map(|id| (id, m.membership_config.membership().get_node(&id).cloned()))
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Healthy => "healthy",
+        Verdict::Unhealthy => "unhealthy",
+        Verdict::Unknown => "unknown",
+    }
+}
+
+fn parse_verdict(s: &str) -> Verdict {
+    match s {
+        "healthy" => Verdict::Healthy,
+        "unhealthy" => Verdict::Unhealthy,
+        _ => Verdict::Unknown,
+    }
+}
+
+/// Sends this node's probe results to the leader (or straight into the loop when leading).
+async fn reporter_loop(ctx: ControlCtx, prober: Prober, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = Instant::now();
+        let reports: Vec<pb::ProbeReport> = prober
+            .latest()
+            .into_iter()
+            .map(|r| pb::ProbeReport {
+                service: r.service,
+                site: r.site,
+                verdict: verdict_name(r.verdict).to_string(),
+                detail: r.detail,
+                age_ms: now.saturating_duration_since(r.observed_at).as_millis() as u64,
+                lag: r.lag,
+            })
+            .collect();
+        if reports.is_empty() {
+            continue;
+        }
+        let Some((leader, member)) = leader_of(&ctx.node) else { continue };
+        if leader == ctx.node.id {
+            let _ = ctx.events.try_send(Event::Reports { observer: leader, reports, received: now });
+            continue;
+        }
+        let Some(member) = member else { continue };
+        let Ok(mut client) = ctx.peers.control(leader, &member) else { continue };
+        let req = pb::ProbeReports { observer: ctx.node.id, reports };
+        match tokio::time::timeout(RPC_TIMEOUT, client.report_probes(req)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => debug!(leader, cause = %e.message(), "probe report not delivered"),
+            Err(_) => debug!(leader, "probe report timed out"),
+        }
+    }
+}
+
+/// The leader's loop: one Engine per leadership term.
+async fn controller_loop(
+    ctx: ControlCtx,
+    mut events: mpsc::Receiver<Event>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut engine: Option<Engine> = None;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            _ = tick.tick() => None,
+            e = events.recv() => e,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let metrics = ctx.node.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            if engine.take().is_some() {
+                info!("no longer the leader: failover decisions stop here");
+                if let Ok(mut h) = ctx.health.write() {
+                    h.clear();
+                }
+            }
+            continue;
+        }
+        let now = Instant::now();
+        let eng = engine.get_or_insert_with(|| {
+            info!("leading: failover decisions are made here");
+            Engine::new(
+                EngineParams { node_name: ctx.node.name.clone(), ..EngineParams::default() },
+                mono(ctx.origin, now),
+            )
+        });
+        match event {
+            Some(Event::Reports { observer, reports, received }) => {
+                for r in reports {
+                    let at = received.checked_sub(Duration::from_millis(r.age_ms)).unwrap_or(ctx.origin);
+                    eng.probe_report(observer, &r.service, &r.site, parse_verdict(&r.verdict), r.lag, mono(ctx.origin, at));
+                }
+                continue;
+            }
+            Some(Event::StepResult { service, workflow_id, step, attempt, result }) => {
+                eng.step_result(&service, workflow_id, step, attempt, result);
+            }
+            Some(Event::ProposalDone { service }) => eng.proposal_done(&service),
+            None => {}
+        }
+        let control = ctx.node.state.read(|s| s.control.clone());
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members: BTreeMap<NodeId, Member> = membership.nodes().map(|(i, m)| (*i, m.clone())).collect();
+        let reachable: BTreeSet<NodeId> = members
+            .keys()
+            .copied()
+            .filter(|id| *id == ctx.node.id || ctx.node.contacts.since(*id).is_some_and(|d| d < Duration::from_secs(3)))
+            .collect();
+        let obs = Observation {
+            now: mono(ctx.origin, now),
+            now_unix_ms: unix_now_ms(),
+            control: &control,
+            voters: &voters,
+            members: &members,
+            reachable: &reachable,
+        };
+        let commands = eng.tick(&obs);
+        publish_health(&ctx, eng, &control);
+        for cmd in commands {
+            match cmd {
+                Command::Propose(req) => propose(&ctx, req),
+                Command::RunStep(d) => dispatch(&ctx, d, &members),
+                Command::Alert { service, message } => warn!(service = %service, "{message}"),
+            }
+        }
+    }
+}
+
+fn publish_health(ctx: &ControlCtx, eng: &Engine, control: &crate::consensus::state::control::ControlState) {
+    let Some(spec) = control.spec.as_ref() else { return };
+    let mut view = BTreeMap::new();
+    for svc in control.services.keys() {
+        let sites = spec
+            .spec
+            .active_capable_sites()
+            .map(|site| (site.to_string(), format!("{:?}", eng.site_health(svc, site)).to_lowercase()))
+            .map(|(site, h)| (site, h.split([' ', '{']).next().unwrap_or("").to_string()))
+            .collect();
+        view.insert(svc.clone(), sites);
+    }
+    if let Ok(mut h) = ctx.health.write() {
+        *h = view;
+    }
+}
+
+fn service_of(req: &ControlRequest) -> String {
+    match req {
+        ControlRequest::ApplySpec { .. } => String::new(),
+        ControlRequest::StartFailover { service, .. }
+        | ControlRequest::StepStarted { service, .. }
+        | ControlRequest::StepFinished { service, .. }
+        | ControlRequest::Commit { service, .. }
+        | ControlRequest::Resume { service, .. }
+        | ControlRequest::Ack { service, .. } => service.clone(),
+    }
+}
+
+fn propose(ctx: &ControlCtx, req: ControlRequest) {
+    let raft = ctx.node.raft.clone();
+    let events = ctx.events.clone();
+    let service = service_of(&req);
+    tokio::spawn(async move {
+        if let ControlRequest::StartFailover { from, to, reason, .. } = &req {
+            warn!(service = %service, from = %from, to = %to, "starting automatic failover: {reason}");
+        }
+        match tokio::time::timeout(Duration::from_secs(10), raft.client_write(RaftRequest::Control(req))).await {
+            Ok(Ok(resp)) => {
+                if let Some(why) = resp.data.rejected {
+                    debug!(service = %service, "proposal rejected: {why}");
+                }
+            }
+            Ok(Err(e)) => warn!(service = %service, cause = %e, "proposal failed"),
+            Err(_) => warn!(service = %service, "proposal not committed within 10s"),
+        }
+        let _ = events.send(Event::ProposalDone { service }).await;
+    });
+}
+
+fn dispatch(ctx: &ControlCtx, d: StepDispatch, members: &BTreeMap<NodeId, Member>) {
+    let ctx = ctx.clone();
+    let executor = d.executor.and_then(|id| members.get(&id).cloned().map(|m| (id, m)));
+    tokio::spawn(async move {
+        let limit = d.action.timeout + Duration::from_secs(5);
+        let result = match executor {
+            Some((id, member)) if id != ctx.node.id => run_remote(&ctx, id, &member, &d, limit).await,
+            _ => run_local(&ctx, &d.action, &context_of(&d)).await,
+        };
+        match &result {
+            Ok(detail) => info!(service = %d.service, step = d.step + 1, attempt = d.attempt, epoch = d.epoch, "step done: {detail}"),
+            Err(e) => warn!(service = %d.service, step = d.step + 1, attempt = d.attempt, epoch = d.epoch, "step failed: {e}"),
+        }
+        let _ = ctx
+            .events
+            .send(Event::StepResult {
+                service: d.service,
+                workflow_id: d.workflow_id,
+                step: d.step,
+                attempt: d.attempt,
+                result,
+            })
+            .await;
+    });
+}
+
+fn context_of(d: &StepDispatch) -> StepContext {
+    StepContext {
+        service: d.service.clone(),
+        epoch: d.epoch,
+        from_site: d.from_site.clone(),
+        to_site: d.to_site.clone(),
+        recovery_point: None,
+        test: false,
+    }
+}
+
+async fn run_local(ctx: &ControlCtx, step: &Step, sc: &StepContext) -> Result<String, String> {
+    match ctx.actuator.run(step, sc).await {
+        Ok(out) => Ok(out.detail),
+        Err(e) => {
+            let tail = e.output_tail().lines().last().unwrap_or("").to_string();
+            if tail.is_empty() {
+                Err(e.to_string())
+            } else {
+                Err(format!("{e} (last output: {tail})"))
+            }
+        }
+    }
+}
+
+async fn run_remote(
+    ctx: &ControlCtx,
+    id: NodeId,
+    member: &Member,
+    d: &StepDispatch,
+    limit: Duration,
+) -> Result<String, String> {
+    let mut client = ctx.peers.control(id, member)?;
+    let step_json = serde_json::to_string(&d.action).map_err(|e| format!("cannot encode step: {e}"))?;
+    let req = pb::RunStepRequest {
+        service: d.service.clone(),
+        workflow_id: d.workflow_id,
+        step: d.step as u64,
+        attempt: d.attempt,
+        epoch: d.epoch,
+        from_site: d.from_site.clone(),
+        to_site: d.to_site.clone(),
+        step_json,
+    };
+    match tokio::time::timeout(limit, client.run_step(req)).await {
+        Err(_) => Err(format!("no answer from {} within {}s", member.name, limit.as_secs())),
+        Ok(Err(status)) => Err(format!("{} could not run the step: {}", member.name, status.message())),
+        Ok(Ok(reply)) => {
+            let r = reply.into_inner();
+            if r.ok {
+                Ok(format!("{} on {}", r.detail, member.name))
+            } else {
+                Err(format!("{} on {}", r.detail, member.name))
+            }
+        }
+    }
+}
+
+/// Per service: this node's view of its site's lease.
+struct Holding {
+    epoch: u64,
+    lease: HolderLease,
+    params: LeaseParams,
+    started: MonoTime,
+    last_sent: Option<MonoTime>,
+}
+
+/// Keeps the lease of this node's site while it is active, and self-fences when it cannot.
+async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
+    let mut holdings: BTreeMap<String, Holding> = BTreeMap::new();
+    let (tx, mut rx) = mpsc::channel::<(String, u64, MonoTime, bool)>(64);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some((service, epoch, sent_at, granted)) = rx.recv() => {
+                if let Some(h) = holdings.get_mut(&service) {
+                    if granted && h.epoch == epoch {
+                        h.lease.on_renew_confirmed(sent_at);
+                    }
+                }
+                continue;
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = mono(ctx.origin, Instant::now());
+        let control = ctx.node.state.read(|s| s.control.clone());
+        let Some(spec) = control.spec.as_ref().map(|v| v.spec.clone()) else { continue };
+        for (service, state) in &control.services {
+            let Some(policy) = spec.policy_for(service) else { continue };
+            let params = LeaseParams {
+                lease_ttl: policy.lease_ttl,
+                max_clock_drift: policy.max_clock_drift,
+                self_fence_grace: policy.self_fence_grace,
+            };
+            let ours = state.lease.as_ref().filter(|l| l.site == ctx.site).map(|l| l.epoch);
+            let already_fenced = ctx.fenced.lock().map(|f| f.get(service).copied()).unwrap_or(None);
+            match ours {
+                Some(epoch) => {
+                    let h = holdings.entry(service.clone()).or_insert_with(|| Holding {
+                        epoch,
+                        lease: HolderLease::new(&params),
+                        params: params.clone(),
+                        started: now,
+                        last_sent: None,
+                    });
+                    if h.epoch != epoch {
+                        *h = Holding { epoch, lease: HolderLease::new(&params), params: params.clone(), started: now, last_sent: None };
+                    }
+                    if already_fenced == Some(epoch) {
+                        continue;
+                    }
+                    let renew_every = params.lease_ttl / 3;
+                    if h.last_sent.is_none_or(|t| now.saturating_duration_since(t) >= renew_every) {
+                        h.last_sent = Some(now);
+                        h.lease.on_renew_sent(now);
+                        tokio::spawn(renew(ctx.clone(), service.clone(), epoch, now, tx.clone()));
+                    }
+                    let expired = match h.lease.expiry() {
+                        Some(_) => h.lease.expired(now),
+                        None => now.saturating_duration_since(h.started) >= h.params.lease_ttl,
+                    };
+                    if expired {
+                        self_fence(&ctx, &spec, service, epoch, "the lease could not be renewed for lease_ttl").await;
+                    }
+                }
+                None => {
+                    // We held it and the cluster took it away: stop serving at once.
+                    if let Some(h) = holdings.remove(service) {
+                        if already_fenced != Some(h.epoch) && h.lease.expiry().is_some() {
+                            self_fence(&ctx, &spec, service, h.epoch, "the cluster revoked this site's lease").await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Asks the leader (or this node, when leading) to confirm the lease.
+async fn renew(ctx: ControlCtx, service: String, epoch: u64, sent_at: MonoTime, tx: mpsc::Sender<(String, u64, MonoTime, bool)>) {
+    let granted = match leader_of(&ctx.node) {
+        Some((leader, _)) if leader == ctx.node.id => {
+            confirm_lease(&ctx.node, ctx.node.id, &service, &ctx.site, epoch).await.is_ok()
+        }
+        Some((leader, Some(member))) => match ctx.peers.control(leader, &member) {
+            Ok(mut client) => {
+                let req = pb::RenewLeaseRequest { node_id: ctx.node.id, service: service.clone(), site: ctx.site.clone(), epoch };
+                matches!(tokio::time::timeout(RPC_TIMEOUT, client.renew_lease(req)).await, Ok(Ok(r)) if r.get_ref().granted)
+            }
+            Err(_) => false,
+        },
+        _ => false,
+    };
+    let _ = tx.send((service, epoch, sent_at, granted)).await;
+}
+
+/// On the leader: a linearizable read, then the lease check.
+async fn confirm_lease(node: &NodeHandle, requester: NodeId, service: &str, site: &str, epoch: u64) -> Result<(), String> {
+    node.raft.ensure_linearizable().await.map_err(|e| format!("not confirmed: {e}"))?;
+    let member_site = node
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&requester)
+        .map(|m| m.site.clone());
+    if member_site.as_deref() != Some(site) {
+        return Err(format!("node {requester} is not a member of site {site}"));
+    }
+    let holds = node.state.read(|s| {
+        s.control.services.get(service).and_then(|st| st.lease.clone()).is_some_and(|l| l.site == site && l.epoch == epoch)
+    });
+    if holds {
+        Ok(())
+    } else {
+        Err(format!("site {site} does not hold the lease of {service} at epoch {epoch}"))
+    }
+}
+
+/// Runs this site's on_lease_lost runbook locally, once per epoch.
+async fn self_fence(ctx: &ControlCtx, spec: &ClusterSpec, service: &str, epoch: u64, why: &str) {
+    if let Ok(mut f) = ctx.fenced.lock() {
+        if f.get(service) == Some(&epoch) {
+            return;
+        }
+        f.insert(service.to_string(), epoch);
+    }
+    error!(service, epoch, site = %ctx.site, "SELF-FENCING: {why}; running on_lease_lost");
+    let steps = spec.service(service).map(|s| s.runbook(&ctx.site, Phase::OnLeaseLost).to_vec()).unwrap_or_default();
+    let sc = StepContext {
+        service: service.to_string(),
+        epoch,
+        from_site: ctx.site.clone(),
+        to_site: String::new(),
+        recovery_point: None,
+        test: false,
+    };
+    for (i, step) in steps.iter().enumerate() {
+        match run_local(ctx, step, &sc).await {
+            Ok(d) => info!(service, step = i + 1, "on_lease_lost step done: {d}"),
+            Err(e) => error!(service, step = i + 1, "on_lease_lost step failed: {e}"),
+        }
+    }
+}
+
+/// The internal gRPC service members use to work together.
+pub struct ControlService {
+    ctx: ControlCtx,
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn report_probes(&self, req: Request<pb::ProbeReports>) -> Result<Response<pb::ProbeAck>, Status> {
+        let is_leader = self.ctx.node.raft.metrics().borrow().state == ServerState::Leader;
+        if !is_leader {
+            return Ok(Response::new(pb::ProbeAck { accepted: false }));
+        }
+        let r = req.into_inner();
+        let accepted = self
+            .ctx
+            .events
+            .try_send(Event::Reports { observer: r.observer, reports: r.reports, received: Instant::now() })
+            .is_ok();
+        Ok(Response::new(pb::ProbeAck { accepted }))
+    }
+
+    async fn renew_lease(&self, req: Request<pb::RenewLeaseRequest>) -> Result<Response<pb::RenewLeaseReply>, Status> {
+        let r = req.into_inner();
+        let reply = match confirm_lease(&self.ctx.node, r.node_id, &r.service, &r.site, r.epoch).await {
+            Ok(()) => pb::RenewLeaseReply { granted: true, reason: String::new() },
+            Err(reason) => pb::RenewLeaseReply { granted: false, reason },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn run_step(&self, req: Request<pb::RunStepRequest>) -> Result<Response<pb::RunStepReply>, Status> {
+        let r = req.into_inner();
+        if self.ctx.role != Role::Controller {
+            return Err(Status::failed_precondition("a witness never runs workflow steps"));
+        }
+        let step: Step = serde_json::from_str(&r.step_json)
+            .map_err(|e| Status::invalid_argument(format!("undecodable step: {e}")))?;
+        // The executor checks the fencing token itself: it waits briefly for its own state to
+        // reach the step's epoch and refuses anything older or newer.
+        let deadline = Instant::now() + EPOCH_CATCH_UP;
+        let epoch = loop {
+            let e = self.ctx.node.state.read(|s| s.control.services.get(&r.service).map_or(0, |st| st.epoch));
+            if e >= r.epoch || Instant::now() >= deadline {
+                break e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if epoch != r.epoch {
+            let detail = format!(
+                "refused: step of epoch {} but {} is at epoch {epoch} here; a newer failover superseded it",
+                r.epoch, r.service
+            );
+            warn!(service = %r.service, "{detail}");
+            return Ok(Response::new(pb::RunStepReply { ok: false, detail, output_tail: String::new() }));
+        }
+        let sc = StepContext {
+            service: r.service.clone(),
+            epoch: r.epoch,
+            from_site: r.from_site,
+            to_site: r.to_site,
+            recovery_point: None,
+            test: false,
+        };
+        info!(service = %r.service, epoch = r.epoch, step = r.step + 1, attempt = r.attempt, kind = step.action.kind(), "running step for the leader");
+        let reply = match self.ctx.actuator.run(&step, &sc).await {
+            Ok(out) => pb::RunStepReply { ok: true, detail: out.detail, output_tail: out.output_tail },
+            Err(e) => pb::RunStepReply { ok: false, detail: e.to_string(), output_tail: e.output_tail().to_string() },
+        };
+        Ok(Response::new(reply))
+    }
+}
