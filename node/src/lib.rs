@@ -9,13 +9,20 @@
 //! - [`runtime`]: starts a node and wires the parts together.
 //! - [`pb`]: conversions between protobuf messages and domain types.
 //! - [`spec`]: the replicated cluster spec (`cluster.toml`): model, validation and diff.
+//! - [`probe`]: health checks (http, tcp, exec) and lag probes, run in the background into
+//!   per-site reports.
+//! - [`actuate`]: actuators that carry out runbook steps (exec, webhook, wait) behind a trait.
+//! - `edge` (private): bounded child processes and the outbound HTTP(S) client they share.
 
+pub mod actuate;
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod consensus;
 pub mod decide;
+mod edge;
 pub mod pb;
+pub mod probe;
 pub mod runtime;
 pub mod spec;
 pub mod tls;

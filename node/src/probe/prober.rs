@@ -1,0 +1,418 @@
+//! The background prober: runs every check of the current spec at its own interval and keeps
+//! the latest result of each.
+//!
+//! ```text
+//!  spec watch ──▶ supervisor task ── reconcile: stop jobs whose check left the spec,
+//!                                   start jobs for new ones (staggered first run)
+//!                     │ owns
+//!                     ▼
+//!                 job tasks (one per check, one per lag probe run here)
+//!                     │ tick ─▶ Semaphore permit ─▶ run_check / run_lag ─▶ slot
+//!                     ▼
+//!  latest() ◀── slots (Mutex<Shared>), folded per (service, site) in spec order
+//! ```
+//!
+//! A check is identified by its whole definition: editing its interval or URL stops the old job
+//! and starts a new one. Job tasks are aborted when their check leaves the spec, when the spec
+//! channel closes, and when the [`Prober`] is dropped (aborting a run kills its child process).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::AbortHandle;
+use tokio::time::MissedTickBehavior;
+
+use super::{run_check, run_lag, ProbeResult, DETAIL_MAX};
+use crate::decide::Verdict;
+use crate::edge;
+use crate::spec::{Check, CheckProbe, ClusterSpec, LagProbe, RunOn};
+
+/// Limits of one [`Prober`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeLimits {
+    /// Most check runs in flight at once, across all checks (at least 1).
+    pub max_in_flight: usize,
+    /// The `n`-th check of the spec first runs `n * stagger_step` after it is started...
+    pub stagger_step: Duration,
+    /// ...but never later than this (nor later than its own interval).
+    pub max_stagger: Duration,
+}
+
+impl Default for ProbeLimits {
+    fn default() -> Self {
+        ProbeLimits {
+            max_in_flight: 16,
+            stagger_step: Duration::from_millis(20),
+            max_stagger: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What this node currently sees of one site of one service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteReport {
+    /// The service.
+    pub service: String,
+    /// The site whose checks these are.
+    pub site: String,
+    /// `Unhealthy` if any of the site's checks is, `Healthy` if all are, else `Unknown` (some
+    /// check could not run, or has not run yet).
+    pub verdict: Verdict,
+    /// One line: the failing checks' details (or every check's, when healthy), each prefixed
+    /// with the check when the site has several; then `lag probe: <error>` if the lag probe
+    /// attached here failed.
+    pub detail: String,
+    /// When the *oldest* of the results folded in here was taken (for a check that has not run
+    /// yet: when it was started), so a report is never fresher than its stalest part.
+    pub observed_at: Instant,
+    /// The service's replication lag, as last measured by this node. Attached to the report of
+    /// the lag probe's `run_on` site (the probe only runs on nodes of that site); a lag probe
+    /// with `run_on = "any"` runs on every node and its value is attached to every site report
+    /// of the service. `None` when there is no lag probe here, it has not run yet, or its last
+    /// run failed (the error is in `detail`).
+    pub lag: Option<f64>,
+}
+
+/// Handle of the background prober; dropping it stops every probe task.
+#[derive(Debug)]
+pub struct Prober {
+    shared: Arc<Mutex<Shared>>,
+    _supervisor: AbortOnDrop,
+}
+
+impl Prober {
+    /// Starts probing on the current tokio runtime. `own_site` is this node's site: lag probes
+    /// with `run_on` naming another site are not run here. The spec channel holds `None` until
+    /// a spec is committed; when its sender is dropped every probe stops.
+    pub fn spawn(
+        own_site: String,
+        spec: watch::Receiver<Option<Arc<ClusterSpec>>>,
+        limits: ProbeLimits,
+    ) -> Prober {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let semaphore = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
+        let supervisor = Supervisor {
+            own_site,
+            limits,
+            shared: shared.clone(),
+            semaphore,
+            jobs: Vec::new(),
+            next_id: 0,
+        };
+        let task = tokio::spawn(supervisor.run(spec));
+        Prober { shared, _supervisor: AbortOnDrop(task.abort_handle()) }
+    }
+
+    /// The latest report of every (service, site) that has health checks, in spec order
+    /// (services, then sites); empty before the first spec.
+    pub fn latest(&self) -> Vec<SiteReport> {
+        let shared = lock(&self.shared);
+        let Some(spec) = shared.spec.clone() else { return Vec::new() };
+        let mut reports = Vec::new();
+        for service in &spec.services {
+            for site in &spec.sites {
+                if service.checks_for(&site.name).next().is_none() {
+                    continue;
+                }
+                reports.push(shared.fold(&service.name, &site.name));
+            }
+        }
+        reports
+    }
+}
+
+/// What the prober runs: a health check or a lag probe, of one service.
+#[derive(Debug, Clone, PartialEq)]
+enum JobKey {
+    Check { service: String, check: Check },
+    Lag { service: String, probe: LagProbe },
+}
+
+impl JobKey {
+    fn interval(&self) -> Duration {
+        match self {
+            JobKey::Check { check, .. } => check.interval,
+            JobKey::Lag { probe, .. } => probe.interval,
+        }
+    }
+}
+
+/// The latest outcome of one job.
+#[derive(Debug)]
+enum Outcome {
+    Check(ProbeResult),
+    Lag(Result<f64, String>),
+}
+
+#[derive(Debug)]
+struct Slot {
+    key: JobKey,
+    started: Instant,
+    last: Option<(Outcome, Instant)>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    spec: Option<Arc<ClusterSpec>>,
+    slots: HashMap<u64, Slot>,
+}
+
+impl Shared {
+    fn fold(&self, service: &str, site: &str) -> SiteReport {
+        let mut checks: Vec<(u64, &Slot, &Check)> = self
+            .slots
+            .iter()
+            .filter_map(|(id, slot)| match &slot.key {
+                JobKey::Check { service: s, check } if s == service && check.site == site => {
+                    Some((*id, slot, check))
+                }
+                _ => None,
+            })
+            .collect();
+        // Job ids grow in spec order, so this lists checks as written.
+        checks.sort_by_key(|(id, ..)| *id);
+        let several = checks.len() > 1;
+        let mut observed_at: Option<Instant> = None;
+        let mut parts: Vec<(Verdict, String)> = Vec::new();
+        for (_, slot, check) in &checks {
+            let (verdict, detail, at) = match &slot.last {
+                Some((Outcome::Check(r), at)) => (r.verdict, r.detail.clone(), *at),
+                _ => (Verdict::Unknown, "not probed yet".to_string(), slot.started),
+            };
+            observed_at = Some(observed_at.map_or(at, |o| o.min(at)));
+            let detail = if several { format!("{}: {detail}", label(check)) } else { detail };
+            parts.push((verdict, detail));
+        }
+        let verdict = if parts.iter().any(|(v, _)| *v == Verdict::Unhealthy) {
+            Verdict::Unhealthy
+        } else if !parts.is_empty() && parts.iter().all(|(v, _)| *v == Verdict::Healthy) {
+            Verdict::Healthy
+        } else {
+            Verdict::Unknown
+        };
+        let mut details: Vec<String> = parts
+            .into_iter()
+            .filter(|(v, _)| verdict == Verdict::Healthy || *v == verdict)
+            .map(|(_, d)| d)
+            .collect();
+        if checks.is_empty() {
+            details.push("no checks running".to_string());
+        }
+
+        let mut lag = None;
+        let lag_slot = self.slots.values().find(|slot| match &slot.key {
+            JobKey::Lag { service: s, probe } => {
+                s == service
+                    && match &probe.run_on {
+                        RunOn::Any => true,
+                        RunOn::Site(run_on) => run_on == site,
+                    }
+            }
+            JobKey::Check { .. } => false,
+        });
+        if let Some(Slot { last: Some((Outcome::Lag(value), _)), .. }) = lag_slot {
+            match value {
+                Ok(v) => lag = Some(*v),
+                Err(e) => details.push(format!("lag probe: {e}")),
+            }
+        }
+
+        SiteReport {
+            service: service.to_string(),
+            site: site.to_string(),
+            verdict,
+            detail: edge::shorten(&details.join("; "), 2 * DETAIL_MAX),
+            observed_at: observed_at.unwrap_or_else(Instant::now),
+            lag,
+        }
+    }
+}
+
+/// A short name for a check in a multi-check detail: `tcp db:5432`.
+fn label(check: &Check) -> String {
+    match &check.probe {
+        CheckProbe::Http { url, .. } => format!("http {url}"),
+        CheckProbe::Tcp { address } => format!("tcp {address}"),
+        CheckProbe::Exec { command } => {
+            format!("exec {}", command.first().map_or("", String::as_str))
+        }
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Job {
+    id: u64,
+    key: JobKey,
+    _task: AbortOnDrop,
+}
+
+struct Supervisor {
+    own_site: String,
+    limits: ProbeLimits,
+    shared: Arc<Mutex<Shared>>,
+    semaphore: Arc<Semaphore>,
+    /// Dropped with the supervisor's future, which aborts every job.
+    jobs: Vec<Job>,
+    next_id: u64,
+}
+
+impl Supervisor {
+    async fn run(mut self, mut spec_rx: watch::Receiver<Option<Arc<ClusterSpec>>>) {
+        loop {
+            let spec = spec_rx.borrow_and_update().clone();
+            self.reconcile(spec);
+            if spec_rx.changed().await.is_err() {
+                break;
+            }
+        }
+        tracing::debug!("spec channel closed; stopping every probe");
+        self.reconcile(None);
+    }
+
+    /// The jobs `spec` asks of this node, in spec order, without duplicates.
+    fn desired(&self, spec: Option<&ClusterSpec>) -> Vec<JobKey> {
+        let mut keys = Vec::new();
+        for service in spec.map_or(&[][..], |s| &s.services) {
+            for check in &service.checks {
+                keys.push(JobKey::Check { service: service.name.clone(), check: check.clone() });
+            }
+            if let Some(probe) = &service.lag {
+                let here = match &probe.run_on {
+                    RunOn::Any => true,
+                    RunOn::Site(site) => *site == self.own_site,
+                };
+                if here {
+                    keys.push(JobKey::Lag { service: service.name.clone(), probe: probe.clone() });
+                }
+            }
+        }
+        let mut unique: Vec<JobKey> = Vec::with_capacity(keys.len());
+        for key in keys {
+            if !unique.contains(&key) {
+                unique.push(key);
+            }
+        }
+        unique
+    }
+
+    fn reconcile(&mut self, spec: Option<Arc<ClusterSpec>>) {
+        let desired = self.desired(spec.as_deref());
+        let mut shared = lock(&self.shared);
+        shared.spec = spec;
+        let before = self.jobs.len();
+        self.jobs.retain(|job| desired.contains(&job.key));
+        let kept: Vec<u64> = self.jobs.iter().map(|j| j.id).collect();
+        shared.slots.retain(|id, _| kept.contains(id));
+        let stopped = before - self.jobs.len();
+        let mut started = 0;
+        for (index, key) in desired.into_iter().enumerate() {
+            if self.jobs.iter().any(|j| j.key == key) {
+                continue;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let delay = (self.limits.stagger_step * u32::try_from(index).unwrap_or(u32::MAX))
+                .min(self.limits.max_stagger)
+                .min(key.interval());
+            shared.slots.insert(id, Slot { key: key.clone(), started: Instant::now(), last: None });
+            let task = tokio::spawn(run_job(
+                id,
+                key.clone(),
+                delay,
+                self.shared.clone(),
+                self.semaphore.clone(),
+            ));
+            self.jobs.push(Job { id, key, _task: AbortOnDrop(task.abort_handle()) });
+            started += 1;
+        }
+        if started > 0 || stopped > 0 {
+            tracing::info!(started, stopped, running = self.jobs.len(), "probe set changed");
+        }
+    }
+}
+
+async fn run_job(
+    id: u64,
+    key: JobKey,
+    first_delay: Duration,
+    shared: Arc<Mutex<Shared>>,
+    semaphore: Arc<Semaphore>,
+) {
+    let start = tokio::time::Instant::now() + first_delay;
+    let mut ticker = tokio::time::interval_at(start, key.interval().max(Duration::from_millis(1)));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        // The semaphore is never closed; a wait for a permit does not eat into the timeout.
+        let Ok(_permit) = semaphore.acquire().await else { return };
+        let outcome = match &key {
+            JobKey::Check { check, .. } => Outcome::Check(run_check(check).await),
+            JobKey::Lag { probe, .. } => Outcome::Lag(run_lag(probe).await),
+        };
+        let mut shared = lock(&shared);
+        // A slot that is gone belongs to a job being stopped; never recreate it.
+        let Some(slot) = shared.slots.get_mut(&id) else { return };
+        log_change(&slot.key, slot.last.as_ref().map(|(o, _)| o), &outcome);
+        slot.last = Some((outcome, Instant::now()));
+    }
+}
+
+/// Logs verdict changes of checks and success/failure changes of lag probes.
+fn log_change(key: &JobKey, previous: Option<&Outcome>, now: &Outcome) {
+    match (key, previous, now) {
+        (JobKey::Check { service, check }, prev, Outcome::Check(r)) => {
+            let prev = match prev {
+                Some(Outcome::Check(p)) => Some(p.verdict),
+                _ => None,
+            };
+            if prev == Some(r.verdict) {
+                return;
+            }
+            let check = label(check);
+            match r.verdict {
+                Verdict::Healthy => {
+                    tracing::info!(%service, site = %key_site(key), %check, detail = %r.detail, "check healthy")
+                }
+                Verdict::Unhealthy => {
+                    tracing::warn!(%service, site = %key_site(key), %check, detail = %r.detail, "check unhealthy")
+                }
+                Verdict::Unknown => {
+                    tracing::warn!(%service, site = %key_site(key), %check, detail = %r.detail, "check could not run")
+                }
+            }
+        }
+        (JobKey::Lag { service, .. }, prev, Outcome::Lag(r)) => {
+            let was_ok = matches!(prev, Some(Outcome::Lag(Ok(_))));
+            match r {
+                Err(e) if was_ok || prev.is_none() => {
+                    tracing::warn!(%service, cause = %e, "lag probe failed")
+                }
+                Ok(v) if !was_ok => tracing::info!(%service, lag = v, "lag probe reporting"),
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+}
+
+fn key_site(key: &JobKey) -> &str {
+    match key {
+        JobKey::Check { check, .. } => &check.site,
+        JobKey::Lag { .. } => "",
+    }
+}
