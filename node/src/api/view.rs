@@ -12,7 +12,7 @@ use crate::consensus::state::control::ServiceState;
 use crate::consensus::types::{Member, NodeId};
 
 /// The cluster as this node sees it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClusterView {
     /// This node's id.
     pub node_id: NodeId,

@@ -76,6 +76,15 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// The replicated cluster spec (sites, services, checks, runbooks, policy).
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// End a service's cooldown after an automatic failover, re-arming automatic failover.
+    Ack { service: String },
+    /// Commit a verified failover waiting in pending_commit (manual commit mode).
+    Commit { service: String },
+    /// Retry the step a paused or failed failover stopped at.
+    Resume { service: String },
     /// TLS material for the cluster.
     #[command(subcommand)]
     Certs(CertsCmd),
@@ -121,6 +130,32 @@ enum NoteCmd {
         text: String,
         #[arg(long, env = "USER", default_value = "operator")]
         author: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a cluster.toml and commit it through Raft; every problem is listed, nothing
+    /// is committed unless the file is valid.
+    Apply {
+        #[arg(long, short)]
+        file: PathBuf,
+        /// Apply only if the cluster's spec is still at this version (default: the version
+        /// this command read just before, so a concurrent apply makes it fail).
+        #[arg(long)]
+        expected_version: Option<u64>,
+        /// Skip the compare-and-set (overwrite whatever is there).
+        #[arg(long)]
+        force: bool,
+        #[arg(long, env = "USER", default_value = "operator")]
+        author: String,
+    },
+    /// Print the spec in force, as it was applied.
+    Show,
+    /// What applying a file would change.
+    Diff {
+        #[arg(long, short)]
+        file: PathBuf,
     },
 }
 
@@ -258,6 +293,61 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
             }
         }
         Cmd::Bench { count, concurrency } => bench(client, *count, *concurrency, cli.json).await?,
+        Cmd::Config(ConfigCmd::Apply { file, expected_version, force, author }) => {
+            let text = read_spec(file)?;
+            let expected = if *force {
+                None
+            } else if expected_version.is_some() {
+                *expected_version
+            } else {
+                let shown = client
+                    .call(|mut c| async move { c.config_show(pb::ConfigShowRequest {}).await })
+                    .await;
+                match shown {
+                    Ok(s) => Some(s.version),
+                    Err(ClientError::Refused(m)) if m.contains("no cluster spec") => Some(0),
+                    Err(e) => return Err(e),
+                }
+            };
+            let req = pb::ConfigApplyRequest { text, expected_version: expected, author: author.clone() };
+            let r = client.call(|mut c| { let req = req.clone(); async move { c.config_apply(req).await } }).await?;
+            if cli.json {
+                println!("{}", json!({"version": r.version, "changes": r.changes}));
+            } else {
+                println!("cluster spec version {} committed", r.version);
+                for c in &r.changes {
+                    println!("  {c}");
+                }
+            }
+        }
+        Cmd::Config(ConfigCmd::Show) => {
+            let r = client.call(|mut c| async move { c.config_show(pb::ConfigShowRequest {}).await }).await?;
+            if cli.json {
+                println!("{}", json!({"version": r.version, "text": r.text, "applied_by": r.applied_by, "applied_at_unix_ms": r.applied_at_unix_ms}));
+            } else {
+                println!("# cluster spec version {}, applied by {}", r.version, r.applied_by);
+                print!("{}", r.text);
+            }
+        }
+        Cmd::Config(ConfigCmd::Diff { file }) => {
+            let text = read_spec(file)?;
+            let r = client
+                .call(|mut c| { let text = text.clone(); async move { c.config_diff(pb::ConfigDiffRequest { text }).await } })
+                .await?;
+            if cli.json {
+                println!("{}", json!({"current_version": r.current_version, "changes": r.changes}));
+            } else if r.changes.is_empty() {
+                println!("no changes against version {}", r.current_version);
+            } else {
+                println!("against version {}:", r.current_version);
+                for c in &r.changes {
+                    println!("  {c}");
+                }
+            }
+        }
+        Cmd::Ack { service } => service_action(client, service, "ack", cli.json).await?,
+        Cmd::Commit { service } => service_action(client, service, "commit", cli.json).await?,
+        Cmd::Resume { service } => service_action(client, service, "resume", cli.json).await?,
         Cmd::Certs(_) => unreachable!("handled before connecting"),
     }
     Ok(())
@@ -368,6 +458,27 @@ async fn bench(
             "{} commits, concurrency {concurrency}: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {rate:.0} commits/s",
             samples.len(), pct(0.5), pct(0.9), pct(0.99), pct(1.0)
         );
+    }
+    Ok(())
+}
+
+fn read_spec(path: &Path) -> Result<String, ClientError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ClientError::Setup(format!("cannot read {}: {e}; pass the cluster spec with -f", path.display()))
+    })
+}
+
+async fn service_action(client: &Client, service: &str, action: &str, as_json: bool) -> Result<(), ClientError> {
+    let req = pb::ServiceActionRequest {
+        service: service.to_string(),
+        action: action.to_string(),
+        author: std::env::var("USER").unwrap_or_else(|_| "operator".into()),
+    };
+    let r = client.call(|mut c| { let req = req.clone(); async move { c.service_action(req).await } }).await?;
+    if as_json {
+        println!("{}", json!({"service": service, "action": action, "log_index": r.log_index}));
+    } else {
+        println!("{action} of {service} committed at log index {}", r.log_index);
     }
     Ok(())
 }

@@ -22,9 +22,85 @@ pub fn status_json(s: &pb::StatusReply) -> Value {
                    "last_contact_ms": m.last_contact_ms})
         })
         .collect();
+    let services: Vec<_> = s.services.iter().map(service_json).collect();
     json!({"node_id": s.node_id, "node_name": s.node_name, "leader_id": s.leader_id, "term": s.term,
            "state": s.state, "last_log_index": s.last_log_index, "commit_index": s.commit_index,
-           "applied_index": s.applied_index, "history_seq": s.history_seq, "members": members})
+           "applied_index": s.applied_index, "history_seq": s.history_seq, "members": members,
+           "spec_version": s.spec_version, "services": services})
+}
+
+fn service_json(s: &pb::ServiceStatus) -> Value {
+    let sites: serde_json::Map<String, Value> =
+        s.sites.iter().map(|h| (h.site.clone(), Value::String(h.health.clone()))).collect();
+    let workflow = s.workflow.as_ref().map(|w| {
+        let steps: Vec<_> = w
+            .steps
+            .iter()
+            .map(|st| json!({"stage": st.stage, "site": st.site, "kind": st.kind, "status": st.status,
+                             "attempt": st.attempt, "detail": st.detail}))
+            .collect();
+        json!({"id": w.id, "from": w.from_site, "to": w.to_site, "epoch": w.epoch, "automatic": w.automatic,
+               "reason": w.reason, "state": w.state, "steps": steps})
+    });
+    json!({"name": s.name, "active_site": s.active_site, "epoch": s.epoch, "phase": s.phase, "mode": s.mode,
+           "lease_site": s.lease_site, "sites": sites, "workflow": workflow})
+}
+
+/// The services part of `droverctl status`.
+pub fn services_table(s: &pb::StatusReply) -> String {
+    let mut out = String::new();
+    if s.services.is_empty() {
+        if s.spec_version == 0 {
+            out.push_str("no cluster spec yet: 'droverctl config apply -f cluster.toml'\n");
+        }
+        return out;
+    }
+    let _ = writeln!(out, "services (spec version {}):", s.spec_version);
+    let mut rows = vec![vec![
+        "SERVICE".to_string(), "ACTIVE".into(), "EPOCH".into(), "PHASE".into(), "LEASE".into(), "MODE".into(), "SITES".into(),
+    ]];
+    for svc in &s.services {
+        let sites: Vec<String> = svc.sites.iter().map(|h| format!("{}={}", h.site, h.health)).collect();
+        rows.push(vec![
+            svc.name.clone(),
+            svc.active_site.clone(),
+            svc.epoch.to_string(),
+            svc.phase.clone(),
+            if svc.lease_site.is_empty() { "(revoked)".into() } else { svc.lease_site.clone() },
+            svc.mode.clone(),
+            if sites.is_empty() { "-".into() } else { sites.join(" ") },
+        ]);
+    }
+    out.push_str(&table(&rows));
+    for svc in &s.services {
+        let Some(w) = &svc.workflow else { continue };
+        let _ = writeln!(
+            out,
+            "\n{} workflow {} ({}): {} -> {}, epoch {}, {}: {}",
+            svc.name,
+            w.id,
+            if w.automatic { "automatic" } else { "manual" },
+            w.from_site,
+            w.to_site,
+            w.epoch,
+            w.state,
+            w.reason
+        );
+        let mut rows = vec![vec!["#".to_string(), "STAGE".into(), "SITE".into(), "KIND".into(), "STATUS".into(), "TRY".into(), "DETAIL".into()]];
+        for (i, st) in w.steps.iter().enumerate() {
+            rows.push(vec![
+                (i + 1).to_string(),
+                st.stage.clone(),
+                st.site.clone(),
+                st.kind.clone(),
+                st.status.clone(),
+                if st.attempt == 0 { "-".into() } else { st.attempt.to_string() },
+                st.detail.chars().take(80).collect(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out
 }
 
 /// `droverctl status`.
@@ -73,6 +149,11 @@ pub fn status_table(s: &pb::StatusReply) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    let services = services_table(s);
+    if !services.is_empty() {
+        out.push('\n');
+        out.push_str(&services);
+    }
     if s.state != "leader" {
         let _ = writeln!(
             out,

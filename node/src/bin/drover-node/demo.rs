@@ -1,15 +1,15 @@
-//! `drover-node demo`: a real 5-process cluster on this machine, no setup needed.
+//! `drover-node demo`: a real 5-process cluster on this machine doing a real failover.
 //!
 //! It creates a dev CA and certificates, writes a node.toml per member (2 prod, 2 dr, 1 witness
-//! on 127.0.0.11-15), starts the processes, and then shows what drover's consensus layer
-//! guarantees: a leader is elected, entries commit, the leader is killed with SIGKILL, a new
-//! leader takes over within the election timeout, the killed node restarts from its data dir
-//! and catches up, and every acknowledged entry is still there. Everything is removed at the
-//! end unless `--keep` is given.
+//! on 127.0.0.11-15), starts the processes, applies a cluster spec whose runbooks are real
+//! commands (a small script that starts and stops each site's stand-in application and writes
+//! a ledger), starts the prod application, then kills it. drover detects the outage from a
+//! quorum of observers, fences prod, activates dr, verifies it and commits, and the demo shows
+//! each step as it happens. Everything is removed at the end unless `--keep` is given.
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -87,12 +87,21 @@ struct Demo {
     keep: bool,
     procs: Vec<Proc>,
     tls_dir: PathBuf,
+    apps: Vec<(&'static str, SocketAddr)>,
 }
 
 impl Drop for Demo {
     fn drop(&mut self) {
         for p in &mut self.procs {
             p.terminate();
+        }
+        for (site, _) in &self.apps {
+            if let Ok(pid) = fs::read_to_string(self.dir.join(format!("app-{site}.pid"))) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: kill(2) on the demo application's pid, written by the demo's script.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+            }
         }
         if self.keep {
             println!("\nkept {} (certs, node configs, data dirs, logs)", self.dir.display());
@@ -119,7 +128,7 @@ pub fn run(keep: bool) -> ExitCode {
     };
     match rt.block_on(script(&mut demo)) {
         Ok(()) => {
-            println!("\ndemo finished: leader failover without losing a committed entry.");
+            println!("\ndemo finished: prod failed over to dr, fenced first, verified, committed.");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -195,7 +204,14 @@ fn setup(keep: bool) -> Result<Demo, String> {
             child: None,
         });
     }
-    Ok(Demo { dir, keep, procs, tls_dir })
+    let apps = vec![
+        ("prod", SocketAddr::from((Ipv4Addr::new(127, 0, 0, 21), free_port(Ipv4Addr::new(127, 0, 0, 21))?))),
+        ("dr", SocketAddr::from((Ipv4Addr::new(127, 0, 0, 22), free_port(Ipv4Addr::new(127, 0, 0, 22))?))),
+    ];
+    write_app_script(&dir, &node_exe, &apps)?;
+    fs::write(dir.join("cluster.toml"), cluster_toml(&dir, &apps))
+        .map_err(|e| format!("cannot write cluster.toml: {e}"))?;
+    Ok(Demo { dir, keep, procs, tls_dir, apps })
 }
 
 fn client(demo: &Demo, only: &[u64]) -> Result<Client, String> {
@@ -241,18 +257,159 @@ async fn wait_for(
     Err(format!("timed out after {STEP_DEADLINE:?} waiting for {what}; last status: {last:?}"))
 }
 
-async fn note(c: &Client, text: &str) -> Result<pb::AddNoteReply, String> {
-    let req = pb::AddNoteRequest { author: "demo".into(), text: text.into() };
-    c.call(|mut a| {
-        let req = req.clone();
-        async move { a.add_note(req).await }
-    })
-    .await
-    .map_err(|e| e.to_string())
-}
-
 fn name_of(s: &pb::StatusReply, id: u64) -> String {
     s.members.iter().find(|m| m.id == id).map_or_else(|| format!("node {id}"), |m| m.name.clone())
+}
+
+/// The runbook script: `app.sh start|stop SITE [why]`. Idempotent, as steps must be.
+fn write_app_script(dir: &Path, exe: &Path, apps: &[(&'static str, SocketAddr)]) -> Result<(), String> {
+    let mut cases = String::new();
+    for (site, addr) in apps {
+        cases.push_str(&format!("  {site}) addr={addr} ;;\n"));
+    }
+    let script = format!(
+        r#"#!/bin/sh
+# Demo runbook: start or stop a site's stand-in application; every call is logged in ledger.txt
+# with a millisecond timestamp from this machine's clock and the epoch drover passed.
+set -u
+action=$1; site=$2; why=${{3:-}}
+dir='{dir}'
+case $site in
+{cases}  *) echo "unknown site $site" >&2; exit 2 ;;
+esac
+pidfile="$dir/app-$site.pid"
+running() {{ [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }}
+case $action in
+start)
+  if ! running; then
+    nohup '{exe}' demo-app --listen "$addr" --site "$site" >>"$dir/app-$site.log" 2>&1 &
+    echo $! >"$pidfile"
+  fi ;;
+stop)
+  if running; then
+    kill "$(cat "$pidfile")"
+    i=0; while running && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+  fi
+  rm -f "$pidfile" ;;
+*) echo "usage: app.sh start|stop SITE" >&2; exit 2 ;;
+esac
+echo "$(date +%s%3N) $site $action${{why:+ ($why)}} epoch=${{DROVER_EPOCH:-none}}" >>"$dir/ledger.txt"
+"#,
+        dir = dir.display(),
+        exe = exe.display(),
+    );
+    let path = dir.join("app.sh");
+    fs::write(&path, script).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())
+}
+
+fn cluster_toml(dir: &Path, apps: &[(&'static str, SocketAddr)]) -> String {
+    let script = dir.join("app.sh");
+    let script = script.display();
+    let mut checks = String::new();
+    for (site, addr) in apps {
+        checks.push_str(&format!(
+            "  [[service.check]]\n  site = \"{site}\"\n  kind = \"http\"\n  url = \"http://{addr}/healthz\"\n  interval = \"500ms\"\n  timeout = \"400ms\"\n"
+        ));
+    }
+    format!(
+        r#"# The demo's cluster spec: one service, "webshop", active in prod, protected by dr.
+[[site]]
+name = "prod"
+[[site]]
+name = "dr"
+[[site]]
+name = "witness"
+witness = true
+
+[policy]
+down_after = "2s"
+up_after = "5s"
+lease_ttl = "4s"
+max_clock_drift = 0.01
+self_fence_grace = "2s"
+cooldown = "30m"
+auto_failover = true
+commit = "auto"
+
+[[service]]
+name = "webshop"
+initial_active = "prod"
+{checks}
+  [[service.runbook.prod.fence]]
+  kind = "exec"
+  run_on = "prod"
+  command = ["{script}", "stop", "prod", "fence"]
+  timeout = "5s"
+  on_failure = "continue"          # unreachable prod: fall back to the lease wait
+
+  [[service.runbook.prod.on_lease_lost]]
+  kind = "exec"
+  run_on = "prod"
+  command = ["{script}", "stop", "prod", "lease lost"]
+  timeout = "2s"
+
+  [[service.runbook.dr.activate]]
+  kind = "exec"
+  run_on = "dr"
+  command = ["{script}", "start", "dr"]
+  timeout = "10s"
+  retries = 1
+
+  [[service.runbook.dr.verify]]
+  kind = "probe"
+  checks = "dr"
+  timeout = "20s"
+"#
+    )
+}
+
+/// The demo's stand-in application.
+pub fn app(listen: SocketAddr, site: String) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let body = format!("ok: webshop served from {site}\n");
+        let app = axum::Router::new().route("/healthz", axum::routing::get(move || async move { body }));
+        let serve = axum::serve(listener, app).with_graceful_shutdown(drover::runtime::cli::shutdown_signal());
+        match serve.await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn run_script(demo: &Demo, args: &[&str]) -> Result<(), String> {
+    let out = tokio::process::Command::new(demo.dir.join("app.sh"))
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run app.sh: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("app.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+fn service(s: &pb::StatusReply) -> Option<&pb::ServiceStatus> {
+    s.services.first()
 }
 
 async fn script(demo: &mut Demo) -> Result<(), String> {
@@ -261,79 +418,97 @@ async fn script(demo: &mut Demo) -> Result<(), String> {
     let started = Instant::now();
     for p in &mut demo.procs {
         p.start()?;
-        println!(
-            "started {:<8} {} (gRPC {}, mTLS)",
-            p.name,
-            p.exe.file_name().and_then(|f| f.to_str()).unwrap_or("?"),
-            p.grpc
-        );
+        println!("started {:<8} {} (gRPC {}, mTLS)", p.name, p.exe.file_name().and_then(|f| f.to_str()).unwrap_or("?"), p.grpc);
     }
     let all = client(demo, &[])?;
-    let s = wait_for(&all, "a leader with all 5 members", |s| {
-        s.leader_id.is_some() && s.members.len() == 5
-    })
-    .await?;
-    let leader = s.leader_id.unwrap_or(0);
-    println!(
-        "\nleader elected after {} ms: {}\n",
-        started.elapsed().as_millis(),
-        name_of(&s, leader)
-    );
+    let s = wait_for(&all, "a leader with all 5 members", |s| s.leader_id.is_some() && s.members.len() == 5).await?;
+    println!("leader {} elected after {} ms\n", name_of(&s, s.leader_id.unwrap_or(0)), started.elapsed().as_millis());
 
-    let mut acked = Vec::new();
-    for i in 1..=3 {
-        let text = format!("entry {i} before the leader fails");
-        let r = note(&all, &text).await?;
-        acked.push(text);
-        println!("committed note #{} at log index {}", r.seq, r.log_index);
-    }
-    let s = wait_for(&all, "replication", |s| s.members.iter().all(|m| m.lag == Some(0))).await?;
-    print!("\n{}", render::status_table(&s));
-
-    let victim =
-        demo.procs.iter().position(|p| p.id == leader).ok_or("leader is not a demo process")?;
-    println!("\n-- kill -9 the leader {} --", demo.procs[victim].name);
-    let killed_at = Instant::now();
-    demo.procs[victim].kill9();
-    let others: Vec<u64> = demo.procs.iter().map(|p| p.id).filter(|id| *id != leader).collect();
-    let survivors = client(demo, &others)?;
-    let s =
-        wait_for(&survivors, "a new leader", |s| s.leader_id.is_some_and(|l| l != leader)).await?;
-    let new_leader = s.leader_id.unwrap_or(0);
-    println!(
-        "new leader {} elected {} ms after the kill (term {})",
-        name_of(&s, new_leader),
-        killed_at.elapsed().as_millis(),
-        s.term
-    );
-    let text = "entry 4, written while the old leader is down".to_string();
-    let r = note(&survivors, &text).await?;
-    acked.push(text);
-    println!("committed note #{} at log index {} with 4 of 5 members up", r.seq, r.log_index);
-
-    println!("\n-- restart {} from its data dir --", demo.procs[victim].name);
-    demo.procs[victim].start()?;
-    let target = r.log_index;
-    let s = wait_for(&all, "the restarted node to catch up", |s| {
-        s.members.iter().any(|m| m.id == leader && m.matched_index.is_some_and(|i| i >= target))
-    })
-    .await?;
-    println!("{} caught up to log index {}\n", name_of(&s, leader), target);
-    print!("{}", render::status_table(&s));
-
-    let h = all
-        .call(
-            |mut a| async move { a.history(pb::HistoryRequest { after_seq: 0, limit: 100 }).await },
-        )
+    run_script(demo, &["start", "prod", "initial deployment"]).await?;
+    println!("prod application started at http://{}/healthz (dr's stays stopped: a cold standby)", demo.apps[0].1);
+    let text = fs::read_to_string(demo.dir.join("cluster.toml")).map_err(|e| e.to_string())?;
+    let req = pb::ConfigApplyRequest { text, expected_version: Some(0), author: "demo".into() };
+    let r = all
+        .call(|mut a| {
+            let req = req.clone();
+            async move { a.config_apply(req).await }
+        })
         .await
         .map_err(|e| e.to_string())?;
-    println!("\nreplicated history:");
-    print!("{}", render::history_table(&h));
-    for text in &acked {
-        if !h.records.iter().any(|r| &r.text == text) {
-            return Err(format!("acknowledged entry {text:?} is missing from the history"));
+    println!("cluster spec version {} committed (see {}/cluster.toml)", r.version, demo.dir.display());
+    let s = wait_for(&all, "prod up and dr down as seen by a quorum", |s| {
+        service(s).is_some_and(|v| {
+            v.sites.iter().any(|h| h.site == "dr" && h.health == "down")
+                && v.sites.iter().any(|h| h.site == "prod" && h.health == "up")
+        })
+    })
+    .await?;
+    print!("\n{}", render::services_table(&s));
+
+    println!("\n-- outage: the prod application dies (kill -9) --");
+    let pid = fs::read_to_string(demo.dir.join("app-prod.pid")).map_err(|e| e.to_string())?;
+    let pid: i32 = pid.trim().parse().map_err(|e| format!("bad pid file: {e}"))?;
+    // SAFETY: kill(2) on the demo application's pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let outage = Instant::now();
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = outage + Duration::from_secs(45);
+    let final_status = loop {
+        if Instant::now() > deadline {
+            return Err("the failover did not complete within 45 s; see the node logs".into());
         }
-    }
-    println!("\nall {} acknowledged entries are present.", acked.len());
+        if let Some(s) = status(&all, false).await {
+            if let Some(v) = service(&s) {
+                let mut lines = Vec::new();
+                for h in &v.sites {
+                    lines.push(format!("detector: {} is {}", h.site, h.health));
+                }
+                lines.push(format!("phase {} (epoch {}, lease {})", v.phase, v.epoch, if v.lease_site.is_empty() { "revoked" } else { &v.lease_site }));
+                if let Some(w) = &v.workflow {
+                    for (i, st) in w.steps.iter().enumerate() {
+                        if st.status != "pending" {
+                            lines.push(format!("step {} {} {} on {}: {}{}", i + 1, st.stage, st.kind, st.site, st.status,
+                                if st.detail.is_empty() { String::new() } else { format!(" ({})", st.detail) }));
+                        }
+                    }
+                }
+                for l in lines {
+                    if !seen.contains(&l) {
+                        println!("{:>6.1}s  {l}", outage.elapsed().as_secs_f64());
+                        seen.push(l);
+                    }
+                }
+                if v.phase == "failed_over" && v.active_site == "dr" {
+                    break s;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("\nfailover completed {:.1} s after the outage\n", outage.elapsed().as_secs_f64());
+    print!("{}", render::services_table(&final_status));
+
+    let body = http_get(demo.apps[1].1).await.unwrap_or_else(|e| format!("(dr application does not answer: {e})"));
+    println!("\nGET http://{}/healthz -> {}", demo.apps[1].1, body.trim());
+    let ledger = fs::read_to_string(demo.dir.join("ledger.txt")).unwrap_or_default();
+    println!("\nledger written by the runbook steps (ms timestamps, one clock):\n{ledger}");
+    let h = all
+        .call(|mut a| async move { a.history(pb::HistoryRequest { after_seq: 0, limit: 100 }).await })
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("replicated history:");
+    print!("{}", render::history_table(&h));
     Ok(())
+}
+
+async fn http_get(addr: SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("GET /healthz HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf)).await.map_err(|_| "timeout".to_string())?.map_err(|e| e.to_string())?;
+    Ok(buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }

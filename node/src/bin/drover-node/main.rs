@@ -33,12 +33,20 @@ enum Cmd {
         #[arg(long)]
         insecure_dev: bool,
     },
-    /// Start a local 5-node cluster (2 prod, 2 dr, 1 witness) on 127.0.0.x, kill its leader,
-    /// and show the cluster electing a new one, catching the node up and losing nothing.
+    /// Start a local 5-node cluster (2 prod, 2 dr, 1 witness) on 127.0.0.x with a small
+    /// application per site, stop the prod application and watch drover fail it over to dr.
     Demo {
-        /// Keep the demo's directory (certs, configs, data, logs) instead of deleting it.
+        /// Keep the demo's directory (certs, configs, data, logs, ledger) instead of deleting it.
         #[arg(long)]
         keep: bool,
+    },
+    /// The demo's stand-in application: answers GET /healthz with 200 until stopped.
+    #[command(hide = true)]
+    DemoApp {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        site: String,
     },
 }
 
@@ -47,5 +55,6 @@ fn main() -> ExitCode {
         Cmd::Run { config, insecure_dev } => cli::run_daemon(&config, insecure_dev, None, None),
         Cmd::CheckConfig { config, insecure_dev } => cli::check_config(&config, insecure_dev, None),
         Cmd::Demo { keep } => demo::run(keep),
+        Cmd::DemoApp { listen, site } => demo::app(listen, site),
     }
 }
