@@ -73,6 +73,9 @@ pub struct SiteReport {
     /// of the service. `None` when there is no lag probe here, it has not run yet, or its last
     /// run failed (the error is in `detail`).
     pub lag: Option<f64>,
+    /// The verdict of the site's readiness checks (can it take over?), `None` when the
+    /// service has none for this site.
+    pub ready: Option<Verdict>,
 }
 
 /// Handle of the background prober; dropping it stops every probe task.
@@ -113,7 +116,8 @@ impl Prober {
         let mut reports = Vec::new();
         for service in &spec.services {
             for site in &spec.sites {
-                if service.checks_for(&site.name).next().is_none() {
+                let has_readiness = service.readiness.iter().any(|c| c.site == site.name);
+                if service.checks_for(&site.name).next().is_none() && !has_readiness {
                     continue;
                 }
                 reports.push(shared.fold(&service.name, &site.name));
@@ -127,13 +131,15 @@ impl Prober {
 #[derive(Debug, Clone, PartialEq)]
 enum JobKey {
     Check { service: String, check: Check },
+    /// A readiness check: whether the site could take over (DESIGN.md 3).
+    Readiness { service: String, check: Check },
     Lag { service: String, probe: LagProbe },
 }
 
 impl JobKey {
     fn interval(&self) -> Duration {
         match self {
-            JobKey::Check { check, .. } => check.interval,
+            JobKey::Check { check, .. } | JobKey::Readiness { check, .. } => check.interval,
             JobKey::Lag { probe, .. } => probe.interval,
         }
     }
@@ -161,11 +167,23 @@ struct Shared {
 
 impl Shared {
     fn fold(&self, service: &str, site: &str) -> SiteReport {
+        let mut report = self.fold_checks(service, site, false);
+        let ready = self.fold_checks(service, site, true);
+        report.ready = (!ready.detail.ends_with("no checks running")).then_some(ready.verdict);
+        report
+    }
+
+    fn fold_checks(&self, service: &str, site: &str, readiness: bool) -> SiteReport {
         let mut checks: Vec<(u64, &Slot, &Check)> = self
             .slots
             .iter()
             .filter_map(|(id, slot)| match &slot.key {
-                JobKey::Check { service: s, check } if s == service && check.site == site => {
+                JobKey::Check { service: s, check } if !readiness && s == service && check.site == site => {
+                    Some((*id, slot, check))
+                }
+                JobKey::Readiness { service: s, check }
+                    if readiness && s == service && check.site == site =>
+                {
                     Some((*id, slot, check))
                 }
                 _ => None,
@@ -210,7 +228,7 @@ impl Shared {
                         RunOn::Site(run_on) => run_on == site,
                     }
             }
-            JobKey::Check { .. } => false,
+            JobKey::Check { .. } | JobKey::Readiness { .. } => false,
         });
         if let Some(Slot { last: Some((Outcome::Lag(value), _)), .. }) = lag_slot {
             match value {
@@ -226,6 +244,7 @@ impl Shared {
             detail: edge::shorten(&details.join("; "), 2 * DETAIL_MAX),
             observed_at: observed_at.unwrap_or_else(Instant::now),
             lag,
+            ready: None,
         }
     }
 }
@@ -290,6 +309,9 @@ impl Supervisor {
         for service in spec.map_or(&[][..], |s| &s.services) {
             for check in &service.checks {
                 keys.push(JobKey::Check { service: service.name.clone(), check: check.clone() });
+            }
+            for check in &service.readiness {
+                keys.push(JobKey::Readiness { service: service.name.clone(), check: check.clone() });
             }
             if let Some(probe) = &service.lag {
                 let here = match &probe.run_on {
@@ -361,7 +383,9 @@ async fn run_job(
         // The semaphore is never closed; a wait for a permit does not eat into the timeout.
         let Ok(_permit) = semaphore.acquire().await else { return };
         let outcome = match &key {
-            JobKey::Check { check, .. } => Outcome::Check(run_check(check).await),
+            JobKey::Check { check, .. } | JobKey::Readiness { check, .. } => {
+                Outcome::Check(run_check(check).await)
+            }
             JobKey::Lag { probe, .. } => Outcome::Lag(run_lag(probe).await),
         };
         let mut shared = lock(&shared);
@@ -412,7 +436,7 @@ fn log_change(key: &JobKey, previous: Option<&Outcome>, now: &Outcome) {
 
 fn key_site(key: &JobKey) -> &str {
     match key {
-        JobKey::Check { check, .. } => &check.site,
+        JobKey::Check { check, .. } | JobKey::Readiness { check, .. } => &check.site,
         JobKey::Lag { .. } => "",
     }
 }

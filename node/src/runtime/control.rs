@@ -213,6 +213,7 @@ async fn reporter_loop(ctx: ControlCtx, prober: Prober, mut stop: watch::Receive
                 detail: r.detail,
                 age_ms: now.saturating_duration_since(r.observed_at).as_millis() as u64,
                 lag: r.lag,
+                ready: r.ready.map(|v| verdict_name(v).to_string()),
             })
             .collect();
         if reports.is_empty() {
