@@ -312,6 +312,26 @@ impl Detector {
             .map_or(SiteHealth::Up, |t| t.health)
     }
 
+    /// Counts the fresh reports on `site` for `service` at `now` (an instantaneous view, no
+    /// hysteresis): see [`Tally`].
+    pub fn tally(&self, service: &str, site: &str, now: MonoTime) -> Tally {
+        let ctx = Ctx { policy: &self.policy, voters: &self.voters };
+        let (healthy, unhealthy) = self
+            .targets
+            .get(&(service.to_owned(), site.to_owned()))
+            .map_or((0, 0), |t| t.counts_at(now, ctx));
+        let voters = self.voters.len();
+        let needed = self.policy.quorum.needed(healthy + unhealthy, voters);
+        Tally { healthy, unhealthy, voters, needed }
+    }
+
+    /// Whether, at `now`, a quorum of fresh reports (by the same [`QuorumRule`] as detection)
+    /// says `site` is healthy for `service`. Instantaneous: no `up_after` hysteresis. This is
+    /// what failover gates and `probe` steps ask.
+    pub fn quorum_healthy(&self, service: &str, site: &str, now: MonoTime) -> bool {
+        self.tally(service, site, now).quorum_healthy()
+    }
+
     /// Forgets everything about `service` (it was removed from the cluster spec).
     pub fn remove_service(&mut self, service: &str) {
         self.targets.retain(|(s, _), _| s != service);
@@ -320,6 +340,31 @@ impl Detector {
                 s != service
             }
         });
+    }
+}
+
+/// The fresh reports on one site at one instant, as counted by [`Detector::tally`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Fresh `Healthy` reports of current voters.
+    pub healthy: usize,
+    /// Fresh `Unhealthy` reports of current voters.
+    pub unhealthy: usize,
+    /// Current voters (observers), answered or not.
+    pub voters: usize,
+    /// Agreeing observers that make a quorum, given how many answered.
+    pub needed: usize,
+}
+
+impl Tally {
+    /// A quorum says healthy.
+    pub fn quorum_healthy(&self) -> bool {
+        self.healthy >= self.needed
+    }
+
+    /// A quorum says unhealthy.
+    pub fn quorum_unhealthy(&self) -> bool {
+        self.unhealthy >= self.needed
     }
 }
 
@@ -371,8 +416,9 @@ impl Target {
         }
     }
 
-    fn quorum_at(&self, t: MonoTime, ctx: Ctx<'_>) -> Quorum {
-        let (mut unhealthy, mut healthy) = (0, 0);
+    /// (healthy, unhealthy) fresh reports of current voters at `t`.
+    fn counts_at(&self, t: MonoTime, ctx: Ctx<'_>) -> (usize, usize) {
+        let (mut healthy, mut unhealthy) = (0, 0);
         for report in ctx.voters.iter().filter_map(|id| self.reports.get(id)) {
             if t > report.fresh_until(ctx.policy) {
                 continue;
@@ -383,6 +429,11 @@ impl Target {
                 Verdict::Unknown => {}
             }
         }
+        (healthy, unhealthy)
+    }
+
+    fn quorum_at(&self, t: MonoTime, ctx: Ctx<'_>) -> Quorum {
+        let (healthy, unhealthy) = self.counts_at(t, ctx);
         let need = ctx.policy.quorum.needed(unhealthy + healthy, ctx.voters.len());
         if unhealthy >= need {
             Quorum::Unhealthy
@@ -764,6 +815,26 @@ mod tests {
         d.remove_service(SVC);
         assert_eq!(d.evaluate(ms(20_000)), vec![]);
         assert_eq!(d.health(SVC, "prod"), SiteHealth::Up);
+    }
+
+    #[test]
+    fn quorum_healthy_is_instantaneous_and_needs_fresh_reports_of_voters() {
+        let mut d = detector();
+        assert!(!d.quorum_healthy(SVC, "dr", ms(0)), "silence is not health");
+        d.report(3, SVC, "dr", Verdict::Healthy, ms(0));
+        d.report(9, SVC, "dr", Verdict::Healthy, ms(0)); // not a voter
+        assert!(!d.quorum_healthy(SVC, "dr", ms(0)), "one observer never decides");
+        d.report(4, SVC, "dr", Verdict::Healthy, ms(1_000));
+        d.report(WITNESS, SVC, "dr", Verdict::Unhealthy, ms(1_000));
+        assert_eq!(
+            d.tally(SVC, "dr", ms(1_000)),
+            Tally { healthy: 2, unhealthy: 1, voters: 5, needed: 2 }
+        );
+        assert!(d.quorum_healthy(SVC, "dr", ms(1_000)));
+        // 3's report is stale after 5_000: 1 healthy of 2 answered.
+        assert!(d.quorum_healthy(SVC, "dr", ms(5_000)));
+        assert!(!d.quorum_healthy(SVC, "dr", ms(5_001)));
+        assert!(!d.tally(SVC, "dr", ms(5_001)).quorum_unhealthy());
     }
 
     #[test]

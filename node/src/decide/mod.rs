@@ -7,6 +7,11 @@
 //!   voter set (from committed membership)    ┘
 //!   renewal sent / confirmed / revoked  ──────▶ lease::HolderLease ──▶ expired? self-fence deadline
 //!   revocation commit, term start       ──────▶ lease::LeaseParams ──▶ safe activation time
+//!
+//!   leader only, one per term:
+//!   probe reports, step results         ┐
+//!   applied ControlState, voters,       ├──▶ engine::Engine ──▶ Propose(StartFailover | StepStarted
+//!   members, reachability, now          ┘    (detect + lease)      | StepFinished), RunStep, Alert
 //! ```
 //!
 //! Nothing here reads a clock, touches the network or disk, spawns tasks or draws random
@@ -15,15 +20,22 @@
 //! the same code, and its tests are synchronous. Iteration orders are fixed (`BTreeMap`), so the
 //! same inputs always give the same outputs in the same order.
 //!
-//! So far: [`detect`] (observer-quorum site health with hysteresis, DESIGN.md 3) and [`lease`]
-//! (lease expiry and the safe wait before activating without confirmed fencing, DESIGN.md 6).
+//! Parts: [`detect`] (observer-quorum site health with hysteresis, DESIGN.md 3), [`lease`]
+//! (lease expiry and the safe wait before activating without confirmed fencing, DESIGN.md 6),
+//! and [`engine`], the leader's decision engine built on both: it decides automatic failovers
+//! (quorum detection, policy, cooldown, no automatic failback, readiness and lag gates) and
+//! carries failover workflows through step by step (one proposal in flight per service,
+//! executor choice, retries with backoff, the lease wait, probe steps, re-runs after a leader
+//! change), emitting [`Command`]s for the runtime to carry out (DESIGN.md 5).
 
 pub mod detect;
+pub mod engine;
 pub mod lease;
 pub mod time;
 
 pub use detect::{
-    DetectEvent, DetectPolicy, DetectPolicyError, Detector, QuorumRule, SiteHealth, Verdict,
+    DetectEvent, DetectPolicy, DetectPolicyError, Detector, QuorumRule, SiteHealth, Tally, Verdict,
 };
+pub use engine::{Command, Engine, EngineParams, Observation, StepDispatch};
 pub use lease::{HolderLease, LeaseParams, LeaseParamsError};
 pub use time::MonoTime;

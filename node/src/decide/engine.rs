@@ -1,0 +1,893 @@
+//! The leader's decision engine: decides automatic failovers and carries failover workflows
+//! through, one step at a time, by proposing entries and dispatching steps.
+//!
+//! ```text
+//!  probe_report(observer, service, site, verdict, lag, at)
+//!        │
+//!        ▼
+//!  one Detector per service ──▶ active site Down? ─▶ policy, mode, no failback, target, gates
+//!  (down_after/up_after from the spec)                     │ all hold        │ one blocks
+//!                                                          ▼                 ▼
+//!                                         Propose(StartFailover)        Alert (rate-limited)
+//!
+//!  Observation.control (applied state) ──▶ workflow cursor step i
+//!     Pending / RetryWait after backoff ──▶ Propose(StepStarted attempt a) ── "started by me"
+//!     Running{a}, started by me        ──▶ RunStep | lease wait | probe, evaluated here
+//!     Running{a}, not started by me    ──▶ Propose(StepStarted a+1)  (re-run)
+//!     result of attempt a known        ──▶ Propose(StepFinished)
+//!  step_result(service, workflow, step, attempt, result) ─┘
+//! ```
+//!
+//! One [`Engine`] lives for one leadership term: the runtime creates it when its node becomes
+//! leader ([`Engine::new`] with the current reading of the monotonic clock) and drops it when
+//! the node stops leading. Everything the engine remembers (who started which attempt, when it
+//! first saw a workflow) is therefore local to the term; everything that matters for safety is
+//! in the replicated [`ControlState`], which the engine only reads and changes by proposals.
+//!
+//! # Protocol with the runtime
+//!
+//! - [`Engine::tick`] returns [`Command`]s in a fixed order (services by name). For each
+//!   service there is at most one proposal in flight: after a [`Command::Propose`], the engine
+//!   proposes nothing more for that service until [`Engine::proposal_done`]; the runtime calls
+//!   it once the entry was applied (or refused), so the next tick sees its effect.
+//! - [`Command::RunStep`] is executed by the runtime (locally or on the named executor) and
+//!   reported back through [`Engine::step_result`]. Results for attempts or workflows the
+//!   engine is not waiting for are ignored: ControlState accepts a finish only for the running
+//!   attempt, and the engine only proposes one for an attempt it started itself.
+//!
+//! # Re-runs after a leader change
+//!
+//! A step found `Running` that this engine did not start was started by an earlier leader (or
+//! its result was lost with it). Its outcome is unknown, so the engine starts it again as the
+//! next attempt; it never proposes a finish for an attempt it did not run. Steps must be
+//! idempotent for this reason (DESIGN.md 5): a fence agent switching off a switched-off
+//! machine, a `start_all` on a started site, a DNS update already done must all succeed. A
+//! re-run does not count against the step's retries in the sense that the interrupted attempt
+//! never recorded a failure.
+//!
+//! # Fencing, and when the lease wait is the fallback
+//!
+//! Fence steps run on a reachable controller of the site they name (`run_on`). When no node of
+//! that site is reachable (the usual case when a whole site is lost), the attempt finishes at
+//! once with an error; once its retries are spent, the step's `on_failure` decides. With
+//! `on_failure = "continue"` the workflow goes on to the lease wait, which then lasts the full
+//! safe period: **a fence step whose fallback is the lease wait must say
+//! `on_failure = "continue"`**; with `"abort"` (the default) or `"pause"` the workflow stops
+//! for an operator instead. Steps of other stages with no reachable executor wait (and alert):
+//! activating a site needs a node of that site.
+//!
+//! The lease wait ends at once when every fence step succeeded, and otherwise at
+//! [`LeaseParams::safe_activation_time`] from the first tick at which this engine saw the
+//! workflow (see [`Engine::tick`] for why that instant is a valid reference).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::detect::{DetectEvent, DetectPolicy, DetectPolicyError, Detector, SiteHealth, Verdict};
+use super::lease::LeaseParams;
+use super::time::MonoTime;
+use crate::consensus::state::control::{
+    Automation, ControlRequest, ControlState, ServicePhase, ServiceState, Stage, StepStatus,
+    Workflow, WorkflowState, WorkflowStep,
+};
+use crate::consensus::types::{Member, NodeId, Role};
+use crate::spec::{ClusterSpec, Policy, RunOn, Service, Step, StepAction};
+
+/// Default [`EngineParams::step_result_grace`].
+pub const DEFAULT_STEP_RESULT_GRACE: Duration = Duration::from_secs(5);
+/// Default [`EngineParams::alert_every`].
+pub const DEFAULT_ALERT_EVERY: Duration = Duration::from_secs(60);
+
+/// Settings of an [`Engine`] that are not part of the replicated cluster spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineParams {
+    /// This node's member name: the author of its proposals, and how it finds itself among the
+    /// members.
+    pub node_name: String,
+    /// Detection thresholds. `stale_after` and `quorum` are used as given; `down_after` and
+    /// `up_after` are replaced per service by the spec's policy.
+    pub detect: DetectPolicy,
+    /// Extra time past a step's timeout before the leader stops waiting for its result.
+    pub step_result_grace: Duration,
+    /// Shortest time between two alerts for the same service and reason.
+    pub alert_every: Duration,
+}
+
+impl EngineParams {
+    /// Defaults for the node named `node_name`: default detection, 5s result grace, one alert
+    /// per minute per (service, reason).
+    pub fn new(node_name: impl Into<String>) -> EngineParams {
+        EngineParams {
+            node_name: node_name.into(),
+            detect: DetectPolicy::default(),
+            step_result_grace: DEFAULT_STEP_RESULT_GRACE,
+            alert_every: DEFAULT_ALERT_EVERY,
+        }
+    }
+}
+
+/// What the leader knows at one tick.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    /// The leader's monotonic clock.
+    pub now: MonoTime,
+    /// The leader's wall clock, ms since the Unix epoch: stamped on proposals for display, and
+    /// compared with a cooldown's end (not a safety matter).
+    pub now_unix_ms: i64,
+    /// The leader's applied replicated state.
+    pub control: &'a ControlState,
+    /// Current Raft voters, who are the observers (the witness included).
+    pub voters: &'a BTreeSet<NodeId>,
+    /// Every member with its site and role.
+    pub members: &'a BTreeMap<NodeId, Member>,
+    /// Members that answered Raft RPCs recently (the leader itself included).
+    pub reachable: &'a BTreeSet<NodeId>,
+}
+
+/// What the engine asks the runtime to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Propose this entry through Raft, then call [`Engine::proposal_done`] with its service.
+    Propose(ControlRequest),
+    /// Run this step attempt and report with [`Engine::step_result`].
+    RunStep(StepDispatch),
+    /// Log it and notify (webhooks). Already rate-limited per (service, reason).
+    Alert {
+        /// The service concerned.
+        service: String,
+        /// What happened and what an operator can do.
+        message: String,
+    },
+}
+
+/// One step attempt to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepDispatch {
+    /// Service name.
+    pub service: String,
+    /// The workflow's id.
+    pub workflow_id: u64,
+    /// Index of the step in the plan.
+    pub step: usize,
+    /// The attempt, as recorded by `StepStarted`.
+    pub attempt: u32,
+    /// Node that runs it; None: the leader itself.
+    pub executor: Option<NodeId>,
+    /// What to run.
+    pub action: Step,
+    /// The workflow's epoch: the fencing token the executor checks and passes on.
+    pub epoch: u64,
+    /// The site losing the service (`DROVER_FROM_SITE`).
+    pub from_site: String,
+    /// The site taking it over (`DROVER_TO_SITE`).
+    pub to_site: String,
+    /// When the leader stops waiting (its clock): the step's timeout plus the result grace.
+    pub deadline: MonoTime,
+}
+
+/// The leader's decision engine for one leadership term; see the module doc.
+#[derive(Debug)]
+pub struct Engine {
+    params: EngineParams,
+    /// When this engine (and so this node's term as leader) started, on the leader's clock.
+    term_started: MonoTime,
+    /// Latest report per observer, per (service, site): replayed into a service's detector
+    /// when it is (re)built.
+    reports: BTreeMap<(String, String), BTreeMap<NodeId, (Verdict, MonoTime)>>,
+    /// Freshest lag value per service, with when it was reported.
+    lag: BTreeMap<String, (f64, MonoTime)>,
+    detection: BTreeMap<String, Detection>,
+    /// Services with a proposal in flight.
+    outstanding: BTreeSet<String>,
+    /// Per service, what this engine did for the workflow in progress.
+    runs: BTreeMap<String, Run>,
+    /// Last alert per (service, reason).
+    alerted: BTreeMap<(String, String), MonoTime>,
+}
+
+/// A service's detector, built for the detection policy it was built with.
+#[derive(Debug)]
+struct Detection {
+    policy: DetectPolicy,
+    detector: Result<Detector, DetectPolicyError>,
+}
+
+/// This engine's view of one workflow.
+#[derive(Debug)]
+struct Run {
+    workflow_id: u64,
+    /// The first tick at which this engine saw the workflow.
+    first_seen: MonoTime,
+    /// When this engine first saw each (step, failed attempt) waiting for a retry.
+    retry_seen: BTreeMap<(usize, u32), MonoTime>,
+    /// The attempt this engine started last.
+    mine: Option<Mine>,
+}
+
+/// An attempt started by this engine.
+#[derive(Debug)]
+struct Mine {
+    step: usize,
+    attempt: u32,
+    executor: Option<NodeId>,
+    progress: Progress,
+    /// The outcome, once known; proposed as `StepFinished` until the state moves on.
+    result: Option<Result<String, String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Start proposed, nothing run yet.
+    Started,
+    /// Sent to an executor as a `RunStep`.
+    Dispatched { deadline: MonoTime },
+    /// Evaluated by the engine itself (lease wait, probe) since `since`.
+    Evaluating { since: MonoTime },
+}
+
+/// Where a tick's commands go, with the per-service proposal and alert limits.
+struct Sink<'a> {
+    out: &'a mut Vec<Command>,
+    outstanding: &'a mut BTreeSet<String>,
+    alerted: &'a mut BTreeMap<(String, String), MonoTime>,
+    alert_every: Duration,
+    now: MonoTime,
+}
+
+impl Sink<'_> {
+    fn can_propose(&self, service: &str) -> bool {
+        !self.outstanding.contains(service)
+    }
+
+    fn propose(&mut self, service: &str, req: ControlRequest) {
+        debug_assert!(self.can_propose(service));
+        self.outstanding.insert(service.to_string());
+        self.out.push(Command::Propose(req));
+    }
+
+    fn alert(&mut self, service: &str, reason: &str, message: String) {
+        let key = (service.to_string(), reason.to_string());
+        if self.alerted.get(&key).is_some_and(|&last| self.now < last + self.alert_every) {
+            return;
+        }
+        self.alerted.insert(key, self.now);
+        self.out.push(Command::Alert { service: service.to_string(), message });
+    }
+}
+
+/// One service as seen at this tick.
+struct Svc<'a> {
+    name: &'a str,
+    svc: &'a Service,
+    policy: &'a Policy,
+    state: &'a ServiceState,
+    spec: &'a ClusterSpec,
+    det: Option<&'a Detector>,
+}
+
+impl Engine {
+    /// A fresh engine for a leadership term that started at `now` (the leader's clock).
+    pub fn new(params: EngineParams, now: MonoTime) -> Engine {
+        Engine {
+            params,
+            term_started: now,
+            reports: BTreeMap::new(),
+            lag: BTreeMap::new(),
+            detection: BTreeMap::new(),
+            outstanding: BTreeSet::new(),
+            runs: BTreeMap::new(),
+            alerted: BTreeMap::new(),
+        }
+    }
+
+    /// Records what `observer` saw of `site` for `service` at `at` (the leader's clock), and
+    /// the replication lag it measured, if any (non-finite values are ignored). A report older
+    /// than the observer's stored one is ignored.
+    pub fn probe_report(
+        &mut self,
+        observer: NodeId,
+        service: &str,
+        site: &str,
+        verdict: Verdict,
+        lag: Option<f64>,
+        at: MonoTime,
+    ) {
+        if let Some(lag) = lag.filter(|l| l.is_finite()) {
+            let newest = self.lag.get(service).is_none_or(|&(_, old)| at >= old);
+            if newest {
+                self.lag.insert(service.to_string(), (lag, at));
+            }
+        }
+        let latest = self.reports.entry((service.to_string(), site.to_string())).or_default();
+        if latest.get(&observer).is_some_and(|&(_, old)| old > at) {
+            return;
+        }
+        latest.insert(observer, (verdict, at));
+        if let Some(Detection { detector: Ok(d), .. }) = self.detection.get_mut(service) {
+            d.report(observer, service, site, verdict, at);
+        }
+    }
+
+    /// The result of a dispatched step attempt. Ignored unless it is the attempt this engine
+    /// dispatched and still waits for.
+    pub fn step_result(
+        &mut self,
+        service: &str,
+        workflow_id: u64,
+        step: usize,
+        attempt: u32,
+        result: Result<String, String>,
+    ) {
+        let Some(run) = self.runs.get_mut(service) else { return };
+        if run.workflow_id != workflow_id {
+            return;
+        }
+        if let Some(mine) = run.mine.as_mut() {
+            let waiting = matches!(mine.progress, Progress::Dispatched { .. });
+            if mine.step == step && mine.attempt == attempt && waiting && mine.result.is_none() {
+                mine.result = Some(result);
+            }
+        }
+    }
+
+    /// The proposal last emitted for `service` was applied (or refused); the next tick may
+    /// propose again for it.
+    pub fn proposal_done(&mut self, service: &str) {
+        self.outstanding.remove(service);
+    }
+
+    /// Detection's view of `site` for `service` (for status display); `Up` when unknown.
+    pub fn site_health(&self, service: &str, site: &str) -> SiteHealth {
+        match self.detection.get(service) {
+            Some(Detection { detector: Ok(d), .. }) => d.health(service, site),
+            _ => SiteHealth::Up,
+        }
+    }
+
+    /// Decides, from the observation and the inputs received so far, what to do now.
+    ///
+    /// For every service that is both in the applied state and in the spec: with no workflow in
+    /// progress, an automatic failover if the active site is down and every rule and gate
+    /// holds; with one, the next move of its current step.
+    ///
+    /// The lease wait is measured from `first_seen`, the first tick at which this engine saw
+    /// the workflow in the applied state. DESIGN.md 6 requires the reference to be no earlier
+    /// than both the commit of the lease revocation and the start of this leader's term.
+    /// `first_seen` is both: the workflow (and with it the revocation, which is the same
+    /// `StartFailover` entry) was applied on this node, hence committed, before this tick read
+    /// the clock; and the engine was created when the term started, before any of its ticks.
+    /// (It is also `max(first_seen, term start)` that is passed to
+    /// [`LeaseParams::safe_activation_time`], which adds a millisecond for clock truncation.)
+    pub fn tick(&mut self, obs: &Observation) -> Vec<Command> {
+        let mut out = Vec::new();
+        let Some(spec) = obs.control.spec.as_ref().map(|v| &v.spec) else { return out };
+        self.forget_removed(spec, obs.control);
+        for (name, state) in &obs.control.services {
+            let (Some(svc), Some(policy)) = (spec.service(name), spec.policy_for(name)) else {
+                continue;
+            };
+            self.update_detection(name, &policy, obs, &mut out);
+            let det = match self.detection.get(name) {
+                Some(Detection { detector: Ok(d), .. }) => Some(d),
+                _ => None,
+            };
+            let s = Svc { name, svc, policy: &policy, state, spec, det };
+            let mut sink = Sink {
+                out: &mut out,
+                outstanding: &mut self.outstanding,
+                alerted: &mut self.alerted,
+                alert_every: self.params.alert_every,
+                now: obs.now,
+            };
+            match state.active_workflow() {
+                None => {
+                    self.runs.remove(name);
+                    decide_failover(&self.params, &self.lag, &s, obs, &mut sink);
+                }
+                Some(wf) => {
+                    let run =
+                        self.runs.entry(name.clone()).or_insert_with(|| Run::new(wf.id, obs.now));
+                    if run.workflow_id != wf.id {
+                        *run = Run::new(wf.id, obs.now);
+                    }
+                    drive_workflow(&self.params, self.term_started, &s, wf, run, obs, &mut sink);
+                }
+            }
+        }
+        out
+    }
+
+    /// Drops what the engine keeps for services and sites that no longer exist.
+    fn forget_removed(&mut self, spec: &ClusterSpec, control: &ControlState) {
+        let known = |s: &str| spec.service(s).is_some() && control.services.contains_key(s);
+        self.reports.retain(|(service, site), _| known(service) && spec.site(site).is_some());
+        self.lag.retain(|service, _| known(service));
+        self.detection.retain(|service, _| known(service));
+        self.runs.retain(|service, _| known(service));
+    }
+
+    /// Makes sure `service` has a detector for its current policy and voters, advances it to
+    /// now and alerts on its transitions.
+    fn update_detection(
+        &mut self,
+        service: &str,
+        policy: &Policy,
+        obs: &Observation,
+        out: &mut Vec<Command>,
+    ) {
+        let wanted = DetectPolicy {
+            down_after: policy.down_after,
+            up_after: policy.up_after,
+            ..self.params.detect.clone()
+        };
+        if self.detection.get(service).is_none_or(|d| d.policy != wanted) {
+            // A new or changed policy starts detection over from the latest report of each
+            // observer. Replaying only the latest reports can make a quorum look younger than
+            // it was, never older, so a rebuild may delay a failover but never hastens one.
+            let detector =
+                Detector::new(wanted.clone(), obs.voters.iter().copied()).map(|mut d| {
+                    let mut replay: Vec<(MonoTime, NodeId, &str, Verdict)> = Vec::new();
+                    for ((svc, site), latest) in &self.reports {
+                        if svc == service {
+                            replay.extend(
+                                latest.iter().map(|(&o, &(v, at))| (at, o, site.as_str(), v)),
+                            );
+                        }
+                    }
+                    replay.sort_by_key(|&(at, o, site, _)| (at, o, site.to_string()));
+                    for (at, observer, site, verdict) in replay {
+                        d.report(observer, service, site, verdict, at);
+                    }
+                    d
+                });
+            self.detection.insert(service.to_string(), Detection { policy: wanted, detector });
+        }
+        let mut sink = Sink {
+            out,
+            outstanding: &mut self.outstanding,
+            alerted: &mut self.alerted,
+            alert_every: self.params.alert_every,
+            now: obs.now,
+        };
+        let Some(detection) = self.detection.get_mut(service) else { return };
+        let d = match &mut detection.detector {
+            Ok(d) => d,
+            Err(err) => {
+                sink.alert(
+                    service,
+                    "detection",
+                    format!("site health detection for {service} is off: {err}"),
+                );
+                return;
+            }
+        };
+        if d.voters() != obs.voters {
+            d.set_voters(obs.voters.iter().copied(), obs.now);
+        }
+        for event in d.evaluate(obs.now) {
+            match event {
+                DetectEvent::SiteDown { site, .. } => sink.alert(
+                    service,
+                    &format!("down:{site}"),
+                    format!(
+                        "{site} is down for {service}: unhealthy from a quorum of observers for {}",
+                        secs(policy.down_after)
+                    ),
+                ),
+                DetectEvent::SiteUp { site, .. } => sink.alert(
+                    service,
+                    &format!("up:{site}"),
+                    format!(
+                        "{site} is up again for {service}: healthy from a quorum of observers for {}",
+                        secs(policy.up_after)
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+impl Run {
+    fn new(workflow_id: u64, now: MonoTime) -> Run {
+        Run { workflow_id, first_seen: now, retry_seen: BTreeMap::new(), mine: None }
+    }
+}
+
+/// With no workflow in progress: proposes an automatic failover when the active site is down
+/// and every rule and gate holds; alerts when one blocks it.
+fn decide_failover(
+    params: &EngineParams,
+    lag: &BTreeMap<String, (f64, MonoTime)>,
+    s: &Svc,
+    obs: &Observation,
+    sink: &mut Sink,
+) {
+    let (name, state, now) = (s.name, s.state, obs.now);
+    if state.phase != ServicePhase::Protecting {
+        return;
+    }
+    let Some(det) = s.det else { return };
+    let active = state.active_site.as_str();
+    let SiteHealth::Down { since } = det.health(name, active) else { return };
+    if !s.policy.auto_failover {
+        let msg = format!(
+            "{active} is down for {name}, but automatic failover is off (auto_failover = false); \
+             an operator must decide whether to fail over"
+        );
+        return sink.alert(name, "auto_failover_off", msg);
+    }
+    if let Automation::Cooldown { until_unix_ms } = state.mode {
+        if until_unix_ms > obs.now_unix_ms {
+            let left = Duration::from_millis((until_unix_ms - obs.now_unix_ms) as u64);
+            let msg = format!(
+                "{active} is down for {name}, but automatic failover is in cooldown for another \
+                 {} after the last one; 'droverctl ack {name}' re-arms it",
+                secs(left)
+            );
+            return sink.alert(name, "cooldown", msg);
+        }
+    }
+    if active != s.svc.initial_active {
+        let msg = format!(
+            "{active} is down for {name}; drover never fails back to {} automatically: an \
+             operator must decide",
+            s.svc.initial_active
+        );
+        return sink.alert(name, "no_failback", msg);
+    }
+    let Some(target) =
+        s.spec.active_capable_sites().find(|t| s.spec.auto_failover_allowed(name, active, t))
+    else {
+        let msg = format!(
+            "{active} is down for {name}, but no site may take over automatically (it needs an \
+             activate runbook, and {active} a fence or on_lease_lost runbook)"
+        );
+        return sink.alert(name, "no_target", msg);
+    };
+
+    // Gates.
+    let t = det.tally(name, target, now);
+    if matches!(det.health(name, target), SiteHealth::Down { .. } | SiteHealth::Recovering { .. }) {
+        let msg = format!(
+            "failover of {name} to {target} blocked: {target} is down too ({} of {} observers \
+             report it healthy)",
+            t.healthy, t.voters
+        );
+        return sink.alert(name, "gate_target", msg);
+    }
+    if !t.quorum_healthy() {
+        let msg = format!(
+            "failover of {name} to {target} blocked: {target} is not healthy from a quorum of \
+             observers ({} of {} report it healthy, {} needed)",
+            t.healthy, t.voters, t.needed
+        );
+        return sink.alert(name, "gate_target", msg);
+    }
+    if let Some(max) = s.svc.max_lag_on_failover {
+        let stale_after = params.detect.stale_after;
+        let blocked = match lag.get(name) {
+            None => Some("replication lag unknown (no lag report yet)".to_string()),
+            Some(&(_, at)) if now.saturating_duration_since(at) > stale_after => Some(format!(
+                "replication lag unknown (the newest lag report is {} old; stale after {})",
+                secs(now.saturating_duration_since(at)),
+                secs(stale_after)
+            )),
+            Some(&(value, _)) if value > max => {
+                Some(format!("replication lag {value} > max_lag_on_failover {max}"))
+            }
+            Some(_) => None,
+        };
+        if let Some(why) = blocked {
+            return sink.alert(
+                name,
+                "gate_lag",
+                format!("failover of {name} to {target} blocked: {why}"),
+            );
+        }
+    }
+
+    if !sink.can_propose(name) {
+        return;
+    }
+    let a = det.tally(name, active, now);
+    let formed = since.saturating_sub(s.policy.down_after);
+    let reason = if a.quorum_unhealthy() {
+        format!(
+            "{active} unhealthy from {} of {} observers for {}",
+            a.unhealthy,
+            a.voters,
+            secs(now.saturating_duration_since(formed))
+        )
+    } else {
+        format!(
+            "{active} declared down {} ago after being unhealthy from a quorum of observers for \
+             {}; now {} of {} report it unhealthy",
+            secs(now.saturating_duration_since(since)),
+            secs(s.policy.down_after),
+            a.unhealthy,
+            a.voters
+        )
+    };
+    let req = ControlRequest::StartFailover {
+        service: name.to_string(),
+        from: active.to_string(),
+        to: target.to_string(),
+        expected_epoch: state.epoch,
+        automatic: true,
+        reason,
+        author: params.node_name.clone(),
+        at_unix_ms: obs.now_unix_ms,
+    };
+    sink.propose(name, req);
+}
+
+/// With a workflow in progress: the next move of its current step.
+fn drive_workflow(
+    params: &EngineParams,
+    term_started: MonoTime,
+    s: &Svc,
+    wf: &Workflow,
+    run: &mut Run,
+    obs: &Observation,
+    sink: &mut Sink,
+) {
+    let (name, now) = (s.name, obs.now);
+    let Some(i) = wf.cursor() else { return };
+    let step = &wf.steps[i];
+    if let StepStatus::RetryWait { attempt, .. } = step.status {
+        run.retry_seen.entry((i, attempt)).or_insert(now);
+    }
+    match &wf.state {
+        WorkflowState::Running => {}
+        WorkflowState::Paused { reason } => {
+            let msg = format!(
+                "failover of {name} to {} is paused: {reason}; 'droverctl resume {name}' \
+                 retries the step",
+                wf.to
+            );
+            return sink.alert(name, "paused", msg);
+        }
+        WorkflowState::Failed { reason } => {
+            let msg = format!(
+                "failover of {name} to {} failed: {reason}; 'droverctl resume {name}' retries \
+                 the step",
+                wf.to
+            );
+            return sink.alert(name, "failed", msg);
+        }
+        WorkflowState::AwaitingCommit | WorkflowState::Committed => return,
+    }
+    match &step.status {
+        StepStatus::Pending => start_step(params, s, wf, i, run, obs, sink),
+        StepStatus::RetryWait { attempt, .. } => {
+            let backoff = step.action.as_ref().map_or(Duration::ZERO, |a| a.backoff);
+            let seen = run.retry_seen.get(&(i, *attempt)).copied().unwrap_or(now);
+            if now >= seen + backoff {
+                start_step(params, s, wf, i, run, obs, sink);
+            }
+        }
+        StepStatus::Running { attempt, .. } => {
+            let attempt = *attempt;
+            let first_seen = run.first_seen;
+            match run.mine.as_mut() {
+                Some(mine) if mine.step == i && mine.attempt == attempt => {
+                    if mine.result.is_none() {
+                        advance(params, term_started, first_seen, s, wf, mine, obs, sink);
+                    }
+                    if let Some(outcome) = mine.result.clone() {
+                        if sink.can_propose(name) {
+                            let req = ControlRequest::StepFinished {
+                                service: name.to_string(),
+                                workflow_id: wf.id,
+                                step: i,
+                                attempt,
+                                outcome,
+                                author: params.node_name.clone(),
+                                at_unix_ms: obs.now_unix_ms,
+                            };
+                            sink.propose(name, req);
+                        }
+                    }
+                }
+                // Started by an earlier leader (or by this one and since superseded): its
+                // outcome is unknown, so run it again as the next attempt (steps are
+                // idempotent). Never finish an attempt this engine did not run.
+                _ => start_step(params, s, wf, i, run, obs, sink),
+            }
+        }
+        StepStatus::Succeeded { .. } | StepStatus::Failed { .. } => {}
+    }
+}
+
+/// Proposes the start of step `i`'s next attempt on a chosen executor.
+fn start_step(
+    params: &EngineParams,
+    s: &Svc,
+    wf: &Workflow,
+    i: usize,
+    run: &mut Run,
+    obs: &Observation,
+    sink: &mut Sink,
+) {
+    let name = s.name;
+    if !sink.can_propose(name) {
+        return;
+    }
+    let step = &wf.steps[i];
+    let (executor, result) = match choose_executor(params, step, obs) {
+        Ok(executor) => (executor, None),
+        // No node can fence: record the attempt as failed, so retries and `on_failure` decide
+        // (with "continue" the lease wait takes over).
+        Err(why) if step.stage == Stage::Fence => (None, Some(Err(why))),
+        Err(why) => {
+            let msg = format!(
+                "failover of {name} to {} waits at step {} ({} {} on {}): {why}",
+                wf.to,
+                i + 1,
+                step.stage.as_str(),
+                step.action.as_ref().map_or("lease", |a| a.action.kind()),
+                step.site
+            );
+            return sink.alert(name, "no_executor", msg);
+        }
+    };
+    let attempt = step.next_attempt();
+    let req = ControlRequest::StepStarted {
+        service: name.to_string(),
+        workflow_id: wf.id,
+        step: i,
+        attempt,
+        executor,
+        author: params.node_name.clone(),
+        at_unix_ms: obs.now_unix_ms,
+    };
+    sink.propose(name, req);
+    run.mine = Some(Mine { step: i, attempt, executor, progress: Progress::Started, result });
+}
+
+/// Moves an attempt this engine started towards a result: dispatches it, or evaluates it here
+/// (lease wait, probe), or gives up on it at its deadline.
+#[allow(clippy::too_many_arguments)]
+fn advance(
+    params: &EngineParams,
+    term_started: MonoTime,
+    first_seen: MonoTime,
+    s: &Svc,
+    wf: &Workflow,
+    mine: &mut Mine,
+    obs: &Observation,
+    sink: &mut Sink,
+) {
+    let (name, now) = (s.name, obs.now);
+    let step = &wf.steps[mine.step];
+    let Some(action) = &step.action else {
+        // The lease wait.
+        if mine.progress == Progress::Started {
+            mine.progress = Progress::Evaluating { since: now };
+        }
+        if wf.fence_confirmed() {
+            let n = wf.steps.iter().filter(|s| s.stage == Stage::Fence).count();
+            let plural = if n == 1 { "" } else { "s" };
+            mine.result = Some(Ok(format!("fencing confirmed by {n} step{plural}")));
+            return;
+        }
+        let lease = LeaseParams {
+            lease_ttl: s.policy.lease_ttl,
+            max_clock_drift: s.policy.max_clock_drift,
+            self_fence_grace: s.policy.self_fence_grace,
+        };
+        if let Err(err) = lease.validate() {
+            let msg = format!("the lease wait of {name} cannot end: {err}");
+            return sink.alert(name, "lease_params", msg);
+        }
+        if now >= lease.safe_activation_time(first_seen, term_started) {
+            mine.result = Some(Ok(format!(
+                "lease of {} expired: waited {} without fencing confirmation",
+                wf.from,
+                secs(now.saturating_duration_since(first_seen))
+            )));
+        }
+        return;
+    };
+    if let StepAction::Probe(probe) = &action.action {
+        let since = match mine.progress {
+            Progress::Evaluating { since } => since,
+            _ => {
+                mine.progress = Progress::Evaluating { since: now };
+                now
+            }
+        };
+        let site = probe.checks.as_str();
+        let t = s.det.map(|d| d.tally(name, site, now));
+        if let Some(t) = t.filter(|t| t.quorum_healthy()) {
+            mine.result =
+                Some(Ok(format!("{site} healthy from {} of {} observers", t.healthy, t.voters)));
+        } else if now >= since + action.timeout {
+            mine.result = Some(Err(format!(
+                "{site} not healthy from a quorum of observers within {}",
+                secs(action.timeout)
+            )));
+        }
+        return;
+    }
+    match mine.progress {
+        Progress::Started | Progress::Evaluating { .. } => {
+            let deadline = now + action.timeout + params.step_result_grace;
+            mine.progress = Progress::Dispatched { deadline };
+            sink.out.push(Command::RunStep(StepDispatch {
+                service: name.to_string(),
+                workflow_id: wf.id,
+                step: mine.step,
+                attempt: mine.attempt,
+                executor: mine.executor,
+                action: action.clone(),
+                epoch: wf.epoch,
+                from_site: wf.from.clone(),
+                to_site: wf.to.clone(),
+                deadline,
+            }));
+        }
+        Progress::Dispatched { deadline } if now >= deadline => {
+            let who = match mine.executor {
+                None => format!("the leader ({})", params.node_name),
+                Some(id) => obs.members.get(&id).map_or(format!("node {id}"), |m| m.name.clone()),
+            };
+            mine.result = Some(Err(format!(
+                "no result from {who} within {}",
+                secs(action.timeout + params.step_result_grace)
+            )));
+        }
+        Progress::Dispatched { .. } => {}
+    }
+}
+
+/// Who runs `step`: `Ok(None)` for the leader itself (and for what the engine evaluates),
+/// `Ok(Some(id))` for another reachable controller, `Err(why)` when no suitable node is
+/// reachable. Witness members never run steps.
+fn choose_executor(
+    params: &EngineParams,
+    step: &WorkflowStep,
+    obs: &Observation,
+) -> Result<Option<NodeId>, String> {
+    let Some(action) = &step.action else { return Ok(None) };
+    if let StepAction::Probe(_) = action.action {
+        return Ok(None);
+    }
+    let me = obs.members.values().find(|m| m.name == params.node_name);
+    let usable = |id: &NodeId, m: &Member| m.role == Role::Controller && obs.reachable.contains(id);
+    match &action.run_on {
+        RunOn::Any => {
+            if me.is_none_or(|m| m.role == Role::Controller) {
+                return Ok(None);
+            }
+            obs.members
+                .iter()
+                .find(|(id, m)| usable(id, m))
+                .map(|(id, _)| Some(*id))
+                .ok_or_else(|| "no controller node is reachable".to_string())
+        }
+        RunOn::Site(site) => {
+            if me.is_some_and(|m| m.role == Role::Controller && m.site == *site) {
+                return Ok(None);
+            }
+            obs.members
+                .iter()
+                .find(|(id, m)| m.site == *site && usable(id, m))
+                .map(|(id, _)| Some(*id))
+                .ok_or_else(|| format!("no node of site {site} is reachable"))
+        }
+    }
+}
+
+/// `3s`, `2.5s`: whole seconds when exact, else one decimal.
+fn secs(d: Duration) -> String {
+    if d.as_millis() % 1000 == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
