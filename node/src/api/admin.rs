@@ -331,7 +331,9 @@ impl Admin for AdminService {
             })
         });
         shown.map(Response::new).ok_or_else(|| {
-            Status::not_found("no cluster spec applied yet; run 'droverctl config apply -f cluster.toml'")
+            Status::not_found(
+                "no cluster spec applied yet; run 'droverctl config apply -f cluster.toml'",
+            )
         })
     }
 
@@ -341,7 +343,10 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ConfigDiffReply>, Status> {
         let spec = parse_spec(&req.get_ref().text)?;
         let (version, old) = self.node.state.read(|s| {
-            (s.control.spec.as_ref().map_or(0, |v| v.version), s.control.spec.as_ref().map(|v| v.spec.clone()))
+            (
+                s.control.spec.as_ref().map_or(0, |v| v.version),
+                s.control.spec.as_ref().map(|v| v.spec.clone()),
+            )
         });
         let changes = crate::spec::diff(old.as_ref(), &spec);
         Ok(Response::new(pb::ConfigDiffReply { current_version: version, changes }))

@@ -134,9 +134,9 @@ impl NodeHandle {
             members,
             history_seq: self.state.read(|s| s.last_seq),
             spec_version: self.state.read(|s| s.control.spec.as_ref().map_or(0, |v| v.version)),
-            services: self.state.read(|s| {
-                s.control.services.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-            }),
+            services: self
+                .state
+                .read(|s| s.control.services.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
             health: self.health.read().map(|h| h.clone()).unwrap_or_default(),
         }
     }

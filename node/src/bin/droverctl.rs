@@ -309,8 +309,14 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
                     Err(e) => return Err(e),
                 }
             };
-            let req = pb::ConfigApplyRequest { text, expected_version: expected, author: author.clone() };
-            let r = client.call(|mut c| { let req = req.clone(); async move { c.config_apply(req).await } }).await?;
+            let req =
+                pb::ConfigApplyRequest { text, expected_version: expected, author: author.clone() };
+            let r = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.config_apply(req).await }
+                })
+                .await?;
             if cli.json {
                 println!("{}", json!({"version": r.version, "changes": r.changes}));
             } else {
@@ -321,9 +327,14 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
             }
         }
         Cmd::Config(ConfigCmd::Show) => {
-            let r = client.call(|mut c| async move { c.config_show(pb::ConfigShowRequest {}).await }).await?;
+            let r = client
+                .call(|mut c| async move { c.config_show(pb::ConfigShowRequest {}).await })
+                .await?;
             if cli.json {
-                println!("{}", json!({"version": r.version, "text": r.text, "applied_by": r.applied_by, "applied_at_unix_ms": r.applied_at_unix_ms}));
+                println!(
+                    "{}",
+                    json!({"version": r.version, "text": r.text, "applied_by": r.applied_by, "applied_at_unix_ms": r.applied_at_unix_ms})
+                );
             } else {
                 println!("# cluster spec version {}, applied by {}", r.version, r.applied_by);
                 print!("{}", r.text);
@@ -332,7 +343,10 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
         Cmd::Config(ConfigCmd::Diff { file }) => {
             let text = read_spec(file)?;
             let r = client
-                .call(|mut c| { let text = text.clone(); async move { c.config_diff(pb::ConfigDiffRequest { text }).await } })
+                .call(|mut c| {
+                    let text = text.clone();
+                    async move { c.config_diff(pb::ConfigDiffRequest { text }).await }
+                })
                 .await?;
             if cli.json {
                 println!("{}", json!({"current_version": r.current_version, "changes": r.changes}));
@@ -464,17 +478,30 @@ async fn bench(
 
 fn read_spec(path: &Path) -> Result<String, ClientError> {
     std::fs::read_to_string(path).map_err(|e| {
-        ClientError::Setup(format!("cannot read {}: {e}; pass the cluster spec with -f", path.display()))
+        ClientError::Setup(format!(
+            "cannot read {}: {e}; pass the cluster spec with -f",
+            path.display()
+        ))
     })
 }
 
-async fn service_action(client: &Client, service: &str, action: &str, as_json: bool) -> Result<(), ClientError> {
+async fn service_action(
+    client: &Client,
+    service: &str,
+    action: &str,
+    as_json: bool,
+) -> Result<(), ClientError> {
     let req = pb::ServiceActionRequest {
         service: service.to_string(),
         action: action.to_string(),
         author: std::env::var("USER").unwrap_or_else(|_| "operator".into()),
     };
-    let r = client.call(|mut c| { let req = req.clone(); async move { c.service_action(req).await } }).await?;
+    let r = client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.service_action(req).await }
+        })
+        .await?;
     if as_json {
         println!("{}", json!({"service": service, "action": action, "log_index": r.log_index}));
     } else {

@@ -57,10 +57,17 @@ pub fn services_table(s: &pb::StatusReply) -> String {
     }
     let _ = writeln!(out, "services (spec version {}):", s.spec_version);
     let mut rows = vec![vec![
-        "SERVICE".to_string(), "ACTIVE".into(), "EPOCH".into(), "PHASE".into(), "LEASE".into(), "MODE".into(), "SITES".into(),
+        "SERVICE".to_string(),
+        "ACTIVE".into(),
+        "EPOCH".into(),
+        "PHASE".into(),
+        "LEASE".into(),
+        "MODE".into(),
+        "SITES".into(),
     ]];
     for svc in &s.services {
-        let sites: Vec<String> = svc.sites.iter().map(|h| format!("{}={}", h.site, h.health)).collect();
+        let sites: Vec<String> =
+            svc.sites.iter().map(|h| format!("{}={}", h.site, h.health)).collect();
         rows.push(vec![
             svc.name.clone(),
             svc.active_site.clone(),
@@ -86,7 +93,15 @@ pub fn services_table(s: &pb::StatusReply) -> String {
             w.state,
             w.reason
         );
-        let mut rows = vec![vec!["#".to_string(), "STAGE".into(), "SITE".into(), "KIND".into(), "STATUS".into(), "TRY".into(), "DETAIL".into()]];
+        let mut rows = vec![vec![
+            "#".to_string(),
+            "STAGE".into(),
+            "SITE".into(),
+            "KIND".into(),
+            "STATUS".into(),
+            "TRY".into(),
+            "DETAIL".into(),
+        ]];
         for (i, st) in w.steps.iter().enumerate() {
             rows.push(vec![
                 (i + 1).to_string(),

@@ -173,7 +173,9 @@ pub struct Engine {
     term_started: MonoTime,
     /// Latest report per observer, per (service, site): replayed into a service's detector
     /// when it is (re)built.
-    reports: BTreeMap<(String, String), BTreeMap<NodeId, (Verdict, MonoTime)>>,
+    reports: Reports,
+    /// Latest readiness verdict per observer, per (service, site).
+    readiness: Reports,
     /// Freshest lag value per service, with when it was reported.
     lag: BTreeMap<String, (f64, MonoTime)>,
     detection: BTreeMap<String, Detection>,
@@ -272,6 +274,7 @@ impl Engine {
             params,
             term_started: now,
             reports: BTreeMap::new(),
+            readiness: BTreeMap::new(),
             lag: BTreeMap::new(),
             detection: BTreeMap::new(),
             outstanding: BTreeSet::new(),
@@ -305,6 +308,21 @@ impl Engine {
         latest.insert(observer, (verdict, at));
         if let Some(Detection { detector: Ok(d), .. }) = self.detection.get_mut(service) {
             d.report(observer, service, site, verdict, at);
+        }
+    }
+
+    /// A readiness report: whether `site` could take `service` over, as `observer` sees it.
+    pub fn readiness_report(
+        &mut self,
+        observer: NodeId,
+        service: &str,
+        site: &str,
+        verdict: Verdict,
+        at: MonoTime,
+    ) {
+        let latest = self.readiness.entry((service.to_string(), site.to_string())).or_default();
+        if latest.get(&observer).is_none_or(|&(_, old)| old <= at) {
+            latest.insert(observer, (verdict, at));
         }
     }
 
@@ -382,7 +400,7 @@ impl Engine {
             match state.active_workflow() {
                 None => {
                     self.runs.remove(name);
-                    decide_failover(&self.params, &self.lag, &s, obs, &mut sink);
+                    decide_failover(&self.params, &self.lag, &self.readiness, &s, obs, &mut sink);
                 }
                 Some(wf) => {
                     let run =
@@ -495,9 +513,35 @@ impl Run {
 
 /// With no workflow in progress: proposes an automatic failover when the active site is down
 /// and every rule and gate holds; alerts when one blocks it.
+/// Fresh "ready" readiness reports from voters for (service, site), and the voter count.
+fn quorum_ready(
+    readiness: &Reports,
+    voters: &BTreeSet<NodeId>,
+    service: &str,
+    site: &str,
+    now: MonoTime,
+    stale_after: Duration,
+) -> (usize, usize) {
+    let ready = readiness.get(&(service.to_string(), site.to_string())).map_or(0, |by| {
+        by.iter()
+            .filter(|(id, (v, at))| {
+                voters.contains(id)
+                    && *v == Verdict::Healthy
+                    && now.saturating_duration_since(*at) <= stale_after
+            })
+            .count()
+    });
+    (ready, voters.len())
+}
+
+/// Latest report per observer, per (service, site).
+type Reports = BTreeMap<(String, String), BTreeMap<NodeId, (Verdict, MonoTime)>>;
+
+#[allow(clippy::too_many_arguments)]
 fn decide_failover(
     params: &EngineParams,
     lag: &BTreeMap<String, (f64, MonoTime)>,
+    readiness: &Reports,
     s: &Svc,
     obs: &Observation,
     sink: &mut Sink,
@@ -545,23 +589,19 @@ fn decide_failover(
         return sink.alert(name, "no_target", msg);
     };
 
-    // Gates.
-    let t = det.tally(name, target, now);
-    if matches!(det.health(name, target), SiteHealth::Down { .. } | SiteHealth::Recovering { .. }) {
-        let msg = format!(
-            "failover of {name} to {target} blocked: {target} is down too ({} of {} observers \
-             report it healthy)",
-            t.healthy, t.voters
-        );
-        return sink.alert(name, "gate_target", msg);
-    }
-    if !t.quorum_healthy() {
-        let msg = format!(
-            "failover of {name} to {target} blocked: {target} is not healthy from a quorum of \
-             observers ({} of {} report it healthy, {} needed)",
-            t.healthy, t.voters, t.needed
-        );
-        return sink.alert(name, "gate_target", msg);
+    // Gates. The standby's health checks say nothing about whether it can take over (a cold
+    // standby fails them by design); its readiness checks do, when the service has some.
+    if s.svc.readiness.iter().any(|c| c.site == target) {
+        let (ready, voters) =
+            quorum_ready(readiness, obs.voters, name, target, now, params.detect.stale_after);
+        let needed = voters / 2 + 1;
+        if ready < needed {
+            let msg = format!(
+                "failover of {name} to {target} blocked: {target} is not ready (its readiness \
+                 checks pass from {ready} of {voters} observers, {needed} needed)"
+            );
+            return sink.alert(name, "gate_ready", msg);
+        }
     }
     if let Some(max) = s.svc.max_lag_on_failover {
         let stale_after = params.detect.stale_after;

@@ -6,7 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use drover_proto::v1 as pb;
 
 use crate::api::view::{ClusterView, MemberView};
-use crate::consensus::state::control::{Automation, ServiceState, StepStatus, Workflow, WorkflowState};
+use crate::consensus::state::control::{
+    Automation, ServiceState, StepStatus, Workflow, WorkflowState,
+};
 use crate::consensus::state::HistoryRecord;
 
 /// The status reply for a cluster view.
@@ -31,14 +33,19 @@ fn service_to_pb(name: &str, s: &ServiceState, view: &ClusterView) -> pb::Servic
     let mode = match &s.mode {
         Automation::Auto => "auto".to_string(),
         Automation::Cooldown { until_unix_ms } => {
-            let until = UNIX_EPOCH + std::time::Duration::from_millis((*until_unix_ms).max(0) as u64);
+            let until =
+                UNIX_EPOCH + std::time::Duration::from_millis((*until_unix_ms).max(0) as u64);
             format!("cooldown until {}", humantime::format_rfc3339_seconds(until))
         }
     };
     let sites = view
         .health
         .get(name)
-        .map(|m| m.iter().map(|(site, health)| pb::SiteHealth { site: site.clone(), health: health.clone() }).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(site, health)| pb::SiteHealth { site: site.clone(), health: health.clone() })
+                .collect()
+        })
         .unwrap_or_default();
     pb::ServiceStatus {
         name: name.to_string(),
@@ -68,7 +75,9 @@ fn workflow_to_pb(w: &Workflow) -> pb::WorkflowStatus {
                 StepStatus::Pending => ("pending", 0, String::new()),
                 StepStatus::Running { attempt, .. } => ("running", *attempt, String::new()),
                 StepStatus::RetryWait { attempt, error } => ("retry_wait", *attempt, error.clone()),
-                StepStatus::Succeeded { attempt, detail, .. } => ("succeeded", *attempt, detail.clone()),
+                StepStatus::Succeeded { attempt, detail, .. } => {
+                    ("succeeded", *attempt, detail.clone())
+                }
                 StepStatus::Failed { attempt, error } => ("failed", *attempt, error.clone()),
             };
             pb::WorkflowStepStatus {

@@ -130,10 +130,19 @@ impl Prober {
 /// What the prober runs: a health check or a lag probe, of one service.
 #[derive(Debug, Clone, PartialEq)]
 enum JobKey {
-    Check { service: String, check: Check },
+    Check {
+        service: String,
+        check: Check,
+    },
     /// A readiness check: whether the site could take over (DESIGN.md 3).
-    Readiness { service: String, check: Check },
-    Lag { service: String, probe: LagProbe },
+    Readiness {
+        service: String,
+        check: Check,
+    },
+    Lag {
+        service: String,
+        probe: LagProbe,
+    },
 }
 
 impl JobKey {
@@ -178,7 +187,9 @@ impl Shared {
             .slots
             .iter()
             .filter_map(|(id, slot)| match &slot.key {
-                JobKey::Check { service: s, check } if !readiness && s == service && check.site == site => {
+                JobKey::Check { service: s, check }
+                    if !readiness && s == service && check.site == site =>
+                {
                     Some((*id, slot, check))
                 }
                 JobKey::Readiness { service: s, check }
@@ -311,7 +322,10 @@ impl Supervisor {
                 keys.push(JobKey::Check { service: service.name.clone(), check: check.clone() });
             }
             for check in &service.readiness {
-                keys.push(JobKey::Readiness { service: service.name.clone(), check: check.clone() });
+                keys.push(JobKey::Readiness {
+                    service: service.name.clone(),
+                    check: check.clone(),
+                });
             }
             if let Some(probe) = &service.lag {
                 let here = match &probe.run_on {

@@ -31,8 +31,8 @@ use crate::consensus::network::endpoint;
 use crate::consensus::state::control::ControlRequest;
 use crate::consensus::types::{Member, NodeId, Request as RaftRequest, Role};
 use crate::decide::{
-    Command, Engine, EngineParams, HolderLease, LeaseParams, MonoTime, Observation,
-    StepDispatch, Verdict,
+    Command, Engine, EngineParams, HolderLease, LeaseParams, MonoTime, Observation, StepDispatch,
+    Verdict,
 };
 use crate::probe::{ProbeLimits, Prober};
 use crate::spec::{ClusterSpec, Phase, Step};
@@ -76,9 +76,21 @@ pub struct ControlCtx {
 
 /// Something that happened, for the controller loop.
 enum Event {
-    Reports { observer: NodeId, reports: Vec<pb::ProbeReport>, received: Instant },
-    StepResult { service: String, workflow_id: u64, step: usize, attempt: u32, result: Result<String, String> },
-    ProposalDone { service: String },
+    Reports {
+        observer: NodeId,
+        reports: Vec<pb::ProbeReport>,
+        received: Instant,
+    },
+    StepResult {
+        service: String,
+        workflow_id: u64,
+        step: usize,
+        attempt: u32,
+        result: Result<String, String>,
+    },
+    ProposalDone {
+        service: String,
+    },
 }
 
 /// Cached lazy gRPC channels to members.
@@ -157,7 +169,8 @@ async fn spec_watch(
 ) {
     let mut version = 0;
     loop {
-        let current = ctx.node.state.read(|s| s.control.spec.as_ref().map(|v| (v.version, v.spec.clone())));
+        let current =
+            ctx.node.state.read(|s| s.control.spec.as_ref().map(|v| (v.version, v.spec.clone())));
         if let Some((v, spec)) = current {
             if v != version {
                 version = v;
@@ -221,7 +234,8 @@ async fn reporter_loop(ctx: ControlCtx, prober: Prober, mut stop: watch::Receive
         }
         let Some((leader, member)) = leader_of(&ctx.node) else { continue };
         if leader == ctx.node.id {
-            let _ = ctx.events.try_send(Event::Reports { observer: leader, reports, received: now });
+            let _ =
+                ctx.events.try_send(Event::Reports { observer: leader, reports, received: now });
             continue;
         }
         let Some(member) = member else { continue };
@@ -263,16 +277,31 @@ async fn controller_loop(
         let now = Instant::now();
         let eng = engine.get_or_insert_with(|| {
             info!("leading: failover decisions are made here");
-            Engine::new(
-                EngineParams { node_name: ctx.node.name.clone(), ..EngineParams::default() },
-                mono(ctx.origin, now),
-            )
+            Engine::new(EngineParams::new(ctx.node.name.clone()), mono(ctx.origin, now))
         });
         match event {
             Some(Event::Reports { observer, reports, received }) => {
                 for r in reports {
-                    let at = received.checked_sub(Duration::from_millis(r.age_ms)).unwrap_or(ctx.origin);
-                    eng.probe_report(observer, &r.service, &r.site, parse_verdict(&r.verdict), r.lag, mono(ctx.origin, at));
+                    let at =
+                        received.checked_sub(Duration::from_millis(r.age_ms)).unwrap_or(ctx.origin);
+                    let at = mono(ctx.origin, at);
+                    eng.probe_report(
+                        observer,
+                        &r.service,
+                        &r.site,
+                        parse_verdict(&r.verdict),
+                        r.lag,
+                        at,
+                    );
+                    if let Some(ready) = &r.ready {
+                        eng.readiness_report(
+                            observer,
+                            &r.service,
+                            &r.site,
+                            parse_verdict(ready),
+                            at,
+                        );
+                    }
                 }
                 continue;
             }
@@ -285,11 +314,15 @@ async fn controller_loop(
         let control = ctx.node.state.read(|s| s.control.clone());
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let members: BTreeMap<NodeId, Member> = membership.nodes().map(|(i, m)| (*i, m.clone())).collect();
+        let members: BTreeMap<NodeId, Member> =
+            membership.nodes().map(|(i, m)| (*i, m.clone())).collect();
         let reachable: BTreeSet<NodeId> = members
             .keys()
             .copied()
-            .filter(|id| *id == ctx.node.id || ctx.node.contacts.since(*id).is_some_and(|d| d < Duration::from_secs(3)))
+            .filter(|id| {
+                *id == ctx.node.id
+                    || ctx.node.contacts.since(*id).is_some_and(|d| d < Duration::from_secs(3))
+            })
             .collect();
         let obs = Observation {
             now: mono(ctx.origin, now),
@@ -311,14 +344,20 @@ async fn controller_loop(
     }
 }
 
-fn publish_health(ctx: &ControlCtx, eng: &Engine, control: &crate::consensus::state::control::ControlState) {
+fn publish_health(
+    ctx: &ControlCtx,
+    eng: &Engine,
+    control: &crate::consensus::state::control::ControlState,
+) {
     let Some(spec) = control.spec.as_ref() else { return };
     let mut view = BTreeMap::new();
     for svc in control.services.keys() {
         let sites = spec
             .spec
             .active_capable_sites()
-            .map(|site| (site.to_string(), format!("{:?}", eng.site_health(svc, site)).to_lowercase()))
+            .map(|site| {
+                (site.to_string(), format!("{:?}", eng.site_health(svc, site)).to_lowercase())
+            })
             .map(|(site, h)| (site, h.split([' ', '{']).next().unwrap_or("").to_string()))
             .collect();
         view.insert(svc.clone(), sites);
@@ -348,7 +387,12 @@ fn propose(ctx: &ControlCtx, req: ControlRequest) {
         if let ControlRequest::StartFailover { from, to, reason, .. } = &req {
             warn!(service = %service, from = %from, to = %to, "starting automatic failover: {reason}");
         }
-        match tokio::time::timeout(Duration::from_secs(10), raft.client_write(RaftRequest::Control(req))).await {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            raft.client_write(RaftRequest::Control(req)),
+        )
+        .await
+        {
             Ok(Ok(resp)) => {
                 if let Some(why) = resp.data.rejected {
                     debug!(service = %service, "proposal rejected: {why}");
@@ -367,12 +411,18 @@ fn dispatch(ctx: &ControlCtx, d: StepDispatch, members: &BTreeMap<NodeId, Member
     tokio::spawn(async move {
         let limit = d.action.timeout + Duration::from_secs(5);
         let result = match executor {
-            Some((id, member)) if id != ctx.node.id => run_remote(&ctx, id, &member, &d, limit).await,
+            Some((id, member)) if id != ctx.node.id => {
+                run_remote(&ctx, id, &member, &d, limit).await
+            }
             _ => run_local(&ctx, &d.action, &context_of(&d)).await,
         };
         match &result {
-            Ok(detail) => info!(service = %d.service, step = d.step + 1, attempt = d.attempt, epoch = d.epoch, "step done: {detail}"),
-            Err(e) => warn!(service = %d.service, step = d.step + 1, attempt = d.attempt, epoch = d.epoch, "step failed: {e}"),
+            Ok(detail) => {
+                info!(service = %d.service, step = d.step + 1, attempt = d.attempt, epoch = d.epoch, "step done: {detail}")
+            }
+            Err(e) => {
+                warn!(service = %d.service, step = d.step + 1, attempt = d.attempt, epoch = d.epoch, "step failed: {e}")
+            }
         }
         let _ = ctx
             .events
@@ -420,7 +470,8 @@ async fn run_remote(
     limit: Duration,
 ) -> Result<String, String> {
     let mut client = ctx.peers.control(id, member)?;
-    let step_json = serde_json::to_string(&d.action).map_err(|e| format!("cannot encode step: {e}"))?;
+    let step_json =
+        serde_json::to_string(&d.action).map_err(|e| format!("cannot encode step: {e}"))?;
     let req = pb::RunStepRequest {
         service: d.service.clone(),
         workflow_id: d.workflow_id,
@@ -433,7 +484,9 @@ async fn run_remote(
     };
     match tokio::time::timeout(limit, client.run_step(req)).await {
         Err(_) => Err(format!("no answer from {} within {}s", member.name, limit.as_secs())),
-        Ok(Err(status)) => Err(format!("{} could not run the step: {}", member.name, status.message())),
+        Ok(Err(status)) => {
+            Err(format!("{} could not run the step: {}", member.name, status.message()))
+        }
         Ok(Ok(reply)) => {
             let r = reply.into_inner();
             if r.ok {
@@ -495,7 +548,13 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
                         last_sent: None,
                     });
                     if h.epoch != epoch {
-                        *h = Holding { epoch, lease: HolderLease::new(&params), params: params.clone(), started: now, last_sent: None };
+                        *h = Holding {
+                            epoch,
+                            lease: HolderLease::new(&params),
+                            params: params.clone(),
+                            started: now,
+                            last_sent: None,
+                        };
                     }
                     if already_fenced == Some(epoch) {
                         continue;
@@ -511,14 +570,28 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
                         None => now.saturating_duration_since(h.started) >= h.params.lease_ttl,
                     };
                     if expired {
-                        self_fence(&ctx, &spec, service, epoch, "the lease could not be renewed for lease_ttl").await;
+                        self_fence(
+                            &ctx,
+                            &spec,
+                            service,
+                            epoch,
+                            "the lease could not be renewed for lease_ttl",
+                        )
+                        .await;
                     }
                 }
                 None => {
                     // We held it and the cluster took it away: stop serving at once.
                     if let Some(h) = holdings.remove(service) {
                         if already_fenced != Some(h.epoch) && h.lease.expiry().is_some() {
-                            self_fence(&ctx, &spec, service, h.epoch, "the cluster revoked this site's lease").await;
+                            self_fence(
+                                &ctx,
+                                &spec,
+                                service,
+                                h.epoch,
+                                "the cluster revoked this site's lease",
+                            )
+                            .await;
                         }
                     }
                 }
@@ -528,14 +601,25 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
 }
 
 /// Asks the leader (or this node, when leading) to confirm the lease.
-async fn renew(ctx: ControlCtx, service: String, epoch: u64, sent_at: MonoTime, tx: mpsc::Sender<(String, u64, MonoTime, bool)>) {
+async fn renew(
+    ctx: ControlCtx,
+    service: String,
+    epoch: u64,
+    sent_at: MonoTime,
+    tx: mpsc::Sender<(String, u64, MonoTime, bool)>,
+) {
     let granted = match leader_of(&ctx.node) {
         Some((leader, _)) if leader == ctx.node.id => {
             confirm_lease(&ctx.node, ctx.node.id, &service, &ctx.site, epoch).await.is_ok()
         }
         Some((leader, Some(member))) => match ctx.peers.control(leader, &member) {
             Ok(mut client) => {
-                let req = pb::RenewLeaseRequest { node_id: ctx.node.id, service: service.clone(), site: ctx.site.clone(), epoch };
+                let req = pb::RenewLeaseRequest {
+                    node_id: ctx.node.id,
+                    service: service.clone(),
+                    site: ctx.site.clone(),
+                    epoch,
+                };
                 matches!(tokio::time::timeout(RPC_TIMEOUT, client.renew_lease(req)).await, Ok(Ok(r)) if r.get_ref().granted)
             }
             Err(_) => false,
@@ -546,7 +630,13 @@ async fn renew(ctx: ControlCtx, service: String, epoch: u64, sent_at: MonoTime, 
 }
 
 /// On the leader: a linearizable read, then the lease check.
-async fn confirm_lease(node: &NodeHandle, requester: NodeId, service: &str, site: &str, epoch: u64) -> Result<(), String> {
+async fn confirm_lease(
+    node: &NodeHandle,
+    requester: NodeId,
+    service: &str,
+    site: &str,
+    epoch: u64,
+) -> Result<(), String> {
     node.raft.ensure_linearizable().await.map_err(|e| format!("not confirmed: {e}"))?;
     let member_site = node
         .raft
@@ -560,7 +650,11 @@ async fn confirm_lease(node: &NodeHandle, requester: NodeId, service: &str, site
         return Err(format!("node {requester} is not a member of site {site}"));
     }
     let holds = node.state.read(|s| {
-        s.control.services.get(service).and_then(|st| st.lease.clone()).is_some_and(|l| l.site == site && l.epoch == epoch)
+        s.control
+            .services
+            .get(service)
+            .and_then(|st| st.lease.clone())
+            .is_some_and(|l| l.site == site && l.epoch == epoch)
     });
     if holds {
         Ok(())
@@ -578,7 +672,10 @@ async fn self_fence(ctx: &ControlCtx, spec: &ClusterSpec, service: &str, epoch: 
         f.insert(service.to_string(), epoch);
     }
     error!(service, epoch, site = %ctx.site, "SELF-FENCING: {why}; running on_lease_lost");
-    let steps = spec.service(service).map(|s| s.runbook(&ctx.site, Phase::OnLeaseLost).to_vec()).unwrap_or_default();
+    let steps = spec
+        .service(service)
+        .map(|s| s.runbook(&ctx.site, Phase::OnLeaseLost).to_vec())
+        .unwrap_or_default();
     let sc = StepContext {
         service: service.to_string(),
         epoch,
@@ -602,7 +699,10 @@ pub struct ControlService {
 
 #[tonic::async_trait]
 impl Control for ControlService {
-    async fn report_probes(&self, req: Request<pb::ProbeReports>) -> Result<Response<pb::ProbeAck>, Status> {
+    async fn report_probes(
+        &self,
+        req: Request<pb::ProbeReports>,
+    ) -> Result<Response<pb::ProbeAck>, Status> {
         let is_leader = self.ctx.node.raft.metrics().borrow().state == ServerState::Leader;
         if !is_leader {
             return Ok(Response::new(pb::ProbeAck { accepted: false }));
@@ -611,21 +711,32 @@ impl Control for ControlService {
         let accepted = self
             .ctx
             .events
-            .try_send(Event::Reports { observer: r.observer, reports: r.reports, received: Instant::now() })
+            .try_send(Event::Reports {
+                observer: r.observer,
+                reports: r.reports,
+                received: Instant::now(),
+            })
             .is_ok();
         Ok(Response::new(pb::ProbeAck { accepted }))
     }
 
-    async fn renew_lease(&self, req: Request<pb::RenewLeaseRequest>) -> Result<Response<pb::RenewLeaseReply>, Status> {
+    async fn renew_lease(
+        &self,
+        req: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::RenewLeaseReply>, Status> {
         let r = req.into_inner();
-        let reply = match confirm_lease(&self.ctx.node, r.node_id, &r.service, &r.site, r.epoch).await {
-            Ok(()) => pb::RenewLeaseReply { granted: true, reason: String::new() },
-            Err(reason) => pb::RenewLeaseReply { granted: false, reason },
-        };
+        let reply =
+            match confirm_lease(&self.ctx.node, r.node_id, &r.service, &r.site, r.epoch).await {
+                Ok(()) => pb::RenewLeaseReply { granted: true, reason: String::new() },
+                Err(reason) => pb::RenewLeaseReply { granted: false, reason },
+            };
         Ok(Response::new(reply))
     }
 
-    async fn run_step(&self, req: Request<pb::RunStepRequest>) -> Result<Response<pb::RunStepReply>, Status> {
+    async fn run_step(
+        &self,
+        req: Request<pb::RunStepRequest>,
+    ) -> Result<Response<pb::RunStepReply>, Status> {
         let r = req.into_inner();
         if self.ctx.role != Role::Controller {
             return Err(Status::failed_precondition("a witness never runs workflow steps"));
@@ -636,7 +747,11 @@ impl Control for ControlService {
         // reach the step's epoch and refuses anything older or newer.
         let deadline = Instant::now() + EPOCH_CATCH_UP;
         let epoch = loop {
-            let e = self.ctx.node.state.read(|s| s.control.services.get(&r.service).map_or(0, |st| st.epoch));
+            let e = self
+                .ctx
+                .node
+                .state
+                .read(|s| s.control.services.get(&r.service).map_or(0, |st| st.epoch));
             if e >= r.epoch || Instant::now() >= deadline {
                 break e;
             }
@@ -648,7 +763,11 @@ impl Control for ControlService {
                 r.epoch, r.service
             );
             warn!(service = %r.service, "{detail}");
-            return Ok(Response::new(pb::RunStepReply { ok: false, detail, output_tail: String::new() }));
+            return Ok(Response::new(pb::RunStepReply {
+                ok: false,
+                detail,
+                output_tail: String::new(),
+            }));
         }
         let sc = StepContext {
             service: r.service.clone(),
@@ -660,8 +779,14 @@ impl Control for ControlService {
         };
         info!(service = %r.service, epoch = r.epoch, step = r.step + 1, attempt = r.attempt, kind = step.action.kind(), "running step for the leader");
         let reply = match self.ctx.actuator.run(&step, &sc).await {
-            Ok(out) => pb::RunStepReply { ok: true, detail: out.detail, output_tail: out.output_tail },
-            Err(e) => pb::RunStepReply { ok: false, detail: e.to_string(), output_tail: e.output_tail().to_string() },
+            Ok(out) => {
+                pb::RunStepReply { ok: true, detail: out.detail, output_tail: out.output_tail }
+            }
+            Err(e) => pb::RunStepReply {
+                ok: false,
+                detail: e.to_string(),
+                output_tail: e.output_tail().to_string(),
+            },
         };
         Ok(Response::new(reply))
     }

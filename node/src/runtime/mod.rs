@@ -89,16 +89,15 @@ pub async fn run(
     let raft = Raft::new(cfg.id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| RuntimeError::Raft(e.to_string()))?;
-    let node =
-        NodeHandle {
-            id: cfg.id,
-            name: cfg.name.clone(),
-            raft: raft.clone(),
-            contacts,
-            state,
-            health: Default::default(),
-            fenced: Default::default(),
-        };
+    let node = NodeHandle {
+        id: cfg.id,
+        name: cfg.name.clone(),
+        raft: raft.clone(),
+        contacts,
+        state,
+        health: Default::default(),
+        fenced: Default::default(),
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let actuator: Arc<dyn crate::actuate::Actuator> = Arc::new(crate::actuate::RealActuator::new());

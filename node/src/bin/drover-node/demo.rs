@@ -58,13 +58,6 @@ impl Proc {
         Ok(())
     }
 
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
     fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SAFETY: plain kill(2) on our own child's pid.
@@ -205,8 +198,20 @@ fn setup(keep: bool) -> Result<Demo, String> {
         });
     }
     let apps = vec![
-        ("prod", SocketAddr::from((Ipv4Addr::new(127, 0, 0, 21), free_port(Ipv4Addr::new(127, 0, 0, 21))?))),
-        ("dr", SocketAddr::from((Ipv4Addr::new(127, 0, 0, 22), free_port(Ipv4Addr::new(127, 0, 0, 22))?))),
+        (
+            "prod",
+            SocketAddr::from((
+                Ipv4Addr::new(127, 0, 0, 21),
+                free_port(Ipv4Addr::new(127, 0, 0, 21))?,
+            )),
+        ),
+        (
+            "dr",
+            SocketAddr::from((
+                Ipv4Addr::new(127, 0, 0, 22),
+                free_port(Ipv4Addr::new(127, 0, 0, 22))?,
+            )),
+        ),
     ];
     write_app_script(&dir, &node_exe, &apps)?;
     fs::write(dir.join("cluster.toml"), cluster_toml(&dir, &apps))
@@ -262,7 +267,11 @@ fn name_of(s: &pb::StatusReply, id: u64) -> String {
 }
 
 /// The runbook script: `app.sh start|stop SITE [why]`. Idempotent, as steps must be.
-fn write_app_script(dir: &Path, exe: &Path, apps: &[(&'static str, SocketAddr)]) -> Result<(), String> {
+fn write_app_script(
+    dir: &Path,
+    exe: &Path,
+    apps: &[(&'static str, SocketAddr)],
+) -> Result<(), String> {
     let mut cases = String::new();
     for (site, addr) in apps {
         cases.push_str(&format!("  {site}) addr={addr} ;;\n"));
@@ -383,8 +392,10 @@ pub fn app(listen: SocketAddr, site: String) -> ExitCode {
             }
         };
         let body = format!("ok: webshop served from {site}\n");
-        let app = axum::Router::new().route("/healthz", axum::routing::get(move || async move { body }));
-        let serve = axum::serve(listener, app).with_graceful_shutdown(drover::runtime::cli::shutdown_signal());
+        let app =
+            axum::Router::new().route("/healthz", axum::routing::get(move || async move { body }));
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(drover::runtime::cli::shutdown_signal());
         match serve.await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -418,14 +429,29 @@ async fn script(demo: &mut Demo) -> Result<(), String> {
     let started = Instant::now();
     for p in &mut demo.procs {
         p.start()?;
-        println!("started {:<8} {} (gRPC {}, mTLS)", p.name, p.exe.file_name().and_then(|f| f.to_str()).unwrap_or("?"), p.grpc);
+        println!(
+            "started {:<8} {} (gRPC {}, mTLS)",
+            p.name,
+            p.exe.file_name().and_then(|f| f.to_str()).unwrap_or("?"),
+            p.grpc
+        );
     }
     let all = client(demo, &[])?;
-    let s = wait_for(&all, "a leader with all 5 members", |s| s.leader_id.is_some() && s.members.len() == 5).await?;
-    println!("leader {} elected after {} ms\n", name_of(&s, s.leader_id.unwrap_or(0)), started.elapsed().as_millis());
+    let s = wait_for(&all, "a leader with all 5 members", |s| {
+        s.leader_id.is_some() && s.members.len() == 5
+    })
+    .await?;
+    println!(
+        "leader {} elected after {} ms\n",
+        name_of(&s, s.leader_id.unwrap_or(0)),
+        started.elapsed().as_millis()
+    );
 
     run_script(demo, &["start", "prod", "initial deployment"]).await?;
-    println!("prod application started at http://{}/healthz (dr's stays stopped: a cold standby)", demo.apps[0].1);
+    println!(
+        "prod application started at http://{}/healthz (dr's stays stopped: a cold standby)",
+        demo.apps[0].1
+    );
     let text = fs::read_to_string(demo.dir.join("cluster.toml")).map_err(|e| e.to_string())?;
     let req = pb::ConfigApplyRequest { text, expected_version: Some(0), author: "demo".into() };
     let r = all
@@ -435,7 +461,11 @@ async fn script(demo: &mut Demo) -> Result<(), String> {
         })
         .await
         .map_err(|e| e.to_string())?;
-    println!("cluster spec version {} committed (see {}/cluster.toml)", r.version, demo.dir.display());
+    println!(
+        "cluster spec version {} committed (see {}/cluster.toml)",
+        r.version,
+        demo.dir.display()
+    );
     let s = wait_for(&all, "prod up and dr down as seen by a quorum", |s| {
         service(s).is_some_and(|v| {
             v.sites.iter().any(|h| h.site == "dr" && h.health == "down")
@@ -463,12 +493,28 @@ async fn script(demo: &mut Demo) -> Result<(), String> {
                 for h in &v.sites {
                     lines.push(format!("detector: {} is {}", h.site, h.health));
                 }
-                lines.push(format!("phase {} (epoch {}, lease {})", v.phase, v.epoch, if v.lease_site.is_empty() { "revoked" } else { &v.lease_site }));
+                lines.push(format!(
+                    "phase {} (epoch {}, lease {})",
+                    v.phase,
+                    v.epoch,
+                    if v.lease_site.is_empty() { "revoked" } else { &v.lease_site }
+                ));
                 if let Some(w) = &v.workflow {
                     for (i, st) in w.steps.iter().enumerate() {
                         if st.status != "pending" {
-                            lines.push(format!("step {} {} {} on {}: {}{}", i + 1, st.stage, st.kind, st.site, st.status,
-                                if st.detail.is_empty() { String::new() } else { format!(" ({})", st.detail) }));
+                            lines.push(format!(
+                                "step {} {} {} on {}: {}{}",
+                                i + 1,
+                                st.stage,
+                                st.kind,
+                                st.site,
+                                st.status,
+                                if st.detail.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" ({})", st.detail)
+                                }
+                            ));
                         }
                     }
                 }
@@ -488,12 +534,16 @@ async fn script(demo: &mut Demo) -> Result<(), String> {
     println!("\nfailover completed {:.1} s after the outage\n", outage.elapsed().as_secs_f64());
     print!("{}", render::services_table(&final_status));
 
-    let body = http_get(demo.apps[1].1).await.unwrap_or_else(|e| format!("(dr application does not answer: {e})"));
+    let body = http_get(demo.apps[1].1)
+        .await
+        .unwrap_or_else(|e| format!("(dr application does not answer: {e})"));
     println!("\nGET http://{}/healthz -> {}", demo.apps[1].1, body.trim());
     let ledger = fs::read_to_string(demo.dir.join("ledger.txt")).unwrap_or_default();
     println!("\nledger written by the runbook steps (ms timestamps, one clock):\n{ledger}");
     let h = all
-        .call(|mut a| async move { a.history(pb::HistoryRequest { after_seq: 0, limit: 100 }).await })
+        .call(
+            |mut a| async move { a.history(pb::HistoryRequest { after_seq: 0, limit: 100 }).await },
+        )
         .await
         .map_err(|e| e.to_string())?;
     println!("replicated history:");
@@ -507,8 +557,13 @@ async fn http_get(addr: SocketAddr) -> Result<String, String> {
         .await
         .map_err(|_| "timeout".to_string())?
         .map_err(|e| e.to_string())?;
-    s.write_all(format!("GET /healthz HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(format!("GET /healthz HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = String::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf)).await.map_err(|_| "timeout".to_string())?.map_err(|e| e.to_string())?;
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
     Ok(buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
