@@ -72,6 +72,8 @@ struct Sim {
     reachable: BTreeSet<NodeId>,
     /// (observer, site) -> verdict, reported at every tick.
     seen: BTreeMap<(NodeId, String), Verdict>,
+    /// (observer, site) -> readiness verdict, reported at every tick.
+    ready: BTreeMap<(NodeId, String), Verdict>,
     /// Lag reported by dr-1 with its dr report.
     lag: Option<f64>,
     /// How executors answer a dispatched step (None: never).
@@ -122,12 +124,19 @@ impl Sim {
             members: members(),
             reachable: ALL.into(),
             seen,
+            ready: BTreeMap::new(),
             lag: Some(0.0),
             answer: |_| Some(Ok("done".into())),
             log: Vec::new(),
             rejected: Vec::new(),
             dispatched: Vec::new(),
             alerts: Vec::new(),
+        }
+    }
+
+    fn see_ready(&mut self, observers: &[NodeId], site: &str, verdict: Verdict) {
+        for &o in observers {
+            self.ready.insert((o, site.to_string()), verdict);
         }
     }
 
@@ -143,6 +152,9 @@ impl Sim {
         for ((o, site), &verdict) in &self.seen {
             let lag = if *o == 3 && site == "dr" { self.lag } else { None };
             self.engine.probe_report(*o, SVC, site, verdict, lag, self.now);
+        }
+        for ((o, site), &verdict) in &self.ready {
+            self.engine.readiness_report(*o, SVC, site, verdict, self.now);
         }
         let obs = Observation {
             now: self.now,
@@ -487,12 +499,18 @@ fn cooldown_blocks_automatic_failover_until_it_ends() {
     assert_eq!(sim.svc().epoch, 4);
 }
 
+/// A readiness check for dr, so the engine has a readiness gate to apply.
+const DR_READINESS: (&str, &str) = (
+    "  # Replication lag",
+    "  [[service.readiness]]\n  site = \"dr\"\n  kind = \"tcp\"\n  address = \"db.dr.example:5432\"\n\n  # Replication lag",
+);
+
 #[test]
-fn an_unhealthy_target_blocks_the_failover_with_an_alert() {
-    let mut sim = Sim::new(&[]);
+fn an_unready_target_blocks_the_failover_with_an_alert() {
+    let mut sim = Sim::new(&[DR_READINESS]);
     sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
-    // Nobody can tell whether dr is healthy.
-    sim.see(&ALL, "dr", Verdict::Unknown);
+    // dr's readiness checks fail everywhere.
+    sim.see_ready(&ALL, "dr", Verdict::Unhealthy);
     sim.run(125_000);
     assert_eq!(starts(&sim.log), 0);
     let gate: Vec<(MonoTime, &str)> = sim
@@ -505,29 +523,25 @@ fn an_unhealthy_target_blocks_the_failover_with_an_alert() {
     assert_eq!(gate.len(), 3, "{gate:?}");
     assert_eq!(
         gate[0].1,
-        "failover of file-transfer to dr blocked: dr is not healthy from a quorum of observers \
-         (0 of 5 report it healthy, 2 needed)"
+        "failover of file-transfer to dr blocked: dr is not ready (its readiness checks pass \
+         from 0 of 5 observers, 3 needed)"
     );
     assert_eq!(gate[1].0, gate[0].0 + Duration::from_secs(60));
 
-    // dr answers healthy again: the failover starts at the next tick.
-    sim.see(&ALL, "dr", Verdict::Healthy);
+    // dr becomes ready from a majority: the failover starts at the next tick.
+    sim.see_ready(&[1, 3, 4], "dr", Verdict::Healthy);
     sim.run(1_000);
     assert_eq!(starts(&sim.log), 1);
 }
 
 #[test]
-fn a_target_declared_down_blocks_the_failover() {
+fn a_cold_standby_failing_its_health_checks_still_takes_over() {
+    // Without readiness checks, dr's health checks (failing: its application is stopped, as
+    // a cold standby's is) do not gate the failover; the verify step checks dr afterwards.
     let mut sim = Sim::new(&[]);
+    sim.see(&ALL, "dr", Verdict::Unhealthy);
     sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
-    sim.see(&[1, 2, WITNESS], "dr", Verdict::Unhealthy);
-    no_failover(&mut sim);
-    assert!(sim.alerts.iter().any(|(_, m)| m.contains("to dr blocked: dr is down too")));
-    // Healthy again, but not yet for up_after (30s): still blocked.
-    sim.see(&[1, 2, WITNESS], "dr", Verdict::Healthy);
-    sim.run(29_000);
-    assert_eq!(starts(&sim.log), 0);
-    sim.run(2_000);
+    sim.run(4_000);
     assert_eq!(starts(&sim.log), 1);
 }
 

@@ -543,7 +543,7 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
                     let h = holdings.entry(service.clone()).or_insert_with(|| Holding {
                         epoch,
                         lease: HolderLease::new(&params),
-                        params: params.clone(),
+                        params,
                         started: now,
                         last_sent: None,
                     });
@@ -551,7 +551,7 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
                         *h = Holding {
                             epoch,
                             lease: HolderLease::new(&params),
-                            params: params.clone(),
+                            params,
                             started: now,
                             last_sent: None,
                         };
