@@ -900,9 +900,12 @@ fn choose_executor(
             if me.is_none_or(|m| m.role == Role::Controller) {
                 return Ok(None);
             }
+            // A witness leader hands the step to a controller, preferring one in the site
+            // whose runbook the step comes from (for activate steps: the site taking over).
             obs.members
                 .iter()
-                .find(|(id, m)| usable(id, m))
+                .find(|(id, m)| m.site == step.site && usable(id, m))
+                .or_else(|| obs.members.iter().find(|(id, m)| usable(id, m)))
                 .map(|(id, _)| Some(*id))
                 .ok_or_else(|| "no controller node is reachable".to_string())
         }

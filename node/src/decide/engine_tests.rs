@@ -789,9 +789,10 @@ fn executors_are_reachable_controllers_of_the_site_never_the_witness() {
     sim.run_until(60_000, |s| s.svc().phase == ServicePhase::FailedOver);
     let executors: Vec<(usize, Option<NodeId>)> =
         sim.dispatched.iter().map(|d| (d.step, d.executor)).collect();
-    // prod-2 fences (prod-1 is unreachable); dr-2 runs start_all; "any" steps go to the lowest
-    // reachable controller, since the leader is the witness; nothing runs on the witness.
-    assert_eq!(executors, [(0, Some(2)), (2, Some(4)), (3, Some(2)), (4, Some(2))]);
+    // prod-2 fences (prod-1 is unreachable); dr-2 runs start_all; "any" steps of dr's
+    // runbook go to a reachable controller of dr, since the leader is the witness; nothing
+    // runs on the witness.
+    assert_eq!(executors, [(0, Some(2)), (2, Some(4)), (3, Some(4)), (4, Some(4))]);
     assert_eq!(sim.rejected, Vec::<String>::new());
 }
 

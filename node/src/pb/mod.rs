@@ -80,6 +80,10 @@ fn workflow_to_pb(w: &Workflow) -> pb::WorkflowStatus {
                 }
                 StepStatus::Failed { attempt, error } => ("failed", *attempt, error.clone()),
             };
+            let finished_at_unix_ms = match &st.status {
+                StepStatus::Succeeded { finished_at_unix_ms, .. } => *finished_at_unix_ms,
+                _ => 0,
+            };
             pb::WorkflowStepStatus {
                 stage: st.stage.as_str().to_string(),
                 site: st.site.clone(),
@@ -87,6 +91,8 @@ fn workflow_to_pb(w: &Workflow) -> pb::WorkflowStatus {
                 status: status.to_string(),
                 attempt,
                 detail,
+                started_at_unix_ms: st.started_at_unix_ms,
+                finished_at_unix_ms,
             }
         })
         .collect();
@@ -99,6 +105,7 @@ fn workflow_to_pb(w: &Workflow) -> pb::WorkflowStatus {
         reason: w.reason.clone(),
         state: state.to_string(),
         steps,
+        started_at_unix_ms: w.started_at_unix_ms,
     }
 }
 

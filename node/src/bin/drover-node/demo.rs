@@ -11,6 +11,7 @@ use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use drover::client::{render, Client, ClientConfig};
@@ -81,6 +82,7 @@ struct Demo {
     procs: Vec<Proc>,
     tls_dir: PathBuf,
     apps: Vec<(&'static str, SocketAddr)>,
+    lb: SocketAddr,
 }
 
 impl Drop for Demo {
@@ -104,7 +106,7 @@ impl Drop for Demo {
     }
 }
 
-pub fn run(keep: bool) -> ExitCode {
+pub fn run(keep: bool, runs: u32) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -112,25 +114,104 @@ pub fn run(keep: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut demo = match setup(keep) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: demo setup failed: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(script(&mut demo)) {
-        Ok(()) => {
-            println!("\ndemo finished: prod failed over to dr, fenced first, verified, committed.");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: demo failed: {e}");
-            eprintln!("node logs are in {}", demo.dir.display());
-            demo.keep = true;
-            ExitCode::FAILURE
+    let verbose = runs <= 1;
+    let mut all = Vec::new();
+    for run in 1..=runs.max(1) {
+        let mut demo = match setup(keep) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: demo setup failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match rt.block_on(script(&mut demo, verbose)) {
+            Ok(t) => {
+                if verbose {
+                    println!("\nphases: {}", t.describe());
+                    println!("\ndemo finished: prod failed over to dr, fenced first, verified, committed.");
+                } else {
+                    println!("run {run:>2}/{runs}: {}", t.describe());
+                }
+                all.push(t);
+            }
+            Err(e) => {
+                eprintln!("error: demo failed: {e}");
+                eprintln!("node logs are in {}", demo.dir.display());
+                demo.keep = true;
+                return ExitCode::FAILURE;
+            }
         }
     }
+    if !verbose {
+        print_summary(&all);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Where the time from the outage to a verified failover went, in ms (leader's wall clock).
+#[derive(Debug, Clone, Copy, Default)]
+struct Timings {
+    detection: i64,
+    fence: i64,
+    activate: i64,
+    move_traffic: i64,
+    verify: i64,
+    total: i64,
+}
+
+impl Timings {
+    const NAMES: [&'static str; 6] =
+        ["detection", "fence+lease", "activate", "move traffic", "verify", "total"];
+
+    fn values(&self) -> [i64; 6] {
+        [self.detection, self.fence, self.activate, self.move_traffic, self.verify, self.total]
+    }
+
+    fn describe(&self) -> String {
+        Self::NAMES
+            .iter()
+            .zip(self.values())
+            .map(|(n, v)| format!("{n} {v} ms"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// From the committed workflow's step timestamps.
+    fn from_workflow(w: &pb::WorkflowStatus, outage_unix_ms: i64) -> Timings {
+        let span = |pick: &dyn Fn(&pb::WorkflowStepStatus) -> bool| {
+            let steps: Vec<_> = w.steps.iter().filter(|s| pick(s)).collect();
+            let start = steps.iter().map(|s| s.started_at_unix_ms).min().unwrap_or(0);
+            let end = steps.iter().map(|s| s.finished_at_unix_ms).max().unwrap_or(0);
+            (end - start).max(0)
+        };
+        let traffic =
+            |s: &pb::WorkflowStepStatus| matches!(s.kind.as_str(), "http" | "dns" | "haproxy");
+        let end = w.steps.iter().map(|s| s.finished_at_unix_ms).max().unwrap_or(outage_unix_ms);
+        Timings {
+            detection: w.started_at_unix_ms - outage_unix_ms,
+            fence: span(&|s| s.stage == "fence" || s.stage == "lease_wait"),
+            activate: span(&|s| s.stage == "activate" && !traffic(s)),
+            move_traffic: span(&|s| s.stage == "activate" && traffic(s)),
+            verify: span(&|s| s.stage == "verify"),
+            total: end - outage_unix_ms,
+        }
+    }
+}
+
+fn print_summary(all: &[Timings]) {
+    println!("\n{} runs, ms from the outage (leader's wall clock):", all.len());
+    let mut rows = vec![vec!["PHASE".to_string(), "MEDIAN".into(), "MAX".into()]];
+    for (i, name) in Timings::NAMES.iter().enumerate() {
+        let mut v: Vec<i64> = all.iter().map(|t| t.values()[i]).collect();
+        v.sort_unstable();
+        let median = if v.is_empty() { 0 } else { v[v.len() / 2] };
+        rows.push(vec![
+            name.to_string(),
+            median.to_string(),
+            v.last().copied().unwrap_or(0).to_string(),
+        ]);
+    }
+    print!("{}", render::table(&rows));
 }
 
 fn free_port(ip: Ipv4Addr) -> Result<u16, String> {
@@ -213,10 +294,12 @@ fn setup(keep: bool) -> Result<Demo, String> {
             )),
         ),
     ];
+    let lb_ip = Ipv4Addr::new(127, 0, 0, 20);
+    let lb = SocketAddr::from((lb_ip, free_port(lb_ip)?));
     write_app_script(&dir, &node_exe, &apps)?;
-    fs::write(dir.join("cluster.toml"), cluster_toml(&dir, &apps))
+    fs::write(dir.join("cluster.toml"), cluster_toml(&dir, &apps, lb))
         .map_err(|e| format!("cannot write cluster.toml: {e}"))?;
-    Ok(Demo { dir, keep, procs, tls_dir, apps })
+    Ok(Demo { dir, keep, procs, tls_dir, apps, lb })
 }
 
 fn client(demo: &Demo, only: &[u64]) -> Result<Client, String> {
@@ -313,7 +396,7 @@ echo "$(date +%s%3N) $site $action${{why:+ ($why)}} epoch=${{DROVER_EPOCH:-none}
     fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())
 }
 
-fn cluster_toml(dir: &Path, apps: &[(&'static str, SocketAddr)]) -> String {
+fn cluster_toml(dir: &Path, apps: &[(&'static str, SocketAddr)], lb: SocketAddr) -> String {
     let script = dir.join("app.sh");
     let script = script.display();
     let mut checks = String::new();
@@ -365,6 +448,14 @@ initial_active = "prod"
   command = ["{script}", "start", "dr"]
   timeout = "10s"
   retries = 1
+
+  [[service.runbook.dr.activate]]      # move traffic: tell the (stand-in) load balancer
+  kind = "http"
+  url = "http://{lb}/route"
+  method = "POST"
+  body = '{{"service": "{{service}}", "to": "{{to_site}}", "epoch": "{{epoch}}"}}'
+  expect_status = 200
+  timeout = "5s"
 
   [[service.runbook.dr.verify]]
   kind = "probe"
@@ -423,13 +514,20 @@ fn service(s: &pb::StatusReply) -> Option<&pb::ServiceStatus> {
     s.services.first()
 }
 
-async fn script(demo: &mut Demo) -> Result<(), String> {
-    println!("== drover demo: 2 prod nodes, 2 dr nodes and a witness, on this machine ==");
-    println!("working dir {}\n", demo.dir.display());
+/// Prints only in the verbose (single run) demo.
+macro_rules! say {
+    ($verbose:expr, $($arg:tt)*) => { if $verbose { println!($($arg)*) } };
+}
+
+async fn script(demo: &mut Demo, verbose: bool) -> Result<Timings, String> {
+    say!(verbose, "== drover demo: 2 prod nodes, 2 dr nodes and a witness, on this machine ==");
+    say!(verbose, "working dir {}\n", demo.dir.display());
+    let lb = start_stand_in_lb(demo.lb).await?;
     let started = Instant::now();
     for p in &mut demo.procs {
         p.start()?;
-        println!(
+        say!(
+            verbose,
             "started {:<8} {} (gRPC {}, mTLS)",
             p.name,
             p.exe.file_name().and_then(|f| f.to_str()).unwrap_or("?"),
@@ -441,14 +539,16 @@ async fn script(demo: &mut Demo) -> Result<(), String> {
         s.leader_id.is_some() && s.members.len() == 5
     })
     .await?;
-    println!(
+    say!(
+        verbose,
         "leader {} elected after {} ms\n",
         name_of(&s, s.leader_id.unwrap_or(0)),
         started.elapsed().as_millis()
     );
 
     run_script(demo, &["start", "prod", "initial deployment"]).await?;
-    println!(
+    say!(
+        verbose,
         "prod application started at http://{}/healthz (dr's stays stopped: a cold standby)",
         demo.apps[0].1
     );
@@ -461,7 +561,8 @@ async fn script(demo: &mut Demo) -> Result<(), String> {
         })
         .await
         .map_err(|e| e.to_string())?;
-    println!(
+    say!(
+        verbose,
         "cluster spec version {} committed (see {}/cluster.toml)",
         r.version,
         demo.dir.display()
@@ -473,14 +574,17 @@ async fn script(demo: &mut Demo) -> Result<(), String> {
         })
     })
     .await?;
-    print!("\n{}", render::services_table(&s));
+    if verbose {
+        print!("\n{}", render::services_table(&s));
+    }
 
-    println!("\n-- outage: the prod application dies (kill -9) --");
+    say!(verbose, "\n-- outage: the prod application dies (kill -9) --");
     let pid = fs::read_to_string(demo.dir.join("app-prod.pid")).map_err(|e| e.to_string())?;
     let pid: i32 = pid.trim().parse().map_err(|e| format!("bad pid file: {e}"))?;
     // SAFETY: kill(2) on the demo application's pid.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let outage = Instant::now();
+    let outage_unix_ms = drover::pb::unix_now_ms();
     let mut seen: Vec<String> = Vec::new();
     let deadline = outage + Duration::from_secs(45);
     let final_status = loop {
@@ -520,7 +624,7 @@ async fn script(demo: &mut Demo) -> Result<(), String> {
                 }
                 for l in lines {
                     if !seen.contains(&l) {
-                        println!("{:>6.1}s  {l}", outage.elapsed().as_secs_f64());
+                        say!(verbose, "{:>6.1}s  {l}", outage.elapsed().as_secs_f64());
                         seen.push(l);
                     }
                 }
@@ -531,24 +635,72 @@ async fn script(demo: &mut Demo) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    println!("\nfailover completed {:.1} s after the outage\n", outage.elapsed().as_secs_f64());
-    print!("{}", render::services_table(&final_status));
+    say!(
+        verbose,
+        "\nfailover completed {:.1} s after the outage\n",
+        outage.elapsed().as_secs_f64()
+    );
+    if verbose {
+        print!("{}", render::services_table(&final_status));
+    }
 
+    let routed = lb.lock().map(|r| r.clone()).unwrap_or_default();
+    say!(verbose, "\nstand-in load balancer now routes to {} (epoch {})", routed.0, routed.1);
     let body = http_get(demo.apps[1].1)
         .await
         .unwrap_or_else(|e| format!("(dr application does not answer: {e})"));
-    println!("\nGET http://{}/healthz -> {}", demo.apps[1].1, body.trim());
+    say!(verbose, "\nGET http://{}/healthz -> {}", demo.apps[1].1, body.trim());
     let ledger = fs::read_to_string(demo.dir.join("ledger.txt")).unwrap_or_default();
-    println!("\nledger written by the runbook steps (ms timestamps, one clock):\n{ledger}");
+    say!(verbose, "\nledger written by the runbook steps (ms timestamps, one clock):\n{ledger}");
     let h = all
         .call(
             |mut a| async move { a.history(pb::HistoryRequest { after_seq: 0, limit: 100 }).await },
         )
         .await
         .map_err(|e| e.to_string())?;
-    println!("replicated history:");
-    print!("{}", render::history_table(&h));
-    Ok(())
+    say!(verbose, "replicated history:");
+    if verbose {
+        print!("{}", render::history_table(&h));
+    }
+    let w = service(&final_status)
+        .and_then(|v| v.workflow.clone())
+        .ok_or("no workflow in the final status")?;
+    Ok(Timings::from_workflow(&w, outage_unix_ms))
+}
+
+/// The demo's stand-in load balancer: the "move traffic" webhook POSTs the new site and
+/// epoch here; it refuses an epoch older than the one it already follows (a fencing token).
+async fn start_stand_in_lb(addr: SocketAddr) -> Result<Arc<Mutex<(String, u64)>>, String> {
+    use axum::http::StatusCode;
+    let routed = Arc::new(Mutex::new(("prod".to_string(), 1u64)));
+    let state = routed.clone();
+    let app = axum::Router::new().route(
+        "/route",
+        axum::routing::post(move |body: String| {
+            let state = state.clone();
+            async move {
+                let v: serde_json::Value = match serde_json::from_str(&body) {
+                    Ok(v) => v,
+                    Err(e) => return (StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
+                };
+                let site = v["to"].as_str().unwrap_or_default().to_string();
+                let epoch = v["epoch"].as_str().and_then(|e| e.parse::<u64>().ok()).unwrap_or(0);
+                let mut r = state.lock().unwrap_or_else(|p| p.into_inner());
+                if epoch < r.1 {
+                    return (StatusCode::CONFLICT, format!("stale epoch {epoch} < {}", r.1));
+                }
+                *r = (site.clone(), epoch);
+                (StatusCode::OK, format!("routing to {site} at epoch {epoch}\n"))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(routed)
 }
 
 async fn http_get(addr: SocketAddr) -> Result<String, String> {

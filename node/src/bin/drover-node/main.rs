@@ -39,6 +39,10 @@ enum Cmd {
         /// Keep the demo's directory (certs, configs, data, logs, ledger) instead of deleting it.
         #[arg(long)]
         keep: bool,
+        /// Repeat the failover this many times (each on a fresh cluster), quietly, and print
+        /// the median and maximum time of each phase: the failover benchmark.
+        #[arg(long, default_value_t = 1)]
+        runs: u32,
     },
     /// The demo's stand-in application: answers GET /healthz with 200 until stopped.
     #[command(hide = true)]
@@ -54,7 +58,7 @@ fn main() -> ExitCode {
     match Cli::parse().cmd {
         Cmd::Run { config, insecure_dev } => cli::run_daemon(&config, insecure_dev, None, None),
         Cmd::CheckConfig { config, insecure_dev } => cli::check_config(&config, insecure_dev, None),
-        Cmd::Demo { keep } => demo::run(keep),
+        Cmd::Demo { keep, runs } => demo::run(keep, runs),
         Cmd::DemoApp { listen, site } => demo::app(listen, site),
     }
 }

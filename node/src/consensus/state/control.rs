@@ -183,6 +183,9 @@ pub struct WorkflowStep {
     /// Attempts made before the last operator resume (a resume grants a fresh set of retries).
     #[serde(default)]
     pub attempt_base: u32,
+    /// Proposer's wall clock when the latest attempt started (0: never). Display only.
+    #[serde(default)]
+    pub started_at_unix_ms: i64,
 }
 
 impl WorkflowStep {
@@ -445,6 +448,7 @@ pub fn plan_failover(spec: &ClusterSpec, service: &str, from: &str, to: &str) ->
         action,
         status: StepStatus::Pending,
         attempt_base: 0,
+        started_at_unix_ms: 0,
     };
     let mut plan = Vec::new();
     for s in svc.runbook(from, Phase::Fence) {
@@ -703,6 +707,7 @@ impl ControlState {
             );
         }
         s.status = StepStatus::Running { attempt, executor, started_at_unix_ms: at_unix_ms };
+        s.started_at_unix_ms = at_unix_ms;
         Outcome { rejected: None, record: None, changed: true }
     }
 
