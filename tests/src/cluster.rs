@@ -11,6 +11,12 @@
 //! name, the pid and the clock so tests running in parallel do not meet; ports come from binding
 //! port 0. Every node runs in its own process group with PR_SET_PDEATHSIG, and `Drop` kills
 //! each group, so no node outlives its test. On a panic the temp dir is kept and its path printed.
+//!
+//! A node can instead be placed in a network namespace with its own IP
+//! ([`ClusterBuilder::in_netns`], see `netns.rs`); droverctl and the harness's HTTP requests
+//! then run from a namespace given with [`ClusterBuilder::client_netns`]. Every node process
+//! gets `DROVER_TEST_NODE=<name>` and `DROVER_TEST_NODE_SITE=<site>` in its environment, which
+//! the runbook commands it runs inherit.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::{self, Display};
@@ -29,6 +35,7 @@ use tempfile::TempDir;
 
 use crate::bins::{bins, Bins};
 use crate::http::{http_get, parse_metrics, Metrics};
+use crate::netns::{command_in, in_netns};
 use crate::process::{run_with_deadline, CmdOutput};
 use crate::CTL_DEADLINE;
 
@@ -65,6 +72,9 @@ const TERMINATE_DEADLINE: Duration = Duration::from_secs(15);
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Timeout of one HTTP request to a node.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Ports of a node placed in a network namespace (each such node has its own IP).
+pub const NETNS_GRPC_PORT: u16 = 7400;
+pub const NETNS_HTTP_PORT: u16 = 7401;
 
 #[derive(Debug, Clone)]
 struct NodeDecl {
@@ -72,12 +82,15 @@ struct NodeDecl {
     site: String,
     role: Role,
     joins_later: bool,
+    /// Listen IP and network namespace, when not on the harness's loopback.
+    place: Option<(Ipv4Addr, String)>,
 }
 
 /// Declares the nodes of a cluster; [`ClusterBuilder::build`] writes certs and configs.
 pub struct ClusterBuilder {
     test_name: String,
     nodes: Vec<NodeDecl>,
+    ctl_netns: Option<String>,
 }
 
 impl ClusterBuilder {
@@ -88,6 +101,7 @@ impl ClusterBuilder {
             site: site.into(),
             role,
             joins_later: false,
+            place: None,
         });
         self
     }
@@ -95,7 +109,33 @@ impl ClusterBuilder {
     /// A node with no `[[initial_member]]` list, not started by [`Cluster::start`]: it joins
     /// later through `droverctl member add`.
     pub fn joiner(mut self, name: &str, site: &str, role: Role) -> Self {
-        self.nodes.push(NodeDecl { name: name.into(), site: site.into(), role, joins_later: true });
+        self.nodes.push(NodeDecl {
+            name: name.into(),
+            site: site.into(),
+            role,
+            joins_later: true,
+            place: None,
+        });
+        self
+    }
+
+    /// Runs the already declared node `name` inside network namespace `netns`, listening on
+    /// `ip` (gRPC on port [`NETNS_GRPC_PORT`], HTTP on [`NETNS_HTTP_PORT`]; the IP is the
+    /// certificate's SAN). The address must already exist in that namespace.
+    pub fn in_netns(mut self, name: &str, netns: &str, ip: Ipv4Addr) -> Self {
+        let decl = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("in_netns({name}): no node declared with that name"));
+        decl.place = Some((ip, netns.to_owned()));
+        self
+    }
+
+    /// Runs droverctl and the harness's HTTP requests from inside `netns` (needed once the
+    /// nodes live in namespaces the test process cannot reach).
+    pub fn client_netns(mut self, netns: &str) -> Self {
+        self.ctl_netns = Some(netns.to_owned());
         self
     }
 
@@ -130,7 +170,21 @@ impl ClusterBuilder {
         };
         let mut nodes = Vec::new();
         for (i, decl) in self.nodes.iter().enumerate() {
-            let ip = Ipv4Addr::new(127, base.0, base.1, 10 + i as u8);
+            let (grpc, http, netns) = match &decl.place {
+                Some((ip, ns)) => (
+                    SocketAddr::from((*ip, NETNS_GRPC_PORT)),
+                    SocketAddr::from((*ip, NETNS_HTTP_PORT)),
+                    Some(ns.clone()),
+                ),
+                None => {
+                    let ip = Ipv4Addr::new(127, base.0, base.1, 10 + i as u8);
+                    (
+                        SocketAddr::from((ip, free_port(ip))),
+                        SocketAddr::from((ip, free_port(ip))),
+                        None,
+                    )
+                }
+            };
             let node_dir = root.join(&decl.name);
             fs::create_dir_all(&node_dir).expect("create node dir");
             let certs = root.join("certs");
@@ -140,8 +194,9 @@ impl ClusterBuilder {
                 site: decl.site.clone(),
                 role: decl.role,
                 joins_later: decl.joins_later,
-                grpc: SocketAddr::from((ip, free_port(ip))),
-                http: SocketAddr::from((ip, free_port(ip))),
+                grpc,
+                http,
+                netns,
                 tls: [
                     certs.join("ca.pem"),
                     certs.join(format!("{}.pem", decl.name)),
@@ -157,7 +212,15 @@ impl ClusterBuilder {
         }
         drop(held);
 
-        let cluster = Cluster { dir: Some(dir), root, bins, nodes, reported: false };
+        let cluster = Cluster {
+            dir: Some(dir),
+            root,
+            bins,
+            nodes,
+            reported: false,
+            loopback: base,
+            ctl_netns: self.ctl_netns,
+        };
         let specs: Vec<(String, Ipv4Addr)> =
             cluster.nodes.iter().map(|n| (n.name.clone(), ip_of(n.grpc))).collect();
         let certs_dir = cluster.certs_dir();
@@ -177,6 +240,8 @@ struct Node {
     joins_later: bool,
     grpc: SocketAddr,
     http: SocketAddr,
+    /// The network namespace the node runs in (`None`: the test's own, on loopback).
+    netns: Option<String>,
     /// ca, cert, key
     tls: [PathBuf; 3],
     config: PathBuf,
@@ -197,12 +262,16 @@ pub struct Cluster {
     nodes: Vec<Node>,
     /// A failure report with log tails was already produced (so `Drop` does not repeat it).
     reported: bool,
+    /// (A, B) of this cluster's loopback addresses 127.A.B.x.
+    loopback: (u8, u8),
+    /// Where droverctl and the harness's HTTP requests run (`None`: the test's namespace).
+    ctl_netns: Option<String>,
 }
 
 impl Cluster {
     /// Starts declaring a cluster; `test_name` names the temp dir and seeds the loopback addresses.
     pub fn builder(test_name: &str) -> ClusterBuilder {
-        ClusterBuilder { test_name: test_name.into(), nodes: Vec::new() }
+        ClusterBuilder { test_name: test_name.into(), nodes: Vec::new(), ctl_netns: None }
     }
 
     // ---- layout -------------------------------------------------------------------------
@@ -249,6 +318,19 @@ impl Cluster {
     }
     pub fn log_path(&self, id: NodeId) -> &Path {
         &self.node(id).log
+    }
+    /// The network namespace node `id` runs in, if any.
+    pub fn netns(&self, id: NodeId) -> Option<&str> {
+        self.node(id).netns.as_deref()
+    }
+    /// An address of this cluster's loopback range (127.A.B.`host`, host >= 100 is never a
+    /// node's) with a port that was free just now: for a test's own servers (applications).
+    pub fn loopback_addr(&self, host: u8) -> SocketAddr {
+        assert!(host >= 100, "127.A.B.{host}: hosts below 100 belong to nodes");
+        let ip = Ipv4Addr::new(127, self.loopback.0, self.loopback.1, host);
+        let l = TcpListener::bind((ip, 0))
+            .unwrap_or_else(|e| panic!("bind {ip}:0 to find a free port: {e}"));
+        l.local_addr().expect("local_addr")
     }
 
     fn node(&self, id: NodeId) -> &Node {
@@ -373,7 +455,7 @@ impl Cluster {
             .open(&n.log)
             .unwrap_or_else(|e| panic!("open {}: {e}", n.log.display()));
         let _ = writeln!(log, "=== harness: start #{} of {} (id {}) ===", n.starts, n.name, n.id);
-        let mut cmd = Command::new(&bin);
+        let mut cmd = command_in(n.netns.as_deref(), &bin);
         cmd.arg("run")
             .arg("--config")
             .arg(&n.config)
@@ -381,6 +463,10 @@ impl Cluster {
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
             .env("RUST_BACKTRACE", "1")
+            // Inherited by the runbook commands the node runs: lets a test's script record
+            // which node executed a step.
+            .env("DROVER_TEST_NODE", &n.name)
+            .env("DROVER_TEST_NODE_SITE", &n.site)
             .process_group(0);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
@@ -459,7 +545,7 @@ impl Cluster {
             Role::Controller => &self.bins.node,
             Role::Witness => &self.bins.witness,
         };
-        let mut cmd = Command::new(bin);
+        let mut cmd = command_in(self.node(id).netns.as_deref(), bin);
         cmd.arg("run").arg("--config").arg(config);
         run_with_deadline(&mut cmd, deadline)
     }
@@ -474,7 +560,7 @@ impl Cluster {
 
     /// Runs droverctl with exactly `args` (no flags added).
     pub fn ctl_raw<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> CmdOutput {
-        let mut cmd = Command::new(&self.bins.ctl);
+        let mut cmd = command_in(self.ctl_netns.as_deref(), &self.bins.ctl);
         cmd.args(args);
         run_with_deadline(&mut cmd, CTL_DEADLINE)
     }
@@ -489,6 +575,16 @@ impl Cluster {
     /// droverctl against one node only.
     pub fn ctl_at(&self, id: NodeId, args: &[&str]) -> CmdOutput {
         self.ctl_endpoint(&self.grpc_addr(id).to_string(), args)
+    }
+
+    /// `droverctl --json <args>` against the given nodes only (e.g. the side of a partition
+    /// the client can reach: an unreachable endpoint costs a whole `--timeout`).
+    pub fn ctl_json_via(&self, ids: &[NodeId], args: &[&str]) -> Result<Value, String> {
+        let endpoints =
+            ids.iter().map(|&id| self.grpc_addr(id).to_string()).collect::<Vec<_>>().join(",");
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        json_of(&all, self.ctl_endpoint(&endpoints, &all))
     }
 
     fn ctl_endpoint(&self, endpoints: &str, args: &[&str]) -> CmdOutput {
@@ -575,7 +671,19 @@ impl Cluster {
 
     /// `GET path` on the node's HTTP listener: (status, body).
     pub fn http_get(&self, id: NodeId, path: &str) -> Result<(u16, String), String> {
-        http_get(self.http_addr(id), path, HTTP_TIMEOUT)
+        self.http_get_addr(self.http_addr(id), path)
+    }
+
+    /// `GET path` on any address, from where the harness's client runs (see
+    /// [`ClusterBuilder::client_netns`]).
+    pub fn http_get_addr(&self, addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+        match &self.ctl_netns {
+            None => http_get(addr, path, HTTP_TIMEOUT),
+            Some(ns) => {
+                let path = path.to_owned();
+                in_netns(ns, move || http_get(addr, &path, HTTP_TIMEOUT))?
+            }
+        }
     }
 
     /// The node's `/metrics`, parsed; `Err` unless it answered 200 with parseable text.
@@ -640,8 +748,9 @@ impl Cluster {
                 (false, Some(status), _) => format!("EXITED on its own: {status}"),
                 (false, None, _) => "stopped by the harness".to_owned(),
             };
+            let place = n.netns.as_deref().map(|ns| format!(", netns {ns}")).unwrap_or_default();
             out += &format!(
-                "--- {} (id {}, {} {}, grpc {}, http {}): {state}; last {LOG_TAIL_LINES} lines of {} ---\n{}\n",
+                "--- {} (id {}, {} {}, grpc {}, http {}{place}): {state}; last {LOG_TAIL_LINES} lines of {} ---\n{}\n",
                 n.name,
                 n.id,
                 n.site,

@@ -13,19 +13,28 @@
 //! always carry a deadline. A wait that runs out panics with what it expected, the last thing
 //! it observed and the tail of every node's log; the temp dir is then kept and its path printed.
 //!
+//! Failover tests add a stand-in application per site driven by a runbook script that keeps a
+//! ledger ([`Apps`]), and, as root, sites in network namespaces joined by a bridge
+//! ([`netns::Sites`]), where a partition is a link taken down.
+//!
 //! The binaries are found (and built once per test process) by [`bins`]. Run the suite with
 //! `cargo nextest run -p drover-tests` (or `cargo test -p drover-tests`); set
 //! `DROVER_BIN_DIR=<target>/debug` to test binaries built elsewhere without rebuilding them.
 
+mod app;
 mod bins;
 mod cluster;
 mod http;
+pub mod netns;
 mod process;
+mod rig;
 
+pub use app::{failover_spec, AppSite, Apps, LedgerLine};
 pub use bins::{bins, Bins};
-pub use cluster::{Cluster, ClusterBuilder, NodeId, Role};
+pub use cluster::{Cluster, ClusterBuilder, NodeId, Role, NETNS_GRPC_PORT, NETNS_HTTP_PORT};
 pub use http::{http_get, parse_metrics, Metrics};
 pub use process::{run_with_deadline, CmdOutput};
+pub use rig::{step, steps, succeeded_step, unix_ms, Rig, SERVICE, STEADY};
 
 use std::time::Duration;
 

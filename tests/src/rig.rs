@@ -1,0 +1,223 @@
+//! A cluster plus its sites' applications: what the failover tests drive.
+//!
+//! `Rig` owns both so they go away in the right order: the applications (whose pids are listed
+//! in the cluster's temp dir) are killed before the cluster removes that dir. A failure report
+//! has the node log tails, the ledger and the application logs.
+
+use std::fmt::Display;
+use std::fs;
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::app::{failover_spec, Apps};
+use crate::cluster::{Cluster, NodeId};
+
+/// The service every failover test protects.
+pub const SERVICE: &str = "webshop";
+/// Pause between two polls of the service's status.
+const POLL: Duration = Duration::from_millis(100);
+/// An application started by the harness must answer within this.
+const APP_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the protecting state must hold before a test acts: longer than down_after (2s).
+pub const STEADY: Duration = Duration::from_secs(3);
+
+/// A cluster and its applications. Fields drop in order: `apps` first.
+pub struct Rig {
+    pub apps: Apps,
+    pub c: Cluster,
+    /// Nodes droverctl talks to (`None`: every running node).
+    via: Option<Vec<NodeId>>,
+}
+
+impl Rig {
+    pub fn new(c: Cluster, apps: Apps) -> Rig {
+        Rig { apps, c, via: None }
+    }
+
+    /// From now on, status and history go to these nodes only (`None`: every running node).
+    pub fn talk_to(&mut self, ids: Option<Vec<NodeId>>) {
+        self.via = ids;
+    }
+
+    /// `droverctl --json ARGS` against the nodes chosen with [`Rig::talk_to`].
+    pub fn ctl_json(&mut self, args: &[&str]) -> Result<Value, String> {
+        match &self.via {
+            Some(ids) => self.c.ctl_json_via(ids, args),
+            None => self.c.ctl_json(args),
+        }
+    }
+
+    /// Panics with `msg`, node states and log tails, the ledger and application logs.
+    pub fn fail(&mut self, msg: impl Display) -> ! {
+        let apps = self.apps.report();
+        self.c.fail(format!("{msg}\n{apps}"))
+    }
+
+    /// Writes `text` as `<root>/<file>` and returns its path.
+    pub fn write(&self, file: &str, text: &str) -> PathBuf {
+        let path = self.c.root().join(file);
+        fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    /// `droverctl config apply -f cluster.toml` of [`failover_spec`]; returns the version.
+    pub fn apply_failover_spec(&mut self) -> u64 {
+        let path = self.write("cluster.toml", &failover_spec(&self.apps));
+        let path = path.to_string_lossy().into_owned();
+        match self.ctl_json(&["config", "apply", "-f", &path]) {
+            Ok(v) => v["version"]
+                .as_u64()
+                .unwrap_or_else(|| self.fail(format!("`config apply` printed {v}, no version"))),
+            Err(e) => self.fail(format!("applying the failover spec failed: {e}")),
+        }
+    }
+
+    /// The `services[]` entry of the service in `droverctl status --json`.
+    pub fn service(&mut self) -> Result<Value, String> {
+        let s = self.ctl_json(&["status"])?;
+        s["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|v| v["name"] == SERVICE))
+            .cloned()
+            .ok_or_else(|| format!("status has no service {SERVICE:?}: {s}"))
+    }
+
+    /// Polls `probe` every 100 ms until it returns `Ok` or `timeout` passes; then fails with
+    /// `what` and the last error.
+    pub fn wait<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut(&mut Rig) -> Result<T, String>,
+    ) -> T {
+        let started = Instant::now();
+        loop {
+            let last = match probe(self) {
+                Ok(v) => return v,
+                Err(e) => e,
+            };
+            if started.elapsed() >= timeout {
+                self.fail(format!(
+                    "timed out after {timeout:?} waiting for {what}\nlast observed: {last}"
+                ));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// `app.sh start SITE`, then waits until the application answers GET /healthz with 200
+    /// from the harness's vantage point (a debug build on a busy machine can take seconds).
+    pub fn start_app(&mut self, site: &str, why: &str) {
+        self.apps.start(site, why);
+        self.wait(
+            &format!("the {site} application to answer GET /healthz"),
+            APP_START_TIMEOUT,
+            |r| match r.apps.healthz(site)? {
+                (200, _) => Ok(()),
+                (code, body) => Err(format!("{code} {}", body.trim())),
+            },
+        );
+    }
+
+    /// Waits until the service is protecting in prod at epoch 1 with prod `up`, then checks
+    /// that it stays so for [`STEADY`] (longer than down_after): the starting point of every
+    /// failover test, free of start-up transients.
+    pub fn wait_protecting_with_prod_up(&mut self, timeout: Duration) -> Value {
+        let steady = |r: &mut Rig| -> Result<Value, String> {
+            let v = r.service()?;
+            let ok = v["phase"] == "protecting"
+                && v["active_site"] == "prod"
+                && v["epoch"] == 1
+                && v["sites"]["prod"] == "up";
+            if ok {
+                Ok(v)
+            } else {
+                Err(format!("service {v}"))
+            }
+        };
+        self.wait("webshop protecting, active prod, epoch 1, prod up", timeout, steady);
+        let since = Instant::now();
+        loop {
+            match steady(self) {
+                Ok(v) if since.elapsed() >= STEADY => return v,
+                Ok(_) => thread::sleep(POLL),
+                Err(e) => self.fail(format!(
+                    "with prod's application answering, the service must stay protecting in prod;                      {:.1}s after it was, it is not: {e}",
+                    since.elapsed().as_secs_f64()
+                )),
+            }
+        }
+    }
+
+    /// Waits until the service failed over to dr at epoch 2; returns its status entry.
+    pub fn wait_failed_over_to_dr(&mut self, timeout: Duration) -> Value {
+        self.wait("webshop failed_over, active dr, epoch 2", timeout, |r| {
+            let v = r.service()?;
+            if v["phase"] == "failover_failed" {
+                // Terminal without an operator: no point waiting.
+                return Ok(Err(v));
+            }
+            let ok = v["phase"] == "failed_over" && v["active_site"] == "dr" && v["epoch"] == 2;
+            if ok {
+                Ok(Ok(v))
+            } else {
+                Err(format!("service {v}"))
+            }
+        })
+        .unwrap_or_else(|v| self.fail(format!("the failover failed instead of completing: {v}")))
+    }
+}
+
+/// Milliseconds since the Unix epoch now (the clock of the ledger).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The steps of a status entry's workflow (empty when there is none).
+pub fn steps(service: &Value) -> Vec<Value> {
+    service["workflow"]["steps"].as_array().cloned().unwrap_or_default()
+}
+
+/// The first step of `stage` (`fence`, `lease_wait`, `activate`, `verify`).
+pub fn step<'a>(steps: &'a [Value], stage: &str) -> Option<&'a Value> {
+    steps.iter().find(|s| s["stage"] == stage)
+}
+
+/// A history record's `<service> epoch <E>: step <N> (...) succeeded` as (E, N).
+pub fn succeeded_step(text: &str) -> Option<(u64, u64)> {
+    let rest = text.strip_prefix(SERVICE)?.strip_prefix(" epoch ")?;
+    let (epoch, rest) = rest.split_once(':')?;
+    let rest = rest.trim_start().strip_prefix("step ")?;
+    let (n, rest) = rest.split_once(' ')?;
+    let close = rest.find(')')?;
+    rest[close + 1..].trim_start().starts_with("succeeded").then_some(())?;
+    Some((epoch.parse().ok()?, n.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_succeeded_steps_in_history_text() {
+        assert_eq!(
+            succeeded_step(
+                "webshop epoch 2: step 3 (activate exec on dr) succeeded: exit 0 on dr-1"
+            ),
+            Some((2, 3))
+        );
+        assert_eq!(
+            succeeded_step(
+                "webshop epoch 2: step 3 (activate exec on dr) attempt 1 failed, will retry: x"
+            ),
+            None
+        );
+        assert_eq!(succeeded_step("automatic failover of webshop from prod to dr started"), None);
+    }
+}
