@@ -41,9 +41,9 @@
 //! its result was lost with it). Its outcome is unknown, so the engine starts it again as the
 //! next attempt; it never proposes a finish for an attempt it did not run. Steps must be
 //! idempotent for this reason (DESIGN.md 5): a fence agent switching off a switched-off
-//! machine, a `start_all` on a started site, a DNS update already done must all succeed. A
-//! re-run does not count against the step's retries in the sense that the interrupted attempt
-//! never recorded a failure.
+//! machine, a `start_all` on a started site, a DNS update already done must all succeed. The
+//! interrupted attempt does use one of the step's `retries + 1` attempts: with `retries = 0`,
+//! a re-run that fails is final.
 //!
 //! # Fencing, and when the lease wait is the fallback
 //!
@@ -384,7 +384,11 @@ impl Engine {
             let (Some(svc), Some(policy)) = (spec.service(name), spec.policy_for(name)) else {
                 continue;
             };
-            self.update_detection(name, &policy, obs, &mut out);
+            // A report counts until three of its check's intervals have passed without a new
+            // one, and never less than the engine's default: slow checks are not "stale".
+            let slowest = svc.checks.iter().map(|c| c.interval).max().unwrap_or_default();
+            let stale_after = self.params.detect.stale_after.max(slowest * 3);
+            self.update_detection(name, &policy, stale_after, obs, &mut out);
             let det = match self.detection.get(name) {
                 Some(Detection { detector: Ok(d), .. }) => Some(d),
                 _ => None,
@@ -430,12 +434,14 @@ impl Engine {
         &mut self,
         service: &str,
         policy: &Policy,
+        stale_after: Duration,
         obs: &Observation,
         out: &mut Vec<Command>,
     ) {
         let wanted = DetectPolicy {
             down_after: policy.down_after,
             up_after: policy.up_after,
+            stale_after,
             ..self.params.detect.clone()
         };
         if self.detection.get(service).is_none_or(|d| d.policy != wanted) {

@@ -308,7 +308,7 @@ fn policy_rules() {
     let r = parse_edit("up_after = \"30s\"", "up_after = \"1s\"");
     assert_error(&r, "policy.up_after", "shorter than down_after 3s");
     let r = parse_edit("lease_ttl = \"6s\"", "lease_ttl = \"0s\"");
-    assert_error(&r, "policy.lease_ttl", "greater than 0");
+    assert_error(&r, "policy.lease_ttl", "shorter than 100ms");
     let r = parse_edit("max_clock_drift = 0.01", "max_clock_drift = -0.01");
     assert_error(&r, "policy.max_clock_drift", "outside [0, 0.1)");
     let r = parse_edit("commit = \"auto\"", "commit = \"later\"");

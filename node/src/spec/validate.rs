@@ -1068,8 +1068,12 @@ fn override_sets(p: &raw::Policy, key: &str) -> bool {
 /// The policy rules `p` breaks: (key, reason, keys involved).
 fn policy_rule_violations(p: &Policy) -> Vec<(&'static str, String, &'static [&'static str])> {
     let mut v = Vec::new();
-    if p.lease_ttl.is_zero() {
-        v.push(("lease_ttl", "must be greater than 0".to_string(), &["lease_ttl"][..]));
+    if p.lease_ttl < Duration::from_millis(100) {
+        v.push((
+            "lease_ttl",
+            format!("{} is shorter than 100ms; renewals could not keep up", fmt_d(p.lease_ttl)),
+            &["lease_ttl"][..],
+        ));
     }
     if !(p.max_clock_drift.is_finite() && (0.0..MAX_CLOCK_DRIFT_LIMIT).contains(&p.max_clock_drift))
     {
