@@ -8,7 +8,10 @@
 //!  one Detector per service ──▶ active site Down? ─▶ policy, mode, no failback, target, gates
 //!  (down_after/up_after from the spec)                     │ all hold        │ one blocks
 //!                                                          ▼                 ▼
-//!                                         Propose(StartFailover)        Alert (rate-limited)
+//!                               veto hooks? ── yes ──▶ RunVeto         Alert (rate-limited)
+//!                                    │ no        veto_result(service, Ok | Err(reason))
+//!                                    ▼                 │ Ok             │ Err: Alert; again
+//!                         Propose(StartFailover) ◀─────┘                   after alert_every
 //!
 //!  Observation.control (applied state) ──▶ workflow cursor step i
 //!     Pending / RetryWait after backoff ──▶ Propose(StepStarted attempt a) ── "started by me"
@@ -34,6 +37,18 @@
 //!   reported back through [`Engine::step_result`]. Results for attempts or workflows the
 //!   engine is not waiting for are ignored: ControlState accepts a finish only for the running
 //!   attempt, and the engine only proposes one for an attempt it started itself.
+//! - [`Command::RunVeto`] is executed by the runtime on the leader and reported back through
+//!   [`Engine::veto_result`]; at most one run per service is in flight.
+//!
+//! # Veto hooks
+//!
+//! A service's `[[service.veto]]` hooks are the last gate of an automatic failover: once every
+//! other gate holds for an outage, the engine asks for them to run instead of proposing. A pass
+//! lets the next tick propose `StartFailover` (if the site is still down and the gates still
+//! hold); a veto (a hook exited non-zero or ran out of time) is alerted, and the hooks run again
+//! `alert_every` later while the outage lasts. A verdict belongs to the outage it was asked for
+//! (the instant its site was declared down): it is ignored once the site came back up, and a
+//! pass is used for one proposal only. No result by the run's deadline counts as a veto.
 //!
 //! # Re-runs after a leader change
 //!
@@ -71,7 +86,7 @@ use crate::consensus::state::control::{
     Workflow, WorkflowState, WorkflowStep,
 };
 use crate::consensus::types::{Member, NodeId, Role};
-use crate::spec::{ClusterSpec, Policy, RunOn, Service, Step, StepAction};
+use crate::spec::{ClusterSpec, Policy, RunOn, Service, Step, StepAction, VetoHook};
 
 /// Default [`EngineParams::step_result_grace`].
 pub const DEFAULT_STEP_RESULT_GRACE: Duration = Duration::from_secs(5);
@@ -131,6 +146,21 @@ pub enum Command {
     Propose(ControlRequest),
     /// Run this step attempt and report with [`Engine::step_result`].
     RunStep(StepDispatch),
+    /// Run these veto hooks in order on the leader, stopping at the first that fails, and
+    /// report with [`Engine::veto_result`].
+    RunVeto {
+        /// The service that would fail over.
+        service: String,
+        /// The site it would move away from (`DROVER_FROM_SITE`).
+        from_site: String,
+        /// The site it would move to (`DROVER_TO_SITE`).
+        to_site: String,
+        /// The hooks, in spec order.
+        hooks: Vec<VetoHook>,
+        /// When the engine stops waiting (its clock): the hooks' timeouts added up, plus the
+        /// result grace. No result by then is a veto.
+        deadline: MonoTime,
+    },
     /// Log it and notify (webhooks). Already rate-limited per (service, reason).
     Alert {
         /// The service concerned.
@@ -185,6 +215,33 @@ pub struct Engine {
     runs: BTreeMap<String, Run>,
     /// Last alert per (service, reason).
     alerted: BTreeMap<(String, String), MonoTime>,
+    /// Per service, the latest run of its veto hooks.
+    vetoes: BTreeMap<String, VetoRun>,
+}
+
+/// A run of a service's veto hooks, for one outage.
+#[derive(Debug)]
+struct VetoRun {
+    outage: Outage,
+    state: VetoState,
+}
+
+/// An outage a failover is considered for: the active site, since when it is down, the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Outage {
+    from: String,
+    down_since: MonoTime,
+    to: String,
+}
+
+#[derive(Debug)]
+enum VetoState {
+    /// `RunVeto` emitted; waiting for [`Engine::veto_result`] until `deadline`.
+    Running { deadline: MonoTime },
+    /// The result, not yet acted on.
+    Done(Result<(), String>),
+    /// Vetoed, alerted at `at`; the hooks run again from `at + alert_every`.
+    Vetoed { at: MonoTime },
 }
 
 /// A service's detector, built for the detection policy it was built with.
@@ -280,6 +337,7 @@ impl Engine {
             outstanding: BTreeSet::new(),
             runs: BTreeMap::new(),
             alerted: BTreeMap::new(),
+            vetoes: BTreeMap::new(),
         }
     }
 
@@ -348,6 +406,17 @@ impl Engine {
         }
     }
 
+    /// The verdict of the veto hooks last run for `service`: `Ok` when every hook exited 0,
+    /// `Err(reason)` when one vetoed the failover (exited non-zero or timed out). Ignored unless
+    /// a run is in flight for it.
+    pub fn veto_result(&mut self, service: &str, result: Result<(), String>) {
+        if let Some(run) = self.vetoes.get_mut(service) {
+            if matches!(run.state, VetoState::Running { .. }) {
+                run.state = VetoState::Done(result);
+            }
+        }
+    }
+
     /// The proposal last emitted for `service` was applied (or refused); the next tick may
     /// propose again for it.
     pub fn proposal_done(&mut self, service: &str) {
@@ -404,9 +473,16 @@ impl Engine {
             match state.active_workflow() {
                 None => {
                     self.runs.remove(name);
-                    decide_failover(&self.params, &self.lag, &self.readiness, &s, obs, &mut sink);
+                    let inputs = Inputs {
+                        lag: &self.lag,
+                        readiness: &self.readiness,
+                        vetoes: &mut self.vetoes,
+                    };
+                    decide_failover(&self.params, inputs, &s, obs, &mut sink);
                 }
                 Some(wf) => {
+                    // A failover is under way: any verdict of veto hooks is moot.
+                    self.vetoes.remove(name);
                     let run =
                         self.runs.entry(name.clone()).or_insert_with(|| Run::new(wf.id, obs.now));
                     if run.workflow_id != wf.id {
@@ -426,6 +502,7 @@ impl Engine {
         self.lag.retain(|service, _| known(service));
         self.detection.retain(|service, _| known(service));
         self.runs.retain(|service, _| known(service));
+        self.vetoes.retain(|service, _| known(service));
     }
 
     /// Makes sure `service` has a detector for its current policy and voters, advances it to
@@ -517,8 +594,6 @@ impl Run {
     }
 }
 
-/// With no workflow in progress: proposes an automatic failover when the active site is down
-/// and every rule and gate holds; alerts when one blocks it.
 /// Fresh "ready" readiness reports from voters for (service, site), and the voter count.
 fn quorum_ready(
     readiness: &Reports,
@@ -543,15 +618,24 @@ fn quorum_ready(
 /// Latest report per observer, per (service, site).
 type Reports = BTreeMap<(String, String), BTreeMap<NodeId, (Verdict, MonoTime)>>;
 
-#[allow(clippy::too_many_arguments)]
+/// What [`decide_failover`] reads (and, for veto runs, updates) besides the observation.
+struct Inputs<'a> {
+    lag: &'a BTreeMap<String, (f64, MonoTime)>,
+    readiness: &'a Reports,
+    vetoes: &'a mut BTreeMap<String, VetoRun>,
+}
+
+/// With no workflow in progress: proposes an automatic failover when the active site is down
+/// and every rule and gate holds (running the veto hooks first, if any); alerts when one blocks
+/// it.
 fn decide_failover(
     params: &EngineParams,
-    lag: &BTreeMap<String, (f64, MonoTime)>,
-    readiness: &Reports,
+    inputs: Inputs,
     s: &Svc,
     obs: &Observation,
     sink: &mut Sink,
 ) {
+    let Inputs { lag, readiness, vetoes } = inputs;
     let (name, state, now) = (s.name, s.state, obs.now);
     if state.phase != ServicePhase::Protecting {
         return;
@@ -631,10 +715,16 @@ fn decide_failover(
             );
         }
     }
+    let outage = Outage { from: active.to_string(), down_since: since, to: target.to_string() };
+    if !veto_passed(params, vetoes, s, outage, now, sink) {
+        return;
+    }
 
     if !sink.can_propose(name) {
         return;
     }
+    // A pass of the veto hooks is good for this proposal only.
+    vetoes.remove(name);
     let a = det.tally(name, active, now);
     let formed = since.saturating_sub(s.policy.down_after);
     let reason = if a.quorum_unhealthy() {
@@ -665,6 +755,63 @@ fn decide_failover(
         at_unix_ms: obs.now_unix_ms,
     };
     sink.propose(name, req);
+}
+
+/// The veto gate, once every other gate holds for `outage`: whether the service's veto hooks
+/// (if any) passed for it. Otherwise asks for them to run (at most one run in flight), waits
+/// for their verdict, or alerts a veto and waits `alert_every` before running them again.
+fn veto_passed(
+    params: &EngineParams,
+    vetoes: &mut BTreeMap<String, VetoRun>,
+    s: &Svc,
+    outage: Outage,
+    now: MonoTime,
+    sink: &mut Sink,
+) -> bool {
+    let name = s.name;
+    if s.svc.veto.is_empty() {
+        vetoes.remove(name);
+        return true;
+    }
+    let budget: Duration = s.svc.veto.iter().map(|h| h.timeout).sum();
+    if let Some(run) = vetoes.get_mut(name) {
+        if let VetoState::Running { deadline } = run.state {
+            if now < deadline {
+                return false;
+            }
+            run.state = VetoState::Done(Err(format!(
+                "no verdict from its veto hooks within {} ({} of hook timeouts plus {} \
+                 grace); a hook that does not answer in time counts as a veto",
+                secs(budget + params.step_result_grace),
+                secs(budget),
+                secs(params.step_result_grace)
+            )));
+        }
+    }
+    // A verdict for an earlier outage (the site came back up since) is ignored.
+    if let Some(run) = vetoes.get_mut(name).filter(|run| run.outage == outage) {
+        match &run.state {
+            VetoState::Done(Ok(())) => return true,
+            VetoState::Done(Err(reason)) => {
+                let msg = format!("failover of {name} to {} vetoed: {reason}", outage.to);
+                run.state = VetoState::Vetoed { at: now };
+                sink.alert(name, "veto", msg);
+                return false;
+            }
+            VetoState::Vetoed { at } if now < *at + params.alert_every => return false,
+            VetoState::Running { .. } | VetoState::Vetoed { .. } => {}
+        }
+    }
+    let deadline = now + budget + params.step_result_grace;
+    sink.out.push(Command::RunVeto {
+        service: name.to_string(),
+        from_site: outage.from.clone(),
+        to_site: outage.to.clone(),
+        hooks: s.svc.veto.clone(),
+        deadline,
+    });
+    vetoes.insert(name.to_string(), VetoRun { outage, state: VetoState::Running { deadline } });
+    false
 }
 
 /// With a workflow in progress: the next move of its current step.

@@ -78,6 +78,10 @@ struct Sim {
     lag: Option<f64>,
     /// How executors answer a dispatched step (None: never).
     answer: fn(&StepDispatch) -> Option<Result<String, String>>,
+    /// How the leader's veto hooks answer (None: not within the tick).
+    veto_answer: fn(&[VetoHook]) -> Option<Result<(), String>>,
+    /// Every `RunVeto`: when, and the command.
+    veto_runs: Vec<(MonoTime, Command)>,
     /// Every applied proposal, in order.
     log: Vec<ControlRequest>,
     /// Why proposals were refused by the state machine.
@@ -127,6 +131,8 @@ impl Sim {
             ready: BTreeMap::new(),
             lag: Some(0.0),
             answer: |_| Some(Ok("done".into())),
+            veto_answer: |_| Some(Ok(())),
+            veto_runs: Vec::new(),
             log: Vec::new(),
             rejected: Vec::new(),
             dispatched: Vec::new(),
@@ -181,6 +187,13 @@ impl Sim {
                             d.attempt,
                             result,
                         );
+                    }
+                }
+                Command::RunVeto { service, hooks, .. } => {
+                    assert_eq!(service, SVC);
+                    self.veto_runs.push((self.now, c.clone()));
+                    if let Some(result) = (self.veto_answer)(hooks) {
+                        self.engine.veto_result(SVC, result);
                     }
                 }
                 Command::Alert { service, message } => {
@@ -382,6 +395,8 @@ fn prod_down_from_a_quorum_fails_over_once_and_the_workflow_runs_to_commit() {
     assert_eq!(s.lease, Some(Lease { site: "dr".into(), epoch: 2 }));
     assert_eq!(sim.engine.site_health(SVC, "prod"), SiteHealth::Down { since: start_at.unwrap() });
     assert_eq!(sim.engine.site_health(SVC, "dr"), SiteHealth::Up);
+    // Without veto hooks, none are run.
+    assert_eq!(sim.veto_runs, []);
 }
 
 /// Runs a minute of the given world and returns the log; asserts that no failover started.
@@ -827,4 +842,145 @@ fn a_probe_step_fails_at_its_timeout_when_the_site_stays_unhealthy() {
     );
     assert_eq!(sim.svc().phase, ServicePhase::FailoverFailed);
     assert_eq!(sim.svc().active_site, "prod");
+}
+
+/// A veto hook for the service, with the given TOML lines after its command.
+fn veto_hook(extra: &str) -> (&'static str, String) {
+    (
+        "  # Replication lag",
+        format!(
+            "  [[service.veto]]\n  command = [\"/usr/local/bin/ok-to-fail-over\"]\n{extra}\n  \
+             # Replication lag"
+        ),
+    )
+}
+
+fn sim_with_veto(extra: &str) -> Sim {
+    let (from, to) = veto_hook(extra);
+    Sim::new(&[(from, to.as_str())])
+}
+
+/// When the `RunVeto`s were emitted.
+fn veto_times(sim: &Sim) -> Vec<MonoTime> {
+    sim.veto_runs.iter().map(|(at, _)| *at).collect()
+}
+
+#[test]
+fn veto_hooks_that_pass_let_the_failover_start_at_the_next_tick() {
+    let mut sim = sim_with_veto("");
+    assert_eq!(sim.run(20_000), vec![]);
+    sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
+    let lost_at = sim.now + Duration::from_millis(ROUND_MS);
+    sim.run_until(10_000, |s| !s.veto_runs.is_empty());
+
+    // Asked for at the instant the failover would otherwise start, instead of proposing it.
+    let (asked_at, run) = sim.veto_runs[0].clone();
+    assert_eq!(asked_at, lost_at + Duration::from_secs(3));
+    assert_eq!(
+        run,
+        Command::RunVeto {
+            service: SVC.into(),
+            from_site: "prod".into(),
+            to_site: "dr".into(),
+            hooks: vec![VetoHook {
+                command: vec!["/usr/local/bin/ok-to-fail-over".into()],
+                timeout: Duration::from_secs(10),
+                env: BTreeMap::new(),
+            }],
+            // The hook's default 10s timeout plus the 5s result grace.
+            deadline: asked_at + Duration::from_secs(15),
+        }
+    );
+    assert_eq!(starts(&sim.log), 0);
+
+    // The hook passed (within that tick): the failover is proposed at the next one.
+    sim.run(1_000);
+    assert_eq!(briefs(&sim.log), ["start prod->dr auto=true"]);
+    sim.run_until(60_000, |s| s.svc().phase == ServicePhase::FailedOver);
+    sim.run(120_000);
+    assert_eq!(veto_times(&sim), [asked_at], "exactly one run of the hooks");
+    assert_eq!(starts(&sim.log), 1);
+    assert_eq!(sim.rejected, Vec::<String>::new());
+    assert!(!sim.alerts.iter().any(|(_, m)| m.contains("veto")), "{:?}", sim.alerts);
+}
+
+#[test]
+fn a_veto_blocks_the_failover_with_its_reason_and_the_hooks_run_again_a_minute_later() {
+    let mut sim = sim_with_veto("");
+    sim.veto_answer = |_| Some(Err("exec /usr/local/bin/ok-to-fail-over: exit 1: freeze".into()));
+    sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
+    sim.run_until(10_000, |s| !s.veto_runs.is_empty());
+    let t0 = sim.now;
+    sim.run(125_000);
+    assert_eq!(starts(&sim.log), 0, "{:#?}", sim.log);
+
+    // The veto is alerted at the tick after the run, and the hooks run again alert_every (60s)
+    // after that; the alert repeats with each veto.
+    let s = Duration::from_secs;
+    assert_eq!(veto_times(&sim), [t0, t0 + s(61), t0 + s(122)]);
+    let vetoed: Vec<(MonoTime, &str)> = sim
+        .alerts
+        .iter()
+        .filter(|(_, m)| m.contains("vetoed"))
+        .map(|(t, m)| (*t, m.as_str()))
+        .collect();
+    let msg = "failover of file-transfer to dr vetoed: exec /usr/local/bin/ok-to-fail-over: \
+               exit 1: freeze";
+    assert_eq!(vetoed, [(t0 + s(1), msg), (t0 + s(62), msg), (t0 + s(123), msg)]);
+
+    // The hook changes its mind: the next run lets the failover go ahead.
+    sim.veto_answer = |_| Some(Ok(()));
+    sim.run_until(70_000, |s| starts(&s.log) == 1);
+    assert_eq!(veto_times(&sim).last(), Some(&(t0 + s(183))));
+    assert_eq!(sim.now, t0 + s(184));
+    sim.run_until(60_000, |s| s.svc().phase == ServicePhase::FailedOver);
+    assert_eq!(sim.rejected, Vec::<String>::new());
+}
+
+#[test]
+fn veto_hooks_without_a_verdict_by_the_deadline_are_a_veto() {
+    let mut sim = sim_with_veto("  timeout = \"20s\"");
+    sim.veto_answer = |_| None;
+    sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
+    sim.run_until(10_000, |s| !s.veto_runs.is_empty());
+    let t0 = sim.now;
+    sim.run_until(60_000, |s| s.alerts.iter().any(|(_, m)| m.contains("vetoed")));
+    // One run in flight until its deadline (20s + 5s grace), then a veto.
+    assert_eq!(sim.now, t0 + Duration::from_secs(25));
+    assert_eq!(veto_times(&sim), [t0]);
+    assert_eq!(
+        sim.alerts.last().unwrap().1,
+        "failover of file-transfer to dr vetoed: no verdict from its veto hooks within 25s \
+         (20s of hook timeouts plus 5s grace); a hook that does not answer in time counts as a \
+         veto"
+    );
+    // The verdict arriving late is ignored.
+    sim.engine.veto_result(SVC, Ok(()));
+    sim.run(30_000);
+    assert_eq!(starts(&sim.log), 0);
+    assert_eq!(veto_times(&sim), [t0]);
+}
+
+#[test]
+fn a_verdict_arriving_after_the_site_came_back_is_ignored() {
+    let mut sim = sim_with_veto("  timeout = \"5m\"");
+    sim.veto_answer = |_| None;
+    sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
+    sim.run_until(10_000, |s| !s.veto_runs.is_empty());
+
+    // prod recovers while the hook still runs; no second run while it does.
+    sim.see(&[3, 4, WITNESS], "prod", Verdict::Healthy);
+    sim.run_until(40_000, |s| s.engine.site_health(SVC, "prod") == SiteHealth::Up);
+    assert_eq!(sim.veto_runs.len(), 1);
+    sim.engine.veto_result(SVC, Ok(()));
+    sim.run(30_000);
+    assert_eq!(starts(&sim.log), 0, "{:#?}", sim.log);
+
+    // A new outage asks the hooks again; their pass for the old one does not count.
+    sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
+    sim.run_until(10_000, |s| s.veto_runs.len() == 2);
+    assert_eq!(starts(&sim.log), 0);
+    sim.engine.veto_result(SVC, Ok(()));
+    sim.run(1_000);
+    assert_eq!(briefs(&sim.log), ["start prod->dr auto=true"]);
 }

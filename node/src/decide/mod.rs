@@ -9,9 +9,11 @@
 //!   revocation commit, term start       ──────▶ lease::LeaseParams ──▶ safe activation time
 //!
 //!   leader only, one per term:
-//!   probe reports, step results         ┐
+//!   probe reports, step results,        ┐
+//!   veto hook verdicts,                 │
 //!   applied ControlState, voters,       ├──▶ engine::Engine ──▶ Propose(StartFailover | StepStarted
-//!   members, reachability, now          ┘    (detect + lease)      | StepFinished), RunStep, Alert
+//!   members, reachability, now          ┘    (detect + lease)      | StepFinished), RunStep,
+//!                                                                  RunVeto, Alert
 //! ```
 //!
 //! Nothing here reads a clock, touches the network or disk, spawns tasks or draws random
@@ -23,7 +25,8 @@
 //! Parts: [`detect`] (observer-quorum site health with hysteresis, DESIGN.md 3), [`lease`]
 //! (lease expiry and the safe wait before activating without confirmed fencing, DESIGN.md 6),
 //! and [`engine`], the leader's decision engine built on both: it decides automatic failovers
-//! (quorum detection, policy, cooldown, no automatic failback, readiness and lag gates) and
+//! (quorum detection, policy, cooldown, no automatic failback, readiness and lag gates, veto
+//! hooks) and
 //! carries failover workflows through step by step (one proposal in flight per service,
 //! executor choice, retries with backoff, the lease wait, probe steps, re-runs after a leader
 //! change), emitting [`Command`]s for the runtime to carry out (DESIGN.md 5).

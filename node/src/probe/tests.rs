@@ -213,6 +213,7 @@ fn service(name: &str, checks: Vec<Check>, lag: Option<LagProbe>) -> Service {
         lag,
         readiness: Vec::new(),
         runbooks: Default::default(),
+        veto: Vec::new(),
     }
 }
 

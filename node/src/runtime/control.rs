@@ -3,8 +3,10 @@
 //! ```text
 //!  every node:   Prober ──reports──▶ reporter loop ──gRPC ReportProbes──▶ leader
 //!  leader:       controller loop: Engine::tick(observation) ──▶ Propose  ──▶ Raft client_write
-//!                                                         └──▶ RunStep ──▶ local actuator, or
-//!                                                                          gRPC RunStep on a node of the step's site
+//!                                                         ├──▶ RunStep ──▶ local actuator, or
+//!                                                         │                gRPC RunStep on a node of the step's site
+//!                                                         └──▶ RunVeto ──▶ hooks in order on the local actuator
+//!                                                                          ──▶ Event::VetoResult ──▶ Engine::veto_result
 //!  active site:  lease loop: RenewLease (linearizable read on the leader), measured from the
 //!                send; not renewed for lease_ttl, or revoked ──▶ run on_lease_lost locally
 //! ```
@@ -25,7 +27,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{debug, error, info, warn};
 
-use crate::actuate::{Actuator, StepContext};
+use crate::actuate::{Actuator, StepContext, StepError};
 use crate::api::NodeHandle;
 use crate::consensus::network::endpoint;
 use crate::consensus::state::control::ControlRequest;
@@ -35,7 +37,7 @@ use crate::decide::{
     Verdict,
 };
 use crate::probe::{ProbeLimits, Prober};
-use crate::spec::{ClusterSpec, Phase, Step};
+use crate::spec::{ClusterSpec, Phase, Step, VetoHook};
 use crate::tls::TlsMaterial;
 
 /// How often the leader's engine ticks.
@@ -90,6 +92,13 @@ enum Event {
     },
     ProposalDone {
         service: String,
+    },
+    VetoResult {
+        /// The leadership term (engine) that asked for the run; a result for an earlier one is
+        /// dropped.
+        term: u64,
+        service: String,
+        result: Result<(), String>,
     },
 }
 
@@ -256,6 +265,8 @@ async fn controller_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut engine: Option<Engine> = None;
+    // Counts engines, so results of veto runs asked for by an earlier one are dropped.
+    let mut term: u64 = 0;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -276,6 +287,7 @@ async fn controller_loop(
         }
         let now = Instant::now();
         let eng = engine.get_or_insert_with(|| {
+            term += 1;
             info!("leading: failover decisions are made here");
             Engine::new(EngineParams::new(ctx.node.name.clone()), mono(ctx.origin, now))
         });
@@ -309,7 +321,11 @@ async fn controller_loop(
                 eng.step_result(&service, workflow_id, step, attempt, result);
             }
             Some(Event::ProposalDone { service }) => eng.proposal_done(&service),
-            None => {}
+            Some(Event::VetoResult { term: asked_by, service, result }) if asked_by == term => {
+                eng.veto_result(&service, result);
+            }
+            // A veto run asked for by an earlier term: its engine is gone.
+            Some(Event::VetoResult { .. }) | None => {}
         }
         let control = ctx.node.state.read(|s| s.control.clone());
         let membership = metrics.membership_config.membership();
@@ -338,6 +354,9 @@ async fn controller_loop(
             match cmd {
                 Command::Propose(req) => propose(&ctx, req),
                 Command::RunStep(d) => dispatch(&ctx, d, &members),
+                Command::RunVeto { service, from_site, to_site, hooks, .. } => {
+                    run_veto(&ctx, term, service, from_site, to_site, hooks)
+                }
                 Command::Alert { service, message } => warn!(service = %service, "{message}"),
             }
         }
@@ -435,6 +454,73 @@ fn dispatch(ctx: &ControlCtx, d: StepDispatch, members: &BTreeMap<NodeId, Member
             })
             .await;
     });
+}
+
+/// Runs `service`'s veto hooks on this node (the leader) and reports the verdict to the
+/// controller loop. Each hook gets the `DROVER_*` variables of the failover it would allow,
+/// with the current epoch.
+fn run_veto(
+    ctx: &ControlCtx,
+    term: u64,
+    service: String,
+    from_site: String,
+    to_site: String,
+    hooks: Vec<VetoHook>,
+) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let epoch =
+            ctx.node.state.read(|s| s.control.services.get(&service).map_or(0, |st| st.epoch));
+        let sc = StepContext {
+            service: service.clone(),
+            epoch,
+            from_site: from_site.clone(),
+            to_site: to_site.clone(),
+            recovery_point: None,
+            test: false,
+        };
+        let result = veto_verdict(ctx.actuator.as_ref(), &hooks, &sc).await;
+        if let Err(reason) = &result {
+            warn!(service = %service, from = %from_site, to = %to_site, epoch, "failover vetoed: {reason}");
+        }
+        let _ = ctx.events.send(Event::VetoResult { term, service, result }).await;
+    });
+}
+
+/// Runs `hooks` in order as exec steps, stopping at the first that does not succeed: `Ok` when
+/// every one exited 0, else why the failover is vetoed (a hook that timed out vetoes it too).
+async fn veto_verdict(
+    actuator: &dyn Actuator,
+    hooks: &[VetoHook],
+    sc: &StepContext,
+) -> Result<(), String> {
+    for (i, hook) in hooks.iter().enumerate() {
+        let step = hook.step();
+        let program = hook.command.first().map_or("", String::as_str);
+        let which = format!("veto hook {} of {} ({program})", i + 1, hooks.len());
+        // The actuator bounds the run by the hook's timeout; the margin only guards against
+        // one that does not.
+        let limit = hook.timeout + Duration::from_secs(1);
+        let why = match tokio::time::timeout(limit, actuator.run(&step, sc)).await {
+            Ok(Ok(out)) => {
+                info!(service = %sc.service, epoch = sc.epoch, "{which} allows the failover: {}", out.detail);
+                continue;
+            }
+            Ok(Err(StepError::Timeout { after, .. })) => timed_out(&which, after),
+            Err(_) => timed_out(&which, hook.timeout),
+            Ok(Err(StepError::Failed { reason, .. })) => format!("{which} said no: {reason}"),
+            Ok(Err(other)) => format!("{which} could not run: {other}"),
+        };
+        return Err(why);
+    }
+    Ok(())
+}
+
+fn timed_out(which: &str, after: Duration) -> String {
+    format!(
+        "{which} did not finish within {}; a hook that times out counts as a veto",
+        humantime::format_duration(after)
+    )
 }
 
 fn context_of(d: &StepDispatch) -> StepContext {
@@ -789,5 +875,71 @@ impl Control for ControlService {
             },
         };
         Ok(Response::new(reply))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::actuate::RealActuator;
+
+    fn hook(script: &str, timeout: Duration) -> VetoHook {
+        VetoHook {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            timeout,
+            env: BTreeMap::from([("WHO".to_string(), "{service} to {to_site}".to_string())]),
+        }
+    }
+
+    fn context() -> StepContext {
+        StepContext {
+            service: "file-transfer".into(),
+            epoch: 7,
+            from_site: "prod".into(),
+            to_site: "dr".into(),
+            recovery_point: None,
+            test: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn veto_hooks_run_in_order_with_the_failover_env_until_one_says_no() {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = dir.path().join("trace");
+        let t = trace.display();
+        let second = Duration::from_secs(5);
+        let passing = [
+            hook(&format!("echo \"1 $DROVER_EPOCH $DROVER_FROM_SITE $WHO\" >> {t}"), second),
+            hook(&format!("echo 2 >> {t}"), second),
+        ];
+        let actuator = RealActuator::new();
+        assert_eq!(veto_verdict(&actuator, &passing, &context()).await, Ok(()));
+        assert_eq!(std::fs::read_to_string(&trace).unwrap(), "1 7 prod file-transfer to dr\n2\n");
+
+        std::fs::remove_file(&trace).unwrap();
+        let vetoing = [
+            hook(&format!("echo 1 >> {t}"), second),
+            hook(&format!("echo 2 >> {t}; echo change freeze >&2; exit 3"), second),
+            hook(&format!("echo 3 >> {t}"), second),
+        ];
+        let err = veto_verdict(&actuator, &vetoing, &context()).await.unwrap_err();
+        assert!(err.starts_with("veto hook 2 of 3 (sh) said no: exec sh: exit"), "{err}");
+        assert!(err.ends_with("change freeze"), "{err}");
+        assert_eq!(std::fs::read_to_string(&trace).unwrap(), "1\n2\n", "stops at the veto");
+    }
+
+    #[tokio::test]
+    async fn a_veto_hook_that_times_out_vetoes() {
+        let hooks = [hook("sleep 10", Duration::from_millis(200))];
+        let started = Instant::now();
+        let err = veto_verdict(&RealActuator::new(), &hooks, &context()).await.unwrap_err();
+        assert_eq!(
+            err,
+            "veto hook 1 of 1 (sh) did not finish within 200ms; a hook that times out counts as \
+             a veto"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
 }

@@ -1,5 +1,5 @@
 //! The replicated cluster spec, `cluster.toml`: sites, the failover policy, and per service its
-//! health checks, lag probe and runbooks.
+//! health checks, lag probe, runbooks and veto hooks.
 //!
 //! ```text
 //! cluster.toml --toml/serde--> raw::File --validate--> ClusterSpec --serde_json--> Raft log
@@ -39,6 +39,10 @@ pub const MAX_RETRIES: u32 = 10;
 pub const MAX_DNS_TTL_SECS: u32 = 86_400;
 /// Upper bound (exclusive) of `max_clock_drift`.
 pub const MAX_CLOCK_DRIFT_LIMIT: f64 = 0.1;
+/// Timeout of a veto hook that sets none.
+pub const DEFAULT_VETO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest timeout a veto hook may have: it holds up the failover while it runs.
+pub const MAX_VETO_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A validated cluster spec; the only form the rest of the program sees. Built by [`parse`] or
 /// [`load`], committed through Raft as JSON.
@@ -178,6 +182,10 @@ pub struct Service {
     pub readiness: Vec<Check>,
     /// Runbooks: site -> phase -> steps (never empty lists).
     pub runbooks: BTreeMap<String, BTreeMap<Phase, Vec<Step>>>,
+    /// Veto hooks, run in order by the leader once every other gate of an automatic failover
+    /// holds; any of them failing vetoes it. Absent from specs committed before hooks existed.
+    #[serde(default)]
+    pub veto: Vec<VetoHook>,
 }
 
 impl Service {
@@ -189,6 +197,38 @@ impl Service {
     /// The health checks of `site`.
     pub fn checks_for<'a>(&'a self, site: &'a str) -> impl Iterator<Item = &'a Check> + 'a {
         self.checks.iter().filter(move |c| c.site == site)
+    }
+}
+
+/// A veto hook (`[[service.veto]]`): a command the leader runs before it proposes an automatic
+/// failover. Exit 0 lets the failover go ahead; a non-zero exit, or not finishing within
+/// `timeout`, vetoes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VetoHook {
+    /// Program and arguments (no shell); `DROVER_*` variables are added by the executor.
+    pub command: Vec<String>,
+    /// Limit of one run (0 < timeout <= [`MAX_VETO_TIMEOUT`]); running out of time is a veto.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra environment; values may use `{placeholders}`.
+    pub env: BTreeMap<String, String>,
+}
+
+impl VetoHook {
+    /// The hook as the exec step the actuator runs: on the leader (`run_on = "any"`), one
+    /// attempt bounded by the hook's timeout.
+    pub fn step(&self) -> Step {
+        Step {
+            run_on: RunOn::Any,
+            timeout: self.timeout,
+            retries: 0,
+            backoff: Duration::ZERO,
+            on_failure: OnFailure::Abort,
+            action: StepAction::Exec(ExecStep {
+                command: self.command.clone(),
+                env: self.env.clone(),
+            }),
+        }
     }
 }
 

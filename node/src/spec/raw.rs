@@ -55,6 +55,16 @@ pub(super) struct Service {
     /// site -> phase -> steps
     #[serde(default)]
     pub runbook: BTreeMap<String, BTreeMap<String, Vec<Step>>>,
+    #[serde(default)]
+    pub veto: Vec<Veto>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Veto {
+    pub command: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub env: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -423,3 +423,105 @@ fn load_reads_a_file() {
         "{msg}"
     );
 }
+
+/// The example with `hooks` (TOML text of `[[service.veto]]` tables) added to its service.
+fn parse_with_veto(hooks: &str) -> Result<ClusterSpec, SpecErrors> {
+    parse_edit("  # Replication lag", &format!("{hooks}\n  # Replication lag"))
+}
+
+#[test]
+fn veto_hooks_are_parsed_with_defaults() {
+    assert_eq!(example().services[0].veto, []);
+    let spec = parse_with_veto(
+        r#"
+  [[service.veto]]
+  command = ["/usr/local/bin/change-freeze", "--service", "st"]
+  [[service.veto]]
+  command = ["/usr/local/bin/ask-dba"]
+  timeout = "2m"
+  env = { TICKET_QUEUE = "dr-{service}" }
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let veto = &spec.services[0].veto;
+    assert_eq!(
+        veto[0],
+        VetoHook {
+            command: vec!["/usr/local/bin/change-freeze".into(), "--service".into(), "st".into()],
+            timeout: Duration::from_secs(10),
+            env: BTreeMap::new(),
+        }
+    );
+    assert_eq!(veto[1].timeout, Duration::from_secs(120));
+    assert_eq!(veto[1].env["TICKET_QUEUE"], "dr-{service}");
+
+    // Run as a one-attempt exec step on the leader.
+    let step = veto[1].step();
+    assert_eq!((step.run_on, step.timeout, step.retries), (RunOn::Any, veto[1].timeout, 0));
+    assert_eq!(
+        step.action,
+        StepAction::Exec(ExecStep { command: veto[1].command.clone(), env: veto[1].env.clone() })
+    );
+
+    // Committed as JSON and back; a spec committed before hooks existed still reads.
+    let back: ClusterSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+    assert_eq!(back, spec);
+    let mut v = serde_json::to_value(example()).unwrap();
+    assert_eq!(v["services"][0]["veto"], serde_json::json!([]));
+    v["services"][0].as_object_mut().unwrap().remove("veto");
+    assert_eq!(serde_json::from_value::<ClusterSpec>(v).unwrap(), example());
+
+    assert_eq!(diff(Some(&example()), &spec), ["~ service file-transfer: veto: 0 -> 2 entries"]);
+    let longer = parse_with_veto(
+        "  [[service.veto]]\n  command = [\"/usr/local/bin/change-freeze\", \"--service\", \"st\"]\n  \
+         timeout = \"30s\"\n  [[service.veto]]\n  command = [\"/usr/local/bin/ask-dba\"]\n  \
+         timeout = \"2m\"\n  env = { TICKET_QUEUE = \"dr-{service}\" }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        diff(Some(&spec), &longer),
+        ["~ service file-transfer: veto[0].timeout: 10s -> 30s"]
+    );
+}
+
+#[test]
+fn veto_hook_rules() {
+    let r = parse_with_veto("  [[service.veto]]\n  timeout = \"5s\"\n");
+    assert_error(&r, "service[0].veto[0].command", "is required");
+    let r = parse_with_veto("  [[service.veto]]\n  command = []\n");
+    assert_error(&r, "service[0].veto[0].command", "must not be empty");
+    let r = parse_with_veto("  [[service.veto]]\n  command = [\" \"]\n");
+    assert_error(&r, "service[0].veto[0].command[0]", "the program must not be empty");
+    let r =
+        parse_with_veto("  [[service.veto]]\n  command = [\"/bin/true\"]\n  timeout = \"0s\"\n");
+    assert_error(&r, "service[0].veto[0].timeout", "0s is outside (0, 5m]");
+    let r =
+        parse_with_veto("  [[service.veto]]\n  command = [\"/bin/true\"]\n  timeout = \"6m\"\n");
+    assert_error(&r, "service[0].veto[0].timeout", "6m is outside (0, 5m]");
+    let r =
+        parse_with_veto("  [[service.veto]]\n  command = [\"/bin/true\"]\n  timeout = \"soon\"\n");
+    assert_error(&r, "service[0].veto[0].timeout", "\"soon\" is not a duration");
+    parse_with_veto("  [[service.veto]]\n  command = [\"/bin/true\"]\n  timeout = \"5m\"\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = parse_with_veto(
+        "  [[service.veto]]\n  command = [\"/bin/true\"]\n  env = { DROVER_EPOCH = \"1\", \"1X\" = \"\" }\n",
+    );
+    assert_error(&r, "service[0].veto[0].env.DROVER_EPOCH", "set by drover itself");
+    assert_error(&r, "service[0].veto[0].env.1X", "not an environment variable name");
+
+    // Unknown keys are refused with their path, like everywhere else.
+    let r = parse_with_veto("  [[service.veto]]\n  command = [\"/bin/true\"]\n  retries = 2\n");
+    let errs = r.unwrap_err();
+    assert_eq!(errs.errors.len(), 1, "{errs}");
+    assert_eq!(errs.errors[0].key, "service[0].veto[0].retries", "{errs}");
+    assert!(errs.errors[0].reason.contains("unknown field `retries`"), "{errs}");
+
+    // Every bad hook is listed, with its index.
+    let r = parse_with_veto(
+        "  [[service.veto]]\n  command = [\"/bin/true\"]\n  [[service.veto]]\n  command = []\n  \
+         timeout = \"1h\"\n",
+    );
+    let errs = r.unwrap_err();
+    let keys: Vec<&str> = errs.errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["service[0].veto[1].timeout", "service[0].veto[1].command"], "{errs}");
+}

@@ -12,8 +12,9 @@ use super::{
     Check, CheckProbe, ClusterSpec, CommitMode, DnsProtocol, DnsRecord, DnsRecordType, DnsStep,
     ExecStep, FenceAction, FenceAgentStep, HaproxySet, HaproxyState, HaproxyStep, HttpStep,
     LagProbe, LagSource, OnFailure, Phase, Policy, PolicyOverride, ProbeStep, RunOn, Service, Site,
-    SpecError, Step, StepAction, Tsig, WaitStep, MAX_CLOCK_DRIFT_LIMIT, MAX_DNS_TTL_SECS,
-    MAX_RETRIES, MAX_TIMEOUT, RUN_ON_ANY,
+    SpecError, Step, StepAction, Tsig, VetoHook, WaitStep, DEFAULT_VETO_TIMEOUT,
+    MAX_CLOCK_DRIFT_LIMIT, MAX_DNS_TTL_SECS, MAX_RETRIES, MAX_TIMEOUT, MAX_VETO_TIMEOUT,
+    RUN_ON_ANY,
 };
 use crate::config::check_name;
 
@@ -315,6 +316,12 @@ impl Validator {
         if merged.auto_failover && capable.contains(&s.initial_active) {
             self.auto_failover_rules(prefix, s, &capable);
         }
+        let veto: Vec<VetoHook> = s
+            .veto
+            .iter()
+            .enumerate()
+            .filter_map(|(j, h)| self.veto(&format!("{prefix}.veto[{j}]"), h))
+            .collect();
 
         Service {
             name: s.name.clone(),
@@ -325,7 +332,39 @@ impl Validator {
             lag,
             readiness,
             runbooks,
+            veto,
         }
+    }
+
+    fn veto(&mut self, prefix: &str, h: &raw::Veto) -> Option<VetoHook> {
+        let timeout_key = format!("{prefix}.timeout");
+        let timeout = self.duration(&timeout_key, &h.timeout, DEFAULT_VETO_TIMEOUT);
+        if let Some(t) = timeout.filter(|t| t.is_zero() || *t > MAX_VETO_TIMEOUT) {
+            self.err(
+                &timeout_key,
+                format!(
+                    "{} is outside (0, {}]; the failover waits for the hook, and a hook that runs \
+                     out of time vetoes it",
+                    fmt_d(t),
+                    fmt_d(MAX_VETO_TIMEOUT)
+                ),
+            );
+        }
+        let env = self.env(prefix, &h.env);
+        let Some(command) = &h.command else {
+            self.err(
+                format!("{prefix}.command"),
+                "is required; write [\"program\", \"arg\", ...] (exit 0 lets the failover go \
+                 ahead, anything else vetoes it)",
+            );
+            return None;
+        };
+        self.command(&format!("{prefix}.command"), command);
+        Some(VetoHook {
+            command: command.clone(),
+            timeout: timeout.unwrap_or(DEFAULT_VETO_TIMEOUT),
+            env,
+        })
     }
 
     /// With automatic failover, the initially active site must be fenceable and every other
@@ -715,7 +754,17 @@ impl Validator {
         self.foreign_keys(prefix, "exec", present, &["command", "env"]);
         let cmd = self.required(prefix, "command", "exec", &st.command)?;
         self.command(&format!("{prefix}.command"), cmd);
-        let env = st.env.clone().unwrap_or_default();
+        let env = self.env(prefix, &st.env);
+        Some(StepAction::Exec(ExecStep { command: cmd.clone(), env }))
+    }
+
+    /// The `env` table of an exec step or veto hook, its variable names checked.
+    fn env(
+        &mut self,
+        prefix: &str,
+        env: &Option<BTreeMap<String, String>>,
+    ) -> BTreeMap<String, String> {
+        let env = env.clone().unwrap_or_default();
         for name in env.keys() {
             let key = format!("{prefix}.env.{name}");
             let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -731,7 +780,7 @@ impl Validator {
                 self.err(&key, "DROVER_* variables are set by drover itself; pick another name");
             }
         }
-        Some(StepAction::Exec(ExecStep { command: cmd.clone(), env }))
+        env
     }
 
     fn http_step(&mut self, prefix: &str, st: &raw::Step, present: &[&str]) -> Option<StepAction> {
