@@ -3,7 +3,6 @@
 //! active site. It is the same node library as drover-node, on a single-threaded runtime to
 //! stay small.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -20,30 +19,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the witness described by a node.toml (role = "witness") until SIGTERM.
-    Run {
-        /// Path to node.toml.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Serve gRPC in plaintext without client certificates (development only).
-        #[arg(long)]
-        insecure_dev: bool,
-    },
+    Run(cli::DaemonArgs),
     /// Check a node.toml and its TLS files without starting anything; exit code 2 if invalid.
-    CheckConfig {
-        #[arg(long, short)]
-        config: PathBuf,
-        #[arg(long)]
-        insecure_dev: bool,
-    },
+    CheckConfig(cli::DaemonArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().cmd {
-        Cmd::Run { config, insecure_dev } => {
-            cli::run_daemon(&config, insecure_dev, Some(Role::Witness), Some(1))
-        }
-        Cmd::CheckConfig { config, insecure_dev } => {
-            cli::check_config(&config, insecure_dev, Some(Role::Witness))
-        }
+        Cmd::Run(a) => cli::run_daemon(&a.config, a.insecure_dev, Some(Role::Witness), Some(1)),
+        Cmd::CheckConfig(a) => cli::check_config(&a.config, a.insecure_dev, Some(Role::Witness)),
     }
 }

@@ -223,8 +223,9 @@ fn with_table(text: &str, pos: Option<usize>, message: &str) -> String {
     }
 }
 
-/// 1-based line and column (in characters) of byte offset `pos` in `text`.
-fn line_col(text: &str, pos: usize) -> (usize, usize) {
+/// 1-based line and column (in characters) of byte offset `pos` in `text`; shared with the
+/// cluster spec's errors.
+pub(crate) fn line_col(text: &str, pos: usize) -> (usize, usize) {
     let pos = pos.min(text.len());
     let before = text.get(..pos).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
@@ -233,7 +234,8 @@ fn line_col(text: &str, pos: usize) -> (usize, usize) {
     (line, col)
 }
 
-fn one_line(msg: &str) -> String {
+/// A multi-line parser message as one line.
+pub(crate) fn one_line(msg: &str) -> String {
     msg.split('\n').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ")
 }
 

@@ -11,6 +11,17 @@ use tracing_subscriber::EnvFilter;
 
 use crate::consensus::types::Role;
 
+/// The arguments `run` and `check-config` take, in both daemons.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Path to node.toml.
+    #[arg(long, short)]
+    pub config: std::path::PathBuf,
+    /// Serve gRPC in plaintext without client certificates (development only).
+    #[arg(long)]
+    pub insecure_dev: bool,
+}
+
 /// Exit code for bad input: config, TLS files, flags.
 pub const EXIT_BAD_INPUT: u8 = 2;
 

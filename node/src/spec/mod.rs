@@ -743,8 +743,8 @@ pub fn parse(text: &str, source: &str) -> Result<ClusterSpec, SpecErrors> {
             source: source.to_string(),
             errors: vec![SpecError {
                 key: pos.and_then(|p| key_path_at(text, p)).unwrap_or_default(),
-                line_col: pos.map(|p| line_col(text, p)),
-                reason: one_line(err.message()),
+                line_col: pos.map(|p| crate::config::line_col(text, p)),
+                reason: crate::config::one_line(err.message()),
             }],
         }
     })?;
@@ -765,20 +765,6 @@ pub fn load(path: &Path) -> Result<(ClusterSpec, String), SpecErrors> {
     })?;
     let spec = parse(&text, &source)?;
     Ok((spec, text))
-}
-
-/// 1-based line and column (in characters) of byte offset `pos` in `text`.
-fn line_col(text: &str, pos: usize) -> (usize, usize) {
-    let pos = pos.min(text.len());
-    let before = text.get(..pos).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
-}
-
-fn one_line(msg: &str) -> String {
-    msg.split('\n').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
 /// The key path (`service[0].check[1].colour`) of the innermost key or value at byte `pos`,

@@ -2,7 +2,6 @@
 
 mod demo;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -18,21 +17,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node described by a node.toml until SIGTERM.
-    Run {
-        /// Path to node.toml.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Serve gRPC in plaintext without client certificates (development only).
-        #[arg(long)]
-        insecure_dev: bool,
-    },
+    Run(cli::DaemonArgs),
     /// Check a node.toml and its TLS files without starting anything; exit code 2 if invalid.
-    CheckConfig {
-        #[arg(long, short)]
-        config: PathBuf,
-        #[arg(long)]
-        insecure_dev: bool,
-    },
+    CheckConfig(cli::DaemonArgs),
     /// Start a local 5-node cluster (2 prod, 2 dr, 1 witness) on 127.0.0.x with a small
     /// application per site, stop the prod application and watch drover fail it over to dr.
     Demo {
@@ -56,8 +43,8 @@ enum Cmd {
 
 fn main() -> ExitCode {
     match Cli::parse().cmd {
-        Cmd::Run { config, insecure_dev } => cli::run_daemon(&config, insecure_dev, None, None),
-        Cmd::CheckConfig { config, insecure_dev } => cli::check_config(&config, insecure_dev, None),
+        Cmd::Run(a) => cli::run_daemon(&a.config, a.insecure_dev, None, None),
+        Cmd::CheckConfig(a) => cli::check_config(&a.config, a.insecure_dev, None),
         Cmd::Demo { keep, runs } => demo::run(keep, runs),
         Cmd::DemoApp { listen, site } => demo::app(listen, site),
     }
