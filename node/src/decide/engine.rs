@@ -82,8 +82,8 @@ use super::detect::{DetectEvent, DetectPolicy, DetectPolicyError, Detector, Site
 use super::lease::LeaseParams;
 use super::time::MonoTime;
 use crate::consensus::state::control::{
-    Automation, ControlRequest, ControlState, ServicePhase, ServiceState, Stage, StepStatus,
-    Workflow, WorkflowState, WorkflowStep,
+    Automation, ControlRequest, ControlState, LeaseTerms, ServicePhase, ServiceState, Stage,
+    StepStatus, Workflow, WorkflowState, WorkflowStep,
 };
 use crate::consensus::types::{Member, NodeId, Role};
 use crate::spec::{ClusterSpec, Policy, RunOn, Service, Step, StepAction, VetoHook};
@@ -964,10 +964,13 @@ fn advance(
             mine.result = Some(Ok(format!("fencing confirmed by {n} step{plural}")));
             return;
         }
+        // Wait by the longer of the revoked lease's own terms and the current policy's: the
+        // holder keeps to the terms it was granted, whatever the spec says now.
+        let terms = wf.revoked_terms.max(LeaseTerms::of(&s.policy));
         let lease = LeaseParams {
-            lease_ttl: s.policy.lease_ttl,
-            max_clock_drift: s.policy.max_clock_drift,
-            self_fence_grace: s.policy.self_fence_grace,
+            lease_ttl: Duration::from_millis(terms.lease_ttl_ms),
+            max_clock_drift: terms.max_clock_drift,
+            self_fence_grace: Duration::from_millis(terms.self_fence_grace_ms),
         };
         if let Err(err) = lease.validate() {
             let msg = format!("the lease wait of {name} cannot end: {err}");

@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 use crate::actuate::{Actuator, StepContext, StepError};
 use crate::api::NodeHandle;
 use crate::consensus::network::endpoint;
-use crate::consensus::state::control::ControlRequest;
+use crate::consensus::state::control::{ControlRequest, LeaseTerms, StepStatus};
 use crate::consensus::types::{Member, NodeId, Request as RaftRequest, Role};
 use crate::decide::{
     Command, Engine, EngineParams, HolderLease, LeaseParams, MonoTime, Observation, StepDispatch,
@@ -48,6 +48,8 @@ const REPORT_EVERY: Duration = Duration::from_millis(500);
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest an executor waits for its own state to reach a step's epoch.
 const EPOCH_CATCH_UP: Duration = Duration::from_secs(3);
+/// Period of the lease loop; expiry is checked one period early.
+const LEASE_TICK: Duration = Duration::from_millis(50);
 /// Capacity of the channels into the controller loop.
 const CHANNEL_CAPACITY: usize = 1024;
 
@@ -556,8 +558,6 @@ async fn run_remote(
     limit: Duration,
 ) -> Result<String, String> {
     let mut client = ctx.peers.control(id, member)?;
-    let step_json =
-        serde_json::to_string(&d.action).map_err(|e| format!("cannot encode step: {e}"))?;
     let req = pb::RunStepRequest {
         service: d.service.clone(),
         workflow_id: d.workflow_id,
@@ -566,7 +566,6 @@ async fn run_remote(
         epoch: d.epoch,
         from_site: d.from_site.clone(),
         to_site: d.to_site.clone(),
-        step_json,
     };
     match tokio::time::timeout(limit, client.run_step(req)).await {
         Err(_) => Err(format!("no answer from {} within {}s", member.name, limit.as_secs())),
@@ -596,16 +595,24 @@ struct Holding {
 /// Keeps the lease of this node's site while it is active, and self-fences when it cannot.
 async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
     let mut holdings: BTreeMap<String, Holding> = BTreeMap::new();
-    let (tx, mut rx) = mpsc::channel::<(String, u64, MonoTime, bool)>(64);
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let (tx, mut rx) = mpsc::channel::<(String, u64, MonoTime, Renewal)>(64);
+    let mut tick = tokio::time::interval(LEASE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            Some((service, epoch, sent_at, granted)) = rx.recv() => {
-                if let Some(h) = holdings.get_mut(&service) {
-                    if granted && h.epoch == epoch {
-                        h.lease.on_renew_confirmed(sent_at);
+            Some((service, epoch, sent_at, renewal)) = rx.recv() => {
+                if let Some(h) = holdings.get_mut(&service).filter(|h| h.epoch == epoch) {
+                    match renewal {
+                        Renewal::Granted => {
+                            h.lease.on_renew_confirmed(sent_at);
+                        }
+                        // The leader read the committed state and says this site does not
+                        // hold the lease: stop serving now (DESIGN.md 6).
+                        Renewal::Refused(why) => {
+                            spawn_self_fence(&ctx, &service, epoch, format!("the cluster refused the lease renewal: {why}"));
+                        }
+                        Renewal::Unknown => {}
                     }
                 }
                 continue;
@@ -617,10 +624,14 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
         let Some(spec) = control.spec.as_ref().map(|v| v.spec.clone()) else { continue };
         for (service, state) in &control.services {
             let Some(policy) = spec.policy_for(service) else { continue };
+            // A holder keeps to the terms its lease was granted under (the leader waits by at
+            // least those), whatever the spec says now.
+            let terms = state.lease.as_ref().map(|l| l.terms).filter(|t| t.lease_ttl_ms > 0);
+            let terms = terms.unwrap_or_else(|| LeaseTerms::of(&policy));
             let params = LeaseParams {
-                lease_ttl: policy.lease_ttl,
-                max_clock_drift: policy.max_clock_drift,
-                self_fence_grace: policy.self_fence_grace,
+                lease_ttl: Duration::from_millis(terms.lease_ttl_ms),
+                max_clock_drift: terms.max_clock_drift,
+                self_fence_grace: Duration::from_millis(terms.self_fence_grace_ms),
             };
             let ours = state.lease.as_ref().filter(|l| l.site == ctx.site).map(|l| l.epoch);
             let already_fenced = ctx.fenced.lock().map(|f| f.get(service).copied()).unwrap_or(None);
@@ -651,33 +662,24 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
                         h.lease.on_renew_sent(now);
                         tokio::spawn(renew(ctx.clone(), service.clone(), epoch, now, tx.clone()));
                     }
+                    // Checked one tick early, so the loop's period never makes a node fence late.
+                    let soon = now.saturating_add(LEASE_TICK);
                     let expired = match h.lease.expiry() {
-                        Some(_) => h.lease.expired(now),
-                        None => now.saturating_duration_since(h.started) >= h.params.lease_ttl,
+                        Some(_) => h.lease.expired(soon),
+                        None => soon.saturating_duration_since(h.started) >= h.params.lease_ttl,
                     };
                     if expired {
-                        self_fence(
-                            &ctx,
-                            &spec,
-                            service,
-                            epoch,
-                            "the lease could not be renewed for lease_ttl",
-                        )
-                        .await;
+                        let why = "the lease could not be renewed for lease_ttl".to_string();
+                        spawn_self_fence(&ctx, service, epoch, why);
                     }
                 }
                 None => {
-                    // We held it and the cluster took it away: stop serving at once.
+                    // This site held it (renewed or not) and the cluster took it away: stop
+                    // serving at once.
                     if let Some(h) = holdings.remove(service) {
-                        if already_fenced != Some(h.epoch) && h.lease.expiry().is_some() {
-                            self_fence(
-                                &ctx,
-                                &spec,
-                                service,
-                                h.epoch,
-                                "the cluster revoked this site's lease",
-                            )
-                            .await;
+                        if already_fenced != Some(h.epoch) {
+                            let why = "the cluster revoked this site's lease".to_string();
+                            spawn_self_fence(&ctx, service, h.epoch, why);
                         }
                     }
                 }
@@ -692,11 +694,15 @@ async fn renew(
     service: String,
     epoch: u64,
     sent_at: MonoTime,
-    tx: mpsc::Sender<(String, u64, MonoTime, bool)>,
+    tx: mpsc::Sender<(String, u64, MonoTime, Renewal)>,
 ) {
-    let granted = match leader_of(&ctx.node) {
+    let renewal = match leader_of(&ctx.node) {
         Some((leader, _)) if leader == ctx.node.id => {
-            confirm_lease(&ctx.node, ctx.node.id, &service, &ctx.site, epoch).await.is_ok()
+            match confirm_lease(&ctx.node, ctx.node.id, &service, &ctx.site, epoch).await {
+                Ok(()) => Renewal::Granted,
+                Err(Refusal::NotHeld(why)) => Renewal::Refused(why),
+                Err(Refusal::NotConfirmed(_)) => Renewal::Unknown,
+            }
         }
         Some((leader, Some(member))) => match ctx.peers.control(leader, &member) {
             Ok(mut client) => {
@@ -706,13 +712,36 @@ async fn renew(
                     site: ctx.site.clone(),
                     epoch,
                 };
-                matches!(tokio::time::timeout(RPC_TIMEOUT, client.renew_lease(req)).await, Ok(Ok(r)) if r.get_ref().granted)
+                match tokio::time::timeout(RPC_TIMEOUT, client.renew_lease(req)).await {
+                    Ok(Ok(r)) if r.get_ref().granted => Renewal::Granted,
+                    Ok(Ok(r)) if r.get_ref().held_elsewhere => {
+                        Renewal::Refused(r.into_inner().reason)
+                    }
+                    _ => Renewal::Unknown,
+                }
             }
-            Err(_) => false,
+            Err(_) => Renewal::Unknown,
         },
-        _ => false,
+        _ => Renewal::Unknown,
     };
-    let _ = tx.send((service, epoch, sent_at, granted)).await;
+    let _ = tx.send((service, epoch, sent_at, renewal)).await;
+}
+
+/// What the leader answered to a lease renewal.
+enum Renewal {
+    Granted,
+    /// The committed state says this site does not hold the lease at that epoch.
+    Refused(String),
+    /// No answer, no leader, or the leader could not confirm its leadership.
+    Unknown,
+}
+
+/// Why the leader did not confirm a lease.
+enum Refusal {
+    /// Authoritative: the linearizable read says the lease is not the requester's.
+    NotHeld(String),
+    /// The read could not be confirmed (no quorum, leadership lost).
+    NotConfirmed(String),
 }
 
 /// On the leader: a linearizable read, then the lease check.
@@ -722,8 +751,12 @@ async fn confirm_lease(
     service: &str,
     site: &str,
     epoch: u64,
-) -> Result<(), String> {
-    node.raft.ensure_linearizable().await.map_err(|e| format!("not confirmed: {e}"))?;
+) -> Result<(), Refusal> {
+    match tokio::time::timeout(RPC_TIMEOUT, node.raft.ensure_linearizable()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(Refusal::NotConfirmed(format!("not confirmed: {e}"))),
+        Err(_) => return Err(Refusal::NotConfirmed("not confirmed in time".into())),
+    }
     let member_site = node
         .raft
         .metrics()
@@ -733,7 +766,7 @@ async fn confirm_lease(
         .get_node(&requester)
         .map(|m| m.site.clone());
     if member_site.as_deref() != Some(site) {
-        return Err(format!("node {requester} is not a member of site {site}"));
+        return Err(Refusal::NotHeld(format!("node {requester} is not a member of site {site}")));
     }
     let holds = node.state.read(|s| {
         s.control
@@ -745,18 +778,30 @@ async fn confirm_lease(
     if holds {
         Ok(())
     } else {
-        Err(format!("site {site} does not hold the lease of {service} at epoch {epoch}"))
+        Err(Refusal::NotHeld(format!(
+            "site {site} does not hold the lease of {service} at epoch {epoch}"
+        )))
     }
 }
 
-/// Runs this site's on_lease_lost runbook locally, once per epoch.
-async fn self_fence(ctx: &ControlCtx, spec: &ClusterSpec, service: &str, epoch: u64, why: &str) {
+/// Starts this site's on_lease_lost runbook in its own task (once per service and epoch), so
+/// one service's self-fencing never delays another's.
+fn spawn_self_fence(ctx: &ControlCtx, service: &str, epoch: u64, why: String) {
     if let Ok(mut f) = ctx.fenced.lock() {
         if f.get(service) == Some(&epoch) {
             return;
         }
         f.insert(service.to_string(), epoch);
     }
+    let spec = ctx.node.state.read(|s| s.control.spec.as_ref().map(|v| v.spec.clone()));
+    let Some(spec) = spec else { return };
+    let (ctx, service) = (ctx.clone(), service.to_string());
+    tokio::spawn(async move { self_fence(&ctx, &spec, &service, epoch, &why).await });
+}
+
+/// Runs this site's on_lease_lost runbook locally: every step in order, each with its
+/// retries and backoff (the spec makes sure all of it fits in self_fence_grace).
+async fn self_fence(ctx: &ControlCtx, spec: &ClusterSpec, service: &str, epoch: u64, why: &str) {
     error!(service, epoch, site = %ctx.site, "SELF-FENCING: {why}; running on_lease_lost");
     let steps = spec
         .service(service)
@@ -771,9 +816,23 @@ async fn self_fence(ctx: &ControlCtx, spec: &ClusterSpec, service: &str, epoch: 
         test: false,
     };
     for (i, step) in steps.iter().enumerate() {
-        match run_local(ctx, step, &sc).await {
-            Ok(d) => info!(service, step = i + 1, "on_lease_lost step done: {d}"),
-            Err(e) => error!(service, step = i + 1, "on_lease_lost step failed: {e}"),
+        for attempt in 1..=step.retries + 1 {
+            match run_local(ctx, step, &sc).await {
+                Ok(d) => {
+                    info!(service, step = i + 1, attempt, "on_lease_lost step done: {d}");
+                    break;
+                }
+                Err(e) if attempt <= step.retries => {
+                    warn!(service, step = i + 1, attempt, "on_lease_lost step failed, retrying: {e}");
+                    tokio::time::sleep(step.backoff).await;
+                }
+                Err(e) => error!(
+                    service,
+                    step = i + 1,
+                    attempt,
+                    "on_lease_lost step failed for good: {e}; this site may still be serving: stop it by hand"
+                ),
+            }
         }
     }
 }
@@ -811,11 +870,19 @@ impl Control for ControlService {
         req: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseReply>, Status> {
         let r = req.into_inner();
-        let reply =
-            match confirm_lease(&self.ctx.node, r.node_id, &r.service, &r.site, r.epoch).await {
-                Ok(()) => pb::RenewLeaseReply { granted: true, reason: String::new() },
-                Err(reason) => pb::RenewLeaseReply { granted: false, reason },
-            };
+        let reply = match confirm_lease(&self.ctx.node, r.node_id, &r.service, &r.site, r.epoch)
+            .await
+        {
+            Ok(()) => {
+                pb::RenewLeaseReply { granted: true, reason: String::new(), held_elsewhere: false }
+            }
+            Err(Refusal::NotHeld(reason)) => {
+                pb::RenewLeaseReply { granted: false, reason, held_elsewhere: true }
+            }
+            Err(Refusal::NotConfirmed(reason)) => {
+                pb::RenewLeaseReply { granted: false, reason, held_elsewhere: false }
+            }
+        };
         Ok(Response::new(reply))
     }
 
@@ -827,34 +894,60 @@ impl Control for ControlService {
         if self.ctx.role != Role::Controller {
             return Err(Status::failed_precondition("a witness never runs workflow steps"));
         }
-        let step: Step = serde_json::from_str(&r.step_json)
-            .map_err(|e| Status::invalid_argument(format!("undecodable step: {e}")))?;
-        // The executor checks the fencing token itself: it waits briefly for its own state to
-        // reach the step's epoch and refuses anything older or newer.
+        // The executor checks the step against its own replicated state: same epoch (the
+        // fencing token), same workflow, and that very step started with that attempt. It
+        // runs the step as committed there, never what the request carries. It waits briefly
+        // for its state to catch up with the leader's.
         let deadline = Instant::now() + EPOCH_CATCH_UP;
-        let epoch = loop {
-            let e = self
-                .ctx
-                .node
-                .state
-                .read(|s| s.control.services.get(&r.service).map_or(0, |st| st.epoch));
-            if e >= r.epoch || Instant::now() >= deadline {
-                break e;
+        let step = loop {
+            let seen = self.ctx.node.state.read(|s| {
+                let st = s.control.services.get(&r.service)?;
+                let wf = st.workflow.as_ref().filter(|w| w.id == r.workflow_id);
+                let step = wf.and_then(|w| w.steps.get(r.step as usize));
+                Some((st.epoch, step.map(|x| (x.status.clone(), x.action.clone()))))
+            });
+            let verdict = match seen {
+                Some((epoch, _)) if epoch > r.epoch => Err(format!(
+                    "refused: step of epoch {} but {} is at epoch {epoch} here; a newer failover superseded it",
+                    r.epoch, r.service
+                )),
+                Some((epoch, Some((StepStatus::Running { attempt, .. }, Some(action)))))
+                    if epoch == r.epoch && attempt == r.attempt =>
+                {
+                    Ok(action)
+                }
+                other => {
+                    if Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(match other {
+                        None => format!("refused: no service {} here", r.service),
+                        Some((epoch, _)) if epoch < r.epoch => format!(
+                            "refused: this node has not caught up to epoch {} of {} (it is at {epoch}); try another node",
+                            r.epoch, r.service
+                        ),
+                        _ => format!(
+                            "refused: step {} attempt {} of workflow {} is not running in this node's state",
+                            r.step + 1,
+                            r.attempt,
+                            r.workflow_id
+                        ),
+                    })
+                }
+            };
+            match verdict {
+                Ok(step) => break step,
+                Err(detail) => {
+                    warn!(service = %r.service, "{detail}");
+                    return Ok(Response::new(pb::RunStepReply {
+                        ok: false,
+                        detail,
+                        output_tail: String::new(),
+                    }));
+                }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        if epoch != r.epoch {
-            let detail = format!(
-                "refused: step of epoch {} but {} is at epoch {epoch} here; a newer failover superseded it",
-                r.epoch, r.service
-            );
-            warn!(service = %r.service, "{detail}");
-            return Ok(Response::new(pb::RunStepReply {
-                ok: false,
-                detail,
-                output_tail: String::new(),
-            }));
-        }
         let sc = StepContext {
             service: r.service.clone(),
             epoch: r.epoch,

@@ -107,7 +107,9 @@ pub async fn run(
         let mut stop = stop_rx.clone();
         let incoming = crate::tls::serve_incoming(grpc_listener, server_tls);
         let router = tonic::transport::Server::builder()
-            .timeout(Duration::from_secs(30))
+            // Long enough for the longest step a spec allows (RunStep); every client call
+            // carries its own, shorter deadline.
+            .timeout(crate::spec::MAX_TIMEOUT + Duration::from_secs(60))
             .concurrency_limit_per_connection(64)
             .add_service(RaftService::server(raft.clone()))
             .add_service(AdminService::server(node.clone()))

@@ -358,12 +358,12 @@ fn json_round_trip_is_lossless() {
     // Odd values survive too.
     let spec = parse_edit(
         "max_lag_on_failover = 30",
-        "max_lag_on_failover = 0.5\npolicy = { lease_ttl = \"1s 500ms 7us\" }",
+        "max_lag_on_failover = 0.5\npolicy = { up_after = \"31s 500ms 7us\" }",
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let back: ClusterSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
     assert_eq!(back, spec);
-    assert_eq!(back.policy_for("file-transfer").unwrap().lease_ttl, Duration::new(1, 500_007_000));
+    assert_eq!(back.policy_for("file-transfer").unwrap().up_after, Duration::new(31, 500_007_000));
 }
 
 #[test]
@@ -524,4 +524,16 @@ fn veto_hook_rules() {
     let errs = r.unwrap_err();
     let keys: Vec<&str> = errs.errors.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["service[0].veto[1].timeout", "service[0].veto[1].command"], "{errs}");
+}
+
+#[test]
+fn lease_timing_the_lease_code_cannot_use_is_refused() {
+    let r = parse_edit(
+        "max_lag_on_failover = 30",
+        "max_lag_on_failover = 30\npolicy = { lease_ttl = \"1s 500ms 7us\" }",
+    );
+    assert!(
+        r.as_ref().is_err_and(|e| e.to_string().contains("lease timing cannot be used")),
+        "{r:?}"
+    );
 }

@@ -1157,6 +1157,20 @@ fn policy_rule_violations(p: &Policy) -> Vec<(&'static str, String, &'static [&'
             &["self_fence_grace"][..],
         ));
     }
+    let lease = crate::decide::LeaseParams {
+        lease_ttl: p.lease_ttl,
+        max_clock_drift: p.max_clock_drift,
+        self_fence_grace: p.self_fence_grace,
+    };
+    if v.is_empty() {
+        if let Err(e) = lease.validate() {
+            v.push((
+                "lease_ttl",
+                format!("the lease timing cannot be used: {e}"),
+                &["lease_ttl", "self_fence_grace", "max_clock_drift"][..],
+            ));
+        }
+    }
     for (key, d) in [
         ("down_after", p.down_after),
         ("up_after", p.up_after),

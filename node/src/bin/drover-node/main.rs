@@ -30,6 +30,9 @@ enum Cmd {
         /// the median and maximum time of each phase: the failover benchmark.
         #[arg(long, default_value_t = 1)]
         runs: u32,
+        /// Use drover's default policy and check timings instead of the demo's faster ones.
+        #[arg(long)]
+        default_policy: bool,
     },
     /// The demo's stand-in application: answers GET /healthz with 200 until stopped.
     #[command(hide = true)]
@@ -45,7 +48,7 @@ fn main() -> ExitCode {
     match Cli::parse().cmd {
         Cmd::Run(a) => cli::run_daemon(&a.config, a.insecure_dev, None, None),
         Cmd::CheckConfig(a) => cli::check_config(&a.config, a.insecure_dev, None),
-        Cmd::Demo { keep, runs } => demo::run(keep, runs),
+        Cmd::Demo { keep, runs, default_policy } => demo::run(keep, runs, default_policy),
         Cmd::DemoApp { listen, site } => demo::app(listen, site),
     }
 }

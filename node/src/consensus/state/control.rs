@@ -45,13 +45,49 @@ pub struct ControlState {
     pub services: BTreeMap<String, ServiceState>,
 }
 
-/// Which site holds a service's lease, for which epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Which site holds a service's lease, for which epoch, under which timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
     /// The site whose nodes may renew.
     pub site: String,
     /// The epoch the lease belongs to.
     pub epoch: u64,
+    /// The timing the lease was granted under. Holders keep to it; a leader taking the lease
+    /// away waits by the longer of it and the current spec's, so changing the policy while a
+    /// lease is out can never shorten the wait below what its holder relies on.
+    #[serde(default)]
+    pub terms: LeaseTerms,
+}
+
+/// Lease timing, fixed when a lease is granted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeaseTerms {
+    /// `lease_ttl` in ms.
+    pub lease_ttl_ms: u64,
+    /// `self_fence_grace` in ms.
+    pub self_fence_grace_ms: u64,
+    /// `max_clock_drift` (a rate).
+    pub max_clock_drift: f64,
+}
+
+impl LeaseTerms {
+    /// The terms of a policy.
+    pub fn of(policy: &crate::spec::Policy) -> LeaseTerms {
+        LeaseTerms {
+            lease_ttl_ms: policy.lease_ttl.as_millis() as u64,
+            self_fence_grace_ms: policy.self_fence_grace.as_millis() as u64,
+            max_clock_drift: policy.max_clock_drift,
+        }
+    }
+
+    /// The longer of both, field by field.
+    pub fn max(self, other: LeaseTerms) -> LeaseTerms {
+        LeaseTerms {
+            lease_ttl_ms: self.lease_ttl_ms.max(other.lease_ttl_ms),
+            self_fence_grace_ms: self.self_fence_grace_ms.max(other.self_fence_grace_ms),
+            max_clock_drift: self.max_clock_drift.max(other.max_clock_drift),
+        }
+    }
 }
 
 /// Where a service stands (DESIGN.md 4).
@@ -251,6 +287,9 @@ pub struct Workflow {
     pub started_at_unix_ms: i64,
     /// The plan, run strictly in order.
     pub steps: Vec<WorkflowStep>,
+    /// The terms of the lease this workflow revoked: the lease wait must honour them.
+    #[serde(default)]
+    pub revoked_terms: LeaseTerms,
     /// Where it stands.
     pub state: WorkflowState,
 }
@@ -564,10 +603,11 @@ impl ControlState {
         }
         self.services.retain(|name, _| spec.service(name).is_some());
         for svc in &spec.services {
+            let terms = spec.policy_for(&svc.name).map(|p| LeaseTerms::of(&p)).unwrap_or_default();
             self.services.entry(svc.name.clone()).or_insert_with(|| ServiceState {
                 active_site: svc.initial_active.clone(),
                 epoch: 1,
-                lease: Some(Lease { site: svc.initial_active.clone(), epoch: 1 }),
+                lease: Some(Lease { site: svc.initial_active.clone(), epoch: 1, terms }),
                 phase: ServicePhase::Protecting,
                 mode: Automation::Auto,
                 workflow: None,
@@ -629,6 +669,7 @@ impl ControlState {
                 state.phase.as_str()
             ));
         }
+        let revoked_terms = state.lease.as_ref().map(|l| l.terms).unwrap_or_default();
         state.epoch += 1;
         state.lease = None;
         state.phase = ServicePhase::FailingOver;
@@ -642,6 +683,7 @@ impl ControlState {
             started_at_unix_ms: at_unix_ms,
             steps: plan,
             state: WorkflowState::Running,
+            revoked_terms,
         });
         let how = if automatic { "automatic" } else { "manual" };
         changed(
@@ -720,11 +762,9 @@ impl ControlState {
         outcome: &Result<String, String>,
         at_unix_ms: i64,
     ) -> Outcome {
-        let commit_mode = self
-            .spec
-            .as_ref()
-            .and_then(|s| s.spec.policy_for(service))
-            .map_or(CommitMode::Auto, |p| p.commit);
+        let policy = self.spec.as_ref().and_then(|s| s.spec.policy_for(service));
+        let commit_mode = policy.as_ref().map_or(CommitMode::Auto, |p| p.commit);
+        let terms = policy.as_ref().map(LeaseTerms::of).unwrap_or_default();
         let state = match Self::running_workflow(&mut self.services, service, workflow_id) {
             Ok(s) => s,
             Err(o) => return o,
@@ -762,7 +802,7 @@ impl ControlState {
                         state.lease.is_none(),
                         "{service}: lease granted while another is held"
                     );
-                    state.lease = Some(Lease { site: wf.to.clone(), epoch: wf.epoch });
+                    state.lease = Some(Lease { site: wf.to.clone(), epoch: wf.epoch, terms });
                 }
                 format!("{label} succeeded: {detail}")
             }
@@ -1021,7 +1061,8 @@ mod tests {
             (s.active_site.as_str(), s.epoch, s.phase),
             ("prod", 1, ServicePhase::Protecting)
         );
-        assert_eq!(s.lease, Some(Lease { site: "prod".into(), epoch: 1 }));
+        assert_eq!(s.lease.as_ref().map(|l| (l.site.as_str(), l.epoch)), Some(("prod", 1)));
+        assert_eq!(s.lease.as_ref().map(|l| l.terms.lease_ttl_ms), Some(6000));
         let lost = apply_spec(&mut c, spec_with("commit = \"auto\""), Some(0));
         assert!(lost.rejected.unwrap().contains("version 1, not 0"));
         assert_eq!(c.spec.as_ref().unwrap().version, 1);
@@ -1054,7 +1095,7 @@ mod tests {
         run_all(&mut c, 10);
         let s = svc(&c);
         assert_eq!((s.active_site.as_str(), s.epoch, s.phase), ("dr", 2, ServicePhase::FailedOver));
-        assert_eq!(s.lease, Some(Lease { site: "dr".into(), epoch: 2 }));
+        assert_eq!(s.lease.as_ref().map(|l| (l.site.as_str(), l.epoch)), Some(("dr", 2)));
         assert!(
             matches!(s.mode, Automation::Cooldown { until_unix_ms } if until_unix_ms == 5000 + 30 * 60_000)
         );
