@@ -78,7 +78,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::detect::{DetectEvent, DetectPolicy, DetectPolicyError, Detector, SiteHealth, Verdict};
+use super::detect::{
+    DetectEvent, DetectPolicy, DetectPolicyError, Detector, SiteHealth, Tally, Verdict,
+};
 use super::lease::LeaseParams;
 use super::time::MonoTime;
 use crate::consensus::state::control::{
@@ -366,6 +368,15 @@ impl Engine {
         latest.insert(observer, (verdict, at));
         if let Some(Detection { detector: Ok(d), .. }) = self.detection.get_mut(service) {
             d.report(observer, service, site, verdict, at);
+        }
+    }
+
+    /// How many fresh reports call `site` healthy or unhealthy for `service` now (None before
+    /// the service has a detector). For status: a site nobody has reported on is "unknown".
+    pub fn site_tally(&self, service: &str, site: &str, now: MonoTime) -> Option<Tally> {
+        match self.detection.get(service) {
+            Some(Detection { detector: Ok(d), .. }) => Some(d.tally(service, site, now)),
+            _ => None,
         }
     }
 

@@ -351,7 +351,7 @@ async fn controller_loop(
             reachable: &reachable,
         };
         let commands = eng.tick(&obs);
-        publish_health(&ctx, eng, &control);
+        publish_health(&ctx, eng, obs.now, &control);
         for cmd in commands {
             match cmd {
                 Command::Propose(req) => propose(&ctx, req),
@@ -368,6 +368,7 @@ async fn controller_loop(
 fn publish_health(
     ctx: &ControlCtx,
     eng: &Engine,
+    now: MonoTime,
     control: &crate::consensus::state::control::ControlState,
 ) {
     let Some(spec) = control.spec.as_ref() else { return };
@@ -377,9 +378,16 @@ fn publish_health(
             .spec
             .active_capable_sites()
             .map(|site| {
-                (site.to_string(), format!("{:?}", eng.site_health(svc, site)).to_lowercase())
+                let observed =
+                    eng.site_tally(svc, site, now).is_some_and(|t| t.healthy + t.unhealthy > 0);
+                let health = if observed {
+                    let h = format!("{:?}", eng.site_health(svc, site)).to_lowercase();
+                    h.split([' ', '{']).next().unwrap_or("").to_string()
+                } else {
+                    "unknown".to_string()
+                };
+                (site.to_string(), health)
             })
-            .map(|(site, h)| (site, h.split([' ', '{']).next().unwrap_or("").to_string()))
             .collect();
         view.insert(svc.clone(), sites);
     }

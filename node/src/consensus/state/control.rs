@@ -43,6 +43,10 @@ pub struct ControlState {
     pub spec: Option<VersionedSpec>,
     /// Per service, by name.
     pub services: BTreeMap<String, ServiceState>,
+    /// Services removed from the spec: their last active site and epoch, so a service added
+    /// back continues from there (an epoch never goes back, S3).
+    #[serde(default)]
+    pub retired: BTreeMap<String, (String, u64)>,
 }
 
 /// Which site holds a service's lease, for which epoch, under which timing.
@@ -601,17 +605,43 @@ impl ControlState {
                 _ => {}
             }
         }
-        self.services.retain(|name, _| spec.service(name).is_some());
+        let removed: Vec<String> =
+            self.services.keys().filter(|n| spec.service(n).is_none()).cloned().collect();
+        for name in removed {
+            if let Some(old) = self.services.remove(&name) {
+                self.retired.insert(name, (old.active_site, old.epoch));
+            }
+        }
         for svc in &spec.services {
+            if self.services.contains_key(&svc.name) {
+                continue;
+            }
             let terms = spec.policy_for(&svc.name).map(|p| LeaseTerms::of(&p)).unwrap_or_default();
-            self.services.entry(svc.name.clone()).or_insert_with(|| ServiceState {
-                active_site: svc.initial_active.clone(),
-                epoch: 1,
-                lease: Some(Lease { site: svc.initial_active.clone(), epoch: 1, terms }),
-                phase: ServicePhase::Protecting,
-                mode: Automation::Auto,
-                workflow: None,
-            });
+            // A service added back continues at a new epoch, on the site it was last active on
+            // if that site can still be active.
+            let (active, epoch) = match self.retired.remove(&svc.name) {
+                Some((site, epoch)) if spec.site(&site).is_some_and(|s| !s.witness) => {
+                    (site, epoch + 1)
+                }
+                Some((_, epoch)) => (svc.initial_active.clone(), epoch + 1),
+                None => (svc.initial_active.clone(), 1),
+            };
+            let phase = if active == svc.initial_active {
+                ServicePhase::Protecting
+            } else {
+                ServicePhase::FailedOver
+            };
+            self.services.insert(
+                svc.name.clone(),
+                ServiceState {
+                    active_site: active.clone(),
+                    epoch,
+                    lease: Some(Lease { site: active, epoch, terms }),
+                    phase,
+                    mode: Automation::Auto,
+                    workflow: None,
+                },
+            );
         }
         let version = current + 1;
         self.spec = Some(VersionedSpec {
@@ -1170,6 +1200,23 @@ mod tests {
         assert_eq!(c.apply(0, &commit).rejected, None);
         assert_eq!((svc(&c).active_site.as_str(), svc(&c).phase), ("dr", ServicePhase::FailedOver));
         assert!(c.apply(0, &commit).rejected.is_some());
+    }
+
+    #[test]
+    fn a_service_removed_and_added_back_keeps_counting_epochs() {
+        let mut c = ControlState::default();
+        apply_spec(&mut c, spec_with("commit = \"auto\""), None);
+        start(&mut c, 10, 1);
+        run_all(&mut c, 10);
+        assert_eq!((svc(&c).active_site.as_str(), svc(&c).epoch), ("dr", 2));
+        let mut empty = spec_with("commit = \"auto\"");
+        empty.services.clear();
+        assert_eq!(apply_spec(&mut c, empty, None).rejected, None);
+        assert!(c.services.is_empty());
+        apply_spec(&mut c, spec_with("commit = \"auto\""), None);
+        let s = svc(&c);
+        assert_eq!((s.active_site.as_str(), s.epoch, s.phase), ("dr", 3, ServicePhase::FailedOver));
+        assert_eq!(s.lease.as_ref().map(|l| (l.site.as_str(), l.epoch)), Some(("dr", 3)));
     }
 
     #[test]
