@@ -481,20 +481,62 @@ fn run_veto(
     tokio::spawn(async move {
         let epoch =
             ctx.node.state.read(|s| s.control.services.get(&service).map_or(0, |st| st.epoch));
-        let sc = StepContext {
-            service: service.clone(),
-            epoch,
-            from_site: from_site.clone(),
-            to_site: to_site.clone(),
-            recovery_point: None,
-            test: false,
+        let result = if ctx.role == Role::Witness {
+            // A witness never executes actions: a controller runs the hooks.
+            let limit = hooks.iter().map(|h| h.timeout).sum::<Duration>() + Duration::from_secs(5);
+            veto_on_controller(&ctx, &service, &from_site, &to_site, limit).await
+        } else {
+            let sc = StepContext {
+                service: service.clone(),
+                epoch,
+                from_site: from_site.clone(),
+                to_site: to_site.clone(),
+                recovery_point: None,
+                test: false,
+            };
+            veto_verdict(ctx.actuator.as_ref(), &hooks, &sc).await
         };
-        let result = veto_verdict(ctx.actuator.as_ref(), &hooks, &sc).await;
         if let Err(reason) = &result {
             warn!(service = %service, from = %from_site, to = %to_site, epoch, "failover vetoed: {reason}");
         }
         let _ = ctx.events.send(Event::VetoResult { term, service, result }).await;
     });
+}
+
+/// Asks a reachable controller (one of the site taking over first) to run the veto hooks.
+async fn veto_on_controller(
+    ctx: &ControlCtx,
+    service: &str,
+    from_site: &str,
+    to_site: &str,
+    limit: Duration,
+) -> Result<(), String> {
+    let members: Vec<(NodeId, Member)> = {
+        let m = ctx.node.raft.metrics().borrow().clone();
+        m.membership_config.membership().nodes().map(|(i, n)| (*i, n.clone())).collect()
+    };
+    let recent =
+        |id: &NodeId| ctx.node.contacts.since(*id).is_some_and(|d| d < Duration::from_secs(3));
+    let controllers = members.iter().filter(|(id, m)| m.role == Role::Controller && recent(id));
+    let mut ordered: Vec<&(NodeId, Member)> = controllers.collect();
+    ordered.sort_by_key(|(id, m)| (m.site != to_site, *id));
+    let Some((id, member)) = ordered.first() else {
+        return Err("no controller node is reachable to run the veto hooks".to_string());
+    };
+    let mut client = ctx.peers.control(*id, member)?;
+    let req = pb::RunVetoRequest {
+        service: service.to_string(),
+        from_site: from_site.to_string(),
+        to_site: to_site.to_string(),
+    };
+    match tokio::time::timeout(limit, client.run_veto(req)).await {
+        Ok(Ok(r)) if r.get_ref().allowed => Ok(()),
+        Ok(Ok(r)) => Err(format!("{} (on {})", r.into_inner().reason, member.name)),
+        Ok(Err(status)) => {
+            Err(format!("{} could not run the veto hooks: {}", member.name, status.message()))
+        }
+        Err(_) => Err(format!("no veto verdict from {} within {}s", member.name, limit.as_secs())),
+    }
 }
 
 /// Runs `hooks` in order as exec steps, stopping at the first that does not succeed: `Ok` when
@@ -890,6 +932,42 @@ impl Control for ControlService {
             Err(Refusal::NotConfirmed(reason)) => {
                 pb::RenewLeaseReply { granted: false, reason, held_elsewhere: false }
             }
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn run_veto(
+        &self,
+        req: Request<pb::RunVetoRequest>,
+    ) -> Result<Response<pb::RunVetoReply>, Status> {
+        let r = req.into_inner();
+        if self.ctx.role != Role::Controller {
+            return Err(Status::failed_precondition("a witness never runs veto hooks"));
+        }
+        // The hooks come from this node's own copy of the spec, never from the request.
+        let (hooks, epoch) = self.ctx.node.state.read(|s| {
+            let hooks = s
+                .control
+                .spec
+                .as_ref()
+                .and_then(|v| v.spec.service(&r.service))
+                .map(|svc| svc.veto.clone());
+            (hooks, s.control.services.get(&r.service).map_or(0, |st| st.epoch))
+        });
+        let Some(hooks) = hooks else {
+            return Err(Status::not_found(format!("no service {} in this node's spec", r.service)));
+        };
+        let sc = StepContext {
+            service: r.service.clone(),
+            epoch,
+            from_site: r.from_site,
+            to_site: r.to_site,
+            recovery_point: None,
+            test: false,
+        };
+        let reply = match veto_verdict(self.ctx.actuator.as_ref(), &hooks, &sc).await {
+            Ok(()) => pb::RunVetoReply { allowed: true, reason: String::new() },
+            Err(reason) => pb::RunVetoReply { allowed: false, reason },
         };
         Ok(Response::new(reply))
     }
