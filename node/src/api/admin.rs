@@ -24,6 +24,8 @@ pub const LEADER_ID_KEY: &str = "drover-leader-id";
 pub const LEADER_ADDR_KEY: &str = "drover-leader-addr";
 /// Most history records returned by one call.
 pub const MAX_HISTORY_PAGE: usize = 1000;
+/// Longest an admin write waits for its entry to commit.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest cluster spec accepted, in bytes.
 pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
 /// Longest name or site accepted.
@@ -395,11 +397,15 @@ impl Admin for AdminService {
 
 impl AdminService {
     async fn propose_control(&self, req: ControlRequest) -> Result<(u64, Option<u64>), Status> {
-        let resp = self
-            .node
-            .raft
-            .client_write(crate::consensus::types::Request::Control(req))
+        let write = self.node.raft.client_write(crate::consensus::types::Request::Control(req));
+        let resp = tokio::time::timeout(WRITE_TIMEOUT, write)
             .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "not committed within {}s (no quorum?); it may still commit: check with 'droverctl status' or 'droverctl config show' before retrying",
+                    WRITE_TIMEOUT.as_secs()
+                ))
+            })?
             .map_err(|e| self.write_error(e))?;
         if let Some(why) = resp.data.rejected {
             return Err(Status::failed_precondition(why));

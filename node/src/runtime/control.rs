@@ -93,6 +93,8 @@ enum Event {
         result: Result<String, String>,
     },
     ProposalDone {
+        /// The leadership term (engine) that proposed; a result for an earlier one is dropped.
+        term: u64,
         service: String,
     },
     VetoResult {
@@ -322,7 +324,10 @@ async fn controller_loop(
             Some(Event::StepResult { service, workflow_id, step, attempt, result }) => {
                 eng.step_result(&service, workflow_id, step, attempt, result);
             }
-            Some(Event::ProposalDone { service }) => eng.proposal_done(&service),
+            Some(Event::ProposalDone { term: asked_by, service }) if asked_by == term => {
+                eng.proposal_done(&service)
+            }
+            Some(Event::ProposalDone { .. }) => {}
             Some(Event::VetoResult { term: asked_by, service, result }) if asked_by == term => {
                 eng.veto_result(&service, result);
             }
@@ -354,7 +359,7 @@ async fn controller_loop(
         publish_health(&ctx, eng, obs.now, &control);
         for cmd in commands {
             match cmd {
-                Command::Propose(req) => propose(&ctx, req),
+                Command::Propose(req) => propose(&ctx, term, req),
                 Command::RunStep(d) => dispatch(&ctx, d, &members),
                 Command::RunVeto { service, from_site, to_site, hooks, .. } => {
                     run_veto(&ctx, term, service, from_site, to_site, hooks)
@@ -408,7 +413,7 @@ fn service_of(req: &ControlRequest) -> String {
     }
 }
 
-fn propose(ctx: &ControlCtx, req: ControlRequest) {
+fn propose(ctx: &ControlCtx, term: u64, req: ControlRequest) {
     let raft = ctx.node.raft.clone();
     let events = ctx.events.clone();
     let service = service_of(&req);
@@ -430,19 +435,21 @@ fn propose(ctx: &ControlCtx, req: ControlRequest) {
             Ok(Err(e)) => warn!(service = %service, cause = %e, "proposal failed"),
             Err(_) => warn!(service = %service, "proposal not committed within 10s"),
         }
-        let _ = events.send(Event::ProposalDone { service }).await;
+        let _ = events.send(Event::ProposalDone { term, service }).await;
     });
 }
 
 fn dispatch(ctx: &ControlCtx, d: StepDispatch, members: &BTreeMap<NodeId, Member>) {
     let ctx = ctx.clone();
-    let executor = d.executor.and_then(|id| members.get(&id).cloned().map(|m| (id, m)));
+    let executor = d.executor.map(|id| (id, members.get(&id).cloned()));
     tokio::spawn(async move {
         let limit = d.action.timeout + Duration::from_secs(5);
         let result = match executor {
-            Some((id, member)) if id != ctx.node.id => {
+            Some((id, Some(member))) if id != ctx.node.id => {
                 run_remote(&ctx, id, &member, &d, limit).await
             }
+            // Never run a site-bound step elsewhere because its executor left the cluster.
+            Some((id, None)) => Err(format!("executor node {id} is no longer a member")),
             _ => run_local(&ctx, &d.action, &context_of(&d)).await,
         };
         match &result {
