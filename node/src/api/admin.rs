@@ -215,8 +215,11 @@ impl Admin for AdminService {
         };
         let (id, member) = validate_new_member(req.get_ref(), &existing)?;
         info!(member_id = id, member = %member, "adding learner");
-        let resp =
-            self.node.raft.add_learner(id, member, false).await.map_err(|e| self.write_error(e))?;
+        let write = self.node.raft.add_learner(id, member, false);
+        let resp = tokio::time::timeout(WRITE_TIMEOUT, write)
+            .await
+            .map_err(|_| not_committed_in_time())?
+            .map_err(|e| self.write_error(e))?;
         Ok(Response::new(membership_reply(&resp)))
     }
 
@@ -227,14 +230,7 @@ impl Admin for AdminService {
         self.require_leader().await?;
         let id = req.get_ref().id;
         info!(member_id = id, "promoting learner to voter");
-        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
-        let resp = self
-            .node
-            .raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| self.write_error(e))?;
-        Ok(Response::new(membership_reply(&resp)))
+        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await
     }
 
     async fn remove_member(
@@ -260,13 +256,7 @@ impl Admin for AdminService {
             )));
         };
         info!(member_id = id, "removing member");
-        let resp = self
-            .node
-            .raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| self.write_error(e))?;
-        Ok(Response::new(membership_reply(&resp)))
+        self.change_membership(change).await
     }
 
     async fn add_note(
@@ -290,7 +280,7 @@ impl Admin for AdminService {
             text: req.text,
             at_unix_ms: crate::pb::unix_now_ms(),
         };
-        let resp = self.node.raft.client_write(request).await.map_err(|e| self.write_error(e))?;
+        let resp = self.write(request).await?;
         Ok(Response::new(pb::AddNoteReply {
             seq: resp.data.history_seq.unwrap_or(0),
             log_index: resp.log_id.index,
@@ -396,22 +386,46 @@ impl Admin for AdminService {
 }
 
 impl AdminService {
-    async fn propose_control(&self, req: ControlRequest) -> Result<(u64, Option<u64>), Status> {
-        let write = self.node.raft.client_write(crate::consensus::types::Request::Control(req));
+    /// Commits `req` through Raft, waiting at most [`WRITE_TIMEOUT`].
+    async fn write(
+        &self,
+        req: crate::consensus::types::Request,
+    ) -> Result<openraft::raft::ClientWriteResponse<crate::consensus::types::TypeConfig>, Status>
+    {
+        let write = self.node.raft.client_write(req);
+        tokio::time::timeout(WRITE_TIMEOUT, write)
+            .await
+            .map_err(|_| not_committed_in_time())?
+            .map_err(|e| self.write_error(e))
+    }
+
+    /// Commits a membership change, waiting at most [`WRITE_TIMEOUT`].
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, Member>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let write = self.node.raft.change_membership(change, false);
         let resp = tokio::time::timeout(WRITE_TIMEOUT, write)
             .await
-            .map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "not committed within {}s (no quorum?); it may still commit: check with 'droverctl status' or 'droverctl config show' before retrying",
-                    WRITE_TIMEOUT.as_secs()
-                ))
-            })?
+            .map_err(|_| not_committed_in_time())?
             .map_err(|e| self.write_error(e))?;
+        Ok(Response::new(membership_reply(&resp)))
+    }
+
+    async fn propose_control(&self, req: ControlRequest) -> Result<(u64, Option<u64>), Status> {
+        let resp = self.write(crate::consensus::types::Request::Control(req)).await?;
         if let Some(why) = resp.data.rejected {
             return Err(Status::failed_precondition(why));
         }
         Ok((resp.log_id.index, resp.data.spec_version))
     }
+}
+
+fn not_committed_in_time() -> Status {
+    Status::deadline_exceeded(format!(
+        "not committed within {}s (no quorum?); it may still commit: check with 'droverctl status' or 'droverctl config show' before retrying",
+        WRITE_TIMEOUT.as_secs()
+    ))
 }
 
 fn parse_spec(text: &str) -> Result<crate::spec::ClusterSpec, Status> {
