@@ -54,6 +54,23 @@ fn no_step_before(r: &mut Rig, ms: u64, what: &str) {
     }
 }
 
+/// `GET /v1/services/webshop/active` answers 200 on the nodes of `site` and 503 on every
+/// other node (the witness included).
+fn expect_active_on(r: &mut Rig, site: &str) {
+    for id in r.c.ids() {
+        let name = r.c.name(id).to_owned();
+        let want = if r.c.site(id) == site { 200 } else { 503 };
+        r.wait(
+            &format!("/v1/services/webshop/active on {name} to answer {want}"),
+            Duration::from_secs(10),
+            |r| match r.c.http_get(id, "/v1/services/webshop/active")? {
+                (code, _) if code == want => Ok(()),
+                (code, body) => Err(format!("{code} {}", body.trim())),
+            },
+        );
+    }
+}
+
 /// The node names of `site` in the standard layout.
 fn nodes_of(site: &str) -> [String; 2] {
     [format!("{site}-1"), format!("{site}-2")]
@@ -65,11 +82,14 @@ fn app_stops_then_failover() {
     r.start_app("prod", "initial deployment");
     r.apply_failover_spec();
     r.wait_protecting_with_prod_up(PROTECTING_TIMEOUT);
+    // A load balancer's health check finds the active site on every node's HTTP port.
+    expect_active_on(&mut r, "prod");
 
     let outage = Instant::now();
     let outage_ms = unix_ms();
     r.apps.kill_9("prod");
     let svc = r.wait_failed_over_to_dr(FAILOVER_TIMEOUT);
+    expect_active_on(&mut r, "dr");
     eprintln!(
         "failover completed {:.1}s after the prod application died",
         outage.elapsed().as_secs_f64()

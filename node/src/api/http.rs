@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -20,6 +20,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/services/{name}/active", get(service_active))
         .with_state(node)
 }
 
@@ -31,6 +32,41 @@ async fn readyz(State(node): State<NodeHandle>) -> impl IntoResponse {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: no known leader\n".to_string())
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: not a member of the cluster\n".to_string())
+    }
+}
+
+/// 200 only on a node of the site that holds the service's lease (and has not self-fenced),
+/// 503 elsewhere: a load balancer's health check (HAProxy `option httpchk`) can follow the
+/// active site without any push from drover.
+async fn service_active(
+    State(node): State<NodeHandle>,
+    Path(name): Path<String>,
+) -> impl IntoResponse {
+    let fenced = node.fenced.lock().map(|f| f.get(&name).copied()).unwrap_or(None);
+    let state = node.state.read(|s| s.control.services.get(&name).cloned());
+    let Some(state) = state else {
+        return (StatusCode::NOT_FOUND, format!("no service named {name:?}\n"));
+    };
+    let holder = state.lease.as_ref().map(|l| (l.site.clone(), l.epoch));
+    match holder {
+        Some((site, epoch)) if site == node.site && fenced != Some(epoch) => {
+            (StatusCode::OK, format!("active: {name} is served by site {site} (epoch {epoch})\n"))
+        }
+        Some((site, epoch)) if site == node.site => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("fenced: this node self-fenced {name} at epoch {epoch}\n"),
+        ),
+        Some((site, epoch)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "standby: {name} is active on site {site} (epoch {epoch}), this node is in {}\n",
+                node.site
+            ),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("failing over: {name}'s lease is revoked while it moves to another site\n"),
+        ),
     }
 }
 

@@ -20,6 +20,8 @@ pub struct NodeHandle {
     pub id: NodeId,
     /// This node's name.
     pub name: String,
+    /// This node's site.
+    pub site: String,
     /// The local Raft instance.
     pub raft: Raft,
     /// When each peer last answered.

@@ -92,6 +92,7 @@ pub async fn run(
     let node = NodeHandle {
         id: cfg.id,
         name: cfg.name.clone(),
+        site: cfg.site.clone(),
         raft: raft.clone(),
         contacts,
         state,
