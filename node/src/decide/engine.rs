@@ -925,12 +925,10 @@ fn start_step(
         Err(why) if step.stage == Stage::Fence => (None, Some(Err(why))),
         Err(why) => {
             let msg = format!(
-                "failover of {name} to {} waits at step {} ({} {} on {}): {why}",
+                "failover of {name} to {} waits at step {} ({}): {why}",
                 wf.to,
                 i + 1,
-                step.stage.as_str(),
-                step.action.as_ref().map_or("lease", |a| a.action.kind()),
-                step.site
+                step.describe()
             );
             return sink.alert(name, "no_executor", msg);
         }

@@ -87,7 +87,7 @@ fn workflow_to_pb(w: &Workflow) -> pb::WorkflowStatus {
             pb::WorkflowStepStatus {
                 stage: st.stage.as_str().to_string(),
                 site: st.site.clone(),
-                kind: st.action.as_ref().map_or("lease_wait", |a| a.action.kind()).to_string(),
+                kind: st.kind().to_string(),
                 status: status.to_string(),
                 attempt,
                 detail,

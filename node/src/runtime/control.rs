@@ -53,8 +53,6 @@ const LEASE_TICK: Duration = Duration::from_millis(50);
 /// Capacity of the channels into the controller loop.
 const CHANNEL_CAPACITY: usize = 1024;
 
-pub use crate::api::{FencedView, HealthView};
-
 /// What the failover driver needs; shared by its loops and its gRPC service.
 #[derive(Clone)]
 pub struct ControlCtx {
@@ -72,10 +70,6 @@ pub struct ControlCtx {
     pub origin: Instant,
     /// Into the controller loop.
     events: mpsc::Sender<Event>,
-    /// Services this node has self-fenced, with the epoch.
-    pub fenced: FencedView,
-    /// Leader's detector view, for status.
-    pub health: HealthView,
 }
 
 /// Something that happened, for the controller loop.
@@ -159,8 +153,6 @@ pub fn start(
         peers: PeerChannels::new(tls),
         origin: Instant::now(),
         events: events_tx,
-        fenced: node.fenced.clone(),
-        health: node.health.clone(),
         node,
     };
     let (spec_tx, spec_rx) = watch::channel(None);
@@ -283,7 +275,7 @@ async fn controller_loop(
         if metrics.state != ServerState::Leader {
             if engine.take().is_some() {
                 info!("no longer the leader: failover decisions stop here");
-                if let Ok(mut h) = ctx.health.write() {
+                if let Ok(mut h) = ctx.node.health.write() {
                     h.clear();
                 }
             }
@@ -396,7 +388,7 @@ fn publish_health(
             .collect();
         view.insert(svc.clone(), sites);
     }
-    if let Ok(mut h) = ctx.health.write() {
+    if let Ok(mut h) = ctx.node.health.write() {
         *h = view;
     }
 }
@@ -691,7 +683,8 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
                 self_fence_grace: Duration::from_millis(terms.self_fence_grace_ms),
             };
             let ours = state.lease.as_ref().filter(|l| l.site == ctx.site).map(|l| l.epoch);
-            let already_fenced = ctx.fenced.lock().map(|f| f.get(service).copied()).unwrap_or(None);
+            let already_fenced =
+                ctx.node.fenced.lock().map(|f| f.get(service).copied()).unwrap_or(None);
             match ours {
                 Some(epoch) => {
                     let h = holdings.entry(service.clone()).or_insert_with(|| Holding {
@@ -844,7 +837,7 @@ async fn confirm_lease(
 /// Starts this site's on_lease_lost runbook in its own task (once per service and epoch), so
 /// one service's self-fencing never delays another's.
 fn spawn_self_fence(ctx: &ControlCtx, service: &str, epoch: u64, why: String) {
-    if let Ok(mut f) = ctx.fenced.lock() {
+    if let Ok(mut f) = ctx.node.fenced.lock() {
         if f.get(service) == Some(&epoch) {
             return;
         }

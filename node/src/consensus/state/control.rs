@@ -238,6 +238,16 @@ impl WorkflowStep {
         self.action.as_ref().map_or(OnFailure::Abort, |s| s.on_failure)
     }
 
+    /// The step kind as written in the spec, or `lease_wait`.
+    pub fn kind(&self) -> &'static str {
+        self.action.as_ref().map_or("lease_wait", |a| a.action.kind())
+    }
+
+    /// `activate exec on dr`: stage, kind and site, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} {} on {}", self.stage.as_str(), self.kind(), self.site)
+    }
+
     /// The attempt number the next start must carry.
     pub fn next_attempt(&self) -> u32 {
         match &self.status {
@@ -812,14 +822,7 @@ impl ControlState {
                 ));
             }
         }
-        let label = format!(
-            "{service} epoch {}: step {} ({} {} on {})",
-            wf.epoch,
-            step + 1,
-            s.stage.as_str(),
-            s.action.as_ref().map_or("lease", |a| a.action.kind()),
-            s.site
-        );
+        let label = format!("{service} epoch {}: step {} ({})", wf.epoch, step + 1, s.describe());
         let record = match outcome {
             Ok(detail) => {
                 s.status = StepStatus::Succeeded {
