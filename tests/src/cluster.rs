@@ -70,6 +70,27 @@ const LOG_TAIL_LINES: usize = 40;
 const TERMINATE_DEADLINE: Duration = Duration::from_secs(15);
 /// Pause between two probes of a polling wait.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Calls `probe` every `interval` until it returns `Ok` or `timeout` passes; `Err` carries
+/// the last thing it observed. The waits of [`Cluster`] and `Rig` are built on it.
+pub(crate) fn poll<S, T>(
+    state: &mut S,
+    timeout: Duration,
+    interval: Duration,
+    mut probe: impl FnMut(&mut S) -> Result<T, String>,
+) -> Result<T, String> {
+    let started = Instant::now();
+    loop {
+        let last = match probe(state) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if started.elapsed() >= timeout {
+            return Err(last);
+        }
+        thread::sleep(interval);
+    }
+}
 /// Timeout of one HTTP request to a node.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Ports of a node placed in a network namespace (each such node has its own IP).
@@ -704,20 +725,13 @@ impl Cluster {
         &mut self,
         what: &str,
         timeout: Duration,
-        mut probe: impl FnMut(&mut Cluster) -> Result<T, String>,
+        probe: impl FnMut(&mut Cluster) -> Result<T, String>,
     ) -> T {
-        let started = Instant::now();
-        loop {
-            let last = match probe(self) {
-                Ok(v) => return v,
-                Err(e) => e,
-            };
-            if started.elapsed() >= timeout {
-                self.fail(format!(
-                    "timed out after {timeout:?} waiting for {what}\nlast observed: {last}"
-                ));
-            }
-            thread::sleep(POLL_INTERVAL);
+        match poll(self, timeout, POLL_INTERVAL, probe) {
+            Ok(v) => v,
+            Err(last) => self.fail(format!(
+                "timed out after {timeout:?} waiting for {what}\nlast observed: {last}"
+            )),
         }
     }
 

@@ -91,20 +91,13 @@ impl Rig {
         &mut self,
         what: &str,
         timeout: Duration,
-        mut probe: impl FnMut(&mut Rig) -> Result<T, String>,
+        probe: impl FnMut(&mut Rig) -> Result<T, String>,
     ) -> T {
-        let started = Instant::now();
-        loop {
-            let last = match probe(self) {
-                Ok(v) => return v,
-                Err(e) => e,
-            };
-            if started.elapsed() >= timeout {
-                self.fail(format!(
-                    "timed out after {timeout:?} waiting for {what}\nlast observed: {last}"
-                ));
-            }
-            thread::sleep(POLL);
+        match crate::cluster::poll(self, timeout, POLL, probe) {
+            Ok(v) => v,
+            Err(last) => self.fail(format!(
+                "timed out after {timeout:?} waiting for {what}\nlast observed: {last}"
+            )),
         }
     }
 
