@@ -15,7 +15,7 @@ use drover_proto::v1::admin_client::AdminClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use crate::api::admin::{LEADER_ADDR_KEY, LEADER_ID_KEY};
+use crate::api::admin::LEADER_ADDR_KEY;
 use crate::consensus::network::describe_status;
 
 /// Most leader hints followed by one call (a leader change during the call costs one hop).
@@ -196,7 +196,6 @@ impl Client {
             if let Some(addr) = status.metadata().get(LEADER_ADDR_KEY).and_then(|v| v.to_str().ok())
             {
                 if !addr.is_empty() {
-                    let _ = status.metadata().get(LEADER_ID_KEY);
                     return Attempt::Redirect(addr.to_string());
                 }
             }

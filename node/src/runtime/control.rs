@@ -144,7 +144,7 @@ pub fn start(
     actuator: Arc<dyn Actuator>,
     tls: Option<Arc<TlsMaterial>>,
     stop: watch::Receiver<bool>,
-) -> (ControlServer<ControlService>, ControlCtx) {
+) -> ControlServer<ControlService> {
     let (events_tx, events_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let ctx = ControlCtx {
         site,
@@ -163,7 +163,7 @@ pub fn start(
     if role == Role::Controller {
         tokio::spawn(lease_loop(ctx.clone(), stop));
     }
-    (ControlServer::new(ControlService { ctx: ctx.clone() }), ctx)
+    ControlServer::new(ControlService { ctx })
 }
 
 /// Publishes the applied spec to the prober whenever its version changes.

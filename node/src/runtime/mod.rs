@@ -102,7 +102,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let actuator: Arc<dyn crate::actuate::Actuator> = Arc::new(crate::actuate::RealActuator::new());
-    let (control_service, _control) =
+    let control_service =
         control::start(node.clone(), cfg.site.clone(), cfg.role, actuator, tls, stop_rx.clone());
     let grpc = {
         let mut stop = stop_rx.clone();
