@@ -27,6 +27,7 @@ mod cluster;
 mod http;
 pub mod netns;
 mod process;
+pub mod require;
 mod rig;
 
 pub use app::{failover_spec, AppSite, Apps, LedgerLine};
@@ -34,6 +35,7 @@ pub use bins::{bins, Bins};
 pub use cluster::{Cluster, ClusterBuilder, NodeId, Role, NETNS_GRPC_PORT, NETNS_HTTP_PORT};
 pub use http::{http_get, parse_metrics, Metrics};
 pub use process::{run_with_deadline, CmdOutput};
+pub use require::{require_program, skip};
 pub use rig::{step, steps, succeeded_step, unix_ms, Rig, SERVICE, STEADY};
 
 use std::time::Duration;

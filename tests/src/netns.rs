@@ -64,13 +64,9 @@ pub fn require_netns(test_name: &str) -> bool {
     if root && ip {
         return true;
     }
-    let msg = format!("skipped: {test_name} needs root and iproute2 (ip netns); run as root");
-    if std::env::var(STRICT_ENV).as_deref() == Ok("1") {
-        panic!("{msg} ({STRICT_ENV}=1 forbids skipping)");
-    }
-    println!("{msg}");
-    eprintln!("{msg}");
-    false
+    crate::require::skip(&format!(
+        "skipped: {test_name} needs root and iproute2 (ip netns); run as root"
+    ))
 }
 
 /// Whether `nft` is available (for one-way cuts).
