@@ -32,9 +32,14 @@ pub struct NodeHandle {
     pub health: HealthView,
     /// Services this node self-fenced, with the epoch.
     pub fenced: FencedView,
+    /// Services whose lease this node believes its site holds right now (by its own clock,
+    /// not self-fenced), with the epoch: the site's own view of whether it may serve.
+    pub leases: LeaseView,
 }
 
 /// Leader-side health of each (service, site) as the detector sees it.
 pub type HealthView = Arc<RwLock<BTreeMap<String, BTreeMap<String, String>>>>;
 /// Services this node has self-fenced, with the epoch it fenced at.
 pub type FencedView = Arc<Mutex<BTreeMap<String, u64>>>;
+/// Services whose lease this node believes it holds, with the epoch.
+pub type LeaseView = Arc<Mutex<BTreeMap<String, u64>>>;

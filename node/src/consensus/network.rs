@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::error::Error;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use drover_proto::v1::raft_client::RaftClient;
 use drover_proto::v1::{RaftReply, RaftRequest};
@@ -75,18 +77,46 @@ pub fn endpoint(
     Ok(ep)
 }
 
+/// Turns an [`Endpoint`] into a lazily connecting [`Channel`]: over the operating system's
+/// TCP on a real node, over the simulator's network in `drover-sim`.
+#[derive(Clone, Default)]
+pub struct Dialer(Option<Arc<dyn Fn(Endpoint) -> Channel + Send + Sync>>);
+
+impl Dialer {
+    /// Dials with `connect`, e.g. an `Endpoint::connect_with_connector_lazy` over a simulated
+    /// TCP stack.
+    pub fn custom(connect: impl Fn(Endpoint) -> Channel + Send + Sync + 'static) -> Dialer {
+        Dialer(Some(Arc::new(connect)))
+    }
+
+    /// A channel that connects on first use (and reconnects after a failure).
+    pub fn channel(&self, ep: Endpoint) -> Channel {
+        match &self.0 {
+            Some(connect) => connect(ep),
+            None => ep.connect_lazy(),
+        }
+    }
+}
+
 /// Creates a [`PeerClient`] per replication target; shared by openraft's tasks.
 #[derive(Clone)]
 pub struct Network {
     own_id: NodeId,
     tls: Option<Arc<TlsMaterial>>,
     contacts: PeerContacts,
+    dialer: Dialer,
 }
 
 impl Network {
-    /// A network for node `own_id`; `tls = None` only in `--insecure-dev` mode.
-    pub fn new(own_id: NodeId, tls: Option<Arc<TlsMaterial>>, contacts: PeerContacts) -> Self {
-        Network { own_id, tls, contacts }
+    /// A network for node `own_id`; `tls = None` only in `--insecure-dev` mode (and in the
+    /// simulator).
+    pub fn new(
+        own_id: NodeId,
+        tls: Option<Arc<TlsMaterial>>,
+        contacts: PeerContacts,
+        dialer: Dialer,
+    ) -> Self {
+        Network { own_id, tls, contacts, dialer }
     }
 }
 
@@ -96,7 +126,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
         let client = endpoint(&node.address, &node.name, self.tls.as_deref())
             .map(|ep| {
-                RaftClient::new(ep.connect_lazy())
+                RaftClient::new(self.dialer.channel(ep))
                     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             })

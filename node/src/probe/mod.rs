@@ -34,6 +34,19 @@ use crate::spec::{Check, CheckProbe, LagProbe, LagSource};
 
 pub use prober::{ProbeLimits, Prober, SiteReport};
 
+/// Where a node's latest probe results come from: its own [`Prober`] on a real node, the
+/// simulated sites in `drover-sim`.
+pub trait ProbeSource: Send + Sync {
+    /// The latest result per (service, site) this node observes.
+    fn latest(&self) -> Vec<SiteReport>;
+}
+
+impl ProbeSource for Prober {
+    fn latest(&self) -> Vec<SiteReport> {
+        Prober::latest(self)
+    }
+}
+
 /// Bytes of an HTTP check's body that are read (and searched for `body_contains`).
 pub const HTTP_BODY_CAP: usize = 64 * 1024;
 /// Bytes kept from the end of an exec check's stdout and of its stderr, each.

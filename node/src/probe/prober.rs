@@ -18,7 +18,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::{watch, Semaphore};
 use tokio::task::AbortHandle;
@@ -389,7 +391,7 @@ async fn run_job(
     shared: Arc<Mutex<Shared>>,
     semaphore: Arc<Semaphore>,
 ) {
-    let start = tokio::time::Instant::now() + first_delay;
+    let start = Instant::now() + first_delay;
     let mut ticker = tokio::time::interval_at(start, key.interval().max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {

@@ -16,27 +16,28 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drover_proto::v1 as pb;
 use drover_proto::v1::control_client::ControlClient;
 use drover_proto::v1::control_server::{Control, ControlServer};
 use openraft::ServerState;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{debug, error, info, warn};
 
 use crate::actuate::{Actuator, StepContext, StepError};
 use crate::api::NodeHandle;
-use crate::consensus::network::endpoint;
+use crate::consensus::network::{endpoint, Dialer};
 use crate::consensus::state::control::{ControlRequest, LeaseTerms, StepStatus};
 use crate::consensus::types::{Member, NodeId, Request as RaftRequest, Role};
 use crate::decide::{
     Command, Engine, EngineParams, HolderLease, LeaseParams, MonoTime, Observation, StepDispatch,
     Verdict,
 };
-use crate::probe::{ProbeLimits, Prober};
+use crate::probe::{ProbeLimits, ProbeSource, Prober};
 use crate::spec::{ClusterSpec, Phase, Step, VetoHook};
 use crate::tls::TlsMaterial;
 
@@ -66,8 +67,8 @@ pub struct ControlCtx {
     pub actuator: Arc<dyn Actuator>,
     /// gRPC channels to peers.
     pub peers: PeerChannels,
-    /// Origin of this process's monotonic clock.
-    pub origin: Instant,
+    /// The clock lease and detection arithmetic is done in.
+    pub clock: LeaseClock,
     /// Into the controller loop.
     events: mpsc::Sender<Event>,
 }
@@ -104,13 +105,14 @@ enum Event {
 #[derive(Clone)]
 pub struct PeerChannels {
     tls: Option<Arc<TlsMaterial>>,
+    dialer: Dialer,
     cache: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
 }
 
 impl PeerChannels {
-    /// Channels over mutual TLS (None: `--insecure-dev`).
-    pub fn new(tls: Option<Arc<TlsMaterial>>) -> Self {
-        PeerChannels { tls, cache: Arc::new(Mutex::new(HashMap::new())) }
+    /// Channels over mutual TLS (None: `--insecure-dev`), dialed by `dialer`.
+    pub fn new(tls: Option<Arc<TlsMaterial>>, dialer: Dialer) -> Self {
+        PeerChannels { tls, dialer, cache: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     fn control(&self, id: NodeId, member: &Member) -> Result<ControlClient<Channel>, String> {
@@ -122,14 +124,59 @@ impl PeerChannels {
         }
         let ep = endpoint(&member.address, &member.name, self.tls.as_deref())
             .map_err(|e| format!("bad address {} for {}: {e}", member.address, member.name))?;
-        let ch = ep.connect_lazy();
+        let ch = self.dialer.channel(ep);
         cache.insert(id, (member.address.clone(), ch.clone()));
         Ok(ControlClient::new(ch))
     }
 }
 
-fn mono(origin: Instant, at: Instant) -> MonoTime {
-    MonoTime::from_ms(at.saturating_duration_since(origin).as_millis() as u64)
+/// A node's monotonic clock for the engine and the lease loop: time since the driver started,
+/// running at the node's clock rate. A real node runs at rate 1 (its clock's drift is what
+/// `max_clock_drift` bounds); the simulator skews each node's rate within that bound.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseClock {
+    origin: Instant,
+    /// Rate error in parts per million: +1000 runs 0.1% fast.
+    rate_ppm: i64,
+}
+
+impl LeaseClock {
+    /// A clock starting now, `rate_ppm` parts per million fast (negative: slow).
+    pub fn new(rate_ppm: i64) -> LeaseClock {
+        LeaseClock { origin: Instant::now(), rate_ppm: rate_ppm.clamp(-999_999, 999_999) }
+    }
+
+    /// `at` on this clock.
+    pub fn at(&self, at: Instant) -> MonoTime {
+        let ms = at.saturating_duration_since(self.origin).as_millis() as i128;
+        let skewed = ms * (1_000_000 + self.rate_ppm as i128) / 1_000_000;
+        MonoTime::from_ms(skewed.max(0) as u64)
+    }
+
+    /// Now on this clock.
+    pub fn now(&self) -> MonoTime {
+        self.at(Instant::now())
+    }
+}
+
+/// Where a node's probe results come from.
+pub enum ProbeSupply {
+    /// Run the spec's checks from this node ([`Prober`]).
+    Real(ProbeLimits),
+    /// Take them from elsewhere (the simulator).
+    Given(Arc<dyn ProbeSource>),
+}
+
+/// What the driver acts and observes through; real on a node, simulated in `drover-sim`.
+pub struct DriverParts {
+    /// Runs steps.
+    pub actuator: Arc<dyn Actuator>,
+    /// Probe results.
+    pub probes: ProbeSupply,
+    /// How peers are dialed.
+    pub dialer: Dialer,
+    /// The clock lease arithmetic runs on.
+    pub clock: LeaseClock,
 }
 
 fn unix_now_ms() -> i64 {
@@ -141,7 +188,7 @@ pub fn start(
     node: NodeHandle,
     site: String,
     role: Role,
-    actuator: Arc<dyn Actuator>,
+    parts: DriverParts,
     tls: Option<Arc<TlsMaterial>>,
     stop: watch::Receiver<bool>,
 ) -> ControlServer<ControlService> {
@@ -149,16 +196,21 @@ pub fn start(
     let ctx = ControlCtx {
         site,
         role,
-        actuator,
-        peers: PeerChannels::new(tls),
-        origin: Instant::now(),
+        actuator: parts.actuator,
+        peers: PeerChannels::new(tls, parts.dialer),
+        clock: parts.clock,
         events: events_tx,
         node,
     };
-    let (spec_tx, spec_rx) = watch::channel(None);
-    tokio::spawn(spec_watch(ctx.clone(), spec_tx, stop.clone()));
-    let prober = Prober::spawn(ctx.site.clone(), spec_rx, ProbeLimits::default());
-    tokio::spawn(reporter_loop(ctx.clone(), prober, stop.clone()));
+    let probes: Arc<dyn ProbeSource> = match parts.probes {
+        ProbeSupply::Real(limits) => {
+            let (spec_tx, spec_rx) = watch::channel(None);
+            tokio::spawn(spec_watch(ctx.clone(), spec_tx, stop.clone()));
+            Arc::new(Prober::spawn(ctx.site.clone(), spec_rx, limits))
+        }
+        ProbeSupply::Given(source) => source,
+    };
+    tokio::spawn(reporter_loop(ctx.clone(), probes, stop.clone()));
     tokio::spawn(controller_loop(ctx.clone(), events_rx, stop.clone()));
     if role == Role::Controller {
         tokio::spawn(lease_loop(ctx.clone(), stop));
@@ -212,7 +264,11 @@ fn parse_verdict(s: &str) -> Verdict {
 }
 
 /// Sends this node's probe results to the leader (or straight into the loop when leading).
-async fn reporter_loop(ctx: ControlCtx, prober: Prober, mut stop: watch::Receiver<bool>) {
+async fn reporter_loop(
+    ctx: ControlCtx,
+    prober: Arc<dyn ProbeSource>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -285,14 +341,14 @@ async fn controller_loop(
         let eng = engine.get_or_insert_with(|| {
             term += 1;
             info!("leading: failover decisions are made here");
-            Engine::new(EngineParams::new(ctx.node.name.clone()), mono(ctx.origin, now))
+            Engine::new(EngineParams::new(ctx.node.name.clone()), ctx.clock.at(now))
         });
         match event {
             Some(Event::Reports { observer, reports, received }) => {
                 for r in reports {
                     let at =
-                        received.checked_sub(Duration::from_millis(r.age_ms)).unwrap_or(ctx.origin);
-                    let at = mono(ctx.origin, at);
+                        received.checked_sub(Duration::from_millis(r.age_ms)).unwrap_or(received);
+                    let at = ctx.clock.at(at);
                     eng.probe_report(
                         observer,
                         &r.service,
@@ -340,7 +396,7 @@ async fn controller_loop(
             })
             .collect();
         let obs = Observation {
-            now: mono(ctx.origin, now),
+            now: ctx.clock.at(now),
             now_unix_ms: unix_now_ms(),
             control: &control,
             voters: &voters,
@@ -668,9 +724,10 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
             }
             _ = stop.wait_for(|s| *s) => return,
         }
-        let now = mono(ctx.origin, Instant::now());
+        let now = ctx.clock.now();
         let control = ctx.node.state.read(|s| s.control.clone());
         let Some(spec) = control.spec.as_ref().map(|v| v.spec.clone()) else { continue };
+        let mut believed = BTreeMap::new();
         for (service, state) in &control.services {
             let Some(policy) = spec.policy_for(service) else { continue };
             // A holder keeps to the terms its lease was granted under (the leader waits by at
@@ -721,6 +778,8 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
                     if expired {
                         let why = "the lease could not be renewed for lease_ttl".to_string();
                         spawn_self_fence(&ctx, service, epoch, why);
+                    } else {
+                        believed.insert(service.clone(), epoch);
                     }
                 }
                 None => {
@@ -734,6 +793,9 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
                     }
                 }
             }
+        }
+        if let Ok(mut leases) = ctx.node.leases.lock() {
+            *leases = believed;
         }
     }
 }
@@ -842,6 +904,9 @@ fn spawn_self_fence(ctx: &ControlCtx, service: &str, epoch: u64, why: String) {
             return;
         }
         f.insert(service.to_string(), epoch);
+    }
+    if let Ok(mut leases) = ctx.node.leases.lock() {
+        leases.remove(service);
     }
     let spec = ctx.node.state.read(|s| s.control.spec.as_ref().map(|v| v.spec.clone()));
     let Some(spec) = spec else { return };

@@ -28,9 +28,12 @@ use crate::api::admin::AdminService;
 use crate::api::raft::RaftService;
 use crate::api::NodeHandle;
 use crate::config::NodeConfig;
-use crate::consensus::network::{Network, PeerContacts};
+use crate::consensus::network::{Dialer, Network, PeerContacts};
 use crate::consensus::store;
-use crate::consensus::types::{Member, NodeId, Raft};
+use crate::consensus::types::{Member, NodeId, Raft, Role};
+use crate::probe::ProbeLimits;
+use control::{DriverParts, LeaseClock, ProbeSupply};
+use tonic::transport::server::Router;
 use crate::tls::TlsMaterial;
 
 /// Longest time the listeners get to finish in-flight requests at shutdown.
@@ -80,41 +83,22 @@ pub async fn run(
             config: config_name.clone(),
         })?;
 
-    let (log_store, state_machine) = store::open(&cfg.data_dir, store::StoreOptions::default())?;
-    let state = state_machine.state_handle();
-    let contacts = PeerContacts::default();
-    let tls = tls.map(Arc::new);
-    let network = Network::new(cfg.id, tls.clone(), contacts.clone());
-    let raft_config = Arc::new(cfg.raft.to_openraft("drover"));
-    let raft = Raft::new(cfg.id, raft_config, network, log_store, state_machine)
-        .await
-        .map_err(|e| RuntimeError::Raft(e.to_string()))?;
-    let node = NodeHandle {
-        id: cfg.id,
-        name: cfg.name.clone(),
-        site: cfg.site.clone(),
-        raft: raft.clone(),
-        contacts,
-        state,
-        health: Default::default(),
-        fenced: Default::default(),
-    };
-
+    let stores = store::open(&cfg.data_dir, store::StoreOptions::default())?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let actuator: Arc<dyn crate::actuate::Actuator> = Arc::new(crate::actuate::RealActuator::new());
-    let control_service =
-        control::start(node.clone(), cfg.site.clone(), cfg.role, actuator, tls, stop_rx.clone());
+    let parts = DriverParts {
+        actuator: Arc::new(crate::actuate::RealActuator::new()),
+        probes: ProbeSupply::Real(ProbeLimits::default()),
+        dialer: Dialer::default(),
+        clock: LeaseClock::new(0),
+    };
+    let identity = Identity { id: cfg.id, name: cfg.name.clone(), site: cfg.site.clone(), role: cfg.role };
+    let raft_config = Arc::new(cfg.raft.to_openraft("drover"));
+    let Assembled { node, router } =
+        assemble(identity, raft_config, stores, parts, tls.map(Arc::new), stop_rx.clone()).await?;
+    let raft = node.raft.clone();
     let grpc = {
         let mut stop = stop_rx.clone();
         let incoming = crate::tls::serve_incoming(grpc_listener, server_tls);
-        let router = tonic::transport::Server::builder()
-            // Long enough for the longest step a spec allows (RunStep); every client call
-            // carries its own, shorter deadline.
-            .timeout(crate::spec::MAX_TIMEOUT + Duration::from_secs(60))
-            .concurrency_limit_per_connection(64)
-            .add_service(RaftService::server(raft.clone()))
-            .add_service(AdminService::server(node.clone()))
-            .add_service(control_service);
         tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -162,8 +146,70 @@ pub async fn run(
     Ok(())
 }
 
+/// Who a node is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Raft node id.
+    pub id: NodeId,
+    /// Member name.
+    pub name: String,
+    /// Site.
+    pub site: String,
+    /// Controller or witness.
+    pub role: Role,
+}
+
+/// A node put together and running (Raft and the failover driver), with its gRPC services
+/// ready to be served on whatever listener the caller has.
+pub struct Assembled {
+    /// The node's handle.
+    pub node: NodeHandle,
+    /// The Raft, admin and control services.
+    pub router: Router,
+}
+
+/// Puts a node together from its stores and parts: starts Raft and the failover driver (whose
+/// loops stop when `stop` turns true) and builds the gRPC services. A real node serves the
+/// router on its mTLS listener; the simulator on a simulated one.
+pub async fn assemble(
+    identity: Identity,
+    raft_config: Arc<openraft::Config>,
+    (log_store, state_machine): (store::LogStore, store::StateMachine),
+    parts: DriverParts,
+    tls: Option<Arc<TlsMaterial>>,
+    stop: watch::Receiver<bool>,
+) -> Result<Assembled, RuntimeError> {
+    let state = state_machine.state_handle();
+    let contacts = PeerContacts::default();
+    let network = Network::new(identity.id, tls.clone(), contacts.clone(), parts.dialer.clone());
+    let raft = Raft::new(identity.id, raft_config, network, log_store, state_machine)
+        .await
+        .map_err(|e| RuntimeError::Raft(e.to_string()))?;
+    let node = NodeHandle {
+        id: identity.id,
+        name: identity.name,
+        site: identity.site.clone(),
+        raft: raft.clone(),
+        contacts,
+        state,
+        health: Default::default(),
+        fenced: Default::default(),
+        leases: Default::default(),
+    };
+    let control_service = control::start(node.clone(), identity.site, identity.role, parts, tls, stop);
+    let router = tonic::transport::Server::builder()
+        // Long enough for the longest step a spec allows (RunStep); every client call carries
+        // its own, shorter deadline.
+        .timeout(crate::spec::MAX_TIMEOUT + Duration::from_secs(60))
+        .concurrency_limit_per_connection(64)
+        .add_service(RaftService::server(raft))
+        .add_service(AdminService::server(node.clone()))
+        .add_service(control_service);
+    Ok(Assembled { node, router })
+}
+
 /// Proposes the initial membership on a node whose data dir is empty.
-async fn initialize_if_new(raft: &Raft, id: NodeId, initial: &[(NodeId, Member)]) {
+pub async fn initialize_if_new(raft: &Raft, id: NodeId, initial: &[(NodeId, Member)]) {
     match raft.is_initialized().await {
         Ok(true) => {
             info!("data dir holds cluster state; the initial_member list is ignored");

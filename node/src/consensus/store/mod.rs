@@ -162,6 +162,25 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<(LogStore, StateMachine), 
                 source => StoreError::Open { path: path.clone(), source },
             }
         })?;
+    finish_open(db, path)
+}
+
+/// Opens the store on a redb storage backend other than a file: the simulator's disk, which
+/// loses unsynced writes when its node crashes. `label` names it in errors.
+pub fn open_backend(
+    backend: impl redb::StorageBackend,
+    label: &str,
+    opts: StoreOptions,
+) -> Result<(LogStore, StateMachine), StoreError> {
+    let path = PathBuf::from(label);
+    let db = redb::Builder::new()
+        .set_cache_size(opts.cache_size_bytes)
+        .create_with_backend(backend)
+        .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+    finish_open(db, path)
+}
+
+fn finish_open(db: Database, path: PathBuf) -> Result<(LogStore, StateMachine), StoreError> {
     let db = Arc::new(db);
     let loaded = create_tables(&db).and_then(|()| state_machine::load(&db));
     let sm_state = loaded.map_err(|e| match e {
