@@ -91,6 +91,13 @@ impl StateHandle {
         f(&self.lock_read().cluster)
     }
 
+    /// Runs `f` on the current applied state and the log id it was applied up to (published
+    /// together, so the pair is consistent).
+    pub fn read_applied<R>(&self, f: impl FnOnce(Option<LogId>, &ClusterState) -> R) -> R {
+        let shared = self.lock_read();
+        f(shared.last_applied, &shared.cluster)
+    }
+
     // A poisoned lock means an invariant assertion fired while publishing; the node is going
     // down with that panic, and readers may still look at what is there.
     fn lock_read(&self) -> std::sync::RwLockReadGuard<'_, SmState> {

@@ -1,0 +1,186 @@
+//! What a simulated node acts and observes through: an [`Actuator`] that changes the
+//! simulated world (and records every change with its epoch), and a [`ProbeSource`] that
+//! reports the sites' health as this node would see it across the simulated network.
+//!
+//! Step conventions of the simulator's spec:
+//! - `exec` `["sim-app", "start" | "stop"]` starts or stops the application of the executor's
+//!   own site;
+//! - `fence_agent` with `params.target = <site>` powers that site's application off, if the
+//!   executor's site can reach it (out-of-band fencing needs a path) and it has power;
+//! - `dns` points the zone at the workflow's target site, refusing an epoch older than the
+//!   zone's (the fencing-token prerequisite of the real DNS step);
+//! - `wait` sleeps; everything else is not simulated and fails.
+
+use std::time::Duration;
+
+use drover::actuate::{Actuator, StepContext, StepError, StepFuture, StepOutput};
+use drover::decide::Verdict;
+use drover::probe::{ProbeSource, SiteReport};
+use drover::spec::{FenceAction, Step, StepAction};
+use tokio::time::Instant;
+
+use crate::world::{lock, Action, FenceMode, Mutation, Shared, SimNode, DR, PROD, SERVICE};
+
+/// A node's simulated actuator.
+pub struct SimActuator {
+    /// The world it acts on.
+    pub world: Shared,
+    /// The node it runs on.
+    pub node: SimNode,
+}
+
+fn failed(reason: impl Into<String>) -> StepError {
+    StepError::Failed { reason: reason.into(), output_tail: String::new() }
+}
+
+impl SimActuator {
+    /// How long an action of `lo..=hi` ms takes this time.
+    fn duration(&self, lo: u64, hi: u64) -> Duration {
+        let mut w = lock(&self.world);
+        let slow = w.actuator_slowdown;
+        Duration::from_millis(w.rng.range(lo, hi) * slow)
+    }
+
+    async fn act(&self, step: &Step, ctx: &StepContext) -> Result<StepOutput, StepError> {
+        let self_fence = ctx.to_site.is_empty();
+        let done = |what: String| StepOutput { detail: what, output_tail: String::new() };
+        match &step.action {
+            StepAction::Exec(e) => {
+                let verb = e.command.get(1).map(String::as_str).unwrap_or("");
+                if e.command.first().map(String::as_str) != Some("sim-app")
+                    || !matches!(verb, "start" | "stop")
+                {
+                    return Err(failed(format!("not simulated: exec {:?}", e.command)));
+                }
+                tokio::time::sleep(self.duration(50, 400)).await;
+                let site = self.node.site.clone();
+                let mut w = lock(&self.world);
+                if !w.powered.get(&site).copied().unwrap_or(false) {
+                    return Err(failed(format!("site {site} has no power")));
+                }
+                let start = verb == "start";
+                if let Some(app) = w.apps.get_mut(&site) {
+                    app.running = start;
+                }
+                let activates = (start && !self_fence).then(|| site.clone());
+                w.record(Action {
+                    at: Duration::ZERO,
+                    host: self.node.host.clone(),
+                    what: format!("{verb} {site}"),
+                    epoch: ctx.epoch,
+                    self_fence,
+                    activates,
+                });
+                Ok(done(format!("{verb} {site}")))
+            }
+            StepAction::FenceAgent(f) => {
+                let target = f.params.get("target").cloned().unwrap_or_default();
+                let (mode, reachable) = {
+                    let w = lock(&self.world);
+                    let reachable = w.site_link(&self.node.site, &target)
+                        && w.site_link(&target, &self.node.site)
+                        && !w.isolated.contains(&self.node.host)
+                        && w.powered.get(&target).copied().unwrap_or(false);
+                    (w.fence, reachable)
+                };
+                if mode == FenceMode::Hangs || !reachable {
+                    // No answer from the power controller: the step's timeout ends it.
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(self.duration(200, 1500)).await;
+                if mode == FenceMode::Fails {
+                    return Err(failed(format!("{}: Failed: Unable to connect", f.agent)));
+                }
+                let mut w = lock(&self.world);
+                if f.action == FenceAction::Status {
+                    let on = w.apps.get(&target).is_some_and(|a| a.running);
+                    return Ok(done(format!("{target} is {}", if on { "on" } else { "off" })));
+                }
+                if w.mutation != Some(Mutation::LyingFence) {
+                    if let Some(app) = w.apps.get_mut(&target) {
+                        app.running = false;
+                    }
+                }
+                w.record(Action {
+                    at: Duration::ZERO,
+                    host: self.node.host.clone(),
+                    what: format!("fence {target}"),
+                    epoch: ctx.epoch,
+                    self_fence,
+                    activates: None,
+                });
+                Ok(done(format!("fenced {target}")))
+            }
+            StepAction::Dns(_) => {
+                tokio::time::sleep(self.duration(20, 150)).await;
+                let mut w = lock(&self.world);
+                if w.dns_refuses {
+                    return Err(failed("dns: the server answered REFUSED"));
+                }
+                if ctx.epoch < w.dns.0 {
+                    return Err(StepError::Refused {
+                        reason: format!(
+                            "dns: epoch {} already owns the name (this update is epoch {})",
+                            w.dns.0, ctx.epoch
+                        ),
+                    });
+                }
+                w.dns = (ctx.epoch, ctx.to_site.clone());
+                w.record(Action {
+                    at: Duration::ZERO,
+                    host: self.node.host.clone(),
+                    what: format!("dns -> {}", ctx.to_site),
+                    epoch: ctx.epoch,
+                    self_fence,
+                    activates: None,
+                });
+                Ok(done(format!("dns points at {}", ctx.to_site)))
+            }
+            StepAction::Wait(wait) => {
+                tokio::time::sleep(wait.duration).await;
+                Ok(done("waited".into()))
+            }
+            other => Err(failed(format!("not simulated: {}", other.kind()))),
+        }
+    }
+}
+
+impl Actuator for SimActuator {
+    fn run<'a>(&'a self, step: &'a Step, ctx: &'a StepContext) -> StepFuture<'a> {
+        Box::pin(async move {
+            match tokio::time::timeout(step.timeout, self.act(step, ctx)).await {
+                Ok(result) => result,
+                Err(_) => Err(StepError::Timeout { after: step.timeout, output_tail: String::new() }),
+            }
+        })
+    }
+}
+
+/// A node's simulated probes of the sites' applications.
+pub struct SimProbes {
+    /// The world it looks at.
+    pub world: Shared,
+    /// The node it runs on.
+    pub node: SimNode,
+}
+
+impl ProbeSource for SimProbes {
+    fn latest(&self) -> Vec<SiteReport> {
+        let w = lock(&self.world);
+        [PROD, DR]
+            .iter()
+            .map(|site| {
+                let healthy = w.app_healthy_from(&self.node, site);
+                SiteReport {
+                    service: SERVICE.to_string(),
+                    site: site.to_string(),
+                    verdict: if healthy { Verdict::Healthy } else { Verdict::Unhealthy },
+                    detail: if healthy { "ok" } else { "no answer" }.to_string(),
+                    observed_at: Instant::now(),
+                    lag: None,
+                    ready: None,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,112 @@
+//! The program of a simulated host: a real drover node (openraft, the redb store, the state
+//! machine, the decision engine, the failover driver and its gRPC services) assembled with
+//! simulated parts: the host's [`SimDisk`], turmoil TCP, the simulated actuator and probes,
+//! and a lease clock at the node's drift.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover::api::NodeHandle;
+use drover::config::RaftTimings;
+use drover::consensus::state::control::ControlRequest;
+use drover::consensus::store::{self, StoreOptions};
+use drover::consensus::types::{Member, Request};
+use drover::runtime::control::{DriverParts, LeaseClock, ProbeSupply};
+use drover::runtime::{assemble, initialize_if_new, Assembled, Identity};
+use drover::spec::ClusterSpec;
+use openraft::ServerState;
+use tokio::sync::watch;
+
+use crate::disk::SimDisk;
+use crate::fakes::{SimActuator, SimProbes};
+use crate::net::{self, GRPC_PORT};
+use crate::world::{Shared, SimNode, Topology};
+
+/// The nodes' handles while their software runs, by host; the checkers read them.
+pub type Registry = Arc<Mutex<BTreeMap<String, NodeHandle>>>;
+
+/// What a host needs to (re)start its node.
+#[derive(Clone)]
+pub struct Boot {
+    /// The node.
+    pub node: SimNode,
+    /// Every member.
+    pub topology: Topology,
+    /// Its disk (survives restarts).
+    pub disk: SimDisk,
+    /// The world.
+    pub world: Shared,
+    /// Where to publish the handle.
+    pub registry: Registry,
+    /// The spec the cluster applies once formed.
+    pub spec: Arc<(ClusterSpec, String)>,
+    /// The node's clock rate error.
+    pub drift_ppm: i64,
+}
+
+/// Raft timings of the simulated cluster: the defaults a real deployment starts from.
+pub fn raft_config() -> Arc<openraft::Config> {
+    Arc::new(RaftTimings::default().to_openraft("drover-sim"))
+}
+
+/// Runs a node until the host is crashed.
+pub async fn run(boot: Boot) -> turmoil::Result {
+    let stores = store::open_backend(boot.disk.backend(), "sim-disk", StoreOptions::default())?;
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let parts = DriverParts {
+        actuator: Arc::new(SimActuator { world: boot.world.clone(), node: boot.node.clone() }),
+        probes: ProbeSupply::Given(Arc::new(SimProbes {
+            world: boot.world.clone(),
+            node: boot.node.clone(),
+        })),
+        dialer: net::dialer(),
+        clock: LeaseClock::new(boot.drift_ppm),
+    };
+    let identity = Identity {
+        id: boot.node.id,
+        name: boot.node.host.clone(),
+        site: boot.node.site.clone(),
+        role: boot.node.role,
+    };
+    let Assembled { node, router } =
+        assemble(identity, raft_config(), stores, parts, None, stop_rx).await?;
+    boot.registry.lock().unwrap_or_else(|p| p.into_inner()).insert(boot.node.host.clone(), node.clone());
+    let incoming = net::incoming(GRPC_PORT).await?;
+    tokio::spawn(router.serve_with_incoming(incoming));
+    let members: Vec<_> = boot
+        .topology
+        .nodes
+        .iter()
+        .map(|n| {
+            let member = Member {
+                name: n.host.clone(),
+                address: format!("{}:{GRPC_PORT}", n.host),
+                site: n.site.clone(),
+                role: n.role,
+            };
+            (n.id, member)
+        })
+        .collect();
+    initialize_if_new(&node.raft, boot.node.id, &members).await;
+    // The operator's first `droverctl config apply`, done by whichever node leads first.
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let leading = node.raft.metrics().borrow().state == ServerState::Leader;
+        let has_spec = node.state.read(|s| s.control.spec.is_some());
+        if leading && !has_spec {
+            let request = ControlRequest::ApplySpec {
+                expected_version: Some(0),
+                spec: Box::new(boot.spec.0.clone()),
+                text: boot.spec.1.clone(),
+                author: "drover-sim".into(),
+                at_unix_ms: drover::pb::unix_now_ms(),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                node.raft.client_write(Request::Control(request)),
+            )
+            .await;
+        }
+    }
+}

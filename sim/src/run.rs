@@ -1,0 +1,365 @@
+//! One run: a seed, a scenario, a cluster of real nodes on turmoil, the plan's faults applied
+//! on time, the checkers after every few steps.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::check::{Checker, Violation};
+use crate::disk::SimDisk;
+use crate::node::{self, Boot, Registry};
+use crate::rng::SimRng;
+use crate::scenario::{self, Fault, Plan};
+use crate::trace::Trace;
+use crate::world::{lock, FenceMode, Mutation, Shared, Topology, World, PROD};
+use crate::{det, spec};
+
+/// Simulated time per step.
+pub const TICK: Duration = Duration::from_millis(1);
+/// Steps between two looks of the checkers.
+const CHECK_EVERY: u64 = 10;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The seed: every choice of the run follows from it.
+    pub seed: u64,
+    /// A scenario name, or `mix`.
+    pub scenario: String,
+    /// Simulated length.
+    pub length: Duration,
+    /// Cluster size: 3, 5 or 7.
+    pub nodes: usize,
+    /// A deliberate defect, for the mutation check.
+    pub mutation: Option<Mutation>,
+    /// Print every event as it happens.
+    pub print_trace: bool,
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The seed.
+    pub seed: u64,
+    /// The scenario that ran (the one `mix` picked).
+    pub scenario: &'static str,
+    /// Broken invariants (the run stops at the first).
+    pub violations: Vec<Violation>,
+    /// Failovers that committed.
+    pub failovers: u32,
+    /// From the loss of the active site to traffic on the standby.
+    pub recovery: Option<Duration>,
+    /// Simulated time covered.
+    pub simulated: Duration,
+    /// Wall-clock time taken.
+    pub wall: Duration,
+    /// Hash of the event trace.
+    pub trace_hash: u64,
+    /// Events in the trace.
+    pub events: u64,
+    /// The last events, for a report.
+    pub tail: Vec<String>,
+    /// Writes lost to crashes.
+    pub lost_writes: u64,
+}
+
+/// Runs one seed. Panics only for an unknown scenario name (checked by the CLI first).
+pub fn run(cfg: &RunConfig) -> Outcome {
+    let wall_start = det::wall_now();
+    det::activate(cfg.seed);
+    let result = catch_unwind(AssertUnwindSafe(|| simulate(cfg)));
+    det::deactivate();
+    let wall = det::wall_now().saturating_sub(wall_start);
+    match result {
+        Ok(mut outcome) => {
+            outcome.wall = wall;
+            outcome
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".into());
+            Outcome {
+                seed: cfg.seed,
+                scenario: "?",
+                violations: vec![Violation {
+                    invariant: "PANIC",
+                    at: Duration::ZERO,
+                    detail: format!("the node code panicked (an invariant assertion?): {what}"),
+                }],
+                failovers: 0,
+                recovery: None,
+                simulated: Duration::ZERO,
+                wall,
+                trace_hash: 0,
+                events: 0,
+                tail: Vec::new(),
+                lost_writes: 0,
+            }
+        }
+    }
+}
+
+fn simulate(cfg: &RunConfig) -> Outcome {
+    let mut rng = SimRng::new(cfg.seed);
+    let topology = Topology::new(cfg.nodes);
+    let plan = scenario::plan(&cfg.scenario, &mut rng.fork(), &topology, cfg.length)
+        .unwrap_or_else(|| panic!("unknown scenario {:?}", cfg.scenario));
+    let spec = Arc::new(spec::load());
+    let policy = spec.0.policy_for(crate::world::SERVICE).expect("spec has the service");
+    let mut world = World::new(topology.clone(), rng.fork(), Trace::new(cfg.print_trace));
+    world.mutation = cfg.mutation;
+    world.trace.event(
+        Duration::ZERO,
+        "run",
+        &format!("seed {} scenario {} nodes {}{}", cfg.seed, plan.scenario, topology.nodes.len(),
+            cfg.mutation.map(|m| format!(" mutation {}", m.name())).unwrap_or_default()),
+    );
+    let world: Shared = Arc::new(Mutex::new(world));
+    let registry: Registry = Arc::default();
+    let disks: BTreeMap<String, SimDisk> =
+        topology.nodes.iter().map(|n| (n.host.clone(), SimDisk::new())).collect();
+
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(plan.length + Duration::from_secs(3600))
+        .tick_duration(TICK)
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(plan.max_latency)
+        .rng_seed(cfg.seed)
+        .build();
+    for (i, n) in topology.nodes.iter().enumerate() {
+        let mut drift = plan.drift_ppm.get(i).copied().unwrap_or(0);
+        if cfg.mutation == Some(Mutation::ClockBeyondDrift) {
+            drift = if n.site == PROD { -700_000 } else { 700_000 };
+        }
+        let boot = Boot {
+            node: n.clone(),
+            topology: topology.clone(),
+            disk: disks[&n.host].clone(),
+            world: world.clone(),
+            registry: registry.clone(),
+            spec: spec.clone(),
+            drift_ppm: drift,
+        };
+        sim.host(n.host.as_str(), move || node::run(boot.clone()));
+    }
+
+    let mut checker = Checker::new(
+        policy.down_after,
+        spec::recovery_bound(&spec.0),
+        plan.loss_at,
+        plan.quiet_from,
+    );
+    let mut faults = plan.faults.clone().into_iter().peekable();
+    let mut leader_crash: Option<Duration> = None;
+    let mut pending_restarts: Vec<(Duration, String)> = Vec::new();
+    let mut crashed: Vec<String> = Vec::new();
+    let mut steps: u64 = 0;
+    let mut now = Duration::ZERO;
+    while now < plan.length && checker.violations.is_empty() {
+        while faults.peek().is_some_and(|(t, _)| *t <= now) {
+            let (_, fault) = faults.next().expect("peeked");
+            apply(&mut sim, &world, &registry, &disks, &plan, &mut crashed, &mut leader_crash, fault);
+        }
+        if let Some(restart_after) = leader_crash {
+            if let Some(host) = leader_in_workflow(&registry) {
+                lock(&world).trace.event(now, "fault", &format!("crash the leader {host} mid-workflow"));
+                crash(&mut sim, &world, &registry, &disks, &mut crashed, &host);
+                pending_restarts.push((now + restart_after, host));
+                leader_crash = None;
+            }
+        }
+        pending_restarts.retain(|(at, host)| {
+            if *at <= now {
+                restart(&mut sim, &world, &mut crashed, host);
+                false
+            } else {
+                true
+            }
+        });
+        if let Err(e) = sim.step() {
+            let mut w = lock(&world);
+            let at = w.now;
+            w.trace.event(at, "FAIL", &format!("node software stopped: {e}"));
+            checker.violations.push(Violation {
+                invariant: "PANIC",
+                at,
+                detail: format!("a node's software failed: {e}"),
+            });
+            break;
+        }
+        steps += 1;
+        now = sim.elapsed();
+        det::set_sim_time(now);
+        if steps % CHECK_EVERY == 0 {
+            let nodes = registry.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut w = lock(&world);
+            w.now = now;
+            checker.observe(&mut w, &nodes);
+        }
+    }
+    let mut w = lock(&world);
+    if checker.violations.is_empty() {
+        checker.finish(&mut w);
+    }
+    w.trace.event(now, "run", &format!("end: {} violation(s)", checker.violations.len()));
+    Outcome {
+        seed: cfg.seed,
+        scenario: plan.scenario,
+        violations: checker.violations.clone(),
+        failovers: checker.failovers,
+        recovery: checker.recovery,
+        simulated: now,
+        wall: Duration::ZERO,
+        trace_hash: w.trace.hash(),
+        events: w.trace.len(),
+        tail: w.trace.tail().cloned().collect(),
+        lost_writes: disks.values().map(SimDisk::lost_writes).sum(),
+    }
+}
+
+/// The host of the leader, if a failover workflow is running in its state.
+fn leader_in_workflow(registry: &Registry) -> Option<String> {
+    let nodes = registry.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    nodes.iter().find_map(|(host, n)| {
+        let leading = n.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        let running = n.state.read(|s| {
+            s.control.services.values().any(|st| st.active_workflow().is_some())
+        });
+        (leading && running).then(|| host.clone())
+    })
+}
+
+fn sync_links(sim: &mut turmoil::Sim<'_>, world: &Shared) {
+    let w = lock(world);
+    for a in &w.topology.nodes {
+        for b in &w.topology.nodes {
+            if a.host == b.host {
+                continue;
+            }
+            if w.host_link(a, b) {
+                sim.repair_oneway(a.host.as_str(), b.host.as_str());
+            } else {
+                sim.partition_oneway(a.host.as_str(), b.host.as_str());
+            }
+        }
+    }
+}
+
+fn crash(
+    sim: &mut turmoil::Sim<'_>,
+    world: &Shared,
+    registry: &Registry,
+    disks: &BTreeMap<String, SimDisk>,
+    crashed: &mut Vec<String>,
+    host: &str,
+) {
+    if crashed.iter().any(|h| h == host) {
+        return;
+    }
+    sim.crash(host);
+    registry.lock().unwrap_or_else(|p| p.into_inner()).remove(host);
+    if let Some(disk) = disks.get(host) {
+        disk.crash();
+    }
+    crashed.push(host.to_string());
+    let mut w = lock(world);
+    let at = w.now;
+    w.trace.event(at, "fault", &format!("{host} crashed"));
+}
+
+fn restart(sim: &mut turmoil::Sim<'_>, world: &Shared, crashed: &mut Vec<String>, host: &str) {
+    if let Some(i) = crashed.iter().position(|h| h == host) {
+        crashed.remove(i);
+        sim.bounce(host);
+        let mut w = lock(world);
+        let at = w.now;
+        w.trace.event(at, "fault", &format!("{host} restarted"));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    world: &Shared,
+    registry: &Registry,
+    disks: &BTreeMap<String, SimDisk>,
+    plan: &Plan,
+    crashed: &mut Vec<String>,
+    leader_crash: &mut Option<Duration>,
+    fault: Fault,
+) {
+    {
+        let mut w = lock(world);
+        let at = w.now;
+        w.trace.event(at, "fault", &format!("{fault:?}"));
+    }
+    let site_hosts = |site: &str| -> Vec<String> {
+        lock(world).topology.site_nodes(site).map(|n| n.host.clone()).collect()
+    };
+    match fault {
+        Fault::AppHealth { site, healthy } => {
+            if let Some(app) = lock(world).apps.get_mut(site) {
+                app.healthy = healthy;
+            }
+        }
+        Fault::Cut { from, to } => {
+            lock(world).site_cuts.insert((from.to_string(), to.to_string()));
+            sync_links(sim, world);
+        }
+        Fault::Heal { from, to } => {
+            lock(world).site_cuts.remove(&(from.to_string(), to.to_string()));
+            sync_links(sim, world);
+        }
+        Fault::Isolate(host) => {
+            lock(world).isolated.insert(host);
+            sync_links(sim, world);
+        }
+        Fault::Rejoin(host) => {
+            lock(world).isolated.remove(&host);
+            sync_links(sim, world);
+        }
+        Fault::Crash(host) => crash(sim, world, registry, disks, crashed, &host),
+        Fault::Restart(host) => restart(sim, world, crashed, &host),
+        Fault::PowerOff(site) => {
+            lock(world).powered.insert(site.to_string(), false);
+            for host in site_hosts(site) {
+                crash(sim, world, registry, disks, crashed, &host);
+            }
+        }
+        Fault::PowerOn(site) => {
+            lock(world).powered.insert(site.to_string(), true);
+            for host in site_hosts(site) {
+                restart(sim, world, crashed, &host);
+            }
+        }
+        Fault::CrashLeaderInWorkflow { restart_after } => *leader_crash = Some(restart_after),
+        Fault::Fence(mode) => lock(world).fence = mode,
+        Fault::DnsRefuses(on) => lock(world).dns_refuses = on,
+        Fault::Slowdown(factor) => lock(world).actuator_slowdown = factor.max(1),
+        Fault::Loss(rate) => sim.set_fail_rate(rate),
+        Fault::HealAll => {
+            {
+                let mut w = lock(world);
+                w.site_cuts.clear();
+                w.isolated.clear();
+                w.fence = FenceMode::Works;
+                w.dns_refuses = false;
+                w.actuator_slowdown = 1;
+                for p in w.powered.values_mut() {
+                    *p = true;
+                }
+            }
+            sim.set_fail_rate(0.0);
+            sync_links(sim, world);
+            for host in crashed.clone() {
+                restart(sim, world, crashed, &host);
+            }
+            *leader_crash = None;
+            let _ = plan;
+        }
+    }
+}

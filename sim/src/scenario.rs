@@ -1,0 +1,207 @@
+//! Named scenarios: what goes wrong, and when, chosen by the seed. Each scenario is a plan of
+//! timed faults; every plan ends with a quiet period in which everything is healed and every
+//! node runs, so the cluster must converge (L2).
+
+use std::time::Duration;
+
+use crate::rng::SimRng;
+use crate::world::{FenceMode, Topology, DR, PROD, WITNESS};
+
+/// One fault (or repair) the run loop applies at its time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// The application of `site` starts or stops passing its health check.
+    AppHealth { site: &'static str, healthy: bool },
+    /// Traffic from site `from` to site `to` is dropped (one way).
+    Cut { from: &'static str, to: &'static str },
+    /// Traffic from `from` to `to` flows again.
+    Heal { from: &'static str, to: &'static str },
+    /// A host is cut from every other host.
+    Isolate(String),
+    /// An isolated host is reconnected.
+    Rejoin(String),
+    /// A host's software stops; its disk loses unsynced writes.
+    Crash(String),
+    /// A crashed host starts again from its disk.
+    Restart(String),
+    /// A site loses power: its hosts crash and its application is down.
+    PowerOff(&'static str),
+    /// A site's power returns: its hosts restart.
+    PowerOn(&'static str),
+    /// Once a failover workflow runs, the current leader crashes; it restarts after the delay.
+    CrashLeaderInWorkflow { restart_after: Duration },
+    /// The fence agent's behaviour.
+    Fence(FenceMode),
+    /// The DNS server refuses updates, or stops refusing.
+    DnsRefuses(bool),
+    /// Actuators take this many times longer.
+    Slowdown(u64),
+    /// Random link failures (turmoil's message loss) at this rate.
+    Loss(f64),
+    /// Everything back to normal but the applications' health: cuts, isolation, power,
+    /// crashed hosts, actuators, loss.
+    HealAll,
+}
+
+/// What a scenario does in one run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The scenario's name.
+    pub scenario: &'static str,
+    /// Faults, by time.
+    pub faults: Vec<(Duration, Fault)>,
+    /// When the active site is lost such that a failover must follow (L1 is checked from
+    /// here), if the scenario guarantees one.
+    pub loss_at: Option<Duration>,
+    /// Largest one-way message latency.
+    pub max_latency: Duration,
+    /// Per node, in host order: clock rate error in ppm.
+    pub drift_ppm: Vec<i64>,
+    /// When the quiet period starts (everything healed).
+    pub quiet_from: Duration,
+    /// The run's length.
+    pub length: Duration,
+}
+
+/// The scenarios, with what each one does.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    ("app-crash", "prod's application stops passing its checks: failover to dr expected"),
+    ("app-flapping", "prod's application flaps faster than down_after: no failover allowed"),
+    ("prod-isolated", "prod is cut from dr and the witness: failover expected; prod self-fences, the fence agent cannot reach prod"),
+    ("classic-split", "prod and dr cannot see each other, both see the witness: no failover allowed"),
+    ("witness-cut-from-prod", "the witness is cut from prod only: no failover allowed"),
+    ("one-way-cuts", "random one-way cuts between sites: safety only"),
+    ("node-crashes", "random nodes crash (losing unsynced writes) and restart, prod's app may fail: safety only"),
+    ("prod-power-loss", "prod loses power: failover expected; fencing cannot reach the dark site"),
+    ("leader-crash-mid-failover", "prod's app fails, and the leader crashes in the middle of the workflow: the next leader finishes it"),
+    ("lossy-network", "message loss, latency and jitter, then prod's app fails: safety only"),
+    ("slow-actuators", "the fence agent fails or hangs, DNS refuses for a while, actuators are slow, prod's app fails: safety only"),
+    ("drifting-isolation", "clocks drift at the edge of max_clock_drift and prod is isolated: failover expected"),
+];
+
+/// The scenario names, for `--scenario`.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    SCENARIOS.iter().map(|(n, _)| *n)
+}
+
+/// The name `mix` picks from: every scenario.
+pub const MIX: &str = "mix";
+
+fn secs(rng: &mut SimRng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(rng.range(lo * 1000, hi * 1000))
+}
+
+/// The plan of `scenario` (or, for [`MIX`], of one scenario the seed picks) for a run of
+/// `length` on `topology`. `None` for an unknown name.
+pub fn plan(scenario: &str, rng: &mut SimRng, topology: &Topology, length: Duration) -> Option<Plan> {
+    let name: &'static str = if scenario == MIX {
+        rng.pick(SCENARIOS).0
+    } else {
+        names().find(|n| *n == scenario)?
+    };
+    let length = length.max(Duration::from_secs(60));
+    let quiet_from = length - Duration::from_secs(30).min(length / 3);
+    // The cluster forms and applies its spec within the first ~10 s.
+    let start = secs(rng, 15, 25);
+    let window = quiet_from.saturating_sub(start + Duration::from_secs(10));
+    let mut faults: Vec<(Duration, Fault)> = Vec::new();
+    let mut loss_at = None;
+    let mut max_latency = Duration::from_millis(rng.range(2, 30));
+    // Every run: each node's clock drifts by up to 90% of max_clock_drift (1%).
+    let mut drift_ppm: Vec<i64> =
+        topology.nodes.iter().map(|_| rng.range(0, 18_000) as i64 - 9_000).collect();
+    let other_hosts: Vec<String> = topology.nodes.iter().map(|n| n.host.clone()).collect();
+    match name {
+        "app-crash" => {
+            faults.push((start, Fault::AppHealth { site: PROD, healthy: false }));
+            loss_at = Some(start);
+        }
+        "app-flapping" => {
+            let mut t = start;
+            let mut healthy = false;
+            while t < quiet_from - Duration::from_secs(5) {
+                faults.push((t, Fault::AppHealth { site: PROD, healthy }));
+                // Down for less than down_after (3 s) minus detection slack.
+                t += if healthy { secs(rng, 1, 6) } else { Duration::from_millis(rng.range(200, 2000)) };
+                healthy = !healthy;
+            }
+            faults.push((t, Fault::AppHealth { site: PROD, healthy: true }));
+        }
+        "prod-isolated" | "drifting-isolation" => {
+            for other in [DR, WITNESS] {
+                faults.push((start, Fault::Cut { from: PROD, to: other }));
+                faults.push((start, Fault::Cut { from: other, to: PROD }));
+            }
+            loss_at = Some(start);
+            if name == "drifting-isolation" {
+                // Holders at prod run slow, the deciders fast: the worst case within bounds.
+                drift_ppm = topology
+                    .nodes
+                    .iter()
+                    .map(|n| if n.site == PROD { -9_900 } else { 9_900 })
+                    .collect();
+            }
+        }
+        "classic-split" => {
+            faults.push((start, Fault::Cut { from: PROD, to: DR }));
+            faults.push((start, Fault::Cut { from: DR, to: PROD }));
+        }
+        "witness-cut-from-prod" => {
+            faults.push((start, Fault::Cut { from: PROD, to: WITNESS }));
+            faults.push((start, Fault::Cut { from: WITNESS, to: PROD }));
+        }
+        "one-way-cuts" => {
+            let sites = [PROD, DR, WITNESS];
+            for _ in 0..rng.range(2, 6) {
+                let at = start + window.mul_f64(rng.range(0, 1000) as f64 / 1000.0);
+                let from = *rng.pick(&sites);
+                let to = *rng.pick(&sites);
+                if from != to {
+                    faults.push((at, Fault::Cut { from, to }));
+                    faults.push((at + secs(rng, 3, 30), Fault::Heal { from, to }));
+                }
+            }
+        }
+        "node-crashes" => {
+            for _ in 0..rng.range(2, 6) {
+                let at = start + window.mul_f64(rng.range(0, 1000) as f64 / 1000.0);
+                let host = rng.pick(&other_hosts).clone();
+                faults.push((at, Fault::Crash(host.clone())));
+                faults.push((at + secs(rng, 1, 20), Fault::Restart(host)));
+            }
+            if rng.chance(0.5) {
+                let at = start + window.mul_f64(rng.range(0, 1000) as f64 / 1000.0);
+                faults.push((at, Fault::AppHealth { site: PROD, healthy: false }));
+            }
+        }
+        "prod-power-loss" => {
+            faults.push((start, Fault::PowerOff(PROD)));
+            loss_at = Some(start);
+        }
+        "leader-crash-mid-failover" => {
+            faults.push((start, Fault::AppHealth { site: PROD, healthy: false }));
+            faults.push((
+                start,
+                Fault::CrashLeaderInWorkflow { restart_after: secs(rng, 3, 15) },
+            ));
+            loss_at = Some(start);
+        }
+        "lossy-network" => {
+            max_latency = Duration::from_millis(rng.range(20, 80));
+            faults.push((Duration::from_secs(12), Fault::Loss(rng.range(1, 20) as f64 / 10_000.0)));
+            faults.push((start + secs(rng, 5, 30), Fault::AppHealth { site: PROD, healthy: false }));
+        }
+        "slow-actuators" => {
+            let mode = if rng.chance(0.5) { FenceMode::Fails } else { FenceMode::Hangs };
+            faults.push((start, Fault::Fence(mode)));
+            faults.push((start, Fault::Slowdown(rng.range(2, 4))));
+            faults.push((start, Fault::DnsRefuses(true)));
+            faults.push((start + secs(rng, 1, 12), Fault::DnsRefuses(false)));
+            faults.push((start, Fault::AppHealth { site: PROD, healthy: false }));
+        }
+        _ => return None,
+    }
+    faults.push((quiet_from, Fault::HealAll));
+    faults.sort_by_key(|(t, _)| *t);
+    Some(Plan { scenario: name, faults, loss_at, max_latency, drift_ppm, quiet_from, length })
+}

@@ -1,0 +1,255 @@
+//! The simulated world outside the nodes: the sites' applications, power, the network's cuts
+//! as the scenario set them, the DNS zone, and the ledger of everything actuators did. Nodes
+//! see it only through their simulated probes and actuators; checkers read it directly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use drover::consensus::types::{NodeId, Role};
+
+use crate::rng::SimRng;
+use crate::trace::Trace;
+
+/// The sites of every simulated cluster.
+pub const PROD: &str = "prod";
+/// The disaster-recovery site.
+pub const DR: &str = "dr";
+/// The third site.
+pub const WITNESS: &str = "witness";
+/// The one protected service.
+pub const SERVICE: &str = "app";
+
+/// One simulated node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimNode {
+    /// Raft id.
+    pub id: NodeId,
+    /// Host name on the simulated network (`p1`, `d2`, `w1`, ...).
+    pub host: String,
+    /// Site.
+    pub site: String,
+    /// Controller or witness.
+    pub role: Role,
+}
+
+/// Which nodes exist: `size` = 3 (one per site), 5 (two controllers per site) or 7 (three).
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Every node, by id order.
+    pub nodes: Vec<SimNode>,
+}
+
+impl Topology {
+    /// The cluster of `size` nodes (3, 5 or 7): the controllers split evenly between prod and
+    /// dr, one witness.
+    pub fn new(size: usize) -> Topology {
+        let per_site = (size.max(3) - 1) / 2;
+        let mut nodes = Vec::new();
+        for (site, letter) in [(PROD, 'p'), (DR, 'd')] {
+            for i in 1..=per_site {
+                nodes.push(SimNode {
+                    id: nodes.len() as NodeId + 1,
+                    host: format!("{letter}{i}"),
+                    site: site.to_string(),
+                    role: Role::Controller,
+                });
+            }
+        }
+        nodes.push(SimNode {
+            id: nodes.len() as NodeId + 1,
+            host: "w1".into(),
+            site: WITNESS.into(),
+            role: Role::Witness,
+        });
+        Topology { nodes }
+    }
+
+    /// The node on `host`.
+    pub fn node(&self, host: &str) -> Option<&SimNode> {
+        self.nodes.iter().find(|n| n.host == host)
+    }
+
+    /// The nodes of `site`.
+    pub fn site_nodes<'a>(&'a self, site: &'a str) -> impl Iterator<Item = &'a SimNode> + 'a {
+        self.nodes.iter().filter(move |n| n.site == site)
+    }
+
+    /// A majority of the voters.
+    pub fn quorum(&self) -> usize {
+        self.nodes.len() / 2 + 1
+    }
+}
+
+/// A site's application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    /// Its health check passes (when the site has power and the prober can reach it).
+    pub healthy: bool,
+    /// It runs as the active instance (started by an activation, stopped by a fence or a
+    /// self-fence).
+    pub running: bool,
+}
+
+/// How the simulated fence agent behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceMode {
+    /// Powers the target's application off when it can reach it.
+    Works,
+    /// Exits non-zero.
+    Fails,
+    /// Hangs until the step times out.
+    Hangs,
+}
+
+/// Deliberate defects that the checkers must catch (`--mutate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// The fence agent reports success without fencing anything: activation goes ahead
+    /// while the old site still runs and still believes it holds the lease.
+    LyingFence,
+    /// Every node's clock runs 60% slow, far outside `max_clock_drift`: the leader's lease
+    /// wait ends while the old site's holders still believe their lease is valid.
+    ClockBeyondDrift,
+}
+
+impl Mutation {
+    /// Parses a `--mutate` value.
+    pub fn parse(s: &str) -> Option<Mutation> {
+        match s {
+            "lying-fence" => Some(Mutation::LyingFence),
+            "clock-beyond-drift" => Some(Mutation::ClockBeyondDrift),
+            _ => None,
+        }
+    }
+
+    /// The `--mutate` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutation::LyingFence => "lying-fence",
+            Mutation::ClockBeyondDrift => "clock-beyond-drift",
+        }
+    }
+}
+
+/// Something an actuator did to the world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    /// Simulated time it took effect.
+    pub at: Duration,
+    /// Host that ran it.
+    pub host: String,
+    /// What it did: `start dr`, `stop prod`, `fence prod`, `dns -> dr`.
+    pub what: String,
+    /// The epoch it carried.
+    pub epoch: u64,
+    /// Part of a self-fence (`on_lease_lost`): stopping with an old epoch is always allowed.
+    pub self_fence: bool,
+    /// It activates `site` (an application start outside a self-fence).
+    pub activates: Option<String>,
+}
+
+/// The shared world; every simulated host and the run loop hold one.
+#[derive(Debug)]
+pub struct World {
+    /// The nodes.
+    pub topology: Topology,
+    /// Per site.
+    pub apps: BTreeMap<String, App>,
+    /// Per site: whether it has power.
+    pub powered: BTreeMap<String, bool>,
+    /// One-way site-level cuts (from, to).
+    pub site_cuts: BTreeSet<(String, String)>,
+    /// Hosts cut from every other host.
+    pub isolated: BTreeSet<String>,
+    /// The DNS zone: (epoch of the last accepted update, site it points at).
+    pub dns: (u64, String),
+    /// The simulated fence agent.
+    pub fence: FenceMode,
+    /// Whether the DNS server refuses updates.
+    pub dns_refuses: bool,
+    /// Actuator run times are multiplied by this.
+    pub actuator_slowdown: u64,
+    /// The defect under test, if any.
+    pub mutation: Option<Mutation>,
+    /// Everything actuators did, in order.
+    pub ledger: Vec<Action>,
+    /// The run's event trace.
+    pub trace: Trace,
+    /// Durations of actuator runs.
+    pub rng: SimRng,
+    /// Simulated time, set by the run loop every step.
+    pub now: Duration,
+}
+
+/// A handle on the world.
+pub type Shared = Arc<Mutex<World>>;
+
+/// Locks the world (a panicked holder is the run's failure already; keep reading).
+pub fn lock(world: &Shared) -> MutexGuard<'_, World> {
+    world.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl World {
+    /// A world with prod active and healthy, dr healthy on standby, DNS on prod at epoch 1.
+    pub fn new(topology: Topology, rng: SimRng, trace: Trace) -> World {
+        let app = |running| App { healthy: true, running };
+        World {
+            topology,
+            apps: [(PROD.to_string(), app(true)), (DR.to_string(), app(false))].into(),
+            powered: [PROD, DR, WITNESS].iter().map(|s| (s.to_string(), true)).collect(),
+            site_cuts: BTreeSet::new(),
+            isolated: BTreeSet::new(),
+            dns: (1, PROD.to_string()),
+            fence: FenceMode::Works,
+            dns_refuses: false,
+            actuator_slowdown: 1,
+            mutation: None,
+            ledger: Vec::new(),
+            trace,
+            rng,
+            now: Duration::ZERO,
+        }
+    }
+
+    /// Whether traffic can flow from site `a` to site `b` (a site always reaches itself).
+    pub fn site_link(&self, a: &str, b: &str) -> bool {
+        a == b || !self.site_cuts.contains(&(a.to_string(), b.to_string()))
+    }
+
+    /// Whether `from` can send to `to` (hosts).
+    pub fn host_link(&self, from: &SimNode, to: &SimNode) -> bool {
+        !self.isolated.contains(&from.host)
+            && !self.isolated.contains(&to.host)
+            && self.site_link(&from.site, &to.site)
+    }
+
+    /// Whether node `n` can hold a conversation (both ways) with the application of `site`.
+    pub fn reaches_app(&self, n: &SimNode, site: &str) -> bool {
+        n.site == site
+            || (!self.isolated.contains(&n.host)
+                && self.site_link(&n.site, site)
+                && self.site_link(site, &n.site))
+    }
+
+    /// `site`'s health check passes from `n`'s point of view.
+    pub fn app_healthy_from(&self, n: &SimNode, site: &str) -> bool {
+        self.powered.get(site).copied().unwrap_or(false)
+            && self.apps.get(site).is_some_and(|a| a.healthy)
+            && self.reaches_app(n, site)
+    }
+
+    /// Records an actuator's effect, at the current time.
+    pub fn record(&mut self, mut action: Action) {
+        action.at = self.now;
+        let line = format!(
+            "{} {} (epoch {}){}",
+            action.host,
+            action.what,
+            action.epoch,
+            if action.self_fence { " [self-fence]" } else { "" }
+        );
+        self.trace.event(self.now, "act", &line);
+        self.ledger.push(action);
+    }
+}
