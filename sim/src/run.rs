@@ -68,6 +68,7 @@ pub struct Outcome {
 pub fn run(cfg: &RunConfig) -> Outcome {
     let wall_start = det::wall_now();
     det::activate(cfg.seed);
+    drover::consensus::runtime::seed(cfg.seed);
     let result = catch_unwind(AssertUnwindSafe(|| simulate(cfg)));
     det::deactivate();
     let wall = det::wall_now().saturating_sub(wall_start);

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod network;
+pub mod runtime;
 pub mod state;
 pub mod store;
 pub mod types;

@@ -20,6 +20,7 @@ openraft::declare_raft_types!(
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = super::runtime::DroverRuntime,
 );
 
 /// The Raft handle with drover's types.
