@@ -83,12 +83,13 @@ impl SimActuator {
                         && w.powered.get(&target).copied().unwrap_or(false);
                     (w.fence, reachable)
                 };
-                if mode == FenceMode::Hangs || !reachable {
+                let lying = lock(&self.world).mutation == Some(Mutation::LyingFence);
+                if !lying && (mode == FenceMode::Hangs || !reachable) {
                     // No answer from the power controller: the step's timeout ends it.
                     std::future::pending::<()>().await;
                 }
                 tokio::time::sleep(self.duration(200, 1500)).await;
-                if mode == FenceMode::Fails {
+                if mode == FenceMode::Fails && !lying {
                     return Err(failed(format!("{}: Failed: Unable to connect", f.agent)));
                 }
                 let mut w = lock(&self.world);

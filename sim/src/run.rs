@@ -66,6 +66,9 @@ pub struct Outcome {
 
 /// Runs one seed. Panics only for an unknown scenario name (checked by the CLI first).
 pub fn run(cfg: &RunConfig) -> Outcome {
+    // The clock and randomness overrides are process-wide: one run at a time.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let wall_start = det::wall_now();
     det::activate(cfg.seed);
     drover::consensus::runtime::seed(cfg.seed);

@@ -21,7 +21,7 @@ witness = true
 [policy]
 down_after = "3s"
 up_after = "5s"
-lease_ttl = "4s"
+lease_ttl = "8s"
 max_clock_drift = 0.01
 self_fence_grace = "2s"
 cooldown = "30m"

@@ -105,8 +105,9 @@ pub enum FenceMode {
 /// Deliberate defects that the checkers must catch (`--mutate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mutation {
-    /// The fence agent reports success without fencing anything: activation goes ahead
-    /// while the old site still runs and still believes it holds the lease.
+    /// Fencing is disabled: the fence agent reports success at once without fencing
+    /// anything, so the leader skips the lease wait and activates while the old site, cut
+    /// off, still runs and still believes it holds its lease.
     LyingFence,
     /// Every node's clock runs 60% slow, far outside `max_clock_drift`: the leader's lease
     /// wait ends while the old site's holders still believe their lease is valid.
