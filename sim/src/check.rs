@@ -137,7 +137,8 @@ impl Checker {
     /// Checks everything against the current state; `nodes` are the running nodes by host.
     pub fn observe(&mut self, world: &mut World, nodes: &BTreeMap<String, NodeHandle>) {
         let now = world.now;
-        let seen: BTreeMap<String, Seen> = nodes.iter().map(|(h, n)| (h.clone(), look(n))).collect();
+        let seen: BTreeMap<String, Seen> =
+            nodes.iter().map(|(h, n)| (h.clone(), look(n))).collect();
 
         // Leadership and phase changes, for the trace.
         let leader = seen
@@ -156,7 +157,11 @@ impl Checker {
             // S3 on every node.
             let before = self.epoch_seen.get(host).copied().unwrap_or(0);
             if s.epoch < before {
-                self.violate(world, "S3", format!("{host}'s epoch went from {before} back to {}", s.epoch));
+                self.violate(
+                    world,
+                    "S3",
+                    format!("{host}'s epoch went from {before} back to {}", s.epoch),
+                );
             }
             self.epoch_seen.insert(host.clone(), s.epoch.max(before));
             // S4: the same index means the same entry and the same state everywhere.
@@ -184,7 +189,11 @@ impl Checker {
         if let Some(top) = seen.values().max_by_key(|s| (s.epoch, s.applied)) {
             if top.epoch > self.max_epoch {
                 if self.max_epoch > 0 {
-                    world.trace.event(now, "state", &format!("failover started: epoch {}", top.epoch));
+                    world.trace.event(
+                        now,
+                        "state",
+                        &format!("failover started: epoch {}", top.epoch),
+                    );
                     if let Some(since) = self.prod_healthy_since {
                         let margin = Duration::from_secs(1);
                         if now.saturating_sub(since) > self.down_after + margin {
@@ -201,7 +210,11 @@ impl Checker {
                 self.max_epoch = top.epoch;
             }
             if top.phase != self.phase_seen && !top.phase.is_empty() {
-                world.trace.event(now, "state", &format!("{SERVICE} is {} (epoch {})", top.phase, top.epoch));
+                world.trace.event(
+                    now,
+                    "state",
+                    &format!("{SERVICE} is {} (epoch {})", top.phase, top.epoch),
+                );
                 if top.phase == "failed_over" {
                     self.failovers += 1;
                 }
@@ -277,7 +290,11 @@ impl Checker {
             let moved = world.dns.1 == DR && world.apps.get(DR).is_some_and(|a| a.running);
             if moved && self.recovery.is_none() && now >= loss {
                 self.recovery = Some(now - loss);
-                world.trace.event(now, "state", &format!("traffic on dr {:.1}s after the loss", (now - loss).as_secs_f64()));
+                world.trace.event(
+                    now,
+                    "state",
+                    &format!("traffic on dr {:.1}s after the loss", (now - loss).as_secs_f64()),
+                );
             }
             if self.recovery.is_none() && now > loss + self.recovery_bound {
                 let detail = format!(
@@ -293,12 +310,18 @@ impl Checker {
         // L2: after healing, one leader and every node at the same applied index.
         if now > self.quiet_from + Duration::from_secs(5) && !self.converged {
             let all_up = topo.nodes.iter().all(|n| seen.contains_key(&n.host));
-            let leaders: Vec<_> = seen.values().filter(|s| s.server_state == ServerState::Leader).collect();
+            let leaders: Vec<_> =
+                seen.values().filter(|s| s.server_state == ServerState::Leader).collect();
             let applied: Vec<_> = seen.values().map(|s| s.applied).collect();
-            let agree = seen.values().all(|s| s.leader == seen.values().next().and_then(|f| f.leader));
+            let agree =
+                seen.values().all(|s| s.leader == seen.values().next().and_then(|f| f.leader));
             if all_up && leaders.len() == 1 && agree && applied.windows(2).all(|w| w[0] == w[1]) {
                 self.converged = true;
-                world.trace.event(now, "state", "converged: one leader, every node at the same applied index");
+                world.trace.event(
+                    now,
+                    "state",
+                    "converged: one leader, every node at the same applied index",
+                );
             }
         }
     }

@@ -28,7 +28,7 @@ const REALTIME_BASE_SECS: u64 = 1_767_225_600;
 
 /// Starts answering clocks and randomness from the run seeded with `seed`.
 pub fn activate(seed: u64) {
-    *RNG.lock().unwrap_or_else(|p| p.into_inner()) = Some(SimRng::new(seed ^ 0x5eed_0f_c10c));
+    *RNG.lock().unwrap_or_else(|p| p.into_inner()) = Some(SimRng::new(seed ^ 0x005e_ed0f_c10c));
     SIM_NANOS.store(0, Ordering::SeqCst);
     ACTIVE.store(true, Ordering::SeqCst);
 }

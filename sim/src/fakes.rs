@@ -151,7 +151,9 @@ impl Actuator for SimActuator {
         Box::pin(async move {
             match tokio::time::timeout(step.timeout, self.act(step, ctx)).await {
                 Ok(result) => result,
-                Err(_) => Err(StepError::Timeout { after: step.timeout, output_tail: String::new() }),
+                Err(_) => {
+                    Err(StepError::Timeout { after: step.timeout, output_tail: String::new() })
+                }
             }
         })
     }

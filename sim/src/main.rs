@@ -186,11 +186,20 @@ fn summary(outcomes: &[Outcome], wall: Duration) {
     recoveries.sort();
     let simulated: Duration = outcomes.iter().map(|o| o.simulated).sum();
     let cpu: Duration = outcomes.iter().map(|o| o.wall).sum();
-    let fmt = |d: Option<&Duration>| d.map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
+    let fmt =
+        |d: Option<&Duration>| d.map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
     println!("runs                 {}", outcomes.len());
-    println!("violations           {}", outcomes.iter().filter(|o| !o.violations.is_empty()).count());
+    println!(
+        "violations           {}",
+        outcomes.iter().filter(|o| !o.violations.is_empty()).count()
+    );
     println!("failovers performed  {}", outcomes.iter().map(|o| o.failovers).sum::<u32>());
-    println!("time to recovery     median {} max {} (simulated, {} runs with a loss)", fmt(recoveries.get(recoveries.len() / 2)), fmt(recoveries.last()), recoveries.len());
+    println!(
+        "time to recovery     median {} max {} (simulated, {} runs with a loss)",
+        fmt(recoveries.get(recoveries.len() / 2)),
+        fmt(recoveries.last()),
+        recoveries.len()
+    );
     println!("writes lost to crash {}", outcomes.iter().map(|o| o.lost_writes).sum::<u64>());
     println!(
         "simulated / wall     {:.0}s / {:.0}s = {:.0}x",
@@ -198,12 +207,18 @@ fn summary(outcomes: &[Outcome], wall: Duration) {
         cpu.as_secs_f64(),
         simulated.as_secs_f64() / cpu.as_secs_f64().max(1e-9)
     );
-    println!("runs per hour        {:.0}", outcomes.len() as f64 * 3600.0 / wall.as_secs_f64().max(1e-9));
+    println!(
+        "runs per hour        {:.0}",
+        outcomes.len() as f64 * 3600.0 / wall.as_secs_f64().max(1e-9)
+    );
     let mut by_scenario: std::collections::BTreeMap<&str, (u32, u32)> = Default::default();
     for o in outcomes {
         let e = by_scenario.entry(o.scenario).or_default();
         e.0 += 1;
         e.1 += u32::from(!o.violations.is_empty());
     }
-    println!("by scenario          {}", by_scenario.iter().map(|(s, (n, v))| format!("{s} {n}/{v}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "by scenario          {}",
+        by_scenario.iter().map(|(s, (n, v))| format!("{s} {n}/{v}")).collect::<Vec<_>>().join(", ")
+    );
 }

@@ -71,7 +71,10 @@ pub async fn run(boot: Boot) -> turmoil::Result {
     };
     let Assembled { node, router } =
         assemble(identity, raft_config(), stores, parts, None, stop_rx).await?;
-    boot.registry.lock().unwrap_or_else(|p| p.into_inner()).insert(boot.node.host.clone(), node.clone());
+    boot.registry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(boot.node.host.clone(), node.clone());
     let incoming = net::incoming(GRPC_PORT).await?;
     tokio::spawn(router.serve_with_incoming(incoming));
     let members: Vec<_> = boot

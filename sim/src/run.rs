@@ -119,8 +119,13 @@ fn simulate(cfg: &RunConfig) -> Outcome {
     world.trace.event(
         Duration::ZERO,
         "run",
-        &format!("seed {} scenario {} nodes {}{}", cfg.seed, plan.scenario, topology.nodes.len(),
-            cfg.mutation.map(|m| format!(" mutation {}", m.name())).unwrap_or_default()),
+        &format!(
+            "seed {} scenario {} nodes {}{}",
+            cfg.seed,
+            plan.scenario,
+            topology.nodes.len(),
+            cfg.mutation.map(|m| format!(" mutation {}", m.name())).unwrap_or_default()
+        ),
     );
     let world: Shared = Arc::new(Mutex::new(world));
     let registry: Registry = Arc::default();
@@ -166,11 +171,24 @@ fn simulate(cfg: &RunConfig) -> Outcome {
     while now < plan.length && checker.violations.is_empty() {
         while faults.peek().is_some_and(|(t, _)| *t <= now) {
             let (_, fault) = faults.next().expect("peeked");
-            apply(&mut sim, &world, &registry, &disks, &plan, &mut crashed, &mut leader_crash, fault);
+            apply(
+                &mut sim,
+                &world,
+                &registry,
+                &disks,
+                &plan,
+                &mut crashed,
+                &mut leader_crash,
+                fault,
+            );
         }
         if let Some(restart_after) = leader_crash {
             if let Some(host) = leader_in_workflow(&registry) {
-                lock(&world).trace.event(now, "fault", &format!("crash the leader {host} mid-workflow"));
+                lock(&world).trace.event(
+                    now,
+                    "fault",
+                    &format!("crash the leader {host} mid-workflow"),
+                );
                 crash(&mut sim, &world, &registry, &disks, &mut crashed, &host);
                 pending_restarts.push((now + restart_after, host));
                 leader_crash = None;
@@ -230,9 +248,8 @@ fn leader_in_workflow(registry: &Registry) -> Option<String> {
     let nodes = registry.lock().unwrap_or_else(|p| p.into_inner()).clone();
     nodes.iter().find_map(|(host, n)| {
         let leading = n.raft.metrics().borrow().state == openraft::ServerState::Leader;
-        let running = n.state.read(|s| {
-            s.control.services.values().any(|st| st.active_workflow().is_some())
-        });
+        let running =
+            n.state.read(|s| s.control.services.values().any(|st| st.active_workflow().is_some()));
         (leading && running).then(|| host.clone())
     })
 }

@@ -93,12 +93,14 @@ fn secs(rng: &mut SimRng, lo: u64, hi: u64) -> Duration {
 
 /// The plan of `scenario` (or, for [`MIX`], of one scenario the seed picks) for a run of
 /// `length` on `topology`. `None` for an unknown name.
-pub fn plan(scenario: &str, rng: &mut SimRng, topology: &Topology, length: Duration) -> Option<Plan> {
-    let name: &'static str = if scenario == MIX {
-        rng.pick(SCENARIOS).0
-    } else {
-        names().find(|n| *n == scenario)?
-    };
+pub fn plan(
+    scenario: &str,
+    rng: &mut SimRng,
+    topology: &Topology,
+    length: Duration,
+) -> Option<Plan> {
+    let name: &'static str =
+        if scenario == MIX { rng.pick(SCENARIOS).0 } else { names().find(|n| *n == scenario)? };
     let length = length.max(Duration::from_secs(60));
     let quiet_from = length - Duration::from_secs(30).min(length / 3);
     // The cluster forms and applies its spec within the first ~10 s.
@@ -122,7 +124,11 @@ pub fn plan(scenario: &str, rng: &mut SimRng, topology: &Topology, length: Durat
             while t < quiet_from - Duration::from_secs(5) {
                 faults.push((t, Fault::AppHealth { site: PROD, healthy }));
                 // Down for less than down_after (3 s) minus detection slack.
-                t += if healthy { secs(rng, 1, 6) } else { Duration::from_millis(rng.range(200, 2000)) };
+                t += if healthy {
+                    secs(rng, 1, 6)
+                } else {
+                    Duration::from_millis(rng.range(200, 2000))
+                };
                 healthy = !healthy;
             }
             faults.push((t, Fault::AppHealth { site: PROD, healthy: true }));
@@ -180,16 +186,14 @@ pub fn plan(scenario: &str, rng: &mut SimRng, topology: &Topology, length: Durat
         }
         "leader-crash-mid-failover" => {
             faults.push((start, Fault::AppHealth { site: PROD, healthy: false }));
-            faults.push((
-                start,
-                Fault::CrashLeaderInWorkflow { restart_after: secs(rng, 3, 15) },
-            ));
+            faults.push((start, Fault::CrashLeaderInWorkflow { restart_after: secs(rng, 3, 15) }));
             loss_at = Some(start);
         }
         "lossy-network" => {
             max_latency = Duration::from_millis(rng.range(20, 80));
             faults.push((Duration::from_secs(12), Fault::Loss(rng.range(1, 20) as f64 / 10_000.0)));
-            faults.push((start + secs(rng, 5, 30), Fault::AppHealth { site: PROD, healthy: false }));
+            faults
+                .push((start + secs(rng, 5, 30), Fault::AppHealth { site: PROD, healthy: false }));
         }
         "slow-actuators" => {
             let mode = if rng.chance(0.5) { FenceMode::Fails } else { FenceMode::Hangs };

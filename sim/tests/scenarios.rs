@@ -72,9 +72,18 @@ fn no_failover_when_nothing_may_trigger_one() {
 #[test]
 fn every_scenario_is_tested_here() {
     let tested = [
-        "app-crash", "app-flapping", "prod-isolated", "classic-split", "witness-cut-from-prod",
-        "one-way-cuts", "node-crashes", "prod-power-loss", "leader-crash-mid-failover",
-        "lossy-network", "slow-actuators", "drifting-isolation",
+        "app-crash",
+        "app-flapping",
+        "prod-isolated",
+        "classic-split",
+        "witness-cut-from-prod",
+        "one-way-cuts",
+        "node-crashes",
+        "prod-power-loss",
+        "leader-crash-mid-failover",
+        "lossy-network",
+        "slow-actuators",
+        "drifting-isolation",
     ];
     for name in scenario::names() {
         assert!(tested.contains(&name), "scenario {name} has no fixed-seed test");
@@ -121,7 +130,8 @@ fn the_same_seed_gives_the_same_trace() {
 fn mutation_check_the_checkers_find_a_planted_split_brain() {
     for mutation in [Mutation::LyingFence, Mutation::ClockBeyondDrift] {
         let found = (1..=5).find_map(|seed| {
-            let o = run(&RunConfig { mutation: Some(mutation), ..config(seed, "prod-isolated", 5) });
+            let o =
+                run(&RunConfig { mutation: Some(mutation), ..config(seed, "prod-isolated", 5) });
             o.violations.into_iter().find(|v| v.invariant == "S1" || v.invariant == "S2")
         });
         assert!(found.is_some(), "{} went unnoticed in 5 seeds", mutation.name());

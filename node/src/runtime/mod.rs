@@ -32,9 +32,9 @@ use crate::consensus::network::{Dialer, Network, PeerContacts};
 use crate::consensus::store;
 use crate::consensus::types::{Member, NodeId, Raft, Role};
 use crate::probe::ProbeLimits;
+use crate::tls::TlsMaterial;
 use control::{DriverParts, LeaseClock, ProbeSupply};
 use tonic::transport::server::Router;
-use crate::tls::TlsMaterial;
 
 /// Longest time the listeners get to finish in-flight requests at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -91,7 +91,8 @@ pub async fn run(
         dialer: Dialer::default(),
         clock: LeaseClock::new(0),
     };
-    let identity = Identity { id: cfg.id, name: cfg.name.clone(), site: cfg.site.clone(), role: cfg.role };
+    let identity =
+        Identity { id: cfg.id, name: cfg.name.clone(), site: cfg.site.clone(), role: cfg.role };
     let raft_config = Arc::new(cfg.raft.to_openraft("drover"));
     let Assembled { node, router } =
         assemble(identity, raft_config, stores, parts, tls.map(Arc::new), stop_rx.clone()).await?;
@@ -196,7 +197,8 @@ pub async fn assemble(
         fenced: Default::default(),
         leases: Default::default(),
     };
-    let control_service = control::start(node.clone(), identity.site, identity.role, parts, tls, stop);
+    let control_service =
+        control::start(node.clone(), identity.site, identity.role, parts, tls, stop);
     let router = tonic::transport::Server::builder()
         // Long enough for the longest step a spec allows (RunStep); every client call carries
         // its own, shorter deadline.
