@@ -23,6 +23,7 @@
 //! `content-type: application/json` unless the step sets a content type. Other bodies, URLs
 //! and headers get the values as they are.
 
+pub mod dns;
 mod real;
 
 #[cfg(test)]

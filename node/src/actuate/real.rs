@@ -14,9 +14,9 @@ use crate::spec::{ExecStep, HttpStep, Step, StepAction};
 /// Bytes of a webhook's response body that are read.
 const WEBHOOK_BODY_CAP: usize = 64 * 1024;
 
-/// Runs `exec`, `http` and `wait` steps for real. `probe` steps are the leader's own (they need
-/// the observers' reports); `fence_agent`, `dns` and `haproxy` are not implemented yet and
-/// answer [`StepError::Unsupported`].
+/// Runs `exec`, `http`, `wait` and `dns` steps for real. `probe` steps are the leader's own (they
+/// need the observers' reports); `fence_agent` and `haproxy` are not implemented yet and answer
+/// [`StepError::Unsupported`].
 #[derive(Debug, Clone)]
 pub struct RealActuator {
     http: http::HttpClient,
@@ -43,10 +43,10 @@ impl Actuator for RealActuator {
                 StepAction::Exec(e) => run_exec(e, step.timeout, ctx).await,
                 StepAction::Http(h) => self.run_http(h, step.timeout, ctx).await,
                 StepAction::Wait(w) => run_wait(w.duration, step.timeout).await,
-                StepAction::Probe(_)
-                | StepAction::FenceAgent(_)
-                | StepAction::Dns(_)
-                | StepAction::Haproxy(_) => Err(StepError::Unsupported { kind }),
+                StepAction::Dns(d) => super::dns::run(d, step.timeout, ctx).await,
+                StepAction::Probe(_) | StepAction::FenceAgent(_) | StepAction::Haproxy(_) => {
+                    Err(StepError::Unsupported { kind })
+                }
             };
             match &result {
                 Ok(out) => tracing::info!(

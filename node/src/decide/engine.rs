@@ -1089,7 +1089,7 @@ fn choose_executor(
 
 /// `3s`, `2.5s`: whole seconds when exact, else one decimal.
 fn secs(d: Duration) -> String {
-    if d.as_millis() % 1000 == 0 {
+    if d.as_millis().is_multiple_of(1000) {
         format!("{}s", d.as_secs())
     } else {
         format!("{:.1}s", d.as_secs_f64())

@@ -778,7 +778,9 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
                     if expired {
                         let why = "the lease could not be renewed for lease_ttl".to_string();
                         spawn_self_fence(&ctx, service, epoch, why);
-                    } else {
+                    } else if h.lease.expiry().is_some() {
+                        // Only a renewal the cluster confirmed makes the site believe it holds
+                        // the lease: a node restarted on stale state must not serve on it.
                         believed.insert(service.clone(), epoch);
                     }
                 }

@@ -37,6 +37,9 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MAX_RETRIES: u32 = 10;
 /// Largest DNS record TTL accepted, in seconds.
 pub const MAX_DNS_TTL_SECS: u32 = 86_400;
+/// TSIG algorithms a `dns` step may use (the HMACs the signer implements; hmac-sha1 and
+/// hmac-sha224 are not among them).
+pub const TSIG_ALGORITHMS: [&str; 3] = ["hmac-sha256", "hmac-sha384", "hmac-sha512"];
 /// Upper bound (exclusive) of `max_clock_drift`.
 pub const MAX_CLOCK_DRIFT_LIMIT: f64 = 0.1;
 /// Timeout of a veto hook that sets none.

@@ -537,3 +537,14 @@ fn lease_timing_the_lease_code_cannot_use_is_refused() {
         "{r:?}"
     );
 }
+
+#[test]
+fn tsig_algorithms_are_those_a_dns_step_can_sign_with() {
+    let r = parse_edit("algorithm = \"hmac-sha256\"", "algorithm = \"hmac-sha1\"");
+    assert_error(
+        &r,
+        "service[0].runbook.dr.activate[2].tsig.algorithm",
+        "\"hmac-sha1\" is not one of hmac-sha256, hmac-sha384, hmac-sha512",
+    );
+    assert!(parse_edit("algorithm = \"hmac-sha256\"", "algorithm = \"hmac-sha512\"").is_ok());
+}

@@ -26,8 +26,6 @@ const DEFAULT_LAG_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 const DEFAULT_DNS_TTL_SECS: u32 = 60;
 const HTTP_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
-const TSIG_ALGORITHMS: [&str; 5] =
-    ["hmac-sha1", "hmac-sha224", "hmac-sha256", "hmac-sha384", "hmac-sha512"];
 const STEP_KINDS: [&str; 7] = ["exec", "http", "wait", "probe", "fence_agent", "dns", "haproxy"];
 
 /// Checks `file` against every rule; the validated spec, or every problem found.
@@ -916,10 +914,14 @@ impl Validator {
             if t.name.trim().is_empty() {
                 self.err(format!("{prefix}.tsig.name"), "must not be empty");
             }
-            if !TSIG_ALGORITHMS.contains(&t.algorithm.as_str()) {
+            if !super::TSIG_ALGORITHMS.contains(&t.algorithm.as_str()) {
                 self.err(
                     format!("{prefix}.tsig.algorithm"),
-                    format!("{:?} is not one of {}", t.algorithm, TSIG_ALGORITHMS.join(", ")),
+                    format!(
+                        "{:?} is not one of {}",
+                        t.algorithm,
+                        super::TSIG_ALGORITHMS.join(", ")
+                    ),
                 );
             }
             if !t.secret_file.starts_with('/') {
