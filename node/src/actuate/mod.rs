@@ -3,7 +3,8 @@
 //! ```text
 //!  workflow driver ── RunStep{step, StepContext} ──▶ dyn Actuator::run ──▶ Result<StepOutput, StepError>
 //!                                                     ├─ RealActuator   (this module: processes,
-//!                                                     │                  webhooks, sleeps)
+//!                                                     │                  webhooks, sleeps, fence
+//!                                                     │                  agents, HAProxy)
 //!                                                     └─ simulated one  (drover-sim, later)
 //! ```
 //!
@@ -23,6 +24,8 @@
 //! `content-type: application/json` unless the step sets a content type. Other bodies, URLs
 //! and headers get the values as they are.
 
+mod fence;
+mod haproxy;
 mod real;
 
 #[cfg(test)]
@@ -34,6 +37,7 @@ use std::time::Duration;
 
 use crate::spec::Step;
 
+pub use fence::{fence_status_power, is_secret_key};
 pub use real::RealActuator;
 
 /// Bytes of output (stdout then stderr, or a response body) kept in results and errors.
