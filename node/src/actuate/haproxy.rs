@@ -356,6 +356,53 @@ mod tests {
         );
     }
 
+    fn step(socket: &str) -> HaproxyStep {
+        HaproxyStep { socket: socket.into(), set: vec![set("app/dr", HaproxyState::Ready, None)] }
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_refusing_socket_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock").display().to_string();
+        let timeout = Duration::from_secs(5);
+        let Err(StepError::Failed { reason, .. }) = run(&step(&path), timeout).await else {
+            panic!("expected a failure")
+        };
+        assert_eq!(
+            reason,
+            format!(
+                "haproxy: no socket at {path}; is HAProxy running, with 'stats socket {path} \
+                 level admin' in its global section?"
+            )
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let addr = port.to_string();
+        let Err(StepError::Failed { reason, .. }) = run(&step(&addr), timeout).await else {
+            panic!("expected a failure")
+        };
+        assert!(reason.starts_with(&format!("haproxy: connection refused by {addr}")), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_never_answers_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let held = tokio::spawn(async move {
+            let conn = listener.accept().await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(conn);
+        });
+        let started = Instant::now();
+        let result = run(&step(&path.display().to_string()), Duration::from_millis(300)).await;
+        assert!(
+            matches!(result, Err(StepError::Timeout { after, .. }) if after == Duration::from_millis(300)),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        held.abort();
+    }
+
     #[test]
     fn set_answers_name_the_problem() {
         let answer = |a| set_answer("/run/h.sock", "set server app/x state ready", "app", "x", a);
