@@ -93,7 +93,8 @@ pub(super) async fn run(
                 )))
             }
             _ => Err(run.failed(format!(
-                "{agent} status: {} (0 means on, 2 off; anything else is the agent failing){}",
+                "{agent} status: {}{} (status answers 0 for on, 2 for off; anything else is the \
+                 agent failing)",
                 exec::describe_status(first.status),
                 first.why()
             ))),
