@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod fence_test;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -102,6 +103,12 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let actuator: Arc<dyn crate::actuate::Actuator> = Arc::new(crate::actuate::RealActuator::new());
+    let fence_tester = fence_test::FenceTester::new(
+        node.clone(),
+        cfg.role,
+        actuator.clone(),
+        control::PeerChannels::new(tls.clone()),
+    );
     let control_service =
         control::start(node.clone(), cfg.site.clone(), cfg.role, actuator, tls, stop_rx.clone());
     let grpc = {
@@ -113,7 +120,7 @@ pub async fn run(
             .timeout(crate::spec::MAX_TIMEOUT + Duration::from_secs(60))
             .concurrency_limit_per_connection(64)
             .add_service(RaftService::server(raft.clone()))
-            .add_service(AdminService::server(node.clone()))
+            .add_service(AdminService::server(node.clone(), fence_tester))
             .add_service(control_service);
         tokio::spawn(async move {
             router
