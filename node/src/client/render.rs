@@ -243,8 +243,8 @@ pub fn fence_test_table(site: &str, r: &pb::FenceTestReply) -> String {
         "AGENT".into(),
         "TARGET".into(),
         "NODE".into(),
-        "RESULT".into(),
         "ELAPSED".into(),
+        "RESULT".into(),
     ]];
     for x in &r.results {
         rows.push(vec![
@@ -253,8 +253,9 @@ pub fn fence_test_table(site: &str, r: &pb::FenceTestReply) -> String {
             x.agent.clone(),
             if x.target.is_empty() { "-".into() } else { x.target.clone() },
             if x.node.is_empty() { "-".into() } else { x.node.clone() },
-            if x.ok { x.power.clone() } else { format!("error: {}", x.detail) },
             format!("{}ms", x.elapsed_ms),
+            // Last: an error can be long.
+            if x.ok { x.power.clone() } else { format!("error: {}", x.detail) },
         ]);
     }
     let mut out = format!("fence agents of site {site} (spec version {}):\n", r.spec_version);
