@@ -11,7 +11,8 @@
 //! - [`spec`]: the replicated cluster spec (`cluster.toml`): model, validation and diff.
 //! - [`probe`]: health checks (http, tcp, exec) and lag probes, run in the background into
 //!   per-site reports.
-//! - [`actuate`]: actuators that carry out runbook steps (exec, webhook, wait) behind a trait.
+//! - [`actuate`]: actuators that carry out runbook steps (exec, webhook, wait, fence agents,
+//!   HAProxy) behind a trait.
 //! - `edge` (private): bounded child processes and the outbound HTTP(S) client they share.
 
 pub mod actuate;

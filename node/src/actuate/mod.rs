@@ -3,7 +3,8 @@
 //! ```text
 //!  workflow driver ── RunStep{step, StepContext} ──▶ dyn Actuator::run ──▶ Result<StepOutput, StepError>
 //!                                                     ├─ RealActuator   (this module: processes,
-//!                                                     │                  webhooks, sleeps)
+//!                                                     │                  webhooks, sleeps, fence
+//!                                                     │                  agents, HAProxy)
 //!                                                     └─ simulated one  (drover-sim, later)
 //! ```
 //!
@@ -24,6 +25,8 @@
 //! and headers get the values as they are.
 
 pub mod dns;
+mod fence;
+mod haproxy;
 mod real;
 
 #[cfg(test)]
@@ -35,6 +38,7 @@ use std::time::Duration;
 
 use crate::spec::Step;
 
+pub use fence::{fence_status_power, is_secret_key};
 pub use real::RealActuator;
 
 /// Bytes of output (stdout then stderr, or a response body) kept in results and errors.

@@ -1,12 +1,14 @@
 //! The real actuator: child processes, webhooks and sleeps on this machine.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hyper::body::Bytes;
 use hyper::Method;
 
 use super::{
-    looks_like_json, Actuator, StepContext, StepError, StepFuture, StepOutput, OUTPUT_TAIL_MAX,
+    fence, haproxy, looks_like_json, Actuator, StepContext, StepError, StepFuture, StepOutput,
+    OUTPUT_TAIL_MAX,
 };
 use crate::edge::{self, exec, http};
 use crate::spec::{ExecStep, HttpStep, Step, StepAction};
@@ -14,18 +16,26 @@ use crate::spec::{ExecStep, HttpStep, Step, StepAction};
 /// Bytes of a webhook's response body that are read.
 const WEBHOOK_BODY_CAP: usize = 64 * 1024;
 
-/// Runs `exec`, `http`, `wait` and `dns` steps for real. `probe` steps are the leader's own (they
-/// need the observers' reports); `fence_agent` and `haproxy` are not implemented yet and answer
-/// [`StepError::Unsupported`].
+/// Runs `exec`, `http`, `wait`, `dns`, `fence_agent` and `haproxy` steps for real. `probe`
+/// steps are the leader's own (they need the observers' reports).
 #[derive(Debug, Clone)]
 pub struct RealActuator {
     http: http::HttpClient,
+    /// Searched for fence agents before `PATH`, `/usr/sbin` and `/sbin`.
+    fence_agent_dirs: Vec<PathBuf>,
 }
 
 impl RealActuator {
     /// An actuator sharing the process-wide HTTP client.
     pub fn new() -> RealActuator {
-        RealActuator { http: http::client().clone() }
+        RealActuator { http: http::client().clone(), fence_agent_dirs: Vec::new() }
+    }
+
+    /// This actuator, looking for fence agents in `dirs` (in order) before `PATH`,
+    /// `/usr/sbin` and `/sbin`: for agents installed outside the system's directories.
+    pub fn with_fence_agent_dirs(mut self, dirs: Vec<PathBuf>) -> RealActuator {
+        self.fence_agent_dirs = dirs;
+        self
     }
 }
 
@@ -44,9 +54,11 @@ impl Actuator for RealActuator {
                 StepAction::Http(h) => self.run_http(h, step.timeout, ctx).await,
                 StepAction::Wait(w) => run_wait(w.duration, step.timeout).await,
                 StepAction::Dns(d) => super::dns::run(d, step.timeout, ctx).await,
-                StepAction::Probe(_) | StepAction::FenceAgent(_) | StepAction::Haproxy(_) => {
-                    Err(StepError::Unsupported { kind })
+                StepAction::FenceAgent(f) => {
+                    fence::run(f, step.timeout, &self.fence_agent_dirs).await
                 }
+                StepAction::Haproxy(h) => haproxy::run(h, step.timeout).await,
+                StepAction::Probe(_) => Err(StepError::Unsupported { kind }),
             };
             match &result {
                 Ok(out) => tracing::info!(

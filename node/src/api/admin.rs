@@ -1,4 +1,5 @@
-//! The admin API served to droverctl: status, membership changes, notes and history.
+//! The admin API served to droverctl: status, membership changes, notes and history, spec
+//! changes, operator decisions, and `fence test`.
 //!
 //! Calls that change the cluster must run on the leader. A follower answers them with
 //! `FAILED_PRECONDITION` plus the leader's id and address in the metadata keys
@@ -16,7 +17,8 @@ use tracing::info;
 use super::NodeHandle;
 use crate::consensus::state::control::ControlRequest;
 use crate::consensus::types::{Member, NodeId, Role};
-use crate::pb::{history_to_pb, view_to_pb};
+use crate::pb::{fence_test_to_pb, history_to_pb, view_to_pb};
+use crate::runtime::fence_test::{FenceTestError, FenceTester};
 
 /// Metadata key carrying the leader's id on a not-leader refusal.
 pub const LEADER_ID_KEY: &str = "drover-leader-id";
@@ -34,12 +36,13 @@ const MAX_NAME_LEN: usize = 63;
 /// gRPC admin service.
 pub struct AdminService {
     node: NodeHandle,
+    fence: FenceTester,
 }
 
 impl AdminService {
-    /// Wraps the node in a tonic server.
-    pub fn server(node: NodeHandle) -> AdminServer<AdminService> {
-        AdminServer::new(AdminService { node })
+    /// Wraps the node in a tonic server; `fence` runs `droverctl fence test`.
+    pub fn server(node: NodeHandle, fence: FenceTester) -> AdminServer<AdminService> {
+        AdminServer::new(AdminService { node, fence })
     }
 
     /// A refusal pointing at the leader (or saying none is known).
@@ -365,6 +368,24 @@ impl Admin for AdminService {
         };
         let (log_index, _) = self.propose_control(control).await?;
         Ok(Response::new(pb::ServiceActionReply { log_index }))
+    }
+
+    async fn fence_test(
+        &self,
+        req: Request<pb::FenceTestRequest>,
+    ) -> Result<Response<pb::FenceTestReply>, Status> {
+        let site = req.into_inner().site;
+        if !valid_name(&site) {
+            return Err(Status::invalid_argument(format!(
+                "site {site:?} must be 1-{MAX_NAME_LEN} characters of a-z, 0-9 and '-'"
+            )));
+        }
+        info!(site = %site, "fence test");
+        match self.fence.test_site(&site).await {
+            Ok((version, results)) => Ok(Response::new(fence_test_to_pb(version, &results))),
+            Err(e @ FenceTestError::NoSpec) => Err(Status::failed_precondition(e.to_string())),
+            Err(e @ FenceTestError::BadSite(_)) => Err(Status::invalid_argument(e.to_string())),
+        }
     }
 
     async fn history(

@@ -13,6 +13,10 @@ use drover::tls::certs;
 use drover_proto::v1 as pb;
 use serde_json::json;
 
+/// Longest `fence test` waits for the node's answer: the longest step timeout a spec allows,
+/// plus the node's margins for reaching other nodes.
+const FENCE_TEST_DEADLINE: Duration = Duration::from_secs(3600 + 60);
+
 #[derive(Parser)]
 #[command(name = "droverctl", version, about = "Operate a drover cluster")]
 struct Cli {
@@ -85,6 +89,9 @@ enum Cmd {
     Commit { service: String },
     /// Retry the step a paused or failed failover stopped at.
     Resume { service: String },
+    /// Check fencing without fencing anything.
+    #[command(subcommand)]
+    Fence(FenceCmd),
     /// TLS material for the cluster.
     #[command(subcommand)]
     Certs(CertsCmd),
@@ -160,6 +167,18 @@ enum ConfigCmd {
 }
 
 #[derive(Subcommand)]
+enum FenceCmd {
+    /// Run `status` of every fence agent that would fence SITE (its fence and on_lease_lost
+    /// runbooks), each on a node where its step would run, and show what each saw. Changes
+    /// nothing. Exits 1 when any agent failed.
+    Test {
+        /// The site whose fencing is tested.
+        #[arg(long)]
+        site: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum CertsCmd {
     /// Create a development CA plus node and admin certificates (no openssl needed).
     Init {
@@ -184,6 +203,8 @@ fn main() -> ExitCode {
         return certs_init(out, nodes, admins, *force, cli.json);
     }
     let client = match Client::new(client_config(&cli.conn)) {
+        // Agents run with their steps' timeouts (up to an hour); the node bounds the call.
+        Ok(c) if matches!(cli.cmd, Cmd::Fence(_)) => c.with_call_timeout(FENCE_TEST_DEADLINE),
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
@@ -362,6 +383,7 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
         Cmd::Ack { service } => service_action(client, service, "ack", cli.json).await?,
         Cmd::Commit { service } => service_action(client, service, "commit", cli.json).await?,
         Cmd::Resume { service } => service_action(client, service, "resume", cli.json).await?,
+        Cmd::Fence(FenceCmd::Test { site }) => fence_test(client, site, cli.json).await?,
         Cmd::Certs(_) => unreachable!("handled before connecting"),
     }
     Ok(())
@@ -472,6 +494,29 @@ async fn bench(
             "{} commits, concurrency {concurrency}: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {rate:.0} commits/s",
             samples.len(), pct(0.5), pct(0.9), pct(0.99), pct(1.0)
         );
+    }
+    Ok(())
+}
+
+async fn fence_test(client: &Client, site: &str, as_json: bool) -> Result<(), ClientError> {
+    let req = pb::FenceTestRequest { site: site.to_string() };
+    let r = client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.fence_test(req).await }
+        })
+        .await?;
+    if as_json {
+        println!("{}", render::fence_test_json(site, &r));
+    } else {
+        print!("{}", render::fence_test_table(site, &r));
+    }
+    let failed = r.results.iter().filter(|x| !x.ok).count();
+    if failed > 0 {
+        return Err(ClientError::Refused(format!(
+            "{failed} of {} fence agent(s) for site {site} failed their status check",
+            r.results.len()
+        )));
     }
     Ok(())
 }

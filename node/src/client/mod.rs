@@ -65,6 +65,8 @@ pub struct Client {
     tls: Option<Tls>,
     /// One multiplexed connection per address, reused across calls; dropped when it fails.
     channels: Mutex<HashMap<String, Channel>>,
+    /// Deadline of each call once connected, when longer than `cfg.timeout`.
+    call_timeout: Option<Duration>,
 }
 
 fn read(path: &PathBuf, what: &str, flag: &str) -> Result<Vec<u8>, ClientError> {
@@ -105,7 +107,14 @@ impl Client {
             };
             Some(Tls { ca, identity })
         };
-        Ok(Client { cfg, tls, channels: Mutex::new(HashMap::new()) })
+        Ok(Client { cfg, tls, channels: Mutex::new(HashMap::new()), call_timeout: None })
+    }
+
+    /// This client, giving each call up to `timeout` once connected (connecting keeps the
+    /// configured timeout): for calls that wait on something slow, like `fence test`.
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Client {
+        self.call_timeout = Some(timeout);
+        self
     }
 
     fn endpoint(&self, address: &str) -> Result<Endpoint, ClientError> {
@@ -116,7 +125,7 @@ impl Client {
         let mut ep = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(bad)?
             .connect_timeout(self.cfg.timeout)
-            .timeout(self.cfg.timeout);
+            .timeout(self.call_timeout.unwrap_or(self.cfg.timeout).max(self.cfg.timeout));
         if let Some(tls) = &self.tls {
             let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
             let host = host.trim_start_matches('[').trim_end_matches(']');

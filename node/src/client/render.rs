@@ -212,6 +212,57 @@ pub fn history_table(r: &pb::HistoryReply) -> String {
     table(&rows)
 }
 
+/// `droverctl fence test --json`.
+pub fn fence_test_json(site: &str, r: &pb::FenceTestReply) -> Value {
+    let results: Vec<_> = r
+        .results
+        .iter()
+        .map(|x| {
+            json!({"service": x.service, "phase": x.phase, "step": x.step + 1, "agent": x.agent,
+                   "target": x.target, "node": x.node, "ok": x.ok,
+                   "power": if x.ok { Value::String(x.power.clone()) } else { Value::Null },
+                   "error": if x.ok { Value::Null } else { Value::String(x.detail.clone()) },
+                   "elapsed_ms": x.elapsed_ms})
+        })
+        .collect();
+    json!({"site": site, "spec_version": r.spec_version, "results": results})
+}
+
+/// `droverctl fence test`.
+pub fn fence_test_table(site: &str, r: &pb::FenceTestReply) -> String {
+    if r.results.is_empty() {
+        return format!(
+            "no fence_agent step fences site {site} (spec version {}): its fence and \
+             on_lease_lost runbooks have none\n",
+            r.spec_version
+        );
+    }
+    let mut rows = vec![vec![
+        "SERVICE".to_string(),
+        "STEP".into(),
+        "AGENT".into(),
+        "TARGET".into(),
+        "NODE".into(),
+        "ELAPSED".into(),
+        "RESULT".into(),
+    ]];
+    for x in &r.results {
+        rows.push(vec![
+            x.service.clone(),
+            format!("{} #{}", x.phase, x.step + 1),
+            x.agent.clone(),
+            if x.target.is_empty() { "-".into() } else { x.target.clone() },
+            if x.node.is_empty() { "-".into() } else { x.node.clone() },
+            format!("{}ms", x.elapsed_ms),
+            // Last: an error can be long.
+            if x.ok { x.power.clone() } else { format!("error: {}", x.detail) },
+        ]);
+    }
+    let mut out = format!("fence agents of site {site} (spec version {}):\n", r.spec_version);
+    out.push_str(&table(&rows));
+    out
+}
+
 /// Left-aligned columns separated by two spaces.
 pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);

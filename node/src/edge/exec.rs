@@ -7,12 +7,15 @@
 //! why it failed). When the child exits but something it left in the background still holds
 //! its stdout or stderr open (`nohup app &`), reading stops after [`DRAIN_GRACE`] instead of
 //! waiting for that process to end; the background process is left alone.
+//!
+//! [`run_with_stdin`] also feeds the child a few bytes on stdin (a fence agent's `key=value`
+//! lines), written while it runs and then closed, all within the same timeout.
 
 use std::io;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 /// How long output is still read after the child exited (see the module doc).
@@ -89,11 +92,24 @@ pub(crate) fn describe_status(status: ExitStatus) -> String {
 
 /// Runs `spec` to completion or timeout. stdin is `/dev/null`.
 pub(crate) async fn run(spec: ExecSpec<'_>) -> Result<ExecOutcome, ExecError> {
+    run_inner(spec, None).await
+}
+
+/// Runs `spec` like [`run`], writing `input` to the child's stdin and then closing it. A child
+/// that exits without reading it all is not an error (its exit status says how it went).
+pub(crate) async fn run_with_stdin(
+    spec: ExecSpec<'_>,
+    input: &[u8],
+) -> Result<ExecOutcome, ExecError> {
+    run_inner(spec, Some(input)).await
+}
+
+async fn run_inner(spec: ExecSpec<'_>, input: Option<&[u8]>) -> Result<ExecOutcome, ExecError> {
     let (program, args) = spec.command.split_first().ok_or(ExecError::Empty)?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -105,13 +121,18 @@ pub(crate) async fn run(spec: ExecSpec<'_>) -> Result<ExecOutcome, ExecError> {
     let mut group = GroupKiller { pgid: child.id() };
     let mut stdout_pipe = child.stdout.take();
     let mut stderr_pipe = child.stderr.take();
+    let stdin_pipe = child.stdin.take();
 
     let mut stdout = Tail::new(spec.output_cap);
     let mut stderr = Tail::new(spec.output_cap);
     let mut status = None;
     let work = async {
         let reads = async {
-            tokio::join!(stdout.fill(stdout_pipe.as_mut()), stderr.fill(stderr_pipe.as_mut()))
+            tokio::join!(
+                feed(stdin_pipe, input.unwrap_or_default()),
+                stdout.fill(stdout_pipe.as_mut()),
+                stderr.fill(stderr_pipe.as_mut())
+            )
         };
         tokio::pin!(reads);
         let mut reads_done = false;
@@ -156,6 +177,14 @@ pub(crate) async fn run(spec: ExecSpec<'_>) -> Result<ExecOutcome, ExecError> {
             })
         }
     }
+}
+
+/// Writes `input` to the child's stdin, then closes it so the child sees the end of it.
+async fn feed(pipe: Option<tokio::process::ChildStdin>, input: &[u8]) {
+    let Some(mut pipe) = pipe else { return };
+    // A child that exits (or closes stdin) early makes this fail with EPIPE: nothing to do.
+    let _ = pipe.write_all(input).await;
+    let _ = pipe.shutdown().await;
 }
 
 /// Kills a child's process group when dropped while armed.
@@ -250,6 +279,25 @@ mod tests {
         let out = run(spec(&cmd, 4000)).await.unwrap();
         assert!(out.status.success());
         assert_eq!(out.stdout, b"started\n");
+        assert!(t.elapsed() < Duration::from_secs(3), "waited {:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn stdin_is_fed_and_closed() {
+        let cmd = sh("while read -r line; do echo \"got $line\"; done; echo eof");
+        let spec = ExecSpec { output_cap: 64, ..spec(&cmd, 5000) };
+        let out = run_with_stdin(spec, b"a=1\nb=2\n").await.unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "got a=1\ngot b=2\neof\n");
+    }
+
+    #[tokio::test]
+    async fn a_child_that_never_reads_stdin_still_times_out() {
+        // More than a pipe holds, so the write blocks until the child is killed.
+        let cmd = sh("sleep 10");
+        let t = Instant::now();
+        let err = run_with_stdin(spec(&cmd, 300), &[b'x'; 200_000]).await.unwrap_err();
+        assert!(matches!(err, ExecError::TimedOut { .. }), "{err:?}");
         assert!(t.elapsed() < Duration::from_secs(3), "waited {:?}", t.elapsed());
     }
 

@@ -10,6 +10,30 @@ use crate::consensus::state::control::{
     Automation, ServiceState, StepStatus, Workflow, WorkflowState,
 };
 use crate::consensus::state::HistoryRecord;
+use crate::runtime::fence_test::FenceTestResult;
+
+/// The `fence test` reply: spec version and one result per step.
+pub fn fence_test_to_pb(spec_version: u64, results: &[FenceTestResult]) -> pb::FenceTestReply {
+    let results = results
+        .iter()
+        .map(|r| pb::FenceTestResult {
+            service: r.service.clone(),
+            phase: r.phase.as_str().to_string(),
+            step: u32::try_from(r.step).unwrap_or(u32::MAX),
+            agent: r.agent.clone(),
+            target: r.target.clone(),
+            node: r.node.clone(),
+            ok: r.outcome.is_ok(),
+            power: r.outcome.as_ref().map_or("", |p| p).to_string(),
+            detail: match &r.outcome {
+                Ok(power) => format!("target {power}"),
+                Err(why) => why.clone(),
+            },
+            elapsed_ms: u64::try_from(r.elapsed.as_millis()).unwrap_or(u64::MAX),
+        })
+        .collect();
+    pb::FenceTestReply { spec_version, results }
+}
 
 /// The status reply for a cluster view.
 pub fn view_to_pb(view: &ClusterView) -> pb::StatusReply {

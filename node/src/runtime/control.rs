@@ -115,7 +115,12 @@ impl PeerChannels {
         PeerChannels { tls, dialer, cache: Arc::new(Mutex::new(HashMap::new())) }
     }
 
-    fn control(&self, id: NodeId, member: &Member) -> Result<ControlClient<Channel>, String> {
+    /// A Control client for member `id` (its channel is created on first use, then reused).
+    pub(crate) fn control(
+        &self,
+        id: NodeId,
+        member: &Member,
+    ) -> Result<ControlClient<Channel>, String> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((addr, ch)) = cache.get(&id) {
             if *addr == member.address {
@@ -1035,6 +1040,33 @@ impl Control for ControlService {
         let reply = match veto_verdict(self.ctx.actuator.as_ref(), &hooks, &sc).await {
             Ok(()) => pb::RunVetoReply { allowed: true, reason: String::new() },
             Err(reason) => pb::RunVetoReply { allowed: false, reason },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn fence_status(
+        &self,
+        req: Request<pb::FenceStatusRequest>,
+    ) -> Result<Response<pb::FenceStatusReply>, Status> {
+        let r = req.into_inner();
+        let ctx = &self.ctx;
+        let tester = super::fence_test::FenceTester::new(
+            ctx.node.clone(),
+            ctx.role,
+            ctx.actuator.clone(),
+            ctx.peers.clone(),
+        );
+        // The step comes from this node's own copy of the spec, never from the request.
+        let result = tester
+            .status_here(r.spec_version, &r.service, &r.site, &r.phase, r.step as usize)
+            .await;
+        let reply = match result {
+            Ok(power) => pb::FenceStatusReply {
+                ok: true,
+                power: power.to_string(),
+                detail: format!("target {power}"),
+            },
+            Err(detail) => pb::FenceStatusReply { ok: false, power: String::new(), detail },
         };
         Ok(Response::new(reply))
     }

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod fence_test;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -197,6 +198,12 @@ pub async fn assemble(
         fenced: Default::default(),
         leases: Default::default(),
     };
+    let fence_tester = fence_test::FenceTester::new(
+        node.clone(),
+        identity.role,
+        parts.actuator.clone(),
+        control::PeerChannels::new(tls.clone(), parts.dialer.clone()),
+    );
     let control_service =
         control::start(node.clone(), identity.site, identity.role, parts, tls, stop);
     let router = tonic::transport::Server::builder()
@@ -205,7 +212,7 @@ pub async fn assemble(
         .timeout(crate::spec::MAX_TIMEOUT + Duration::from_secs(60))
         .concurrency_limit_per_connection(64)
         .add_service(RaftService::server(raft))
-        .add_service(AdminService::server(node.clone()))
+        .add_service(AdminService::server(node.clone(), fence_tester))
         .add_service(control_service);
     Ok(Assembled { node, router })
 }

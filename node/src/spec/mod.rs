@@ -671,6 +671,23 @@ impl ClusterSpec {
         self.sites.iter().find(|s| s.witness).map(|s| s.name.as_str())
     }
 
+    /// The `fence_agent` steps that fence `site`, in spec order: per service, those of the
+    /// site's `fence` runbook, then of its `on_lease_lost` runbook. What `droverctl fence test`
+    /// runs (with action `status`).
+    pub fn fence_agent_steps(&self, site: &str) -> Vec<FenceStepRef<'_>> {
+        let mut found = Vec::new();
+        for svc in &self.services {
+            for phase in [Phase::Fence, Phase::OnLeaseLost] {
+                for (index, step) in svc.runbook(site, phase).iter().enumerate() {
+                    if let StepAction::FenceAgent(agent) = &step.action {
+                        found.push(FenceStepRef { service: &svc.name, phase, index, step, agent });
+                    }
+                }
+            }
+        }
+        found
+    }
+
     /// Whether the spec allows an *automatic* failover of `service` from `from` to `to`:
     /// automation is on, `from` can be fenced (a `fence` or `on_lease_lost` runbook) and `to`
     /// has an `activate` runbook. Validation guarantees this away from `initial_active`; after
@@ -687,6 +704,32 @@ impl ClusterSpec {
             && (!svc.runbook(from, Phase::Fence).is_empty()
                 || !svc.runbook(from, Phase::OnLeaseLost).is_empty())
             && !svc.runbook(to, Phase::Activate).is_empty()
+    }
+}
+
+/// Where a `fence_agent` step sits in the spec (see [`ClusterSpec::fence_agent_steps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FenceStepRef<'a> {
+    /// The service whose runbook holds it.
+    pub service: &'a str,
+    /// [`Phase::Fence`] or [`Phase::OnLeaseLost`].
+    pub phase: Phase,
+    /// 0-based position in that runbook (other kinds of steps counted too).
+    pub index: usize,
+    /// The step.
+    pub step: &'a Step,
+    /// Its fence agent action.
+    pub agent: &'a FenceAgentStep,
+}
+
+impl FenceAgentStep {
+    /// What the agent acts on, for display: its `plug`, `port` or `ip` parameter as
+    /// `key=value`, the first present; empty when none is.
+    pub fn target(&self) -> String {
+        ["plug", "port", "ip"]
+            .iter()
+            .find_map(|k| self.params.get(*k).map(|v| format!("{k}={v}")))
+            .unwrap_or_default()
     }
 }
 

@@ -330,6 +330,8 @@ fn step_kind_rules() {
     assert_error(&r, "service[0].runbook.dr.activate[1].set[0].state", "ready, drain, maint");
     let r = parse_edit("action = \"off\"", "action = \"kill\"");
     assert_error(&r, "service[0].runbook.prod.fence[0].action", "off, on, reboot, status");
+    let r = parse_edit("lanplus = \"1\" }", "lanplus = \"1\", action = \"on\" }");
+    assert_error(&r, "service[0].runbook.prod.fence[0].params.action", "the step's action key");
     let r = parse_edit("kind = \"haproxy\"", "kind = \"nginx\"");
     assert_error(&r, "service[0].runbook.dr.activate[1].kind", "unknown step kind \"nginx\"");
     let r = parse_edit("command = [\"/opt/st/bin/start_all\"]", "command = []");
@@ -547,4 +549,68 @@ fn tsig_algorithms_are_those_a_dns_step_can_sign_with() {
         "\"hmac-sha1\" is not one of hmac-sha256, hmac-sha384, hmac-sha512",
     );
     assert!(parse_edit("algorithm = \"hmac-sha256\"", "algorithm = \"hmac-sha512\"").is_ok());
+}
+
+#[test]
+fn fence_agent_steps_are_those_fencing_the_site() {
+    let text = EXAMPLE
+        .replacen(
+            "  [[service.runbook.prod.deactivate]]",
+            "  [[service.runbook.prod.fence]]\n  kind = \"exec\"\n  run_on = \"dr\"\n  \
+             command = [\"/bin/true\"]\n\n  [[service.runbook.prod.fence]]\n  \
+             kind = \"fence_agent\"\n  agent = \"fence_virsh\"\n  run_on = \"dr\"\n  \
+             params = { plug = \"st2\", ip = \"kvm.prod.example\" }\n\n  \
+             [[service.runbook.dr.fence]]\n  kind = \"fence_agent\"\n  agent = \"fence_dr\"\n\n  \
+             [[service.runbook.prod.deactivate]]",
+            1,
+        )
+        .replacen(
+            "  [[service.runbook.dr.activate]]",
+            "  [[service.runbook.prod.on_lease_lost]]\n  kind = \"fence_agent\"\n  \
+             agent = \"fence_self\"\n  timeout = \"1s\"\n\n  [[service.runbook.dr.activate]]",
+            1,
+        )
+        .replacen("self_fence_grace = \"3s\"", "self_fence_grace = \"5s\"", 1);
+    let spec = parse(&text, "cluster.toml").unwrap_or_else(|e| panic!("{e}"));
+    let found: Vec<(&str, Phase, usize, &str, String, RunOn)> = spec
+        .fence_agent_steps("prod")
+        .iter()
+        .map(|f| {
+            (
+                f.service,
+                f.phase,
+                f.index,
+                f.agent.agent.as_str(),
+                f.agent.target(),
+                f.step.run_on.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                "file-transfer",
+                Phase::Fence,
+                0,
+                "fence_ipmilan",
+                "ip=ipmi-st1.prod.example".into(),
+                RunOn::Any
+            ),
+            (
+                "file-transfer",
+                Phase::Fence,
+                2,
+                "fence_virsh",
+                "plug=st2".into(),
+                RunOn::Site("dr".into())
+            ),
+            ("file-transfer", Phase::OnLeaseLost, 1, "fence_self", String::new(), RunOn::Any),
+        ]
+    );
+    let dr: Vec<&str> =
+        spec.fence_agent_steps("dr").iter().map(|f| f.agent.agent.as_str()).collect();
+    assert_eq!(dr, ["fence_dr"]);
+    assert!(spec.fence_agent_steps("witness").is_empty());
+    assert!(spec.fence_agent_steps("nowhere").is_empty());
 }

@@ -878,6 +878,9 @@ impl Validator {
                     format!("{name:?} is not a fence agent parameter name ([a-z0-9_]+)"),
                 );
             }
+            if name == "action" {
+                self.err(&key, "set the agent's action with the step's action key");
+            }
             if value.contains(['\r', '\n']) {
                 self.err(
                     &key,
