@@ -216,7 +216,7 @@ fn simulate(cfg: &RunConfig) -> Outcome {
         steps += 1;
         now = sim.elapsed();
         det::set_sim_time(now);
-        if steps % CHECK_EVERY == 0 {
+        if steps.is_multiple_of(CHECK_EVERY) {
             let nodes = registry.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let mut w = lock(&world);
             w.now = now;
