@@ -17,12 +17,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover::api::NodeHandle;
 use openraft::ServerState;
 
-use crate::world::{World, DR, PROD, SERVICE};
+use crate::world::{Topology, World, DR, PROD, SERVICE};
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +39,9 @@ pub struct Violation {
 /// One node as the checker sees it.
 struct Seen {
     applied: Option<(u64, u64)>,
-    state_hash: u64,
+    /// Hash of the applied state, computed only when the applied index moved since the last
+    /// look (serialising the state every 10 ms for every node would dominate the run).
+    state_hash: Option<u64>,
     epoch: u64,
     phase: String,
     believes_lease: Option<u64>,
@@ -47,15 +50,19 @@ struct Seen {
     term: u64,
 }
 
-fn look(node: &NodeHandle) -> Seen {
+fn look(node: &NodeHandle, last_index: Option<u64>) -> Seen {
     let (applied, state_hash, epoch, phase) = node.state.read_applied(|applied, cluster| {
         let svc = cluster.control.services.get(SERVICE);
-        let mut h = std::hash::DefaultHasher::new();
-        serde_json::to_string(&cluster.control.services).unwrap_or_default().hash(&mut h);
-        cluster.last_seq.hash(&mut h);
+        let moved = applied.map(|l| l.index) != last_index;
+        let state_hash = moved.then(|| {
+            let mut h = std::hash::DefaultHasher::new();
+            serde_json::to_string(&cluster.control.services).unwrap_or_default().hash(&mut h);
+            cluster.last_seq.hash(&mut h);
+            h.finish()
+        });
         (
             applied.map(|l| (l.index, l.leader_id.term)),
-            h.finish(),
+            state_hash,
             svc.map_or(0, |s| s.epoch),
             svc.map_or(String::new(), |s| s.phase.as_str().to_string()),
         )
@@ -78,6 +85,7 @@ fn look(node: &NodeHandle) -> Seen {
 pub struct Checker {
     /// Violations found (the run stops at the first).
     pub violations: Vec<Violation>,
+    topology: Arc<Topology>,
     down_after: Duration,
     recovery_bound: Duration,
     loss_at: Option<Duration>,
@@ -103,6 +111,7 @@ pub struct Checker {
 impl Checker {
     /// A checker for a run whose active site is lost at `loss_at` (if the plan says so).
     pub fn new(
+        topology: Topology,
         down_after: Duration,
         recovery_bound: Duration,
         loss_at: Option<Duration>,
@@ -110,6 +119,7 @@ impl Checker {
     ) -> Checker {
         Checker {
             violations: Vec::new(),
+            topology: Arc::new(topology),
             down_after,
             recovery_bound,
             loss_at,
@@ -137,8 +147,10 @@ impl Checker {
     /// Checks everything against the current state; `nodes` are the running nodes by host.
     pub fn observe(&mut self, world: &mut World, nodes: &BTreeMap<String, NodeHandle>) {
         let now = world.now;
-        let seen: BTreeMap<String, Seen> =
-            nodes.iter().map(|(h, n)| (h.clone(), look(n))).collect();
+        let seen: BTreeMap<String, Seen> = nodes
+            .iter()
+            .map(|(h, n)| (h.clone(), look(n, self.last_applied.get(h).copied())))
+            .collect();
 
         // Leadership and phase changes, for the trace.
         let leader = seen
@@ -165,22 +177,20 @@ impl Checker {
             }
             self.epoch_seen.insert(host.clone(), s.epoch.max(before));
             // S4: the same index means the same entry and the same state everywhere.
-            if let Some((index, term)) = s.applied {
-                if self.last_applied.get(host) != Some(&index) {
-                    self.last_applied.insert(host.clone(), index);
-                    match self.applied.get(&index) {
-                        None => {
-                            self.applied.insert(index, (term, s.state_hash, host.clone()));
-                        }
-                        Some((t, h, first)) if *t != term || *h != s.state_hash => {
-                            let detail = format!(
-                                "{host} applied index {index} of term {term}, but {first} applied index {index} of term {t}{}",
-                                if *t == term { " with a different resulting state" } else { "" }
-                            );
-                            self.violate(world, "S4", detail);
-                        }
-                        Some(_) => {}
+            if let (Some((index, term)), Some(state_hash)) = (s.applied, s.state_hash) {
+                self.last_applied.insert(host.clone(), index);
+                match self.applied.get(&index) {
+                    None => {
+                        self.applied.insert(index, (term, state_hash, host.clone()));
                     }
+                    Some((t, h, first)) if *t != term || *h != state_hash => {
+                        let detail = format!(
+                            "{host} applied index {index} of term {term}, but {first} applied index {index} of term {t}{}",
+                            if *t == term { " with a different resulting state" } else { "" }
+                        );
+                        self.violate(world, "S4", detail);
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -223,7 +233,7 @@ impl Checker {
         }
 
         // S5's view: prod healthy, powered, and reachable from a quorum of running nodes.
-        let topo = world.topology.clone();
+        let topo = Arc::clone(&self.topology);
         let observers = topo
             .nodes
             .iter()

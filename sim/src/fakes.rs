@@ -77,9 +77,8 @@ impl SimActuator {
                 let target = f.params.get("target").cloned().unwrap_or_default();
                 let (mode, reachable) = {
                     let w = lock(&self.world);
-                    let reachable = w.site_link(&self.node.site, &target)
-                        && w.site_link(&target, &self.node.site)
-                        && !w.isolated.contains(&self.node.host)
+                    // The power controller sits with the target's application.
+                    let reachable = w.reaches_app(&self.node, &target)
                         && w.powered.get(&target).copied().unwrap_or(false);
                     (w.fence, reachable)
                 };

@@ -10,7 +10,7 @@ use crate::check::{Checker, Violation};
 use crate::disk::SimDisk;
 use crate::node::{self, Boot, Registry};
 use crate::rng::SimRng;
-use crate::scenario::{self, Fault, Plan};
+use crate::scenario::{self, Fault};
 use crate::trace::Trace;
 use crate::world::{lock, FenceMode, Mutation, Shared, Topology, World, PROD};
 use crate::{det, spec};
@@ -157,6 +157,7 @@ fn simulate(cfg: &RunConfig) -> Outcome {
     }
 
     let mut checker = Checker::new(
+        topology.clone(),
         policy.down_after,
         spec::recovery_bound(&spec.0),
         plan.loss_at,
@@ -171,16 +172,7 @@ fn simulate(cfg: &RunConfig) -> Outcome {
     while now < plan.length && checker.violations.is_empty() {
         while faults.peek().is_some_and(|(t, _)| *t <= now) {
             let (_, fault) = faults.next().expect("peeked");
-            apply(
-                &mut sim,
-                &world,
-                &registry,
-                &disks,
-                &plan,
-                &mut crashed,
-                &mut leader_crash,
-                fault,
-            );
+            apply(&mut sim, &world, &registry, &disks, &mut crashed, &mut leader_crash, fault);
         }
         if let Some(restart_after) = leader_crash {
             if let Some(host) = leader_in_workflow(&registry) {
@@ -308,7 +300,6 @@ fn apply(
     world: &Shared,
     registry: &Registry,
     disks: &BTreeMap<String, SimDisk>,
-    plan: &Plan,
     crashed: &mut Vec<String>,
     leader_crash: &mut Option<Duration>,
     fault: Fault,
@@ -380,7 +371,6 @@ fn apply(
                 restart(sim, world, crashed, &host);
             }
             *leader_crash = None;
-            let _ = plan;
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use drover::decide::LeaseParams;
 use drover::spec::{self, ClusterSpec, Phase};
 
 use crate::world::{DR, PROD, SERVICE};
@@ -106,8 +107,12 @@ pub fn recovery_bound(spec: &ClusterSpec) -> Duration {
         .flat_map(|(site, phase)| svc.runbook(site, *phase).iter())
         .map(|s| s.worst_case())
         .sum();
-    let d = policy.max_clock_drift;
-    let lease_wait = (policy.lease_ttl + policy.self_fence_grace).mul_f64((1.0 + d) / (1.0 - d));
+    let lease_wait = LeaseParams {
+        lease_ttl: policy.lease_ttl,
+        max_clock_drift: policy.max_clock_drift,
+        self_fence_grace: policy.self_fence_grace,
+    }
+    .safe_wait();
     let election = Duration::from_secs(10);
     policy.down_after + Duration::from_secs(2) + election + steps + lease_wait
 }
