@@ -51,6 +51,8 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 const EPOCH_CATCH_UP: Duration = Duration::from_secs(3);
 /// Period of the lease loop; expiry is checked one period early.
 const LEASE_TICK: Duration = Duration::from_millis(50);
+/// Members asked to relay a lease renewal the leader did not answer.
+const RELAYS_TRIED: usize = 2;
 /// Capacity of the channels into the controller loop.
 const CHANNEL_CAPACITY: usize = 1024;
 
@@ -815,7 +817,14 @@ async fn renew(
     sent_at: MonoTime,
     tx: mpsc::Sender<(String, u64, MonoTime, Renewal)>,
 ) {
-    let renewal = match leader_of(&ctx.node) {
+    let req = pb::RenewLeaseRequest {
+        node_id: ctx.node.id,
+        service: service.clone(),
+        site: ctx.site.clone(),
+        epoch,
+        relayed: false,
+    };
+    let mut renewal = match leader_of(&ctx.node) {
         Some((leader, _)) if leader == ctx.node.id => {
             match confirm_lease(&ctx.node, ctx.node.id, &service, &ctx.site, epoch).await {
                 Ok(()) => Renewal::Granted,
@@ -823,27 +832,49 @@ async fn renew(
                 Err(Refusal::NotConfirmed(_)) => Renewal::Unknown,
             }
         }
-        Some((leader, Some(member))) => match ctx.peers.control(leader, &member) {
-            Ok(mut client) => {
-                let req = pb::RenewLeaseRequest {
-                    node_id: ctx.node.id,
-                    service: service.clone(),
-                    site: ctx.site.clone(),
-                    epoch,
-                };
-                match tokio::time::timeout(RPC_TIMEOUT, client.renew_lease(req)).await {
-                    Ok(Ok(r)) if r.get_ref().granted => Renewal::Granted,
-                    Ok(Ok(r)) if r.get_ref().held_elsewhere => {
-                        Renewal::Refused(r.into_inner().reason)
-                    }
-                    _ => Renewal::Unknown,
-                }
-            }
-            Err(_) => Renewal::Unknown,
-        },
+        Some((leader, Some(member))) => ask_renewal(&ctx, leader, &member, req.clone()).await,
         _ => Renewal::Unknown,
     };
+    // The leader did not answer: this node may be cut from it (a witness leading, unreachable
+    // from this site only) while other members still reach it. Ask them to pass the renewal
+    // on. The lease still counts from `sent_at`, so the extra hop only makes it shorter.
+    if matches!(renewal, Renewal::Unknown) {
+        let leader = leader_of(&ctx.node).map(|(id, _)| id);
+        let members: Vec<(NodeId, Member)> = {
+            let m = ctx.node.raft.metrics().borrow().clone();
+            m.membership_config.membership().nodes().map(|(i, n)| (*i, n.clone())).collect()
+        };
+        // Members of other sites first: this site's peers are likely behind the same cut.
+        let mut relays: Vec<(NodeId, Member)> = members
+            .into_iter()
+            .filter(|(id, _)| *id != ctx.node.id && Some(*id) != leader)
+            .collect();
+        relays.sort_by_key(|(id, m)| (m.site == ctx.site, *id));
+        for (id, member) in relays.into_iter().take(RELAYS_TRIED) {
+            renewal = ask_renewal(&ctx, id, &member, req.clone()).await;
+            if !matches!(renewal, Renewal::Unknown) {
+                break;
+            }
+        }
+    }
     let _ = tx.send((service, epoch, sent_at, renewal)).await;
+}
+
+/// Sends a renewal to `member` (the leader, or a member relaying to it).
+async fn ask_renewal(
+    ctx: &ControlCtx,
+    id: NodeId,
+    member: &Member,
+    req: pb::RenewLeaseRequest,
+) -> Renewal {
+    let Ok(mut client) = ctx.peers.control(id, member) else { return Renewal::Unknown };
+    // A relay needs time for its own hop to the leader.
+    let limit = if req.relayed { RPC_TIMEOUT } else { RPC_TIMEOUT * 2 };
+    match tokio::time::timeout(limit, client.renew_lease(req)).await {
+        Ok(Ok(r)) if r.get_ref().granted => Renewal::Granted,
+        Ok(Ok(r)) if r.get_ref().held_elsewhere => Renewal::Refused(r.into_inner().reason),
+        _ => Renewal::Unknown,
+    }
 }
 
 /// What the leader answered to a lease renewal.
@@ -992,6 +1023,38 @@ impl Control for ControlService {
         req: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseReply>, Status> {
         let r = req.into_inner();
+        let leader = leader_of(&self.ctx.node);
+        if let Some((id, Some(member))) = leader.filter(|(id, _)| *id != self.ctx.node.id) {
+            if r.relayed {
+                let reason = "not the leader; a relayed renewal is not passed on again".into();
+                return Ok(Response::new(pb::RenewLeaseReply {
+                    granted: false,
+                    reason,
+                    held_elsewhere: false,
+                }));
+            }
+            // The holder could not reach the leader: pass its renewal on, once.
+            let relayed = pb::RenewLeaseRequest { relayed: true, ..r };
+            let reply = match ask_renewal(&self.ctx, id, &member, relayed).await {
+                Renewal::Granted => pb::RenewLeaseReply {
+                    granted: true,
+                    reason: String::new(),
+                    held_elsewhere: false,
+                },
+                Renewal::Refused(reason) => {
+                    pb::RenewLeaseReply { granted: false, reason, held_elsewhere: true }
+                }
+                Renewal::Unknown => pb::RenewLeaseReply {
+                    granted: false,
+                    reason: format!(
+                        "the leader {} did not answer the relayed renewal",
+                        member.name
+                    ),
+                    held_elsewhere: false,
+                },
+            };
+            return Ok(Response::new(reply));
+        }
         let reply = match confirm_lease(&self.ctx.node, r.node_id, &r.service, &r.site, r.epoch)
             .await
         {
