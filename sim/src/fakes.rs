@@ -61,6 +61,7 @@ impl SimActuator {
                 let start = verb == "start";
                 if let Some(app) = w.apps.get_mut(&site) {
                     app.running = start;
+                    app.stopped = !start;
                 }
                 let activates = (start && !self_fence).then(|| site.clone());
                 w.record(Action {
@@ -99,6 +100,7 @@ impl SimActuator {
                 if w.mutation != Some(Mutation::LyingFence) {
                     if let Some(app) = w.apps.get_mut(&target) {
                         app.running = false;
+                        app.stopped = true;
                     }
                 }
                 w.record(Action {

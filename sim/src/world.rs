@@ -89,6 +89,9 @@ pub struct App {
     /// It runs as the active instance (started by an activation, stopped by a fence or a
     /// self-fence).
     pub running: bool,
+    /// It was stopped (fenced or self-fenced) and not started since: its health check fails,
+    /// as a stopped application's would. A standby that never ran is not stopped.
+    pub stopped: bool,
 }
 
 /// How the simulated fence agent behaves.
@@ -194,7 +197,7 @@ pub fn lock(world: &Shared) -> MutexGuard<'_, World> {
 impl World {
     /// A world with prod active and healthy, dr healthy on standby, DNS on prod at epoch 1.
     pub fn new(topology: Topology, rng: SimRng, trace: Trace) -> World {
-        let app = |running| App { healthy: true, running };
+        let app = |running| App { healthy: true, running, stopped: false };
         World {
             topology,
             apps: [(PROD.to_string(), app(true)), (DR.to_string(), app(false))].into(),
@@ -236,7 +239,7 @@ impl World {
     /// `site`'s health check passes from `n`'s point of view.
     pub fn app_healthy_from(&self, n: &SimNode, site: &str) -> bool {
         self.powered.get(site).copied().unwrap_or(false)
-            && self.apps.get(site).is_some_and(|a| a.healthy)
+            && self.apps.get(site).is_some_and(|a| a.healthy && !a.stopped)
             && self.reaches_app(n, site)
     }
 
