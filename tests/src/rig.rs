@@ -65,13 +65,20 @@ impl Rig {
 
     /// `droverctl config apply -f cluster.toml` of [`failover_spec`]; returns the version.
     pub fn apply_failover_spec(&mut self) -> u64 {
-        let path = self.write("cluster.toml", &failover_spec(&self.apps));
+        let text = failover_spec(&self.apps);
+        self.apply_spec(&text, "the failover spec")
+    }
+
+    /// `droverctl config apply -f cluster.toml` of `text` (described as `what` in a
+    /// failure); returns the version.
+    pub fn apply_spec(&mut self, text: &str, what: &str) -> u64 {
+        let path = self.write("cluster.toml", text);
         let path = path.to_string_lossy().into_owned();
         match self.ctl_json(&["config", "apply", "-f", &path]) {
             Ok(v) => v["version"]
                 .as_u64()
                 .unwrap_or_else(|| self.fail(format!("`config apply` printed {v}, no version"))),
-            Err(e) => self.fail(format!("applying the failover spec failed: {e}")),
+            Err(e) => self.fail(format!("applying {what} failed: {e}")),
         }
     }
 

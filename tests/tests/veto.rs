@@ -30,11 +30,7 @@ fn apply_spec_with_veto(r: &mut Rig, script: &str) {
     );
     let text = failover_spec(&r.apps).replacen("initial_active = \"prod\"\n", &hook, 1);
     assert!(text.contains("[[service.veto]]"), "the hook was not inserted:\n{text}");
-    let path = r.write("cluster.toml", &text);
-    let path = path.to_string_lossy().into_owned();
-    if let Err(e) = r.ctl_json(&["config", "apply", "-f", &path]) {
-        r.fail(format!("applying the spec with a veto hook failed: {e}"));
-    }
+    r.apply_spec(&text, "the spec with a veto hook");
 }
 
 #[test]
