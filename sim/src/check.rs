@@ -68,7 +68,8 @@ fn look(node: &NodeHandle, last_index: Option<u64>) -> Seen {
         )
     });
     let believes_lease = node.leases.lock().ok().and_then(|l| l.get(SERVICE).copied());
-    let m = node.raft.metrics().borrow().clone();
+    let metrics = node.raft.metrics();
+    let m = metrics.borrow();
     Seen {
         applied,
         state_hash,

@@ -37,6 +37,10 @@ struct Cli {
     /// Cluster size: 3, 5 or 7 nodes (always one witness).
     #[arg(long, default_value_t = 5, value_parser = parse_size)]
     nodes: usize,
+    /// Simulated time per step in milliseconds, 1 to 10: finer resolves faster races,
+    /// coarser runs faster.
+    #[arg(long, default_value_t = 10, value_parser = parse_tick)]
+    tick_ms: u64,
     /// Print every event of the run (one seed).
     #[arg(long)]
     trace: bool,
@@ -65,6 +69,13 @@ fn parse_size(s: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_tick(s: &str) -> Result<u64, String> {
+    match s.parse() {
+        Ok(n) if drover_sim::run::TICK_RANGE.contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number of milliseconds from 1 to 10")),
+    }
+}
+
 fn parse_mutation(s: &str) -> Result<Mutation, String> {
     Mutation::parse(s).ok_or_else(|| format!("{s:?} is not lying-fence or clock-beyond-drift"))
 }
@@ -74,6 +85,9 @@ fn replay(cli: &Cli, o: &Outcome) -> String {
         "drover-sim --seed {} --scenario {} --minutes {} --nodes {}",
         o.seed, o.scenario, cli.minutes, cli.nodes
     );
+    if Duration::from_millis(cli.tick_ms) != drover_sim::run::DEFAULT_TICK {
+        cmd += &format!(" --tick-ms {}", cli.tick_ms);
+    }
     if let Some(m) = cli.mutate {
         cmd += &format!(" --mutate {}", m.name());
     }
@@ -124,6 +138,7 @@ fn main() -> ExitCode {
         scenario: cli.scenario.clone(),
         length: Duration::from_secs_f64(cli.minutes * 60.0),
         nodes: cli.nodes,
+        tick: Duration::from_millis(cli.tick_ms),
         mutation: cli.mutate,
         print_trace: cli.trace && single,
     };
@@ -202,7 +217,7 @@ fn summary(outcomes: &[Outcome], wall: Duration) {
     );
     println!("writes lost to crash {}", outcomes.iter().map(|o| o.lost_writes).sum::<u64>());
     println!(
-        "simulated / wall     {:.0}s / {:.0}s = {:.0}x",
+        "simulated / wall     {:.0}s / {:.1}s = {:.0}x",
         simulated.as_secs_f64(),
         cpu.as_secs_f64(),
         simulated.as_secs_f64() / cpu.as_secs_f64().max(1e-9)

@@ -15,10 +15,15 @@ use crate::trace::Trace;
 use crate::world::{lock, FenceMode, Mutation, Shared, Topology, World, PROD};
 use crate::{det, spec};
 
-/// Simulated time per step.
-pub const TICK: Duration = Duration::from_millis(1);
-/// Steps between two looks of the checkers.
-const CHECK_EVERY: u64 = 10;
+/// Simulated time per step, by default: every timer and message delivery of a node lands on
+/// a multiple of it. 10 ms is a tenth of the nodes' fastest loop (the controller's 100 ms
+/// tick) and below any cross-site round trip worth simulating; `--tick-ms 1` resolves races
+/// finer, at about half the speed (docs/benchmarks.md).
+pub const DEFAULT_TICK: Duration = Duration::from_millis(10);
+/// Finest and coarsest tick a run accepts.
+pub const TICK_RANGE: std::ops::RangeInclusive<u64> = 1..=10;
+/// Simulated time between two looks of the checkers, whatever the tick.
+const CHECK_PERIOD: Duration = Duration::from_millis(10);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -31,6 +36,8 @@ pub struct RunConfig {
     pub length: Duration,
     /// Cluster size: 3, 5 or 7.
     pub nodes: usize,
+    /// Simulated time per step (within [`TICK_RANGE`] milliseconds).
+    pub tick: Duration,
     /// A deliberate defect, for the mutation check.
     pub mutation: Option<Mutation>,
     /// Print every event as it happens.
@@ -134,7 +141,7 @@ fn simulate(cfg: &RunConfig) -> Outcome {
 
     let mut sim = turmoil::Builder::new()
         .simulation_duration(plan.length + Duration::from_secs(3600))
-        .tick_duration(TICK)
+        .tick_duration(cfg.tick)
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(plan.max_latency)
         .rng_seed(cfg.seed)
@@ -168,6 +175,7 @@ fn simulate(cfg: &RunConfig) -> Outcome {
     let mut pending_restarts: Vec<(Duration, String)> = Vec::new();
     let mut crashed: Vec<String> = Vec::new();
     let mut steps: u64 = 0;
+    let check_every = (CHECK_PERIOD.as_nanos() / cfg.tick.as_nanos().max(1)).max(1) as u64;
     let mut now = Duration::ZERO;
     while now < plan.length && checker.violations.is_empty() {
         while faults.peek().is_some_and(|(t, _)| *t <= now) {
@@ -208,7 +216,7 @@ fn simulate(cfg: &RunConfig) -> Outcome {
         steps += 1;
         now = sim.elapsed();
         det::set_sim_time(now);
-        if steps.is_multiple_of(CHECK_EVERY) {
+        if steps.is_multiple_of(check_every) {
             let nodes = registry.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let mut w = lock(&world);
             w.now = now;

@@ -14,6 +14,7 @@ fn config(seed: u64, scenario: &str, nodes: usize) -> RunConfig {
         scenario: scenario.to_string(),
         length: LENGTH,
         nodes,
+        tick: drover_sim::run::DEFAULT_TICK,
         mutation: None,
         print_trace: false,
     }
@@ -107,8 +108,12 @@ fn regression_seeds_stay_fixed() {
             continue;
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let [seed, name, nodes] = fields[..] else { panic!("bad regression line {line:?}") };
-        let o = run(&config(seed.parse().unwrap(), name, nodes.parse().unwrap()));
+        let [seed, name, nodes, tick_ms] = fields[..] else {
+            panic!("bad regression line {line:?}")
+        };
+        let tick = Duration::from_millis(tick_ms.parse().unwrap());
+        let o =
+            run(&RunConfig { tick, ..config(seed.parse().unwrap(), name, nodes.parse().unwrap()) });
         assert_clean(&o);
     }
 }

@@ -29,6 +29,7 @@ pub mod netns;
 mod process;
 pub mod require;
 mod rig;
+pub mod servers;
 
 pub use app::{failover_spec, AppSite, Apps, LedgerLine};
 pub use bins::{bins, Bins};

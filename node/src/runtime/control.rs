@@ -250,7 +250,8 @@ async fn spec_watch(
 }
 
 fn leader_of(node: &NodeHandle) -> Option<(NodeId, Option<Member>)> {
-    let m = node.raft.metrics().borrow().clone();
+    let metrics = node.raft.metrics();
+    let m = metrics.borrow();
     m.current_leader.map(|id| (id, m.membership_config.membership().get_node(&id).cloned()))
 }
 
@@ -334,8 +335,12 @@ async fn controller_loop(
             e = events.recv() => e,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let metrics = ctx.node.raft.metrics().borrow().clone();
-        if metrics.state != ServerState::Leader {
+        let (state, membership_config) = {
+            let metrics = ctx.node.raft.metrics();
+            let m = metrics.borrow();
+            (m.state, m.membership_config.clone())
+        };
+        if state != ServerState::Leader {
             if engine.take().is_some() {
                 info!("no longer the leader: failover decisions stop here");
                 if let Ok(mut h) = ctx.node.health.write() {
@@ -389,8 +394,7 @@ async fn controller_loop(
             // A veto run asked for by an earlier term: its engine is gone.
             Some(Event::VetoResult { .. }) | None => {}
         }
-        let control = ctx.node.state.read(|s| s.control.clone());
-        let membership = metrics.membership_config.membership();
+        let membership = membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let members: BTreeMap<NodeId, Member> =
             membership.nodes().map(|(i, m)| (*i, m.clone())).collect();
@@ -402,16 +406,21 @@ async fn controller_loop(
                     || ctx.node.contacts.since(*id).is_some_and(|d| d < Duration::from_secs(3))
             })
             .collect();
-        let obs = Observation {
-            now: ctx.clock.at(now),
-            now_unix_ms: unix_now_ms(),
-            control: &control,
-            voters: &voters,
-            members: &members,
-            reachable: &reachable,
-        };
-        let commands = eng.tick(&obs);
-        publish_health(&ctx, eng, obs.now, &control);
+        // The engine decides on the applied state in place (a pure, synchronous call; this
+        // runs every TICK).
+        let commands = ctx.node.state.read(|s| {
+            let obs = Observation {
+                now: ctx.clock.at(now),
+                now_unix_ms: unix_now_ms(),
+                control: &s.control,
+                voters: &voters,
+                members: &members,
+                reachable: &reachable,
+            };
+            let commands = eng.tick(&obs);
+            publish_health(&ctx, eng, obs.now, &s.control);
+            commands
+        });
         for cmd in commands {
             match cmd {
                 Command::Propose(req) => propose(&ctx, term, req),
@@ -574,7 +583,8 @@ async fn veto_on_controller(
     limit: Duration,
 ) -> Result<(), String> {
     let members: Vec<(NodeId, Member)> = {
-        let m = ctx.node.raft.metrics().borrow().clone();
+        let metrics = ctx.node.raft.metrics();
+        let m = metrics.borrow();
         m.membership_config.membership().nodes().map(|(i, n)| (*i, n.clone())).collect()
     };
     let recent =
@@ -732,21 +742,36 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         let now = ctx.clock.now();
-        let control = ctx.node.state.read(|s| s.control.clone());
-        let Some(spec) = control.spec.as_ref().map(|v| v.spec.clone()) else { continue };
+        // Per service: the lease terms in force and the epoch of this site's lease, if it
+        // holds one (read in place: this runs every LEASE_TICK on every node).
+        let leases = ctx.node.state.read(|s| {
+            let spec = &s.control.spec.as_ref()?.spec;
+            let leases: Vec<(String, LeaseTerms, Option<u64>)> = s
+                .control
+                .services
+                .iter()
+                .filter_map(|(service, state)| {
+                    let policy = spec.policy_for(service)?;
+                    // A holder keeps to the terms its lease was granted under (the leader
+                    // waits by at least those), whatever the spec says now.
+                    let terms =
+                        state.lease.as_ref().map(|l| l.terms).filter(|t| t.lease_ttl_ms > 0);
+                    let terms = terms.unwrap_or_else(|| LeaseTerms::of(&policy));
+                    let ours = state.lease.as_ref().filter(|l| l.site == ctx.site).map(|l| l.epoch);
+                    Some((service.clone(), terms, ours))
+                })
+                .collect();
+            Some(leases)
+        });
+        let Some(leases) = leases else { continue };
         let mut believed = BTreeMap::new();
-        for (service, state) in &control.services {
-            let Some(policy) = spec.policy_for(service) else { continue };
-            // A holder keeps to the terms its lease was granted under (the leader waits by at
-            // least those), whatever the spec says now.
-            let terms = state.lease.as_ref().map(|l| l.terms).filter(|t| t.lease_ttl_ms > 0);
-            let terms = terms.unwrap_or_else(|| LeaseTerms::of(&policy));
+        for (service, terms, ours) in &leases {
+            let (service, ours) = (service, *ours);
             let params = LeaseParams {
                 lease_ttl: Duration::from_millis(terms.lease_ttl_ms),
                 max_clock_drift: terms.max_clock_drift,
                 self_fence_grace: Duration::from_millis(terms.self_fence_grace_ms),
             };
-            let ours = state.lease.as_ref().filter(|l| l.site == ctx.site).map(|l| l.epoch);
             let already_fenced =
                 ctx.node.fenced.lock().map(|f| f.get(service).copied()).unwrap_or(None);
             match ours {
@@ -841,7 +866,8 @@ async fn renew(
     if matches!(renewal, Renewal::Unknown) {
         let leader = leader_of(&ctx.node).map(|(id, _)| id);
         let members: Vec<(NodeId, Member)> = {
-            let m = ctx.node.raft.metrics().borrow().clone();
+            let metrics = ctx.node.raft.metrics();
+            let m = metrics.borrow();
             m.membership_config.membership().nodes().map(|(i, n)| (*i, n.clone())).collect()
         };
         // Members of other sites first: this site's peers are likely behind the same cut.

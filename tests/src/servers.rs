@@ -1,0 +1,355 @@
+//! Real servers the actuator tests drive, each started by the test on 127.0.0.1 with its own
+//! temporary config and killed on drop (also when the test panics):
+//!
+//! ```text
+//!   Knot     knotd serving one zone, updatable with the TSIG key KNOT_KEY; read back with kdig
+//!   Haproxy  haproxy -db: one frontend, one backend `app` over the servers the test names,
+//!            admin sockets (UNIX and TCP) and a user-level one
+//! ```
+//!
+//! Both come from Debian's packages (`knot`, `knot-dnsutils`, `haproxy`); a test finds the
+//! programs with [`crate::require_program`], which skips (or fails under CI) when one is missing.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use drover::spec::Tsig;
+
+use crate::process::run_with_deadline;
+
+/// The TSIG key Knot lets update the zone's records (and their `_drover.` companions).
+pub const KNOT_KEY: &str = "drover";
+const KNOT_SECRET: &str = "ZHJvdmVyLXRlc3Qta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
+/// A key Knot knows (for zone transfers) but does not let update the zone.
+pub const KNOT_OUTSIDER: &str = "outsider";
+/// The outsider key's secret.
+pub const KNOT_OUTSIDER_SECRET: &str = "b3V0c2lkZXIta2V5LTAxMjM0NTY3ODlhYmNkZWZnaGk=";
+/// How long a server gets to answer after it is started.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A `knotd` serving one zone on a free loopback port (TCP and UDP).
+pub struct Knot {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+    kdig: PathBuf,
+    zone: String,
+}
+
+impl Knot {
+    /// Starts knotd for `zone` (e.g. `drover.test.`) holding `records` (name relative to the
+    /// zone, type, value); the key [`KNOT_KEY`] may update those names and their `_drover.`
+    /// companions. `None` (after a skip message) when knotd or kdig is not installed.
+    pub fn start(test: &str, zone: &str, records: &[(&str, &str, &str)]) -> Option<Knot> {
+        let knotd = crate::require_program(test, "knotd", "knot")?;
+        let kdig = crate::require_program(test, "kdig", "knot-dnsutils")?;
+        let dir = tempfile::Builder::new().prefix(&format!("{test}-")).tempdir().expect("temp dir");
+        let port = free_tcp_and_udp_port();
+        let root = dir.path().display();
+        let mut owners: Vec<String> = Vec::new();
+        for (name, _, _) in records {
+            for owner in [format!("{name}.{zone}"), format!("_drover.{name}.{zone}")] {
+                if !owners.contains(&owner) {
+                    owners.push(owner);
+                }
+            }
+        }
+        let owners = owners.join(", ");
+        // knotd 3.x runs as the user that starts it when the config sets no `user:`, so this
+        // works as root and as anyone else. The zone file is never written back
+        // (zonefile-sync: -1); updates live in the journal under `storage`.
+        let config = format!(
+            "server:\n  rundir: \"{root}\"\n  listen: 127.0.0.1@{port}\n\
+             log:\n  - target: stderr\n    any: info\n\
+             database:\n  storage: \"{root}\"\n\
+             key:\n  - id: {KNOT_KEY}\n    algorithm: hmac-sha256\n    secret: {KNOT_SECRET}\n\
+             \x20 - id: {KNOT_OUTSIDER}\n    algorithm: hmac-sha256\n    secret: {KNOT_OUTSIDER_SECRET}\n\
+             acl:\n  - id: drover_update\n    key: {KNOT_KEY}\n    action: update\n\
+             \x20   update-type: [A, AAAA, CNAME, TXT]\n\
+             \x20   update-owner: name\n    update-owner-match: equal\n\
+             \x20   update-owner-name: [{owners}]\n\
+             \x20 - id: outsider_transfer\n    key: {KNOT_OUTSIDER}\n    action: transfer\n\
+             template:\n  - id: default\n    storage: \"{root}\"\n    zonefile-sync: -1\n\
+             zone:\n  - domain: {zone}\n    file: zone.txt\n    acl: [drover_update, outsider_transfer]\n"
+        );
+        fs::write(dir.path().join("knot.conf"), config).expect("write knot.conf");
+        let mut zone_file = format!(
+            "$ORIGIN {zone}\n$TTL 60\n@ SOA ns1 hostmaster 1 3600 600 86400 60\n@ NS ns1\n\
+             ns1 A 127.0.0.1\n"
+        );
+        for (name, rtype, value) in records {
+            zone_file += &format!("{name} {rtype} {value}\n");
+        }
+        fs::write(dir.path().join("zone.txt"), zone_file).expect("write the zone file");
+        fs::write(dir.path().join("drover.key"), format!("{KNOT_SECRET}\n")).expect("write key");
+        let log = fs::File::create(dir.path().join("knotd.log")).expect("create knotd.log");
+        let child = Command::new(knotd)
+            .arg("-c")
+            .arg(dir.path().join("knot.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn knotd");
+        let mut knot = Knot { child, dir, port, kdig, zone: zone.to_string() };
+        knot.wait_until_serving();
+        Some(knot)
+    }
+
+    fn wait_until_serving(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("knotd exited ({status}) before serving:\n{}", self.log());
+            }
+            if self.soa_serial().is_some() {
+                return;
+            }
+            if started.elapsed() > START_TIMEOUT {
+                panic!(
+                    "knotd did not serve {} within {START_TIMEOUT:?}:\n{}",
+                    self.zone,
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `127.0.0.1:<port>`, for a step's `server`.
+    pub fn server(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// knotd's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("knotd.log")).unwrap_or_default()
+    }
+
+    /// A file holding `secret`, for a step's `tsig.secret_file`.
+    pub fn secret_file(&self, name: &str, secret: &str) -> String {
+        let path = self.dir.path().join(name);
+        fs::write(&path, format!("{secret}\n")).expect("write a secret file");
+        path.to_string_lossy().into_owned()
+    }
+
+    /// The key Knot lets update the zone, its secret in a file.
+    pub fn key(&self) -> Tsig {
+        Tsig {
+            name: KNOT_KEY.into(),
+            algorithm: "hmac-sha256".into(),
+            secret_file: self.dir.path().join("drover.key").to_string_lossy().into_owned(),
+        }
+    }
+
+    /// What a resolver gets for `name type` (kdig +short, over TCP), one value a line.
+    pub fn dig(&self, name: &str, rtype: &str) -> Vec<String> {
+        let out = run_with_deadline(
+            Command::new(&self.kdig)
+                .arg("@127.0.0.1")
+                .arg("-p")
+                .arg(self.port.to_string())
+                .args(["+tcp", "+short", "+timeout=2", "+retry=0"])
+                .arg(name)
+                .arg(rtype),
+            Duration::from_secs(10),
+        );
+        assert!(out.success(), "kdig {name} {rtype} failed: {}", out.describe());
+        out.stdout.lines().map(|l| l.trim().trim_matches('"').to_string()).collect()
+    }
+
+    /// The zone's SOA serial, or `None` while knotd does not answer.
+    pub fn soa_serial(&self) -> Option<u32> {
+        let out =
+            run_with_deadline(
+                Command::new(&self.kdig)
+                    .arg("@127.0.0.1")
+                    .arg("-p")
+                    .arg(self.port.to_string())
+                    .args(["+tcp", "+short", "+timeout=1", "+retry=0", &self.zone, "SOA"]),
+                Duration::from_secs(5),
+            );
+        out.stdout.split_whitespace().nth(2)?.parse().ok()
+    }
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("knotd log:\n{}", self.log());
+        }
+    }
+}
+
+/// A loopback port free for both TCP and UDP (knotd listens on both).
+fn free_tcp_and_udp_port() -> u16 {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
+        let port = tcp.local_addr().expect("local addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port free for both TCP and UDP");
+}
+
+/// A free loopback TCP port (bound, then released for a server to take).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("free port address").port()
+}
+
+/// One server of HAProxy's backend `app`.
+pub struct Backend<'a> {
+    pub name: &'a str,
+    pub addr: SocketAddr,
+    /// Starts in maintenance (`disabled`) when false.
+    pub enabled: bool,
+}
+
+/// HAProxy in the foreground with a frontend on loopback, one backend `app`, an admin socket
+/// (UNIX and TCP) and a user-level socket.
+pub struct Haproxy {
+    child: Child,
+    dir: tempfile::TempDir,
+    frontend: u16,
+    tcp_stats: String,
+}
+
+impl Haproxy {
+    /// Starts `binary` (found with [`crate::require_program`]) balancing over `servers`.
+    pub fn start(binary: &Path, servers: &[Backend<'_>]) -> Haproxy {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let frontend = free_port();
+        let tcp_stats = format!("127.0.0.1:{}", free_port());
+        let d = dir.path().display();
+        let mut config = format!(
+            "global\n\
+             \x20   stats socket {d}/admin.sock level admin\n\
+             \x20   stats socket {d}/user.sock level user\n\
+             \x20   stats socket ipv4@{tcp_stats} level admin\n\
+             defaults\n\
+             \x20   mode http\n\
+             \x20   timeout connect 2s\n\
+             \x20   timeout client 5s\n\
+             \x20   timeout server 5s\n\
+             frontend fe\n\
+             \x20   bind 127.0.0.1:{frontend}\n\
+             \x20   default_backend app\n\
+             backend app\n\
+             \x20   balance roundrobin\n"
+        );
+        for s in servers {
+            let disabled = if s.enabled { "" } else { " disabled" };
+            config += &format!("    server {} {}{disabled}\n", s.name, s.addr);
+        }
+        let cfg = dir.path().join("haproxy.cfg");
+        fs::write(&cfg, config).expect("write haproxy.cfg");
+        let log = fs::File::create(dir.path().join("haproxy.log")).expect("haproxy log");
+        let child = Command::new(binary)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let h = Haproxy { child, dir, frontend, tcp_stats };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !(h.admin_socket().exists() && TcpStream::connect(("127.0.0.1", frontend)).is_ok()) {
+            if Instant::now() > deadline {
+                panic!("HAProxy did not start within {START_TIMEOUT:?}; its log:\n{}", h.log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        h
+    }
+
+    /// The UNIX socket at `level admin`.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    /// A UNIX socket at `level user` (too low to change servers).
+    pub fn user_socket(&self) -> PathBuf {
+        self.dir.path().join("user.sock")
+    }
+
+    /// The TCP admin socket, `127.0.0.1:<port>`.
+    pub fn tcp_stats(&self) -> &str {
+        &self.tcp_stats
+    }
+
+    /// HAProxy's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
+    }
+
+    /// The bodies of `requests` GETs of `path` through the frontend, sorted and deduplicated
+    /// (a status line stands for an answer other than 200).
+    pub fn answering(&self, path: &str, requests: usize) -> Vec<String> {
+        let mut answers: Vec<String> = (0..requests).map(|_| self.get(path)).collect();
+        answers.sort();
+        answers.dedup();
+        answers
+    }
+
+    /// One GET of `path` through the frontend; the body, or the status line when not 200.
+    pub fn get(&self, path: &str) -> String {
+        let mut conn = TcpStream::connect(("127.0.0.1", self.frontend)).expect("connect frontend");
+        conn.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+        let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).expect("send request");
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        match answer.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.to_string(),
+            _ => answer.lines().next().unwrap_or("(no answer)").to_string(),
+        }
+    }
+
+    /// `show servers state app` through the TCP socket: (server, admin state, weight).
+    pub fn servers_state(&self) -> Vec<(String, u32, u32)> {
+        let mut conn = TcpStream::connect(&self.tcp_stats).expect("connect stats socket");
+        conn.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+        conn.write_all(b"show servers state app\n").expect("send show");
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        let header: Vec<&str> = answer
+            .lines()
+            .find_map(|l| l.strip_prefix('#'))
+            .unwrap_or_else(|| panic!("no header in {answer:?}"))
+            .split_whitespace()
+            .collect();
+        let col = |n: &str| header.iter().position(|c| *c == n).expect("column");
+        let (name, admin, weight) = (col("srv_name"), col("srv_admin_state"), col("srv_uweight"));
+        answer
+            .lines()
+            .skip_while(|l| !l.starts_with('#'))
+            .skip(1)
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[name].to_string(), f[admin].parse().unwrap(), f[weight].parse().unwrap())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("haproxy log:\n{}", self.log());
+        }
+    }
+}
