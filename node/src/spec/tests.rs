@@ -614,3 +614,35 @@ fn fence_agent_steps_are_those_fencing_the_site() {
     assert!(spec.fence_agent_steps("witness").is_empty());
     assert!(spec.fence_agent_steps("nowhere").is_empty());
 }
+
+/// The worked example of docs/actuators.md (a classic DR runbook as a spec) validates, and
+/// keeps its shape: what the document says about it stays true.
+#[test]
+fn the_classic_runbook_example_of_the_docs_validates() {
+    let doc = include_str!("../../../docs/actuators.md");
+    let section = doc
+        .split("## Worked example: a classic DR runbook")
+        .nth(1)
+        .expect("docs/actuators.md has the worked example");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("the worked example has a toml block");
+    let spec = parse(block, "docs/actuators.md").unwrap_or_else(|e| panic!("{e}"));
+    let svc = spec.service("st").expect("service st");
+    let kinds = |site: &str, phase: Phase| -> Vec<&'static str> {
+        svc.runbook(site, phase).iter().map(|s| s.action.kind()).collect()
+    };
+    assert_eq!(kinds("prod", Phase::Fence), ["exec", "exec", "fence_agent", "fence_agent"]);
+    assert_eq!(kinds("prod", Phase::OnLeaseLost), ["exec", "exec"]);
+    assert_eq!(kinds("dr", Phase::Activate), ["exec", "exec", "haproxy", "dns", "http"]);
+    assert_eq!(kinds("dr", Phase::Verify), ["probe"]);
+    assert_eq!(kinds("dr", Phase::Fence), ["exec", "exec", "fence_agent", "fence_agent"]);
+    assert_eq!(kinds("dr", Phase::OnLeaseLost), ["exec", "exec"]);
+    assert_eq!(
+        kinds("prod", Phase::Activate),
+        ["fence_agent", "fence_agent", "exec", "exec", "haproxy", "dns"]
+    );
+    assert_eq!(kinds("prod", Phase::Verify), ["probe"]);
+}
