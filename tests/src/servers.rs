@@ -2,12 +2,13 @@
 //! temporary config and killed on drop (also when the test panics):
 //!
 //! ```text
-//!   Knot     knotd serving one zone, updatable with the TSIG key KNOT_KEY; read back with kdig
+//!   Knot     knotd serving one zone, updatable with the TSIG key TSIG_KEY; read back with kdig
+//!   Bind     named (BIND 9) serving the same kind of zone with the same keys
 //!   Haproxy  haproxy -db: one frontend, one backend `app` over the servers the test names,
 //!            admin sockets (UNIX and TCP) and a user-level one
 //! ```
 //!
-//! Both come from Debian's packages (`knot`, `knot-dnsutils`, `haproxy`); a test finds the
+//! They come from Debian's packages (`knot`, `knot-dnsutils`, `bind9`, `haproxy`); a test finds the
 //! programs with [`crate::require_program`], which skips (or fails under CI) when one is missing.
 
 use std::fs;
@@ -22,135 +23,68 @@ use drover::spec::Tsig;
 
 use crate::process::run_with_deadline;
 
-/// The TSIG key Knot lets update the zone's records (and their `_drover.` companions).
-pub const KNOT_KEY: &str = "drover";
-const KNOT_SECRET: &str = "ZHJvdmVyLXRlc3Qta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
-/// A key Knot knows (for zone transfers) but does not let update the zone.
-pub const KNOT_OUTSIDER: &str = "outsider";
+/// The TSIG key the DNS servers let update the zone's records (and their `_drover.`
+/// companions).
+pub const TSIG_KEY: &str = "drover";
+const TSIG_SECRET: &str = "ZHJvdmVyLXRlc3Qta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
+/// A key the DNS servers know (for zone transfers) but do not let update the zone.
+pub const OUTSIDER_KEY: &str = "outsider";
 /// The outsider key's secret.
-pub const KNOT_OUTSIDER_SECRET: &str = "b3V0c2lkZXIta2V5LTAxMjM0NTY3ODlhYmNkZWZnaGk=";
+pub const OUTSIDER_SECRET: &str = "b3V0c2lkZXIta2V5LTAxMjM0NTY3ODlhYmNkZWZnaGk=";
 /// How long a server gets to answer after it is started.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A `knotd` serving one zone on a free loopback port (TCP and UDP).
-pub struct Knot {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-    kdig: PathBuf,
-    zone: String,
-}
-
-impl Knot {
-    /// Starts knotd for `zone` (e.g. `drover.test.`) holding `records` (name relative to the
-    /// zone, type, value); the key [`KNOT_KEY`] may update those names and their `_drover.`
-    /// companions. `None` (after a skip message) when knotd or kdig is not installed.
-    pub fn start(test: &str, zone: &str, records: &[(&str, &str, &str)]) -> Option<Knot> {
-        let knotd = crate::require_program(test, "knotd", "knot")?;
-        let kdig = crate::require_program(test, "kdig", "knot-dnsutils")?;
-        let dir = tempfile::Builder::new().prefix(&format!("{test}-")).tempdir().expect("temp dir");
-        let port = free_tcp_and_udp_port();
-        let root = dir.path().display();
-        let mut owners: Vec<String> = Vec::new();
-        for (name, _, _) in records {
-            for owner in [format!("{name}.{zone}"), format!("_drover.{name}.{zone}")] {
-                if !owners.contains(&owner) {
-                    owners.push(owner);
-                }
-            }
-        }
-        let owners = owners.join(", ");
-        // knotd 3.x runs as the user that starts it when the config sets no `user:`, so this
-        // works as root and as anyone else. The zone file is never written back
-        // (zonefile-sync: -1); updates live in the journal under `storage`.
-        let config = format!(
-            "server:\n  rundir: \"{root}\"\n  listen: 127.0.0.1@{port}\n\
-             log:\n  - target: stderr\n    any: info\n\
-             database:\n  storage: \"{root}\"\n\
-             key:\n  - id: {KNOT_KEY}\n    algorithm: hmac-sha256\n    secret: {KNOT_SECRET}\n\
-             \x20 - id: {KNOT_OUTSIDER}\n    algorithm: hmac-sha256\n    secret: {KNOT_OUTSIDER_SECRET}\n\
-             acl:\n  - id: drover_update\n    key: {KNOT_KEY}\n    action: update\n\
-             \x20   update-type: [A, AAAA, CNAME, TXT]\n\
-             \x20   update-owner: name\n    update-owner-match: equal\n\
-             \x20   update-owner-name: [{owners}]\n\
-             \x20 - id: outsider_transfer\n    key: {KNOT_OUTSIDER}\n    action: transfer\n\
-             template:\n  - id: default\n    storage: \"{root}\"\n    zonefile-sync: -1\n\
-             zone:\n  - domain: {zone}\n    file: zone.txt\n    acl: [drover_update, outsider_transfer]\n"
-        );
-        fs::write(dir.path().join("knot.conf"), config).expect("write knot.conf");
-        let mut zone_file = format!(
-            "$ORIGIN {zone}\n$TTL 60\n@ SOA ns1 hostmaster 1 3600 600 86400 60\n@ NS ns1\n\
-             ns1 A 127.0.0.1\n"
-        );
-        for (name, rtype, value) in records {
-            zone_file += &format!("{name} {rtype} {value}\n");
-        }
-        fs::write(dir.path().join("zone.txt"), zone_file).expect("write the zone file");
-        fs::write(dir.path().join("drover.key"), format!("{KNOT_SECRET}\n")).expect("write key");
-        let log = fs::File::create(dir.path().join("knotd.log")).expect("create knotd.log");
-        let child = Command::new(knotd)
-            .arg("-c")
-            .arg(dir.path().join("knot.conf"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn knotd");
-        let mut knot = Knot { child, dir, port, kdig, zone: zone.to_string() };
-        knot.wait_until_serving();
-        Some(knot)
-    }
-
-    fn wait_until_serving(&mut self) {
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("knotd exited ({status}) before serving:\n{}", self.log());
-            }
-            if self.soa_serial().is_some() {
-                return;
-            }
-            if started.elapsed() > START_TIMEOUT {
-                panic!(
-                    "knotd did not serve {} within {START_TIMEOUT:?}:\n{}",
-                    self.zone,
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
+/// An authoritative DNS server a test started: what the `dns` tests need of Knot and BIND
+/// alike.
+pub trait DnsServer {
     /// `127.0.0.1:<port>`, for a step's `server`.
-    pub fn server(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// knotd's log so far.
-    pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("knotd.log")).unwrap_or_default()
-    }
+    fn server(&self) -> String;
+    /// The server's log so far.
+    fn log(&self) -> String;
+    /// The directory of the server's files.
+    fn dir(&self) -> &Path;
+    /// kdig, pointed at the server.
+    fn kdig(&self) -> &Kdig;
 
     /// A file holding `secret`, for a step's `tsig.secret_file`.
-    pub fn secret_file(&self, name: &str, secret: &str) -> String {
-        let path = self.dir.path().join(name);
+    fn secret_file(&self, name: &str, secret: &str) -> String {
+        let path = self.dir().join(name);
         fs::write(&path, format!("{secret}\n")).expect("write a secret file");
         path.to_string_lossy().into_owned()
     }
 
-    /// The key Knot lets update the zone, its secret in a file.
-    pub fn key(&self) -> Tsig {
+    /// The key the server lets update the zone, its secret in a file.
+    fn key(&self) -> Tsig {
         Tsig {
-            name: KNOT_KEY.into(),
+            name: TSIG_KEY.into(),
             algorithm: "hmac-sha256".into(),
-            secret_file: self.dir.path().join("drover.key").to_string_lossy().into_owned(),
+            secret_file: self.secret_file("drover.key", TSIG_SECRET),
         }
     }
 
     /// What a resolver gets for `name type` (kdig +short, over TCP), one value a line.
-    pub fn dig(&self, name: &str, rtype: &str) -> Vec<String> {
+    fn dig(&self, name: &str, rtype: &str) -> Vec<String> {
+        self.kdig().query(name, rtype)
+    }
+
+    /// The zone's SOA serial, or `None` while the server does not answer.
+    fn soa_serial(&self) -> Option<u32> {
+        self.kdig().soa_serial()
+    }
+}
+
+/// kdig (knot-dnsutils) asking one server on loopback, over TCP.
+pub struct Kdig {
+    path: PathBuf,
+    port: u16,
+    zone: String,
+}
+
+impl Kdig {
+    /// What a resolver gets for `name type`, one value a line.
+    pub fn query(&self, name: &str, rtype: &str) -> Vec<String> {
         let out = run_with_deadline(
-            Command::new(&self.kdig)
+            Command::new(&self.path)
                 .arg("@127.0.0.1")
                 .arg("-p")
                 .arg(self.port.to_string())
@@ -163,11 +97,11 @@ impl Knot {
         out.stdout.lines().map(|l| l.trim().trim_matches('"').to_string()).collect()
     }
 
-    /// The zone's SOA serial, or `None` while knotd does not answer.
+    /// The zone's SOA serial, or `None` while the server does not answer.
     pub fn soa_serial(&self) -> Option<u32> {
         let out =
             run_with_deadline(
-                Command::new(&self.kdig)
+                Command::new(&self.path)
                     .arg("@127.0.0.1")
                     .arg("-p")
                     .arg(self.port.to_string())
@@ -175,6 +109,124 @@ impl Knot {
                 Duration::from_secs(5),
             );
         out.stdout.split_whitespace().nth(2)?.parse().ok()
+    }
+
+    /// Waits until the server serves the zone; panics with its log if it exits or takes
+    /// longer than START_TIMEOUT.
+    fn wait_until_serving(&self, what: &str, child: &mut Child, log: impl Fn() -> String) {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{what} exited ({status}) before serving:\n{}", log());
+            }
+            if self.soa_serial().is_some() {
+                return;
+            }
+            if started.elapsed() > START_TIMEOUT {
+                panic!("{what} did not serve {} within {START_TIMEOUT:?}:\n{}", self.zone, log());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The zone file of `zone` holding `records` (name relative to the zone, type, value).
+fn zone_file(zone: &str, records: &[(&str, &str, &str)]) -> String {
+    let mut text = format!(
+        "$ORIGIN {zone}\n$TTL 60\n@ SOA ns1 hostmaster 1 3600 600 86400 60\n@ NS ns1\n\
+         ns1 A 127.0.0.1\n"
+    );
+    for (name, rtype, value) in records {
+        text += &format!("{name} {rtype} {value}\n");
+    }
+    text
+}
+
+/// The names the update key may change: each record's name and its `_drover.` companion.
+fn update_owners(zone: &str, records: &[(&str, &str, &str)]) -> Vec<(String, String)> {
+    let mut owners: Vec<(String, String)> = Vec::new();
+    for (name, _, _) in records {
+        let pair = (format!("{name}.{zone}"), format!("_drover.{name}.{zone}"));
+        if !owners.contains(&pair) {
+            owners.push(pair);
+        }
+    }
+    owners
+}
+
+/// Starts `program` with `args`, its stdout and stderr to `<dir>/<log>`.
+fn spawn_logged(program: &Path, args: &[&std::ffi::OsStr], dir: &Path, log: &str) -> Child {
+    let log = fs::File::create(dir.join(log)).expect("create the server's log");
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
+}
+
+/// A `knotd` serving one zone on a free loopback port (TCP and UDP).
+pub struct Knot {
+    child: Child,
+    dir: tempfile::TempDir,
+    kdig: Kdig,
+}
+
+impl Knot {
+    /// Starts knotd for `zone` (e.g. `drover.test.`) holding `records` (name relative to the
+    /// zone, type, value); the key [`TSIG_KEY`] may update those names and their `_drover.`
+    /// companions. `None` (after a skip message) when knotd or kdig is not installed.
+    pub fn start(test: &str, zone: &str, records: &[(&str, &str, &str)]) -> Option<Knot> {
+        let knotd = crate::require_program(test, "knotd", "knot")?;
+        let kdig = crate::require_program(test, "kdig", "knot-dnsutils")?;
+        let dir = tempfile::Builder::new().prefix(&format!("{test}-")).tempdir().expect("temp dir");
+        let port = free_tcp_and_udp_port();
+        let root = dir.path().display();
+        let owners: Vec<String> =
+            update_owners(zone, records).into_iter().flat_map(|(a, b)| [a, b]).collect();
+        let owners = owners.join(", ");
+        // knotd 3.x runs as the user that starts it when the config sets no `user:`, so this
+        // works as root and as anyone else. The zone file is never written back
+        // (zonefile-sync: -1); updates live in the journal under `storage`.
+        let config = format!(
+            "server:\n  rundir: \"{root}\"\n  listen: 127.0.0.1@{port}\n\
+             log:\n  - target: stderr\n    any: info\n\
+             database:\n  storage: \"{root}\"\n\
+             key:\n  - id: {TSIG_KEY}\n    algorithm: hmac-sha256\n    secret: {TSIG_SECRET}\n\
+             \x20 - id: {OUTSIDER_KEY}\n    algorithm: hmac-sha256\n    secret: {OUTSIDER_SECRET}\n\
+             acl:\n  - id: drover_update\n    key: {TSIG_KEY}\n    action: update\n\
+             \x20   update-type: [A, AAAA, CNAME, TXT]\n\
+             \x20   update-owner: name\n    update-owner-match: equal\n\
+             \x20   update-owner-name: [{owners}]\n\
+             \x20 - id: outsider_transfer\n    key: {OUTSIDER_KEY}\n    action: transfer\n\
+             template:\n  - id: default\n    storage: \"{root}\"\n    zonefile-sync: -1\n\
+             zone:\n  - domain: {zone}\n    file: zone.txt\n    acl: [drover_update, outsider_transfer]\n"
+        );
+        fs::write(dir.path().join("knot.conf"), config).expect("write knot.conf");
+        fs::write(dir.path().join("zone.txt"), zone_file(zone, records)).expect("write the zone");
+        let conf = dir.path().join("knot.conf");
+        let mut child =
+            spawn_logged(&knotd, &["-c".as_ref(), conf.as_os_str()], dir.path(), "server.log");
+        let kdig = Kdig { path: kdig, port, zone: zone.to_string() };
+        let log = || fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+        kdig.wait_until_serving("knotd", &mut child, log);
+        Some(Knot { child, dir, kdig })
+    }
+}
+
+impl DnsServer for Knot {
+    fn server(&self) -> String {
+        format!("127.0.0.1:{}", self.kdig.port)
+    }
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    fn kdig(&self) -> &Kdig {
+        &self.kdig
     }
 }
 
@@ -184,6 +236,86 @@ impl Drop for Knot {
         let _ = self.child.wait();
         if thread::panicking() {
             eprintln!("knotd log:\n{}", self.log());
+        }
+    }
+}
+
+/// BIND 9's `named` serving one zone on a free loopback port (TCP and UDP), with the same keys
+/// as [`Knot`]: [`TSIG_KEY`] may update the records' names (`update-policy`), [`OUTSIDER_KEY`]
+/// may only transfer the zone.
+pub struct Bind {
+    child: Child,
+    dir: tempfile::TempDir,
+    kdig: Kdig,
+}
+
+impl Bind {
+    /// Starts `named -g` for `zone` holding `records`; `None` (after a skip message) when named
+    /// or kdig is not installed.
+    pub fn start(test: &str, zone: &str, records: &[(&str, &str, &str)]) -> Option<Bind> {
+        let named = crate::require_program(test, "named", "bind9")?;
+        let kdig = crate::require_program(test, "kdig", "knot-dnsutils")?;
+        let dir = tempfile::Builder::new().prefix(&format!("{test}-")).tempdir().expect("temp dir");
+        let port = free_tcp_and_udp_port();
+        let root = dir.path().display();
+        let mut grants = String::new();
+        for (name, companion) in update_owners(zone, records) {
+            grants += &format!(
+                "        grant {TSIG_KEY} name {name} A AAAA CNAME;\n        grant {TSIG_KEY} name {companion} TXT;\n"
+            );
+        }
+        // named runs as the user that starts it without -u, so this works as root and as
+        // anyone else; the zone file's directory must be writable (BIND keeps a journal).
+        let config = format!(
+            "options {{\n    directory \"{root}\";\n    pid-file \"{root}/named.pid\";\n\
+             \x20   session-keyfile \"{root}/session.key\";\n\
+             \x20   managed-keys-directory \"{root}\";\n\
+             \x20   listen-on port {port} {{ 127.0.0.1; }};\n    listen-on-v6 {{ none; }};\n\
+             \x20   recursion no;\n    notify no;\n    dnssec-validation no;\n}};\n\
+             controls {{ }};\n\
+             key \"{TSIG_KEY}\" {{ algorithm hmac-sha256; secret \"{TSIG_SECRET}\"; }};\n\
+             key \"{OUTSIDER_KEY}\" {{ algorithm hmac-sha256; secret \"{OUTSIDER_SECRET}\"; }};\n\
+             zone \"{zone}\" {{\n    type primary;\n    file \"{root}/zone.db\";\n\
+             \x20   allow-transfer {{ key {OUTSIDER_KEY}; }};\n\
+             \x20   update-policy {{\n{grants}    }};\n}};\n"
+        );
+        fs::write(dir.path().join("named.conf"), config).expect("write named.conf");
+        fs::write(dir.path().join("zone.db"), zone_file(zone, records)).expect("write the zone");
+        let conf = dir.path().join("named.conf");
+        let mut child = spawn_logged(
+            &named,
+            &["-g".as_ref(), "-c".as_ref(), conf.as_os_str()],
+            dir.path(),
+            "server.log",
+        );
+        let kdig = Kdig { path: kdig, port, zone: zone.to_string() };
+        let log = || fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+        kdig.wait_until_serving("named", &mut child, log);
+        Some(Bind { child, dir, kdig })
+    }
+}
+
+impl DnsServer for Bind {
+    fn server(&self) -> String {
+        format!("127.0.0.1:{}", self.kdig.port)
+    }
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    fn kdig(&self) -> &Kdig {
+        &self.kdig
+    }
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("named log:\n{}", self.log());
         }
     }
 }

@@ -1,7 +1,8 @@
-//! The `dns` step against a real Knot DNS server: RFC 2136 updates signed with TSIG, the
-//! epoch kept in the companion TXT record as a fencing token, and the server's refusals as the
-//! step reports them. Each test runs its own `knotd` on 127.0.0.1; what resolvers then see is
-//! read with `kdig`, independently of drover's own client.
+//! The `dns` step against real authoritative servers, Knot DNS and BIND 9: RFC 2136 updates
+//! signed with TSIG, the epoch kept in the companion TXT record as a fencing token, and the
+//! server's refusals as the step reports them. Every case runs once per server (`knot::` and
+//! `bind::` tests), each on its own server on 127.0.0.1; what resolvers then see is read with
+//! `kdig`, independently of drover's own client.
 
 use std::time::Duration;
 
@@ -10,9 +11,7 @@ use drover::actuate::{Actuator, RealActuator, StepContext, StepError, StepOutput
 use drover::spec::{
     DnsProtocol, DnsRecord, DnsRecordType, DnsStep, OnFailure, RunOn, Step, StepAction, Tsig,
 };
-use drover_tests::servers::{
-    free_port, Knot, KNOT_OUTSIDER as OUTSIDER, KNOT_OUTSIDER_SECRET as OUTSIDER_SECRET,
-};
+use drover_tests::servers::{free_port, DnsServer, OUTSIDER_KEY as OUTSIDER, OUTSIDER_SECRET};
 
 const ZONE: &str = "drover.test.";
 /// The service's address at site A (in the zone file) and at site B.
@@ -21,15 +20,56 @@ const SITE_B: &str = "198.51.100.20";
 /// Bound of one step attempt against the local server.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// knotd serving `drover.test.` with www and db at site A.
-fn knot(test: &str) -> Option<Knot> {
-    Knot::start(test, ZONE, &[("www", "A", SITE_A), ("db", "A", SITE_A)])
+/// The zone's records at the start of every case: www and db at site A.
+const RECORDS: [(&str, &str, &str); 2] = [("www", "A", SITE_A), ("db", "A", SITE_A)];
+
+/// The server a case runs against. Where the two answer differently, it is to a key the zone
+/// does not let update: Knot says NOTAUTH (BADKEY), BIND says REFUSED.
+#[derive(Clone, Copy, PartialEq)]
+enum Flavor {
+    Knot,
+    Bind,
 }
 
+/// Runs each case once on Knot and once on BIND, as `knot::<case>` and `bind::<case>`.
+macro_rules! on_both_servers {
+    ($($case:ident),* $(,)?) => {
+        mod knot {
+            $(#[tokio::test]
+            async fn $case() {
+                let test = concat!("knot_", stringify!($case));
+                let Some(s) = drover_tests::servers::Knot::start(test, super::ZONE, &super::RECORDS)
+                else { return };
+                super::$case(&s, super::Flavor::Knot).await;
+            })*
+        }
+        mod bind {
+            $(#[tokio::test]
+            async fn $case() {
+                let test = concat!("bind_", stringify!($case));
+                let Some(s) = drover_tests::servers::Bind::start(test, super::ZONE, &super::RECORDS)
+                else { return };
+                super::$case(&s, super::Flavor::Bind).await;
+            })*
+        }
+    };
+}
+
+on_both_servers!(
+    failover_moves_the_records_to_site_b_and_records_the_epoch,
+    a_wrong_or_unauthorised_key_is_refused_by_the_server,
+    a_stale_epoch_is_refused_by_the_check_and_by_the_server,
+    udp_works_and_an_unreachable_server_is_reported,
+);
+
 /// A `dns` step setting `records` (name relative to the zone, type, value) with `key`.
-fn dns_step(knot: &Knot, records: &[(&str, DnsRecordType, &str)], tsig: Option<Tsig>) -> DnsStep {
+fn dns_step(
+    server: &dyn DnsServer,
+    records: &[(&str, DnsRecordType, &str)],
+    tsig: Option<Tsig>,
+) -> DnsStep {
     DnsStep {
-        server: knot.server(),
+        server: server.server(),
         zone: ZONE.into(),
         tsig,
         records: records
@@ -87,17 +127,18 @@ fn refused_reason(result: Result<StepOutput, StepError>) -> String {
     }
 }
 
-#[tokio::test]
-async fn failover_moves_the_records_to_site_b_and_records_the_epoch() {
-    let Some(knot) = knot("dns_failover") else { return };
-    let key = Some(knot.key());
-    let serial_before = knot.soa_serial().expect("serial");
-    assert_eq!(knot.dig(&format!("www.{ZONE}"), "A"), vec![SITE_A]);
-    assert!(knot.dig(&companion("www"), "TXT").is_empty());
+async fn failover_moves_the_records_to_site_b_and_records_the_epoch(
+    srv: &dyn DnsServer,
+    _: Flavor,
+) {
+    let key = Some(srv.key());
+    let serial_before = srv.soa_serial().expect("serial");
+    assert_eq!(srv.dig(&format!("www.{ZONE}"), "A"), vec![SITE_A]);
+    assert!(srv.dig(&companion("www"), "TXT").is_empty());
 
     // Epoch 1 activates site A: no epoch recorded yet.
     let to_a = dns_step(
-        &knot,
+        srv,
         &[("www", DnsRecordType::A, SITE_A), ("db", DnsRecordType::A, SITE_A)],
         key.clone(),
     );
@@ -105,39 +146,34 @@ async fn failover_moves_the_records_to_site_b_and_records_the_epoch() {
     assert!(
         out.detail.starts_with(&format!(
             "updated 2 records in zone {ZONE} at {} over tcp (epoch 1, was none) after ",
-            knot.server()
+            srv.server()
         )),
         "{}",
         out.detail
     );
-    assert_eq!(knot.dig(&companion("www"), "TXT"), vec!["1"]);
+    assert_eq!(srv.dig(&companion("www"), "TXT"), vec!["1"]);
 
     // Epoch 2 fails over to site B.
-    let to_b = dns_step(
-        &knot,
-        &[("www", DnsRecordType::A, SITE_B), ("db", DnsRecordType::A, SITE_B)],
-        key,
-    );
+    let to_b =
+        dns_step(srv, &[("www", DnsRecordType::A, SITE_B), ("db", DnsRecordType::A, SITE_B)], key);
     let out = run_step(&to_b, 2).await.expect("epoch 2 update");
     assert!(out.detail.contains("(epoch 2, was 1)"), "{}", out.detail);
-    assert_eq!(knot.dig(&format!("www.{ZONE}"), "A"), vec![SITE_B], "the RRset is replaced");
-    assert_eq!(knot.dig(&format!("db.{ZONE}"), "A"), vec![SITE_B]);
-    assert_eq!(knot.dig(&companion("www"), "TXT"), vec!["2"]);
+    assert_eq!(srv.dig(&format!("www.{ZONE}"), "A"), vec![SITE_B], "the RRset is replaced");
+    assert_eq!(srv.dig(&format!("db.{ZONE}"), "A"), vec![SITE_B]);
+    assert_eq!(srv.dig(&companion("www"), "TXT"), vec!["2"]);
     // One UPDATE message per step: the zone's serial moved once for each.
-    assert_eq!(knot.soa_serial(), Some(serial_before + 2));
+    assert_eq!(srv.soa_serial(), Some(serial_before + 2));
     assert_eq!(dns::read_epoch(&to_b, STEP_TIMEOUT).await.expect("read"), Expected::Epoch(2));
 
     // The same step again (a new leader re-running it) is fine.
     let out = run_step(&to_b, 2).await.expect("epoch 2 again");
     assert!(out.detail.contains("(epoch 2, was 2)"), "{}", out.detail);
-    assert_eq!(knot.dig(&format!("www.{ZONE}"), "A"), vec![SITE_B]);
+    assert_eq!(srv.dig(&format!("www.{ZONE}"), "A"), vec![SITE_B]);
 }
 
-#[tokio::test]
-async fn a_wrong_or_unauthorised_key_is_refused_by_the_server() {
-    let Some(knot) = knot("dns_wrong_key") else { return };
-    let wrong = Tsig { secret_file: knot.secret_file("wrong.key", OUTSIDER_SECRET), ..knot.key() };
-    let step = dns_step(&knot, &[("www", DnsRecordType::A, SITE_B)], Some(wrong));
+async fn a_wrong_or_unauthorised_key_is_refused_by_the_server(srv: &dyn DnsServer, flavor: Flavor) {
+    let wrong = Tsig { secret_file: srv.secret_file("wrong.key", OUTSIDER_SECRET), ..srv.key() };
+    let step = dns_step(srv, &[("www", DnsRecordType::A, SITE_B)], Some(wrong));
     // The signed read is the first to be rejected; the update is rejected the same way.
     let why = failed_reason(run_step(&step, 1).await);
     assert!(why.contains("answered NOTAUTH (TSIG BADSIG) to the query of TXT"), "{why}");
@@ -154,56 +190,69 @@ async fn a_wrong_or_unauthorised_key_is_refused_by_the_server() {
     let outsider = Tsig {
         name: OUTSIDER.into(),
         algorithm: "hmac-sha256".into(),
-        secret_file: knot.secret_file("outsider.key", OUTSIDER_SECRET),
+        secret_file: srv.secret_file("outsider.key", OUTSIDER_SECRET),
     };
-    let step = dns_step(&knot, &[("www", DnsRecordType::A, SITE_B)], Some(outsider));
+    let step = dns_step(srv, &[("www", DnsRecordType::A, SITE_B)], Some(outsider));
     let why = failed_reason(run_step(&step, 1).await);
-    assert!(
-        why.contains("answered NOTAUTH (TSIG BADKEY) to the update of zone drover.test."),
-        "{why}"
-    );
-    assert!(
-        why.contains("does not know key outsider (hmac-sha256) or does not let it make"),
-        "{why}"
-    );
+    let advice = match flavor {
+        Flavor::Knot => {
+            "NOTAUTH (TSIG BADKEY) to the update of zone drover.test.: the server does \
+                         not know key outsider (hmac-sha256) or does not let it make"
+        }
+        Flavor::Bind => {
+            "REFUSED to the update of zone drover.test.: the server's policy does not \
+                         allow it: allow key outsider (hmac-sha256) to update"
+        }
+    };
+    assert!(why.contains(advice), "{why}");
 
-    // The right key, for a name the zone's ACL does not let it update.
-    let step = dns_step(&knot, &[("mail", DnsRecordType::A, SITE_B)], Some(knot.key()));
+    // The right key, for a name the zone's policy does not let it update.
+    let step = dns_step(srv, &[("mail", DnsRecordType::A, SITE_B)], Some(srv.key()));
     let why = failed_reason(run_step(&step, 1).await);
-    assert!(why.contains("answered NOTAUTH (TSIG BADKEY) to the update of zone"), "{why}");
+    let answer = match flavor {
+        Flavor::Knot => "answered NOTAUTH (TSIG BADKEY) to the update of zone",
+        Flavor::Bind => "answered REFUSED to the update of zone",
+    };
+    assert!(why.contains(answer), "{why}");
     assert!(
-        why.contains(
-            "lets the key update the step's records and the TXT record _drover.mail.drover.test."
-        ),
+        why.contains("the step's records and the TXT record _drover.mail.drover.test."),
         "{why}"
     );
 
     // No key at all.
-    let step = dns_step(&knot, &[("www", DnsRecordType::A, SITE_B)], None);
+    let step = dns_step(srv, &[("www", DnsRecordType::A, SITE_B)], None);
     let why = failed_reason(run_step(&step, 1).await);
-    assert!(why.contains("answered NOTAUTH to the update of zone drover.test."), "{why}");
-    assert!(why.contains("give the step a tsig key"), "{why}");
+    let advice = match flavor {
+        Flavor::Knot => {
+            "answered NOTAUTH to the update of zone drover.test.: the server wants a \
+                         TSIG key to update zone drover.test., or is not authoritative for it; \
+                         give the step a tsig key"
+        }
+        Flavor::Bind => {
+            "answered REFUSED to the update of zone drover.test.: the server's policy \
+                         does not allow it: allow this node to update"
+        }
+    };
+    assert!(why.contains(advice), "{why}");
 
     // A secret file that is not there.
-    let missing = Tsig { secret_file: "/nonexistent/drover.key".into(), ..knot.key() };
-    let step = dns_step(&knot, &[("www", DnsRecordType::A, SITE_B)], Some(missing));
+    let missing = Tsig { secret_file: "/nonexistent/drover.key".into(), ..srv.key() };
+    let step = dns_step(srv, &[("www", DnsRecordType::A, SITE_B)], Some(missing));
     let why = failed_reason(run_step(&step, 1).await);
     assert!(why.contains("/nonexistent/drover.key") && why.contains("does not exist"), "{why}");
 
-    assert_eq!(knot.dig(&format!("www.{ZONE}"), "A"), vec![SITE_A], "nothing changed");
-    assert!(knot.dig(&companion("www"), "TXT").is_empty());
+    assert_eq!(srv.dig(&format!("www.{ZONE}"), "A"), vec![SITE_A], "nothing changed");
+    assert!(srv.dig(&companion("www"), "TXT").is_empty());
 }
 
-#[tokio::test]
-async fn a_stale_epoch_is_refused_by_the_check_and_by_the_server() {
-    let Some(knot) = knot("dns_stale_epoch") else { return };
-    let key = Some(knot.key());
-    let newer = dns_step(&knot, &[("www", DnsRecordType::A, SITE_B)], key.clone());
+async fn a_stale_epoch_is_refused_by_the_check_and_by_the_server(srv: &dyn DnsServer, _: Flavor) {
+    let key = Some(srv.key());
+    let newer = dns_step(srv, &[("www", DnsRecordType::A, SITE_B)], key.clone());
     run_step(&newer, 3).await.expect("epoch 3 update");
-    assert_eq!(knot.dig(&companion("www"), "TXT"), vec!["3"]);
+    assert_eq!(srv.dig(&companion("www"), "TXT"), vec!["3"]);
 
     // A stale leader (epoch 2) reads epoch 3 and does not send its update.
-    let stale = dns_step(&knot, &[("www", DnsRecordType::A, SITE_A)], key);
+    let stale = dns_step(srv, &[("www", DnsRecordType::A, SITE_A)], key);
     let why = refused_reason(run_step(&stale, 2).await);
     assert!(why.contains("holds epoch 3, newer than this step's epoch 2"), "{why}");
 
@@ -226,24 +275,22 @@ async fn a_stale_epoch_is_refused_by_the_check_and_by_the_server() {
         "{why}"
     );
 
-    assert_eq!(knot.dig(&format!("www.{ZONE}"), "A"), vec![SITE_B], "nothing changed");
-    assert_eq!(knot.dig(&companion("www"), "TXT"), vec!["3"]);
+    assert_eq!(srv.dig(&format!("www.{ZONE}"), "A"), vec![SITE_B], "nothing changed");
+    assert_eq!(srv.dig(&companion("www"), "TXT"), vec!["3"]);
 
     // With the epoch it really holds, epoch 4 goes through.
     dns::update(&stale, STEP_TIMEOUT, &ctx(4), Expected::Epoch(3)).await.expect("epoch 4");
-    assert_eq!(knot.dig(&format!("www.{ZONE}"), "A"), vec![SITE_A]);
-    assert_eq!(knot.dig(&companion("www"), "TXT"), vec!["4"]);
+    assert_eq!(srv.dig(&format!("www.{ZONE}"), "A"), vec![SITE_A]);
+    assert_eq!(srv.dig(&companion("www"), "TXT"), vec!["4"]);
 }
 
-#[tokio::test]
-async fn udp_works_and_an_unreachable_server_is_reported() {
-    let Some(knot) = knot("dns_udp") else { return };
-    let mut step = dns_step(&knot, &[("www", DnsRecordType::A, SITE_B)], Some(knot.key()));
+async fn udp_works_and_an_unreachable_server_is_reported(srv: &dyn DnsServer, _: Flavor) {
+    let mut step = dns_step(srv, &[("www", DnsRecordType::A, SITE_B)], Some(srv.key()));
     step.protocol = DnsProtocol::Udp;
     let out = run_step(&step, 1).await.expect("update over UDP");
     assert!(out.detail.contains("over udp (epoch 1, was none)"), "{}", out.detail);
-    assert_eq!(knot.dig(&format!("www.{ZONE}"), "A"), vec![SITE_B]);
-    assert_eq!(knot.dig(&companion("www"), "TXT"), vec!["1"]);
+    assert_eq!(srv.dig(&format!("www.{ZONE}"), "A"), vec![SITE_B]);
+    assert_eq!(srv.dig(&companion("www"), "TXT"), vec!["1"]);
 
     // Nothing listens on this port.
     let closed = free_port();

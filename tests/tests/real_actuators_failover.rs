@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use drover_tests::servers::{Backend, Haproxy, Knot};
+use drover_tests::servers::{Backend, DnsServer, Haproxy, Knot};
 use drover_tests::{require_program, steps, unix_ms, AppSite, Apps, Cluster, Rig, LEADER_TIMEOUT};
 use serde_json::Value;
 

@@ -580,10 +580,12 @@ impl<'a> Session<'a> {
                  it; give the step a tsig key and check that {acl}"
             ),
             (ResponseCode::Refused, _, _) => format!(
-                "the server's policy does not allow it: allow {} to update zone {zone} (Knot: an \
-                 acl with action update for the key, in the zone's acl list; BIND: update-policy \
-                 or allow-update), and check that the server serves the zone",
-                key.as_deref().unwrap_or("this node")
+                "the server's policy does not allow it: allow {} to update the step's records \
+                 and the TXT record {} in zone {zone} (Knot: an acl with action update for the \
+                 key, in the zone's acl list; BIND: update-policy or allow-update), and check \
+                 that the server serves the zone",
+                key.as_deref().unwrap_or("this node"),
+                self.plan.companion
             ),
             (ResponseCode::NotZone, _, _) => format!(
                 "a record name is outside zone {zone} as the server sees it; check the step's \
