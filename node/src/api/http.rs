@@ -35,9 +35,11 @@ async fn readyz(State(node): State<NodeHandle>) -> impl IntoResponse {
     }
 }
 
-/// 200 only on a node of the site that holds the service's lease (and has not self-fenced),
-/// 503 elsewhere: a load balancer's health check (HAProxy `option httpchk`) can follow the
-/// active site without any push from drover.
+/// 200 only on a node of the site that holds the service's lease, that has confirmed that
+/// lease with the cluster within its lease time and has not self-fenced; 503 elsewhere. A load
+/// balancer's health check (HAProxy `option httpchk`) can so follow the active site without any
+/// push from drover, and a node restarted on an old copy of the state, or cut off from the
+/// cluster, does not send traffic to its site on the strength of what it last knew.
 async fn service_active(
     State(node): State<NodeHandle>,
     Path(name): Path<String>,
@@ -48,13 +50,22 @@ async fn service_active(
         return (StatusCode::NOT_FOUND, format!("no service named {name:?}\n"));
     };
     let holder = state.lease.as_ref().map(|l| (l.site.clone(), l.epoch));
+    let believed = node.leases.lock().map(|l| l.get(&name).copied()).unwrap_or(None);
     match holder {
-        Some((site, epoch)) if site == node.site && fenced != Some(epoch) => {
+        Some((site, epoch)) if site == node.site && fenced == Some(epoch) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("fenced: this node self-fenced {name} at epoch {epoch}\n"),
+        ),
+        Some((site, epoch)) if site == node.site && believed == Some(epoch) => {
             (StatusCode::OK, format!("active: {name} is served by site {site} (epoch {epoch})\n"))
         }
         Some((site, epoch)) if site == node.site => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("fenced: this node self-fenced {name} at epoch {epoch}\n"),
+            format!(
+                "unconfirmed: site {site} holds {name}'s lease (epoch {epoch}) as far as this \
+                 node knows, but it has not confirmed the lease with the cluster lately (just \
+                 started, or cut off)\n"
+            ),
         ),
         Some((site, epoch)) => (
             StatusCode::SERVICE_UNAVAILABLE,
