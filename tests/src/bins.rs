@@ -57,7 +57,8 @@ pub fn bins() -> &'static Bins {
     })
 }
 
-fn workspace_root() -> PathBuf {
+/// The checkout the tests run in (the workspace's root directory).
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 

@@ -32,7 +32,7 @@ mod rig;
 pub mod servers;
 
 pub use app::{failover_spec, AppSite, Apps, LedgerLine};
-pub use bins::{bins, Bins};
+pub use bins::{bins, workspace_root, Bins};
 pub use cluster::{Cluster, ClusterBuilder, NodeId, Role, NETNS_GRPC_PORT, NETNS_HTTP_PORT};
 pub use http::{http_get, parse_metrics, Metrics};
 pub use process::{run_with_deadline, CmdOutput};
