@@ -102,7 +102,13 @@ case $site in
 {cases}  *) echo "unknown site $site" >&2; exit 2 ;;
 esac
 pidfile="$dir/app-$site.pid"
-running() {{ [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }}
+# Running: the process exists and is not a zombie (an exited app waits, as a zombie, until
+# whatever adopted it reaps it, which can take seconds).
+running() {{
+  [ -f "$pidfile" ] || return 1
+  state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$(cat "$pidfile")/status" 2>/dev/null)
+  [ -n "$state" ] && [ "$state" != Z ]
+}}
 case $action in
 start)
   if [ -f "$dir/slow-start-$site" ]; then sleep "$(cat "$dir/slow-start-$site")"; fi
