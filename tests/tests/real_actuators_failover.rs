@@ -26,9 +26,9 @@ use serde_json::Value;
 const ZONE: &str = "drover.test.";
 /// Spec applied and observers agreeing that prod is up.
 const PROTECTING_TIMEOUT: Duration = Duration::from_secs(30);
-/// From the outage to failed_over: down_after 2s, fence (fence_dummy is a Python program:
-/// ~1 s per call, two calls), the app start, HAProxy and DNS steps, verify; with margin for 5
-/// debug processes on 2 cores.
+/// From the outage to failed_over: down_after 2s, fence (fence_dummy is a Python program run
+/// twice, off then status: a few hundred ms), the app start, HAProxy and DNS steps, verify;
+/// with margin for 5 debug processes on 2 cores.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(45);
 /// Requests sent through HAProxy to see which sites answer.
 const REQUESTS: usize = 8;
