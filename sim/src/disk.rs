@@ -24,6 +24,8 @@ struct Images {
     pending: Vec<Op>,
     /// Writes lost to crashes so far, for the run's report.
     lost_writes: u64,
+    /// Syncs are acknowledged but do nothing (the `lying-disk` mutation).
+    lying: bool,
 }
 
 #[derive(Debug)]
@@ -57,6 +59,12 @@ impl SimDisk {
 
     fn lock(&self) -> MutexGuard<'_, Images> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A disk that acknowledges syncs without making anything durable: a crash loses every
+    /// write since the disk was made (the `lying-disk` mutation).
+    pub fn lying() -> SimDisk {
+        SimDisk(Arc::new(Mutex::new(Images { lying: true, ..Images::default() })))
     }
 
     /// The node lost power: everything written since the last sync is gone.
@@ -112,6 +120,9 @@ impl redb::StorageBackend for SimBackend {
 
     fn sync_data(&self, _eventual: bool) -> Result<(), io::Error> {
         let mut images = self.0.lock();
+        if images.lying {
+            return Ok(());
+        }
         let Images { durable, pending, .. } = &mut *images;
         for op in pending.drain(..) {
             apply(durable, &op);

@@ -47,7 +47,7 @@ struct Cli {
     /// Run each seed twice and fail if the two traces differ.
     #[arg(long)]
     check_determinism: bool,
-    /// Plant a defect the checkers must catch: lying-fence or clock-beyond-drift.
+    /// Plant a defect the checkers must catch: lying-fence, clock-beyond-drift or lying-disk.
     #[arg(long, value_parser = parse_mutation)]
     mutate: Option<Mutation>,
 }
@@ -77,7 +77,8 @@ fn parse_tick(s: &str) -> Result<u64, String> {
 }
 
 fn parse_mutation(s: &str) -> Result<Mutation, String> {
-    Mutation::parse(s).ok_or_else(|| format!("{s:?} is not lying-fence or clock-beyond-drift"))
+    Mutation::parse(s)
+        .ok_or_else(|| format!("{s:?} is not lying-fence, clock-beyond-drift or lying-disk"))
 }
 
 fn replay(cli: &Cli, o: &Outcome) -> String {

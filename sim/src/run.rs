@@ -136,8 +136,17 @@ fn simulate(cfg: &RunConfig) -> Outcome {
     );
     let world: Shared = Arc::new(Mutex::new(world));
     let registry: Registry = Arc::default();
-    let disks: BTreeMap<String, SimDisk> =
-        topology.nodes.iter().map(|n| (n.host.clone(), SimDisk::new())).collect();
+    let disks: BTreeMap<String, SimDisk> = topology
+        .nodes
+        .iter()
+        .map(|n| {
+            let disk = match cfg.mutation {
+                Some(Mutation::LyingDisk) => SimDisk::lying(),
+                _ => SimDisk::new(),
+            };
+            (n.host.clone(), disk)
+        })
+        .collect();
 
     let mut sim = turmoil::Builder::new()
         .simulation_duration(plan.length + Duration::from_secs(3600))

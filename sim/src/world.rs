@@ -115,6 +115,10 @@ pub enum Mutation {
     /// Every node's clock runs 60% slow, far outside `max_clock_drift`: the leader's lease
     /// wait ends while the old site's holders still believe their lease is valid.
     ClockBeyondDrift,
+    /// Every node's disk acknowledges syncs without making anything durable (a volatile write
+    /// cache that lies): a crash loses writes the node had acknowledged, so a restarted node
+    /// forgets its vote and log entries the cluster counted as stored.
+    LyingDisk,
 }
 
 impl Mutation {
@@ -123,6 +127,7 @@ impl Mutation {
         match s {
             "lying-fence" => Some(Mutation::LyingFence),
             "clock-beyond-drift" => Some(Mutation::ClockBeyondDrift),
+            "lying-disk" => Some(Mutation::LyingDisk),
             _ => None,
         }
     }
@@ -132,6 +137,7 @@ impl Mutation {
         match self {
             Mutation::LyingFence => "lying-fence",
             Mutation::ClockBeyondDrift => "clock-beyond-drift",
+            Mutation::LyingDisk => "lying-disk",
         }
     }
 }

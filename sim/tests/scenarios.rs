@@ -142,3 +142,18 @@ fn mutation_check_the_checkers_find_a_planted_split_brain() {
         assert!(found.is_some(), "{} went unnoticed in 5 seeds", mutation.name());
     }
 }
+
+/// The crash model can fail too: with disks that acknowledge syncs without persisting, a
+/// restarted node comes back without state it had applied, and a checker must notice.
+#[test]
+fn mutation_check_the_checkers_find_a_lying_disk() {
+    let found = (1..=5).find_map(|seed| {
+        let o = run(&RunConfig {
+            mutation: Some(Mutation::LyingDisk),
+            ..config(seed, "node-crashes", 5)
+        });
+        assert!(o.lost_writes > 0, "seed {seed}: the lying disks lost nothing in a crash");
+        o.violations.into_iter().find(|v| v.invariant == "S3" || v.invariant == "S4")
+    });
+    assert!(found.is_some(), "lying-disk went unnoticed in 5 seeds");
+}
