@@ -313,17 +313,11 @@ fn parse_ledger_line(line: &str) -> LedgerLine {
     }
 }
 
-/// The cluster spec of the failover tests: sites prod, dr and witness; one service `webshop`
-/// active in prod with an http check per site (interval 500ms, timeout 400ms) and fast
-/// policies (down_after 2s, up_after 5s, lease_ttl 4s, self_fence_grace 2s, auto commit).
-///
-/// Runbooks, all through `app.sh`: prod fence (`stop prod fence`, on prod, on_failure
-/// continue: an unreachable prod falls back to the lease wait), prod on_lease_lost (`stop
-/// prod "lease lost"`), dr activate (`start dr`, on dr, timeout 10s, 1 retry), dr verify (probe
-/// of dr's checks).
-pub fn failover_spec(apps: &Apps) -> String {
-    let script = apps.script();
-    let script = script.display();
+/// The part of the failover tests' cluster spec before the runbooks: sites prod, dr and
+/// witness; one service `webshop` active in prod with an http check per site (interval 500ms,
+/// timeout 400ms) and fast policies (down_after 2s, up_after 5s, lease_ttl 4s,
+/// self_fence_grace 2s, auto commit). Append `[[service.runbook...]]` tables to it.
+pub fn failover_spec_head(apps: &Apps) -> String {
     let mut checks = String::new();
     for s in apps.sites() {
         checks += &format!(
@@ -354,7 +348,20 @@ commit = "auto"
 [[service]]
 name = "webshop"
 initial_active = "prod"
-{checks}
+{checks}"#
+    )
+}
+
+/// The cluster spec of the failover tests: [`failover_spec_head`] and runbooks, all through
+/// `app.sh`: prod fence (`stop prod fence`, on prod, on_failure continue: an unreachable prod
+/// falls back to the lease wait), prod on_lease_lost (`stop prod "lease lost"`), dr activate
+/// (`start dr`, on dr, timeout 10s, 1 retry), dr verify (probe of dr's checks).
+pub fn failover_spec(apps: &Apps) -> String {
+    let script = apps.script();
+    let script = script.display();
+    let head = failover_spec_head(apps);
+    format!(
+        r#"{head}
   [[service.runbook.prod.fence]]
   kind = "exec"
   run_on = "prod"

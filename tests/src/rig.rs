@@ -82,6 +82,21 @@ impl Rig {
         }
     }
 
+    /// Fails if drover ran any runbook step (a ledger line not written by the harness) before
+    /// `ms`: a failover must be caused by the outage, not by anything earlier.
+    pub fn no_step_before(&mut self, ms: u64, what: &str) {
+        let early: Vec<String> = self
+            .apps
+            .ledger()
+            .into_iter()
+            .filter(|l| l.by != "harness" && l.unix_ms < ms)
+            .map(|l| l.raw)
+            .collect();
+        if !early.is_empty() {
+            self.fail(format!("drover ran runbook steps before {what} (at {ms} ms): {early:?}"));
+        }
+    }
+
     /// The `services[]` entry of the service in `droverctl status --json`.
     pub fn service(&mut self) -> Result<Value, String> {
         let s = self.ctl_json(&["status"])?;

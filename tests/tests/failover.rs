@@ -42,21 +42,6 @@ fn rig(test: &str) -> Rig {
     Rig::new(c, apps)
 }
 
-/// Fails if drover ran any runbook step (a ledger line not written by the harness) before
-/// `ms`: the failover must be caused by the outage, not by anything earlier.
-fn no_step_before(r: &mut Rig, ms: u64, what: &str) {
-    let early: Vec<String> = r
-        .apps
-        .ledger()
-        .into_iter()
-        .filter(|l| l.by != "harness" && l.unix_ms < ms)
-        .map(|l| l.raw)
-        .collect();
-    if !early.is_empty() {
-        r.fail(format!("drover ran runbook steps before {what} (at {ms} ms): {early:?}"));
-    }
-}
-
 /// `GET /v1/services/webshop/active` answers 200 on the nodes of `site` and 503 on every
 /// other node (the witness included).
 fn expect_active_on(r: &mut Rig, site: &str) {
@@ -98,7 +83,7 @@ fn app_stops_then_failover() {
         outage.elapsed().as_secs_f64()
     );
 
-    no_step_before(&mut r, outage_ms, "the prod application was killed");
+    r.no_step_before(outage_ms, "the prod application was killed");
     // The ledger: prod fenced at epoch 2 by a prod node, then dr started at epoch 2 by a dr
     // node; no dr start at all before the fence (one clock: this machine's).
     let ledger = r.apps.ledger();
@@ -275,7 +260,7 @@ fn leader_killed_mid_workflow() {
     r.c.kill_9(leader);
 
     r.wait_failed_over_to_dr(FAILOVER_TIMEOUT + Duration::from_secs(10));
-    no_step_before(&mut r, outage_ms, "the prod application was killed");
+    r.no_step_before(outage_ms, "the prod application was killed");
     match r.apps.healthz("dr") {
         Ok((200, _)) => {}
         other => r.fail(format!("GET /healthz of the dr application: {other:?}")),
