@@ -2,8 +2,8 @@
 //! temporary config and killed on drop (also when the test panics):
 //!
 //! ```text
-//!   Knot     knotd serving one zone, updatable with the TSIG key TSIG_KEY; read back with kdig
-//!   Bind     named (BIND 9) serving the same kind of zone with the same keys
+//!   DnsServer  knotd (Knot) or named (BIND 9) serving one zone, updatable with the TSIG key
+//!              TSIG_KEY; read back with kdig
 //!   Haproxy  haproxy -db: one frontend, one backend `app` over the servers the test names,
 //!            admin sockets (UNIX and TCP) and a user-level one
 //! ```
@@ -34,47 +34,8 @@ pub const OUTSIDER_SECRET: &str = "b3V0c2lkZXIta2V5LTAxMjM0NTY3ODlhYmNkZWZnaGk="
 /// How long a server gets to answer after it is started.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// An authoritative DNS server a test started: what the `dns` tests need of Knot and BIND
-/// alike.
-pub trait DnsServer {
-    /// `127.0.0.1:<port>`, for a step's `server`.
-    fn server(&self) -> String;
-    /// The server's log so far.
-    fn log(&self) -> String;
-    /// The directory of the server's files.
-    fn dir(&self) -> &Path;
-    /// kdig, pointed at the server.
-    fn kdig(&self) -> &Kdig;
-
-    /// A file holding `secret`, for a step's `tsig.secret_file`.
-    fn secret_file(&self, name: &str, secret: &str) -> String {
-        let path = self.dir().join(name);
-        fs::write(&path, format!("{secret}\n")).expect("write a secret file");
-        path.to_string_lossy().into_owned()
-    }
-
-    /// The key the server lets update the zone, its secret in a file.
-    fn key(&self) -> Tsig {
-        Tsig {
-            name: TSIG_KEY.into(),
-            algorithm: "hmac-sha256".into(),
-            secret_file: self.secret_file("drover.key", TSIG_SECRET),
-        }
-    }
-
-    /// What a resolver gets for `name type` (kdig +short, over TCP), one value a line.
-    fn dig(&self, name: &str, rtype: &str) -> Vec<String> {
-        self.kdig().query(name, rtype)
-    }
-
-    /// The zone's SOA serial, or `None` while the server does not answer.
-    fn soa_serial(&self) -> Option<u32> {
-        self.kdig().soa_serial()
-    }
-}
-
 /// kdig (knot-dnsutils) asking one server on loopback, over TCP.
-pub struct Kdig {
+struct Kdig {
     path: PathBuf,
     port: u16,
     zone: String,
@@ -82,7 +43,7 @@ pub struct Kdig {
 
 impl Kdig {
     /// What a resolver gets for `name type`, one value a line.
-    pub fn query(&self, name: &str, rtype: &str) -> Vec<String> {
+    fn query(&self, name: &str, rtype: &str) -> Vec<String> {
         let out = run_with_deadline(
             Command::new(&self.path)
                 .arg("@127.0.0.1")
@@ -98,7 +59,7 @@ impl Kdig {
     }
 
     /// The zone's SOA serial, or `None` while the server does not answer.
-    pub fn soa_serial(&self) -> Option<u32> {
+    fn soa_serial(&self) -> Option<u32> {
         let out =
             run_with_deadline(
                 Command::new(&self.path)
@@ -166,98 +127,50 @@ fn spawn_logged(program: &Path, args: &[&std::ffi::OsStr], dir: &Path, log: &str
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
 }
 
-/// A `knotd` serving one zone on a free loopback port (TCP and UDP).
-pub struct Knot {
+/// An authoritative DNS server a test started, Knot (`knotd`) or BIND 9 (`named`), serving one
+/// zone on a free loopback port (TCP and UDP) with the same keys: [`TSIG_KEY`] may update the
+/// zone's records and their `_drover.` companions, [`OUTSIDER_KEY`] may only transfer the zone.
+pub struct DnsServer {
     child: Child,
     dir: tempfile::TempDir,
     kdig: Kdig,
+    program: &'static str,
 }
 
-impl Knot {
+impl DnsServer {
     /// Starts knotd for `zone` (e.g. `drover.test.`) holding `records` (name relative to the
-    /// zone, type, value); the key [`TSIG_KEY`] may update those names and their `_drover.`
-    /// companions. `None` (after a skip message) when knotd or kdig is not installed.
-    pub fn start(test: &str, zone: &str, records: &[(&str, &str, &str)]) -> Option<Knot> {
+    /// zone, type, value). `None` (after a skip message) when knotd or kdig is not installed.
+    pub fn knot(test: &str, zone: &str, records: &[(&str, &str, &str)]) -> Option<DnsServer> {
         let knotd = crate::require_program(test, "knotd", "knot")?;
-        let kdig = crate::require_program(test, "kdig", "knot-dnsutils")?;
-        let dir = tempfile::Builder::new().prefix(&format!("{test}-")).tempdir().expect("temp dir");
-        let port = free_tcp_and_udp_port();
-        let root = dir.path().display();
         let owners: Vec<String> =
             update_owners(zone, records).into_iter().flat_map(|(a, b)| [a, b]).collect();
         let owners = owners.join(", ");
         // knotd 3.x runs as the user that starts it when the config sets no `user:`, so this
         // works as root and as anyone else. The zone file is never written back
         // (zonefile-sync: -1); updates live in the journal under `storage`.
-        let config = format!(
-            "server:\n  rundir: \"{root}\"\n  listen: 127.0.0.1@{port}\n\
-             log:\n  - target: stderr\n    any: info\n\
-             database:\n  storage: \"{root}\"\n\
-             key:\n  - id: {TSIG_KEY}\n    algorithm: hmac-sha256\n    secret: {TSIG_SECRET}\n\
-             \x20 - id: {OUTSIDER_KEY}\n    algorithm: hmac-sha256\n    secret: {OUTSIDER_SECRET}\n\
-             acl:\n  - id: drover_update\n    key: {TSIG_KEY}\n    action: update\n\
-             \x20   update-type: [A, AAAA, CNAME, TXT]\n\
-             \x20   update-owner: name\n    update-owner-match: equal\n\
-             \x20   update-owner-name: [{owners}]\n\
-             \x20 - id: outsider_transfer\n    key: {OUTSIDER_KEY}\n    action: transfer\n\
-             template:\n  - id: default\n    storage: \"{root}\"\n    zonefile-sync: -1\n\
-             zone:\n  - domain: {zone}\n    file: zone.txt\n    acl: [drover_update, outsider_transfer]\n"
-        );
-        fs::write(dir.path().join("knot.conf"), config).expect("write knot.conf");
-        fs::write(dir.path().join("zone.txt"), zone_file(zone, records)).expect("write the zone");
-        let conf = dir.path().join("knot.conf");
-        let mut child =
-            spawn_logged(&knotd, &["-c".as_ref(), conf.as_os_str()], dir.path(), "server.log");
-        let kdig = Kdig { path: kdig, port, zone: zone.to_string() };
-        let log = || fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-        kdig.wait_until_serving("knotd", &mut child, log);
-        Some(Knot { child, dir, kdig })
+        let config = |root: &str, port: u16| {
+            format!(
+                "server:\n  rundir: \"{root}\"\n  listen: 127.0.0.1@{port}\n\
+                 log:\n  - target: stderr\n    any: info\n\
+                 database:\n  storage: \"{root}\"\n\
+                 key:\n  - id: {TSIG_KEY}\n    algorithm: hmac-sha256\n    secret: {TSIG_SECRET}\n\
+                 \x20 - id: {OUTSIDER_KEY}\n    algorithm: hmac-sha256\n    secret: {OUTSIDER_SECRET}\n\
+                 acl:\n  - id: drover_update\n    key: {TSIG_KEY}\n    action: update\n\
+                 \x20   update-type: [A, AAAA, CNAME, TXT]\n\
+                 \x20   update-owner: name\n    update-owner-match: equal\n\
+                 \x20   update-owner-name: [{owners}]\n\
+                 \x20 - id: outsider_transfer\n    key: {OUTSIDER_KEY}\n    action: transfer\n\
+                 template:\n  - id: default\n    storage: \"{root}\"\n    zonefile-sync: -1\n\
+                 zone:\n  - domain: {zone}\n    file: zone.txt\n    acl: [drover_update, outsider_transfer]\n"
+            )
+        };
+        DnsServer::launch(test, "knotd", &knotd, &["-c"], config, zone, records)
     }
-}
 
-impl DnsServer for Knot {
-    fn server(&self) -> String {
-        format!("127.0.0.1:{}", self.kdig.port)
-    }
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-    fn kdig(&self) -> &Kdig {
-        &self.kdig
-    }
-}
-
-impl Drop for Knot {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("knotd log:\n{}", self.log());
-        }
-    }
-}
-
-/// BIND 9's `named` serving one zone on a free loopback port (TCP and UDP), with the same keys
-/// as [`Knot`]: [`TSIG_KEY`] may update the records' names (`update-policy`), [`OUTSIDER_KEY`]
-/// may only transfer the zone.
-pub struct Bind {
-    child: Child,
-    dir: tempfile::TempDir,
-    kdig: Kdig,
-}
-
-impl Bind {
     /// Starts `named -g` for `zone` holding `records`; `None` (after a skip message) when named
     /// or kdig is not installed.
-    pub fn start(test: &str, zone: &str, records: &[(&str, &str, &str)]) -> Option<Bind> {
+    pub fn bind(test: &str, zone: &str, records: &[(&str, &str, &str)]) -> Option<DnsServer> {
         let named = crate::require_program(test, "named", "bind9")?;
-        let kdig = crate::require_program(test, "kdig", "knot-dnsutils")?;
-        let dir = tempfile::Builder::new().prefix(&format!("{test}-")).tempdir().expect("temp dir");
-        let port = free_tcp_and_udp_port();
-        let root = dir.path().display();
         let mut grants = String::new();
         for (name, companion) in update_owners(zone, records) {
             grants += &format!(
@@ -266,56 +179,94 @@ impl Bind {
         }
         // named runs as the user that starts it without -u, so this works as root and as
         // anyone else; the zone file's directory must be writable (BIND keeps a journal).
-        let config = format!(
-            "options {{\n    directory \"{root}\";\n    pid-file \"{root}/named.pid\";\n\
-             \x20   session-keyfile \"{root}/session.key\";\n\
-             \x20   managed-keys-directory \"{root}\";\n\
-             \x20   listen-on port {port} {{ 127.0.0.1; }};\n    listen-on-v6 {{ none; }};\n\
-             \x20   recursion no;\n    notify no;\n    dnssec-validation no;\n}};\n\
-             controls {{ }};\n\
-             key \"{TSIG_KEY}\" {{ algorithm hmac-sha256; secret \"{TSIG_SECRET}\"; }};\n\
-             key \"{OUTSIDER_KEY}\" {{ algorithm hmac-sha256; secret \"{OUTSIDER_SECRET}\"; }};\n\
-             zone \"{zone}\" {{\n    type primary;\n    file \"{root}/zone.db\";\n\
-             \x20   allow-transfer {{ key {OUTSIDER_KEY}; }};\n\
-             \x20   update-policy {{\n{grants}    }};\n}};\n"
-        );
-        fs::write(dir.path().join("named.conf"), config).expect("write named.conf");
-        fs::write(dir.path().join("zone.db"), zone_file(zone, records)).expect("write the zone");
-        let conf = dir.path().join("named.conf");
-        let mut child = spawn_logged(
-            &named,
-            &["-g".as_ref(), "-c".as_ref(), conf.as_os_str()],
-            dir.path(),
-            "server.log",
-        );
+        let config = |root: &str, port: u16| {
+            format!(
+                "options {{\n    directory \"{root}\";\n    pid-file \"{root}/named.pid\";\n\
+                 \x20   session-keyfile \"{root}/session.key\";\n\
+                 \x20   managed-keys-directory \"{root}\";\n\
+                 \x20   listen-on port {port} {{ 127.0.0.1; }};\n    listen-on-v6 {{ none; }};\n\
+                 \x20   recursion no;\n    notify no;\n    dnssec-validation no;\n}};\n\
+                 controls {{ }};\n\
+                 key \"{TSIG_KEY}\" {{ algorithm hmac-sha256; secret \"{TSIG_SECRET}\"; }};\n\
+                 key \"{OUTSIDER_KEY}\" {{ algorithm hmac-sha256; secret \"{OUTSIDER_SECRET}\"; }};\n\
+                 zone \"{zone}\" {{\n    type primary;\n    file \"{root}/zone.txt\";\n\
+                 \x20   allow-transfer {{ key {OUTSIDER_KEY}; }};\n\
+                 \x20   update-policy {{\n{grants}    }};\n}};\n"
+            )
+        };
+        DnsServer::launch(test, "named", &named, &["-g", "-c"], config, zone, records)
+    }
+
+    /// Writes `config(dir, port)` and the zone file into a fresh temp dir, starts `program`
+    /// with `args` and the config's path, and waits until it serves the zone.
+    fn launch(
+        test: &str,
+        name: &'static str,
+        program: &Path,
+        args: &[&str],
+        config: impl Fn(&str, u16) -> String,
+        zone: &str,
+        records: &[(&str, &str, &str)],
+    ) -> Option<DnsServer> {
+        let kdig = crate::require_program(test, "kdig", "knot-dnsutils")?;
+        let dir = tempfile::Builder::new().prefix(&format!("{test}-")).tempdir().expect("temp dir");
+        let port = free_tcp_and_udp_port();
+        let conf = dir.path().join("server.conf");
+        fs::write(&conf, config(&dir.path().display().to_string(), port))
+            .expect("write the server's config");
+        fs::write(dir.path().join("zone.txt"), zone_file(zone, records)).expect("write the zone");
+        let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        args.push(conf.as_os_str());
+        let mut child = spawn_logged(program, &args, dir.path(), "server.log");
         let kdig = Kdig { path: kdig, port, zone: zone.to_string() };
         let log = || fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-        kdig.wait_until_serving("named", &mut child, log);
-        Some(Bind { child, dir, kdig })
+        kdig.wait_until_serving(name, &mut child, log);
+        Some(DnsServer { child, dir, kdig, program: name })
     }
-}
 
-impl DnsServer for Bind {
-    fn server(&self) -> String {
+    /// `127.0.0.1:<port>`, for a step's `server`.
+    pub fn server(&self) -> String {
         format!("127.0.0.1:{}", self.kdig.port)
     }
-    fn log(&self) -> String {
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
-    fn dir(&self) -> &Path {
-        self.dir.path()
+
+    /// A file holding `secret`, for a step's `tsig.secret_file`.
+    pub fn secret_file(&self, name: &str, secret: &str) -> String {
+        let path = self.dir.path().join(name);
+        fs::write(&path, format!("{secret}\n")).expect("write a secret file");
+        path.to_string_lossy().into_owned()
     }
-    fn kdig(&self) -> &Kdig {
-        &self.kdig
+
+    /// The key the server lets update the zone, its secret in a file.
+    pub fn key(&self) -> Tsig {
+        Tsig {
+            name: TSIG_KEY.into(),
+            algorithm: "hmac-sha256".into(),
+            secret_file: self.secret_file("drover.key", TSIG_SECRET),
+        }
+    }
+
+    /// What a resolver gets for `name type` (kdig +short, over TCP), one value a line.
+    pub fn dig(&self, name: &str, rtype: &str) -> Vec<String> {
+        self.kdig.query(name, rtype)
+    }
+
+    /// The zone's SOA serial, or `None` while the server does not answer.
+    pub fn soa_serial(&self) -> Option<u32> {
+        self.kdig.soa_serial()
     }
 }
 
-impl Drop for Bind {
+impl Drop for DnsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if thread::panicking() {
-            eprintln!("named log:\n{}", self.log());
+            eprintln!("{} log:\n{}", self.program, self.log());
         }
     }
 }

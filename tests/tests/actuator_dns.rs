@@ -38,7 +38,7 @@ macro_rules! on_both_servers {
             $(#[tokio::test]
             async fn $case() {
                 let test = concat!("knot_", stringify!($case));
-                let Some(s) = drover_tests::servers::Knot::start(test, super::ZONE, &super::RECORDS)
+                let Some(s) = drover_tests::servers::DnsServer::knot(test, super::ZONE, &super::RECORDS)
                 else { return };
                 super::$case(&s, super::Flavor::Knot).await;
             })*
@@ -47,7 +47,7 @@ macro_rules! on_both_servers {
             $(#[tokio::test]
             async fn $case() {
                 let test = concat!("bind_", stringify!($case));
-                let Some(s) = drover_tests::servers::Bind::start(test, super::ZONE, &super::RECORDS)
+                let Some(s) = drover_tests::servers::DnsServer::bind(test, super::ZONE, &super::RECORDS)
                 else { return };
                 super::$case(&s, super::Flavor::Bind).await;
             })*
@@ -64,7 +64,7 @@ on_both_servers!(
 
 /// A `dns` step setting `records` (name relative to the zone, type, value) with `key`.
 fn dns_step(
-    server: &dyn DnsServer,
+    server: &DnsServer,
     records: &[(&str, DnsRecordType, &str)],
     tsig: Option<Tsig>,
 ) -> DnsStep {
@@ -127,10 +127,7 @@ fn refused_reason(result: Result<StepOutput, StepError>) -> String {
     }
 }
 
-async fn failover_moves_the_records_to_site_b_and_records_the_epoch(
-    srv: &dyn DnsServer,
-    _: Flavor,
-) {
+async fn failover_moves_the_records_to_site_b_and_records_the_epoch(srv: &DnsServer, _: Flavor) {
     let key = Some(srv.key());
     let serial_before = srv.soa_serial().expect("serial");
     assert_eq!(srv.dig(&format!("www.{ZONE}"), "A"), vec![SITE_A]);
@@ -171,7 +168,7 @@ async fn failover_moves_the_records_to_site_b_and_records_the_epoch(
     assert_eq!(srv.dig(&format!("www.{ZONE}"), "A"), vec![SITE_B]);
 }
 
-async fn a_wrong_or_unauthorised_key_is_refused_by_the_server(srv: &dyn DnsServer, flavor: Flavor) {
+async fn a_wrong_or_unauthorised_key_is_refused_by_the_server(srv: &DnsServer, flavor: Flavor) {
     let wrong = Tsig { secret_file: srv.secret_file("wrong.key", OUTSIDER_SECRET), ..srv.key() };
     let step = dns_step(srv, &[("www", DnsRecordType::A, SITE_B)], Some(wrong));
     // The signed read is the first to be rejected; the update is rejected the same way.
@@ -245,7 +242,7 @@ async fn a_wrong_or_unauthorised_key_is_refused_by_the_server(srv: &dyn DnsServe
     assert!(srv.dig(&companion("www"), "TXT").is_empty());
 }
 
-async fn a_stale_epoch_is_refused_by_the_check_and_by_the_server(srv: &dyn DnsServer, _: Flavor) {
+async fn a_stale_epoch_is_refused_by_the_check_and_by_the_server(srv: &DnsServer, _: Flavor) {
     let key = Some(srv.key());
     let newer = dns_step(srv, &[("www", DnsRecordType::A, SITE_B)], key.clone());
     run_step(&newer, 3).await.expect("epoch 3 update");
@@ -284,7 +281,7 @@ async fn a_stale_epoch_is_refused_by_the_check_and_by_the_server(srv: &dyn DnsSe
     assert_eq!(srv.dig(&companion("www"), "TXT"), vec!["4"]);
 }
 
-async fn udp_works_and_an_unreachable_server_is_reported(srv: &dyn DnsServer, _: Flavor) {
+async fn udp_works_and_an_unreachable_server_is_reported(srv: &DnsServer, _: Flavor) {
     let mut step = dns_step(srv, &[("www", DnsRecordType::A, SITE_B)], Some(srv.key()));
     step.protocol = DnsProtocol::Udp;
     let out = run_step(&step, 1).await.expect("update over UDP");

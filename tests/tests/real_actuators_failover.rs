@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use drover_tests::servers::{Backend, DnsServer, Haproxy, Knot};
+use drover_tests::servers::{Backend, DnsServer, Haproxy};
 use drover_tests::{
     failover_spec_head, require_program, steps, unix_ms, AppSite, Apps, Cluster, Rig,
     LEADER_TIMEOUT,
@@ -42,7 +42,7 @@ const REQUESTS: usize = 8;
 fn spec(
     apps: &Apps,
     haproxy: &Haproxy,
-    knot: &Knot,
+    knot: &DnsServer,
     power_pointer: &Path,
     dr: SocketAddr,
 ) -> String {
@@ -133,7 +133,7 @@ fn failover_fences_with_an_agent_moves_haproxy_and_dns() {
         AppSite { site: "dr".into(), addr: dr, netns: None },
     ];
     let apps = Apps::new(&c.root().join("apps"), &c.bins().node, sites, None);
-    let Some(knot) = Knot::start(test, ZONE, &[("www", "A", &prod.ip().to_string())]) else {
+    let Some(knot) = DnsServer::knot(test, ZONE, &[("www", "A", &prod.ip().to_string())]) else {
         return;
     };
     let haproxy = Haproxy::start(
