@@ -141,7 +141,7 @@ impl Checker {
     }
 
     fn violate(&mut self, world: &mut World, invariant: &'static str, detail: String) {
-        world.trace.event(world.now, "FAIL", &format!("{invariant}: {detail}"));
+        world.event("FAIL", &format!("{invariant}: {detail}"));
         self.violations.push(Violation { invariant, at: world.now, detail });
     }
 

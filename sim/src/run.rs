@@ -214,7 +214,7 @@ fn simulate(cfg: &RunConfig) -> Outcome {
         if let Err(e) = sim.step() {
             let mut w = lock(&world);
             let at = w.now;
-            w.trace.event(at, "FAIL", &format!("node software stopped: {e}"));
+            w.event("FAIL", &format!("node software stopped: {e}"));
             checker.violations.push(Violation {
                 invariant: "PANIC",
                 at,
@@ -296,18 +296,14 @@ fn crash(
         disk.crash();
     }
     crashed.push(host.to_string());
-    let mut w = lock(world);
-    let at = w.now;
-    w.trace.event(at, "fault", &format!("{host} crashed"));
+    lock(world).event("fault", &format!("{host} crashed"));
 }
 
 fn restart(sim: &mut turmoil::Sim<'_>, world: &Shared, crashed: &mut Vec<String>, host: &str) {
     if let Some(i) = crashed.iter().position(|h| h == host) {
         crashed.remove(i);
         sim.bounce(host);
-        let mut w = lock(world);
-        let at = w.now;
-        w.trace.event(at, "fault", &format!("{host} restarted"));
+        lock(world).event("fault", &format!("{host} restarted"));
     }
 }
 
@@ -321,11 +317,7 @@ fn apply(
     leader_crash: &mut Option<Duration>,
     fault: Fault,
 ) {
-    {
-        let mut w = lock(world);
-        let at = w.now;
-        w.trace.event(at, "fault", &format!("{fault:?}"));
-    }
+    lock(world).event("fault", &format!("{fault:?}"));
     let site_hosts = |site: &str| -> Vec<String> {
         lock(world).topology.site_nodes(site).map(|n| n.host.clone()).collect()
     };

@@ -259,7 +259,12 @@ impl World {
             action.epoch,
             if action.self_fence { " [self-fence]" } else { "" }
         );
-        self.trace.event(self.now, "act", &line);
+        self.event("act", &line);
         self.ledger.push(action);
+    }
+
+    /// Adds an event to the trace at the current simulated time.
+    pub fn event(&mut self, kind: &str, what: &str) {
+        self.trace.event(self.now, kind, what);
     }
 }
