@@ -976,11 +976,7 @@ fn advance(
         // Wait by the longer of the revoked lease's own terms and the current policy's: the
         // holder keeps to the terms it was granted, whatever the spec says now.
         let terms = wf.revoked_terms.max(LeaseTerms::of(s.policy));
-        let lease = LeaseParams {
-            lease_ttl: Duration::from_millis(terms.lease_ttl_ms),
-            max_clock_drift: terms.max_clock_drift,
-            self_fence_grace: Duration::from_millis(terms.self_fence_grace_ms),
-        };
+        let lease = LeaseParams::from(terms);
         if let Err(err) = lease.validate() {
             let msg = format!("the lease wait of {name} cannot end: {err}");
             return sink.alert(name, "lease_params", msg);

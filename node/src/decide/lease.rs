@@ -75,6 +75,17 @@ pub struct LeaseParams {
     pub self_fence_grace: Duration,
 }
 
+impl From<crate::consensus::state::control::LeaseTerms> for LeaseParams {
+    /// The timing of a lease granted under `terms` (as the replicated state records them).
+    fn from(terms: crate::consensus::state::control::LeaseTerms) -> LeaseParams {
+        LeaseParams {
+            lease_ttl: Duration::from_millis(terms.lease_ttl_ms),
+            max_clock_drift: terms.max_clock_drift,
+            self_fence_grace: Duration::from_millis(terms.self_fence_grace_ms),
+        }
+    }
+}
+
 impl Default for LeaseParams {
     fn default() -> LeaseParams {
         LeaseParams {

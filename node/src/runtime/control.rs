@@ -766,12 +766,7 @@ async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
         let Some(leases) = leases else { continue };
         let mut believed = BTreeMap::new();
         for (service, terms, ours) in &leases {
-            let (service, ours) = (service, *ours);
-            let params = LeaseParams {
-                lease_ttl: Duration::from_millis(terms.lease_ttl_ms),
-                max_clock_drift: terms.max_clock_drift,
-                self_fence_grace: Duration::from_millis(terms.self_fence_grace_ms),
-            };
+            let (params, ours) = (LeaseParams::from(*terms), *ours);
             let already_fenced =
                 ctx.node.fenced.lock().map(|f| f.get(service).copied()).unwrap_or(None);
             match ours {
