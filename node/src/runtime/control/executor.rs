@@ -1,0 +1,104 @@
+//! The executor side of a step: a controller of the step's site runs it for the leader, only
+//! as committed in its own replicated state (same epoch, workflow, step and attempt).
+
+use std::time::Duration;
+
+use drover_proto::v1 as pb;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{ControlCtx, EPOCH_CATCH_UP};
+use crate::actuate::StepContext;
+use crate::consensus::state::control::StepStatus;
+use crate::spec::Step;
+
+pub(super) async fn run_local(
+    ctx: &ControlCtx,
+    step: &Step,
+    sc: &StepContext,
+) -> Result<String, String> {
+    match ctx.actuator.run(step, sc).await {
+        Ok(out) => Ok(out.detail),
+        Err(e) => {
+            let tail = e.output_tail().lines().last().unwrap_or("").to_string();
+            if tail.is_empty() {
+                Err(e.to_string())
+            } else {
+                Err(format!("{e} (last output: {tail})"))
+            }
+        }
+    }
+}
+
+/// Runs step `r` for the leader if this node's own state shows that very step running (same
+/// epoch, workflow and attempt), waiting up to `EPOCH_CATCH_UP` for its state to get there.
+/// The step run is the committed one, never what the request carries.
+pub(super) async fn run_for_leader(ctx: &ControlCtx, r: pb::RunStepRequest) -> pb::RunStepReply {
+    // The executor checks the step against its own replicated state: same epoch (the
+    // fencing token), same workflow, and that very step started with that attempt. It
+    // runs the step as committed there, never what the request carries. It waits briefly
+    // for its state to catch up with the leader's.
+    let deadline = Instant::now() + EPOCH_CATCH_UP;
+    let step = loop {
+        let seen = ctx.node.state.read(|s| {
+            let st = s.control.services.get(&r.service)?;
+            let wf = st.workflow.as_ref().filter(|w| w.id == r.workflow_id);
+            let step = wf.and_then(|w| w.steps.get(r.step as usize));
+            Some((st.epoch, step.map(|x| (x.status.clone(), x.action.clone()))))
+        });
+        let verdict = match seen {
+                Some((epoch, _)) if epoch > r.epoch => Err(format!(
+                    "refused: step of epoch {} but {} is at epoch {epoch} here; a newer failover superseded it",
+                    r.epoch, r.service
+                )),
+                Some((epoch, Some((StepStatus::Running { attempt, .. }, Some(action)))))
+                    if epoch == r.epoch && attempt == r.attempt =>
+                {
+                    Ok(action)
+                }
+                other => {
+                    if Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(match other {
+                        None => format!("refused: no service {} here", r.service),
+                        Some((epoch, _)) if epoch < r.epoch => format!(
+                            "refused: this node has not caught up to epoch {} of {} (it is at {epoch}); try another node",
+                            r.epoch, r.service
+                        ),
+                        _ => format!(
+                            "refused: step {} attempt {} of workflow {} is not running in this node's state",
+                            r.step + 1,
+                            r.attempt,
+                            r.workflow_id
+                        ),
+                    })
+                }
+            };
+        match verdict {
+            Ok(step) => break step,
+            Err(detail) => {
+                warn!(service = %r.service, "{detail}");
+                return pb::RunStepReply { ok: false, detail, output_tail: String::new() };
+            }
+        }
+    };
+    let sc = StepContext {
+        service: r.service.clone(),
+        epoch: r.epoch,
+        from_site: r.from_site,
+        to_site: r.to_site,
+        recovery_point: None,
+        test: false,
+    };
+    info!(service = %r.service, epoch = r.epoch, step = r.step + 1, attempt = r.attempt, kind = step.action.kind(), "running step for the leader");
+    match ctx.actuator.run(&step, &sc).await {
+        Ok(out) => pb::RunStepReply { ok: true, detail: out.detail, output_tail: out.output_tail },
+        Err(e) => pb::RunStepReply {
+            ok: false,
+            detail: e.to_string(),
+            output_tail: e.output_tail().to_string(),
+        },
+    }
+}

@@ -1,0 +1,325 @@
+//! Leases, holder side: each controller of the site holding a service's lease renews it
+//! (measured from the send), through relays when the leader does not answer, and runs the
+//! site's on_lease_lost runbook when it cannot. Leader side: `confirm_lease`, a linearizable
+//! read and the holder check.
+
+use std::collections::BTreeMap;
+
+use drover_proto::v1 as pb;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use super::executor::run_local;
+use super::{leader_of, ControlCtx, LEASE_TICK, RELAYS_TRIED, RPC_TIMEOUT};
+use crate::actuate::StepContext;
+use crate::api::NodeHandle;
+use crate::consensus::state::control::LeaseTerms;
+use crate::consensus::types::{Member, NodeId};
+use crate::decide::{HolderLease, LeaseParams, MonoTime};
+use crate::spec::{ClusterSpec, Phase};
+
+/// Per service: this node's view of its site's lease.
+struct Holding {
+    epoch: u64,
+    lease: HolderLease,
+    params: LeaseParams,
+    started: MonoTime,
+    last_sent: Option<MonoTime>,
+}
+
+/// Keeps the lease of this node's site while it is active, and self-fences when it cannot.
+pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
+    let mut holdings: BTreeMap<String, Holding> = BTreeMap::new();
+    let (tx, mut rx) = mpsc::channel::<(String, u64, MonoTime, Renewal)>(64);
+    let mut tick = tokio::time::interval(LEASE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some((service, epoch, sent_at, renewal)) = rx.recv() => {
+                if let Some(h) = holdings.get_mut(&service).filter(|h| h.epoch == epoch) {
+                    match renewal {
+                        Renewal::Granted => {
+                            h.lease.on_renew_confirmed(sent_at);
+                        }
+                        // The leader read the committed state and says this site does not
+                        // hold the lease: stop serving now (DESIGN.md 6).
+                        Renewal::Refused(why) => {
+                            spawn_self_fence(&ctx, &service, epoch, format!("the cluster refused the lease renewal: {why}"));
+                        }
+                        Renewal::Unknown => {}
+                    }
+                }
+                continue;
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = ctx.clock.now();
+        // Per service: the lease terms in force and the epoch of this site's lease, if it
+        // holds one (read in place: this runs every LEASE_TICK on every node).
+        let leases = ctx.node.state.read(|s| {
+            let spec = &s.control.spec.as_ref()?.spec;
+            let leases: Vec<(String, LeaseTerms, Option<u64>)> = s
+                .control
+                .services
+                .iter()
+                .filter_map(|(service, state)| {
+                    let policy = spec.policy_for(service)?;
+                    // A holder keeps to the terms its lease was granted under (the leader
+                    // waits by at least those), whatever the spec says now.
+                    let terms =
+                        state.lease.as_ref().map(|l| l.terms).filter(|t| t.lease_ttl_ms > 0);
+                    let terms = terms.unwrap_or_else(|| LeaseTerms::of(&policy));
+                    let ours = state.lease.as_ref().filter(|l| l.site == ctx.site).map(|l| l.epoch);
+                    Some((service.clone(), terms, ours))
+                })
+                .collect();
+            Some(leases)
+        });
+        let Some(leases) = leases else { continue };
+        let mut believed = BTreeMap::new();
+        for (service, terms, ours) in &leases {
+            let (params, ours) = (LeaseParams::from(*terms), *ours);
+            let already_fenced =
+                ctx.node.fenced.lock().map(|f| f.get(service).copied()).unwrap_or(None);
+            match ours {
+                Some(epoch) => {
+                    let h = holdings.entry(service.clone()).or_insert_with(|| Holding {
+                        epoch,
+                        lease: HolderLease::new(&params),
+                        params,
+                        started: now,
+                        last_sent: None,
+                    });
+                    if h.epoch != epoch {
+                        *h = Holding {
+                            epoch,
+                            lease: HolderLease::new(&params),
+                            params,
+                            started: now,
+                            last_sent: None,
+                        };
+                    }
+                    if already_fenced == Some(epoch) {
+                        continue;
+                    }
+                    let renew_every = params.lease_ttl / 3;
+                    if h.last_sent.is_none_or(|t| now.saturating_duration_since(t) >= renew_every) {
+                        h.last_sent = Some(now);
+                        h.lease.on_renew_sent(now);
+                        tokio::spawn(renew(ctx.clone(), service.clone(), epoch, now, tx.clone()));
+                    }
+                    // Checked one tick early, so the loop's period never makes a node fence late.
+                    let soon = now.saturating_add(LEASE_TICK);
+                    let expired = match h.lease.expiry() {
+                        Some(_) => h.lease.expired(soon),
+                        None => soon.saturating_duration_since(h.started) >= h.params.lease_ttl,
+                    };
+                    if expired {
+                        let why = "the lease could not be renewed for lease_ttl".to_string();
+                        spawn_self_fence(&ctx, service, epoch, why);
+                    } else if h.lease.expiry().is_some() {
+                        // Only a renewal the cluster confirmed makes the site believe it holds
+                        // the lease: a node restarted on stale state must not serve on it.
+                        believed.insert(service.clone(), epoch);
+                    }
+                }
+                None => {
+                    // This site held it (renewed or not) and the cluster took it away: stop
+                    // serving at once.
+                    if let Some(h) = holdings.remove(service) {
+                        if already_fenced != Some(h.epoch) {
+                            let why = "the cluster revoked this site's lease".to_string();
+                            spawn_self_fence(&ctx, service, h.epoch, why);
+                        }
+                    }
+                }
+            }
+        }
+        if let Ok(mut leases) = ctx.node.leases.lock() {
+            *leases = believed;
+        }
+    }
+}
+
+/// Asks the leader (or this node, when leading) to confirm the lease.
+async fn renew(
+    ctx: ControlCtx,
+    service: String,
+    epoch: u64,
+    sent_at: MonoTime,
+    tx: mpsc::Sender<(String, u64, MonoTime, Renewal)>,
+) {
+    let req = pb::RenewLeaseRequest {
+        node_id: ctx.node.id,
+        service: service.clone(),
+        site: ctx.site.clone(),
+        epoch,
+        relayed: false,
+    };
+    let mut renewal = match leader_of(&ctx.node) {
+        Some((leader, _)) if leader == ctx.node.id => {
+            match confirm_lease(&ctx.node, ctx.node.id, &service, &ctx.site, epoch).await {
+                Ok(()) => Renewal::Granted,
+                Err(Refusal::NotHeld(why)) => Renewal::Refused(why),
+                Err(Refusal::NotConfirmed(_)) => Renewal::Unknown,
+            }
+        }
+        Some((leader, Some(member))) => ask_renewal(&ctx, leader, &member, req.clone()).await,
+        _ => Renewal::Unknown,
+    };
+    // The leader did not answer: this node may be cut from it (a witness leading, unreachable
+    // from this site only) while other members still reach it. Ask them to pass the renewal
+    // on. The lease still counts from `sent_at`, so the extra hop only makes it shorter.
+    if matches!(renewal, Renewal::Unknown) {
+        let leader = leader_of(&ctx.node).map(|(id, _)| id);
+        let members: Vec<(NodeId, Member)> = {
+            let metrics = ctx.node.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config.membership().nodes().map(|(i, n)| (*i, n.clone())).collect()
+        };
+        // Members of other sites first: this site's peers are likely behind the same cut.
+        let mut relays: Vec<(NodeId, Member)> = members
+            .into_iter()
+            .filter(|(id, _)| *id != ctx.node.id && Some(*id) != leader)
+            .collect();
+        relays.sort_by_key(|(id, m)| (m.site == ctx.site, *id));
+        for (id, member) in relays.into_iter().take(RELAYS_TRIED) {
+            renewal = ask_renewal(&ctx, id, &member, req.clone()).await;
+            if !matches!(renewal, Renewal::Unknown) {
+                break;
+            }
+        }
+    }
+    let _ = tx.send((service, epoch, sent_at, renewal)).await;
+}
+
+/// Sends a renewal to `member` (the leader, or a member relaying to it).
+pub(super) async fn ask_renewal(
+    ctx: &ControlCtx,
+    id: NodeId,
+    member: &Member,
+    req: pb::RenewLeaseRequest,
+) -> Renewal {
+    let Ok(mut client) = ctx.peers.control(id, member) else { return Renewal::Unknown };
+    // A relay needs time for its own hop to the leader.
+    let limit = if req.relayed { RPC_TIMEOUT } else { RPC_TIMEOUT * 2 };
+    match tokio::time::timeout(limit, client.renew_lease(req)).await {
+        Ok(Ok(r)) if r.get_ref().granted => Renewal::Granted,
+        Ok(Ok(r)) if r.get_ref().held_elsewhere => Renewal::Refused(r.into_inner().reason),
+        _ => Renewal::Unknown,
+    }
+}
+
+/// What the leader answered to a lease renewal.
+pub(super) enum Renewal {
+    Granted,
+    /// The committed state says this site does not hold the lease at that epoch.
+    Refused(String),
+    /// No answer, no leader, or the leader could not confirm its leadership.
+    Unknown,
+}
+
+/// Why the leader did not confirm a lease.
+pub(super) enum Refusal {
+    /// Authoritative: the linearizable read says the lease is not the requester's.
+    NotHeld(String),
+    /// The read could not be confirmed (no quorum, leadership lost).
+    NotConfirmed(String),
+}
+
+/// On the leader: a linearizable read, then the lease check.
+pub(super) async fn confirm_lease(
+    node: &NodeHandle,
+    requester: NodeId,
+    service: &str,
+    site: &str,
+    epoch: u64,
+) -> Result<(), Refusal> {
+    match tokio::time::timeout(RPC_TIMEOUT, node.raft.ensure_linearizable()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(Refusal::NotConfirmed(format!("not confirmed: {e}"))),
+        Err(_) => return Err(Refusal::NotConfirmed("not confirmed in time".into())),
+    }
+    let member_site = node
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&requester)
+        .map(|m| m.site.clone());
+    if member_site.as_deref() != Some(site) {
+        return Err(Refusal::NotHeld(format!("node {requester} is not a member of site {site}")));
+    }
+    let holds = node.state.read(|s| {
+        s.control
+            .services
+            .get(service)
+            .and_then(|st| st.lease.clone())
+            .is_some_and(|l| l.site == site && l.epoch == epoch)
+    });
+    if holds {
+        Ok(())
+    } else {
+        Err(Refusal::NotHeld(format!(
+            "site {site} does not hold the lease of {service} at epoch {epoch}"
+        )))
+    }
+}
+
+/// Starts this site's on_lease_lost runbook in its own task (once per service and epoch), so
+/// one service's self-fencing never delays another's.
+fn spawn_self_fence(ctx: &ControlCtx, service: &str, epoch: u64, why: String) {
+    if let Ok(mut f) = ctx.node.fenced.lock() {
+        if f.get(service) == Some(&epoch) {
+            return;
+        }
+        f.insert(service.to_string(), epoch);
+    }
+    if let Ok(mut leases) = ctx.node.leases.lock() {
+        leases.remove(service);
+    }
+    let spec = ctx.node.state.read(|s| s.control.spec.as_ref().map(|v| v.spec.clone()));
+    let Some(spec) = spec else { return };
+    let (ctx, service) = (ctx.clone(), service.to_string());
+    tokio::spawn(async move { self_fence(&ctx, &spec, &service, epoch, &why).await });
+}
+
+/// Runs this site's on_lease_lost runbook locally: every step in order, each with its
+/// retries and backoff (the spec makes sure all of it fits in self_fence_grace).
+async fn self_fence(ctx: &ControlCtx, spec: &ClusterSpec, service: &str, epoch: u64, why: &str) {
+    error!(service, epoch, site = %ctx.site, "SELF-FENCING: {why}; running on_lease_lost");
+    let steps = spec
+        .service(service)
+        .map(|s| s.runbook(&ctx.site, Phase::OnLeaseLost).to_vec())
+        .unwrap_or_default();
+    let sc = StepContext {
+        service: service.to_string(),
+        epoch,
+        from_site: ctx.site.clone(),
+        to_site: String::new(),
+        recovery_point: None,
+        test: false,
+    };
+    for (i, step) in steps.iter().enumerate() {
+        for attempt in 1..=step.retries + 1 {
+            match run_local(ctx, step, &sc).await {
+                Ok(d) => {
+                    info!(service, step = i + 1, attempt, "on_lease_lost step done: {d}");
+                    break;
+                }
+                Err(e) if attempt <= step.retries => {
+                    warn!(service, step = i + 1, attempt, "on_lease_lost step failed, retrying: {e}");
+                    tokio::time::sleep(step.backoff).await;
+                }
+                Err(e) => error!(
+                    service,
+                    step = i + 1,
+                    attempt,
+                    "on_lease_lost step failed for good: {e}; this site may still be serving: stop it by hand"
+                ),
+            }
+        }
+    }
+}

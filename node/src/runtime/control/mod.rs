@@ -1,0 +1,264 @@
+//! The failover driver: wires the pure decision engine to Raft, probes, actuators and peers.
+//!
+//! ```text
+//!  every node:   Prober ──reports──▶ reporter loop ──gRPC ReportProbes──▶ leader
+//!  leader:       controller loop: Engine::tick(observation) ──▶ Propose  ──▶ Raft client_write
+//!                                                         ├──▶ RunStep ──▶ local actuator, or
+//!                                                         │                gRPC RunStep on a node of the step's site
+//!                                                         └──▶ RunVeto ──▶ hooks in order on the local actuator
+//!                                                                          ──▶ Event::VetoResult ──▶ Engine::veto_result
+//!  active site:  lease loop: RenewLease (linearizable read on the leader), measured from the
+//!                send; not renewed for lease_ttl, or revoked ──▶ run on_lease_lost locally
+//! ```
+//!
+//! The engine decides; this module only carries out its commands and feeds it what happened.
+//! Every channel is bounded and every remote call has a deadline.
+//!
+//! - `report.rs`   probe reports to the leader
+//! - `leader.rs`   the leader's loop: engine ticks, proposals, step dispatch, vetoes
+//! - `executor.rs` running a step on a node of its site (epoch, workflow and attempt checks)
+//! - `lease.rs`    the holder side: renewals, relays, expiry, self-fence; the leader's check
+//! - `service.rs`  the Control gRPC service: hands each call to the parts above
+
+mod executor;
+mod leader;
+mod lease;
+mod report;
+mod service;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_proto::v1 as pb;
+use drover_proto::v1::control_client::ControlClient;
+use drover_proto::v1::control_server::ControlServer;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tracing::info;
+
+use crate::actuate::Actuator;
+use crate::api::NodeHandle;
+use crate::consensus::network::{endpoint, Dialer};
+use crate::consensus::types::{Member, NodeId, Role};
+use crate::decide::MonoTime;
+use crate::probe::{ProbeLimits, ProbeSource, Prober};
+use crate::spec::ClusterSpec;
+use crate::tls::TlsMaterial;
+
+pub use service::ControlService;
+
+/// How often the leader's engine ticks.
+const TICK: Duration = Duration::from_millis(100);
+/// How often a node sends its probe results to the leader.
+const REPORT_EVERY: Duration = Duration::from_millis(500);
+/// Deadline of a report or lease RPC.
+const RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest an executor waits for its own state to reach a step's epoch.
+const EPOCH_CATCH_UP: Duration = Duration::from_secs(3);
+/// Period of the lease loop; expiry is checked one period early.
+const LEASE_TICK: Duration = Duration::from_millis(50);
+/// Members asked to relay a lease renewal the leader did not answer.
+const RELAYS_TRIED: usize = 2;
+/// Capacity of the channels into the controller loop.
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// What the failover driver needs; shared by its loops and its gRPC service.
+#[derive(Clone)]
+pub struct ControlCtx {
+    /// The node.
+    pub node: NodeHandle,
+    /// This node's site.
+    pub site: String,
+    /// Controller or witness.
+    pub role: Role,
+    /// Runs steps.
+    pub actuator: Arc<dyn Actuator>,
+    /// gRPC channels to peers.
+    pub peers: PeerChannels,
+    /// The clock lease and detection arithmetic is done in.
+    pub clock: LeaseClock,
+    /// Into the controller loop.
+    events: mpsc::Sender<Event>,
+}
+
+/// Something that happened, for the controller loop.
+enum Event {
+    Reports {
+        observer: NodeId,
+        reports: Vec<pb::ProbeReport>,
+        received: Instant,
+    },
+    StepResult {
+        service: String,
+        workflow_id: u64,
+        step: usize,
+        attempt: u32,
+        result: Result<String, String>,
+    },
+    ProposalDone {
+        /// The leadership term (engine) that proposed; a result for an earlier one is dropped.
+        term: u64,
+        service: String,
+    },
+    VetoResult {
+        /// The leadership term (engine) that asked for the run; a result for an earlier one is
+        /// dropped.
+        term: u64,
+        service: String,
+        result: Result<(), String>,
+    },
+}
+
+/// Cached lazy gRPC channels to members.
+#[derive(Clone)]
+pub struct PeerChannels {
+    tls: Option<Arc<TlsMaterial>>,
+    dialer: Dialer,
+    cache: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+}
+
+impl PeerChannels {
+    /// Channels over mutual TLS (None: `--insecure-dev`), dialed by `dialer`.
+    pub fn new(tls: Option<Arc<TlsMaterial>>, dialer: Dialer) -> Self {
+        PeerChannels { tls, dialer, cache: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// A Control client for member `id` (its channel is created on first use, then reused).
+    pub(crate) fn control(
+        &self,
+        id: NodeId,
+        member: &Member,
+    ) -> Result<ControlClient<Channel>, String> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((addr, ch)) = cache.get(&id) {
+            if *addr == member.address {
+                return Ok(ControlClient::new(ch.clone()));
+            }
+        }
+        let ep = endpoint(&member.address, &member.name, self.tls.as_deref())
+            .map_err(|e| format!("bad address {} for {}: {e}", member.address, member.name))?;
+        let ch = self.dialer.channel(ep);
+        cache.insert(id, (member.address.clone(), ch.clone()));
+        Ok(ControlClient::new(ch))
+    }
+}
+
+/// A node's monotonic clock for the engine and the lease loop: time since the driver started,
+/// running at the node's clock rate. A real node runs at rate 1 (its clock's drift is what
+/// `max_clock_drift` bounds); the simulator skews each node's rate within that bound.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseClock {
+    origin: Instant,
+    /// Rate error in parts per million: +1000 runs 0.1% fast.
+    rate_ppm: i64,
+}
+
+impl LeaseClock {
+    /// A clock starting now, `rate_ppm` parts per million fast (negative: slow).
+    pub fn new(rate_ppm: i64) -> LeaseClock {
+        LeaseClock { origin: Instant::now(), rate_ppm: rate_ppm.clamp(-999_999, 999_999) }
+    }
+
+    /// `at` on this clock.
+    pub fn at(&self, at: Instant) -> MonoTime {
+        let ms = at.saturating_duration_since(self.origin).as_millis() as i128;
+        let skewed = ms * (1_000_000 + self.rate_ppm as i128) / 1_000_000;
+        MonoTime::from_ms(skewed.max(0) as u64)
+    }
+
+    /// Now on this clock.
+    pub fn now(&self) -> MonoTime {
+        self.at(Instant::now())
+    }
+}
+
+/// Where a node's probe results come from.
+pub enum ProbeSupply {
+    /// Run the spec's checks from this node ([`Prober`]).
+    Real(ProbeLimits),
+    /// Take them from elsewhere (the simulator).
+    Given(Arc<dyn ProbeSource>),
+}
+
+/// What the driver acts and observes through; real on a node, simulated in `drover-sim`.
+pub struct DriverParts {
+    /// Runs steps.
+    pub actuator: Arc<dyn Actuator>,
+    /// Probe results.
+    pub probes: ProbeSupply,
+    /// How peers are dialed.
+    pub dialer: Dialer,
+    /// The clock lease arithmetic runs on.
+    pub clock: LeaseClock,
+}
+
+fn unix_now_ms() -> i64 {
+    crate::pb::unix_now_ms()
+}
+
+/// Starts the driver's loops; they stop when `stop` turns true. Returns the gRPC service.
+pub fn start(
+    node: NodeHandle,
+    site: String,
+    role: Role,
+    parts: DriverParts,
+    tls: Option<Arc<TlsMaterial>>,
+    stop: watch::Receiver<bool>,
+) -> ControlServer<ControlService> {
+    let (events_tx, events_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let ctx = ControlCtx {
+        site,
+        role,
+        actuator: parts.actuator,
+        peers: PeerChannels::new(tls, parts.dialer),
+        clock: parts.clock,
+        events: events_tx,
+        node,
+    };
+    let probes: Arc<dyn ProbeSource> = match parts.probes {
+        ProbeSupply::Real(limits) => {
+            let (spec_tx, spec_rx) = watch::channel(None);
+            tokio::spawn(spec_watch(ctx.clone(), spec_tx, stop.clone()));
+            Arc::new(Prober::spawn(ctx.site.clone(), spec_rx, limits))
+        }
+        ProbeSupply::Given(source) => source,
+    };
+    tokio::spawn(report::reporter_loop(ctx.clone(), probes, stop.clone()));
+    tokio::spawn(leader::controller_loop(ctx.clone(), events_rx, stop.clone()));
+    if role == Role::Controller {
+        tokio::spawn(lease::lease_loop(ctx.clone(), stop));
+    }
+    ControlServer::new(ControlService { ctx })
+}
+
+/// Publishes the applied spec to the prober whenever its version changes.
+async fn spec_watch(
+    ctx: ControlCtx,
+    tx: watch::Sender<Option<Arc<ClusterSpec>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut version = 0;
+    loop {
+        let current =
+            ctx.node.state.read(|s| s.control.spec.as_ref().map(|v| (v.version, v.spec.clone())));
+        if let Some((v, spec)) = current {
+            if v != version {
+                version = v;
+                info!(version, "cluster spec in force; probing its checks");
+                let _ = tx.send(Some(Arc::new(spec)));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn leader_of(node: &NodeHandle) -> Option<(NodeId, Option<Member>)> {
+    let metrics = node.raft.metrics();
+    let m = metrics.borrow();
+    m.current_leader.map(|id| (id, m.membership_config.membership().get_node(&id).cloned()))
+}
