@@ -427,7 +427,7 @@ impl Cluster {
             p(&n.tls[1]),
             p(&n.tls[2])
         );
-        t += "[raft]\nheartbeat_interval = \"100ms\"\nelection_timeout = [\"800ms\", \"1600ms\"]\n";
+        t += "[raft]\nheartbeat_interval = \"250ms\"\nelection_timeout = [\"1250ms\", \"2500ms\"]\n";
         t += "snapshot_after_entries = 5000\nkeep_entries_after_snapshot = 1000\n";
         if !n.joins_later {
             for m in self.nodes.iter().filter(|m| !m.joins_later) {
@@ -524,6 +524,15 @@ impl Cluster {
         signal_group(&child, libc::SIGKILL);
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Sends `sig` (e.g. `SIGSTOP`, `SIGCONT`) to the node's process group, which keeps
+    /// running (or stalls) as the signal says.
+    pub fn signal(&mut self, id: NodeId, sig: libc::c_int) {
+        let n = self.node_mut(id);
+        let child =
+            n.child.as_ref().unwrap_or_else(|| panic!("signal({id}): {} is not running", n.name));
+        signal_group(child, sig);
     }
 
     /// SIGTERM, then waits for the exit; returns the exit status. Panics (with log tails) if the

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::app::{failover_spec, Apps};
+use crate::app::{failover_spec, AppSite, Apps};
 use crate::cluster::{Cluster, NodeId};
+use crate::LEADER_TIMEOUT;
+use crate::netns::Sites;
 
 /// The service every failover test protects.
 pub const SERVICE: &str = "webshop";
@@ -32,9 +34,60 @@ pub struct Rig {
     via: Option<Vec<NodeId>>,
 }
 
+/// Port of each site's application in the network-namespace layout (each site has its own
+/// address).
+const NETNS_APP_PORT: u16 = 8080;
+
 impl Rig {
     pub fn new(c: Cluster, apps: Apps) -> Rig {
         Rig { apps, c, via: None }
+    }
+
+    /// A started 2+2+1 cluster on loopback with a leader and an application per site (none
+    /// running yet).
+    pub fn loopback(test: &str) -> Rig {
+        let mut c = Cluster::builder(test).two_sites_and_witness().build();
+        let sites = vec![
+            AppSite { site: "prod".into(), addr: c.loopback_addr(100), netns: None },
+            AppSite { site: "dr".into(), addr: c.loopback_addr(101), netns: None },
+        ];
+        let apps = Apps::new(&c.root().join("apps"), &c.bins().node, sites, None);
+        c.start();
+        c.wait_for_leader(LEADER_TIMEOUT);
+        Rig::new(c, apps)
+    }
+
+    /// A started 2+2+1 cluster with each site in its own network namespace of `sites` (the
+    /// operator and the harness in `ops`), a leader, and an application per site (none
+    /// running yet). Keep `sites` alive longer than the rig.
+    pub fn in_netns(test: &str, sites: &Sites) -> Rig {
+        let mut c = Cluster::builder(test)
+            .two_sites_and_witness()
+            .in_netns("prod-1", sites.ns("prod"), sites.ip("prod", 0))
+            .in_netns("prod-2", sites.ns("prod"), sites.ip("prod", 1))
+            .in_netns("dr-1", sites.ns("dr"), sites.ip("dr", 0))
+            .in_netns("dr-2", sites.ns("dr"), sites.ip("dr", 1))
+            .in_netns("witness", sites.ns("witness"), sites.ip("witness", 0))
+            .client_netns(sites.ns("ops"))
+            .build();
+        let app_sites = ["prod", "dr"]
+            .into_iter()
+            .map(|site| AppSite {
+                site: site.into(),
+                addr: (sites.ip(site, 10), NETNS_APP_PORT).into(),
+                netns: Some(sites.ns(site).into()),
+            })
+            .collect();
+        let apps =
+            Apps::new(&c.root().join("apps"), &c.bins().node, app_sites, Some(sites.ns("ops")));
+        c.start();
+        c.wait_for_leader(LEADER_TIMEOUT);
+        Rig::new(c, apps)
+    }
+
+    /// The members of `site`, by id.
+    pub fn site_ids(&self, site: &str) -> Vec<NodeId> {
+        self.c.ids().into_iter().filter(|&id| self.c.site(id) == site).collect()
     }
 
     /// From now on, status and history go to these nodes only (`None`: every running node).

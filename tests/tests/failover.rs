@@ -1,6 +1,6 @@
 //! Unplanned failover of a real service on loopback: 2 prod + 2 dr controllers and a witness,
 //! a stand-in application per site started and stopped by a runbook script that keeps a
-//! ledger (see `drover_tests::Apps`), fast policies (down_after 2s, up_after 5s, lease_ttl 4s,
+//! ledger (see `drover_tests::Apps`), fast policies (down_after 2s, up_after 5s, lease_ttl 5s,
 //! self_fence_grace 2s, checks every 500ms).
 //!
 //! What a user relies on: prod is fenced before dr starts (DESIGN 6, S2), each step runs on
@@ -29,17 +29,8 @@ const PROTECTING_TIMEOUT: Duration = Duration::from_secs(30);
 /// verify + margin for 5 debug processes on 2 cores (DESIGN 7, L1).
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A started 2+2+1 cluster with a leader and an application per site (none running yet).
 fn rig(test: &str) -> Rig {
-    let mut c = Cluster::builder(test).two_sites_and_witness().build();
-    let sites = vec![
-        AppSite { site: "prod".into(), addr: c.loopback_addr(100), netns: None },
-        AppSite { site: "dr".into(), addr: c.loopback_addr(101), netns: None },
-    ];
-    let apps = Apps::new(&c.root().join("apps"), &c.bins().node, sites, None);
-    c.start();
-    c.wait_for_leader(LEADER_TIMEOUT);
-    Rig::new(c, apps)
+    Rig::loopback(test)
 }
 
 /// `GET /v1/services/webshop/active` answers 200 on the nodes of `site` and 503 on every

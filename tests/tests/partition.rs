@@ -11,16 +11,14 @@
 use std::time::{Duration, Instant};
 
 use drover_tests::netns::{require_netns, Sites};
-use drover_tests::{step, steps, unix_ms, AppSite, Apps, Cluster, NodeId, Rig, LEADER_TIMEOUT};
+use drover_tests::{step, steps, unix_ms, NodeId, Rig};
 
 const PROTECTING_TIMEOUT: Duration = Duration::from_secs(30);
 /// Cut to failed_over: down_after 2s + fence attempt against an unreachable site + lease wait
-/// (lease_ttl 4s × 1.01/0.99 + grace 2s) + activate + verify + margin.
+/// (lease_ttl 5s × 1.01/0.99 + grace 2s) + activate + verify + margin.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Heal to a converged cluster.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Port of each site's application (each has its own address).
-const APP_PORT: u16 = 8080;
 
 #[test]
 fn partition_prod_self_fences_before_dr_activates() {
@@ -30,35 +28,8 @@ fn partition_prod_self_fences_before_dr_activates() {
     }
     // Declared first so it is dropped last: the rig's processes go before the namespaces.
     let sites = Sites::new(test);
-    let mut c = Cluster::builder(test)
-        .two_sites_and_witness()
-        .in_netns("prod-1", sites.ns("prod"), sites.ip("prod", 0))
-        .in_netns("prod-2", sites.ns("prod"), sites.ip("prod", 1))
-        .in_netns("dr-1", sites.ns("dr"), sites.ip("dr", 0))
-        .in_netns("dr-2", sites.ns("dr"), sites.ip("dr", 1))
-        .in_netns("witness", sites.ns("witness"), sites.ip("witness", 0))
-        .client_netns(sites.ns("ops"))
-        .build();
-    let app_sites = vec![
-        AppSite {
-            site: "prod".into(),
-            addr: (sites.ip("prod", 10), APP_PORT).into(),
-            netns: Some(sites.ns("prod").into()),
-        },
-        AppSite {
-            site: "dr".into(),
-            addr: (sites.ip("dr", 10), APP_PORT).into(),
-            netns: Some(sites.ns("dr").into()),
-        },
-    ];
-    let apps = Apps::new(&c.root().join("apps"), &c.bins().node, app_sites, Some(sites.ns("ops")));
-    c.start();
-    c.wait_for_leader(LEADER_TIMEOUT);
-    let mut r = Rig::new(c, apps);
-    let ids = |r: &Rig, site: &str| -> Vec<NodeId> {
-        r.c.ids().into_iter().filter(|&id| r.c.site(id) == site).collect()
-    };
-    let prod = ids(&r, "prod");
+    let mut r = Rig::in_netns(test, &sites);
+    let prod = r.site_ids("prod");
     let majority: Vec<NodeId> = r.c.ids().into_iter().filter(|id| !prod.contains(id)).collect();
 
     r.start_app("prod", "initial deployment");

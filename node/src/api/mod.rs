@@ -9,7 +9,7 @@ pub mod view;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::consensus::network::PeerContacts;
+use crate::consensus::network::{LeaderContact, PeerContacts};
 use crate::consensus::store::StateHandle;
 use crate::consensus::types::{NodeId, Raft};
 
@@ -26,6 +26,12 @@ pub struct NodeHandle {
     pub raft: Raft,
     /// When each peer last answered.
     pub contacts: PeerContacts,
+    /// When a leader was last heard (AppendEntries or a snapshot accepted).
+    pub leader_contact: LeaderContact,
+    /// The Raft timings the election guard works with.
+    pub election: crate::decide::ElectionTimings,
+    /// When this process started the node, for silence counted from start.
+    pub started: tokio::time::Instant,
     /// The applied replicated state.
     pub state: StateHandle,
     /// The leader's view of each service's sites (service -> site -> health), for status.

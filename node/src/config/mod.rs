@@ -22,11 +22,11 @@ use std::time::Duration;
 use crate::consensus::types::{Member, NodeId, Role};
 
 /// Default interval between leader heartbeats.
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(150);
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
 /// Default lower bound of the randomized election timeout.
-pub const DEFAULT_ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(1500);
+pub const DEFAULT_ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(1250);
 /// Default upper bound of the randomized election timeout.
-pub const DEFAULT_ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(3000);
+pub const DEFAULT_ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(2500);
 /// Default number of log entries after which a snapshot is built and the log purged.
 pub const DEFAULT_SNAPSHOT_AFTER_ENTRIES: u64 = 5000;
 /// Default number of entries kept behind a snapshot for slow followers.
@@ -167,6 +167,8 @@ impl RaftTimings {
             heartbeat_interval: millis(self.heartbeat_interval),
             election_timeout_min: millis(self.election_timeout_min),
             election_timeout_max: millis(self.election_timeout_max),
+            // drover starts elections itself, after a pre-vote (runtime::election).
+            enable_elect: false,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
             max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
             ..Default::default()
@@ -722,7 +724,9 @@ address = "witness.third.example:7400"
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/drover"));
         assert_eq!(c.listen_grpc, "0.0.0.0:7400".parse().unwrap());
         assert_eq!(c.listen_http, "0.0.0.0:7480".parse().unwrap());
-        assert_eq!(c.raft, RaftTimings::default());
+        assert_eq!(c.raft.heartbeat_interval, Duration::from_millis(150));
+        assert_eq!(c.raft.election_timeout_min, Duration::from_millis(1500));
+        assert_eq!(c.raft.election_timeout_max, Duration::from_millis(3000));
         assert_eq!(c.initial_members.len(), 5);
         assert_eq!(
             c.initial_members[4],
@@ -746,9 +750,10 @@ address = "witness.third.example:7400"
             .replace("heartbeat_interval = \"150ms\"\n", "")
             .replace("election_timeout = [\"1500ms\", \"3000ms\"]\n", "");
         let c = parse_in(dir.path(), &text).unwrap();
-        assert_eq!(c.raft.heartbeat_interval, Duration::from_millis(150));
-        assert_eq!(c.raft.election_timeout_min, Duration::from_millis(1500));
-        assert_eq!(c.raft.election_timeout_max, Duration::from_millis(3000));
+        assert_eq!(c.raft, RaftTimings::default());
+        assert_eq!(c.raft.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(c.raft.election_timeout_min, Duration::from_millis(1250));
+        assert_eq!(c.raft.election_timeout_max, Duration::from_millis(2500));
         assert_eq!(c.raft.snapshot_after_entries, 5000);
         assert_eq!(c.raft.keep_entries_after_snapshot, 1000);
     }

@@ -8,7 +8,8 @@
 //! Raft messages are opaque to everything but consensus, so they cross the wire as JSON
 //! payloads and are encoded/decoded only here and in `api::raft`. Every call has the deadline
 //! openraft gives it; a peer that cannot be reached is reported as `Unreachable` so openraft
-//! backs off. Each successful round trip is recorded in [`PeerContacts`] for `status`.
+//! backs off. Each round trip answered by the peer's working Raft is recorded in
+//! [`PeerContacts`] (for `status`, executor choice and the election guard's quorum check).
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -55,6 +56,38 @@ impl PeerContacts {
     pub fn since(&self, peer: NodeId) -> Option<Duration> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&peer).map(|t| t.elapsed())
+    }
+
+    /// How long ago a majority of `voters` (`own` counting as just now) last answered: the
+    /// age of the newest contact that still leaves a majority at least that fresh. `None` if
+    /// fewer than a majority ever answered.
+    pub fn quorum_age(&self, own: NodeId, voters: impl IntoIterator<Item = NodeId>) -> Option<Duration> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ages: Vec<Option<Duration>> = voters
+            .into_iter()
+            .map(|v| if v == own { Some(Duration::ZERO) } else { map.get(&v).map(|t| t.elapsed()) })
+            .collect();
+        let majority = ages.len() / 2 + 1;
+        // None (never answered) sorts after every age.
+        ages.sort_by_key(|a| a.map_or((1, Duration::ZERO), |d| (0, d)));
+        ages.get(majority - 1).copied().flatten()
+    }
+}
+
+/// When this member last accepted AppendEntries or a snapshot from a leader, on its monotonic
+/// clock: the election guard's measure of silence (`decide::election`).
+#[derive(Debug, Clone, Default)]
+pub struct LeaderContact(Arc<Mutex<Option<Instant>>>);
+
+impl LeaderContact {
+    /// A leader was heard now.
+    pub fn touch(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Time since a leader was last heard, if ever since the process started.
+    pub fn since(&self) -> Option<Duration> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
     }
 }
 
@@ -182,8 +215,13 @@ impl PeerClient {
             Ok(Err(status)) => return Err(status_to_rpc_error(&status)),
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        self.contacts.touch(self.target);
-        decode_reply(self.target, reply)
+        // Only an answer from a working Raft counts as contact: a peer whose Raft core stopped
+        // (full disk, storage error) still answers gRPC, with a fatal error.
+        let answer = decode_reply(self.target, reply);
+        if answer.is_ok() {
+            self.contacts.touch(self.target);
+        }
+        answer
     }
 }
 

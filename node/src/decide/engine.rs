@@ -111,12 +111,16 @@ pub struct EngineParams {
 }
 
 impl EngineParams {
-    /// Defaults for the node named `node_name`: default detection, 5s result grace, one alert
-    /// per minute per (service, reason).
+    /// Defaults for the node named `node_name`: detection by a majority of all voters (so the
+    /// verdict never depends on where the leader sits or who can reach it: DESIGN.md 3), 5s
+    /// result grace, one alert per minute per (service, reason).
     pub fn new(node_name: impl Into<String>) -> EngineParams {
         EngineParams {
             node_name: node_name.into(),
-            detect: DetectPolicy::default(),
+            detect: DetectPolicy {
+                quorum: super::detect::QuorumRule::MajorityOfVoters,
+                ..DetectPolicy::default()
+            },
             step_result_grace: DEFAULT_STEP_RESULT_GRACE,
             alert_every: DEFAULT_ALERT_EVERY,
         }

@@ -22,6 +22,9 @@
 //! the same code, and its tests are synchronous. Iteration orders are fixed (`BTreeMap`), so the
 //! same inputs always give the same outputs in the same order.
 //!
+//! [`election`] decides when a member may start a Raft election (pre-vote) and when a leader
+//! without a quorum stands back.
+//!
 //! Parts: [`detect`] (observer-quorum site health with hysteresis, DESIGN.md 3), [`lease`]
 //! (lease expiry and the safe wait before activating without confirmed fencing, DESIGN.md 6),
 //! and [`engine`], the leader's decision engine built on both: it decides automatic failovers
@@ -32,6 +35,7 @@
 //! change), emitting [`Command`]s for the runtime to carry out (DESIGN.md 5).
 
 pub mod detect;
+pub mod election;
 pub mod engine;
 pub mod lease;
 pub mod time;
@@ -39,6 +43,7 @@ pub mod time;
 pub use detect::{
     DetectEvent, DetectPolicy, DetectPolicyError, Detector, QuorumRule, SiteHealth, Tally, Verdict,
 };
+pub use election::{ElectionGuard, ElectionTimings, GuardCommand, GuardInput, RaftRole};
 pub use engine::{Command, Engine, EngineParams, Observation, StepDispatch};
 pub use lease::{HolderLease, LeaseParams, LeaseParamsError};
 pub use time::MonoTime;

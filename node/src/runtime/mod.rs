@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod election;
 pub mod fence_test;
 
 use std::collections::BTreeMap;
@@ -184,15 +185,23 @@ pub async fn assemble(
     let state = state_machine.state_handle();
     let contacts = PeerContacts::default();
     let network = Network::new(identity.id, tls.clone(), contacts.clone(), parts.dialer.clone());
-    let raft = Raft::new(identity.id, raft_config, network, log_store, state_machine)
+    let raft = Raft::new(identity.id, raft_config.clone(), network, log_store, state_machine)
         .await
         .map_err(|e| RuntimeError::Raft(e.to_string()))?;
+    let election = crate::decide::ElectionTimings {
+        heartbeat: Duration::from_millis(raft_config.heartbeat_interval),
+        election_min: Duration::from_millis(raft_config.election_timeout_min),
+        election_max: Duration::from_millis(raft_config.election_timeout_max),
+    };
     let node = NodeHandle {
         id: identity.id,
         name: identity.name,
         site: identity.site.clone(),
         raft: raft.clone(),
         contacts,
+        leader_contact: Default::default(),
+        election,
+        started: tokio::time::Instant::now(),
         state,
         health: Default::default(),
         fenced: Default::default(),
@@ -204,6 +213,7 @@ pub async fn assemble(
         parts.actuator.clone(),
         control::PeerChannels::new(tls.clone(), parts.dialer.clone()),
     );
+    election::start(node.clone(), tls.clone(), parts.dialer.clone(), stop.clone());
     let control_service =
         control::start(node.clone(), identity.site, identity.role, parts, tls, stop);
     let router = tonic::transport::Server::builder()
@@ -211,7 +221,7 @@ pub async fn assemble(
         // its own, shorter deadline.
         .timeout(crate::spec::MAX_TIMEOUT + Duration::from_secs(60))
         .concurrency_limit_per_connection(64)
-        .add_service(RaftService::server(raft))
+        .add_service(RaftService::server(node.clone()))
         .add_service(AdminService::server(node.clone(), fence_tester))
         .add_service(control_service);
     Ok(Assembled { node, router })

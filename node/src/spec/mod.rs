@@ -16,6 +16,7 @@
 mod diff;
 mod raw;
 mod validate;
+pub use validate::check_against_raft_timings;
 
 #[cfg(test)]
 mod tests;

@@ -103,7 +103,7 @@ address = "a.example:80"
 site = "b"
 kind = "exec"
 command = ["/bin/true"]
-interval = "10s"
+interval = "1500ms"
 [[service.runbook.b.test]]
 kind = "wait"
 duration = "2s"

@@ -246,6 +246,7 @@ impl Validator {
             None => PolicyOverride::default(),
         };
         let merged = policy.apply(cluster);
+        let merged_down_after = merged.down_after;
 
         if let Some(lag) = s.max_lag_on_failover {
             let key = format!("{prefix}.max_lag_on_failover");
@@ -262,6 +263,25 @@ impl Validator {
             .enumerate()
             .filter_map(|(j, c)| self.check(&format!("{prefix}.check[{j}]"), c))
             .collect();
+        // A site is down only after at least two failed runs of each of its checks: one
+        // slow or lost run (a stalled application, a late observer) is never an outage.
+        for (j, c) in checks.iter().enumerate() {
+            let least = c.interval * 2;
+            if merged_down_after < least {
+                self.err(
+                    format!("{prefix}.check[{j}].interval"),
+                    format!(
+                        "{} with down_after {}: a site would be declared down after a single \
+                         failed run; down_after must be at least 2 intervals ({}): raise \
+                         down_after to {} or shorten the interval",
+                        fmt_d(c.interval),
+                        fmt_d(merged_down_after),
+                        fmt_d(least),
+                        fmt_d(least)
+                    ),
+                );
+            }
+        }
         let capable: Vec<String> =
             self.sites.iter().filter(|s| !s.witness).map(|s| s.name.clone()).collect();
         for site in &capable {
@@ -1176,17 +1196,65 @@ fn policy_rule_violations(p: &Policy) -> Vec<(&'static str, String, &'static [&'
             ));
         }
     }
-    for (key, d) in [
-        ("down_after", p.down_after),
-        ("up_after", p.up_after),
-        ("lease_ttl", p.lease_ttl),
-        ("self_fence_grace", p.self_fence_grace),
+    for (key, d, involved) in [
+        ("down_after", p.down_after, &["down_after"][..]),
+        ("up_after", p.up_after, &["up_after"][..]),
+        ("lease_ttl", p.lease_ttl, &["lease_ttl"][..]),
+        ("self_fence_grace", p.self_fence_grace, &["self_fence_grace"][..]),
     ] {
         if d > MAX_TIMEOUT {
-            v.push((key, format!("{} is longer than 1h", fmt_d(d)), &[][..]));
+            v.push((key, format!("{} is longer than 1h", fmt_d(d)), involved));
         }
     }
     v
+}
+
+/// The rules that relate a spec's lease to the Raft timings of the cluster's members
+/// (node.toml `[raft]`), which the spec alone does not know: checked by the leader at
+/// `config apply` against its own timings (members are expected to share them).
+///
+/// `lease_ttl` must be at least [`ElectionTimings::min_lease_ttl`]: a holder's last confirmed
+/// renewal may have been sent just before the leader died, and its lease must outlast the
+/// election of the next leader and one renewal through it (DESIGN.md 6, "the lease must
+/// outlast anything the control plane does to itself"). Returns one error per policy that
+/// breaks it, with the key path and the smallest safe value.
+pub fn check_against_raft_timings(
+    spec: &ClusterSpec,
+    timings: &crate::decide::ElectionTimings,
+) -> Vec<SpecError> {
+    let floor = timings.min_lease_ttl();
+    let why = |ttl: Duration| {
+        format!(
+            "{} is shorter than the {} a leader change can take with this cluster's Raft \
+             timings (heartbeat {}, election timeout {}..{}) plus one lease renewal; the active \
+             site would stop serving whenever the leader restarts. Use at least {} (or shorten \
+             [raft] election_timeout in every node.toml)",
+            fmt_d(ttl),
+            fmt_d(timings.max_leader_change()),
+            fmt_d(timings.heartbeat),
+            fmt_d(timings.election_min),
+            fmt_d(timings.election_max),
+            fmt_d(floor),
+        )
+    };
+    let mut errors = Vec::new();
+    if spec.policy.lease_ttl < floor {
+        errors.push(SpecError {
+            key: "policy.lease_ttl".into(),
+            line_col: None,
+            reason: why(spec.policy.lease_ttl),
+        });
+    }
+    for (i, svc) in spec.services.iter().enumerate() {
+        if let Some(ttl) = svc.policy.lease_ttl.filter(|t| *t < floor) {
+            errors.push(SpecError {
+                key: format!("service[{i}].policy.lease_ttl"),
+                line_col: None,
+                reason: format!("(service {}) {}", svc.name, why(ttl)),
+            });
+        }
+    }
+    errors
 }
 
 /// Checks a `host:port` address (`[v6]:port` for IPv6 literals).

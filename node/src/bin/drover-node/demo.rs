@@ -262,7 +262,7 @@ fn setup(keep: bool, default_policy: bool) -> Result<Demo, String> {
             "id = {id}\nname = \"{name}\"\nsite = \"{site}\"\nrole = \"{role}\"\ndata_dir = \"{data}\"\n\n\
              [listen]\ngrpc = \"{ip}:{grpc}\"\nhttp = \"{ip}:{http}\"\n\n\
              [tls]\nca = \"{tls}/ca.pem\"\ncert = \"{tls}/{name}.pem\"\nkey = \"{tls}/{name}-key.pem\"\n\n\
-             [raft]\nheartbeat_interval = \"100ms\"\nelection_timeout = [\"1000ms\", \"2000ms\"]\n{initial}",
+             [raft]\nheartbeat_interval = \"250ms\"\nelection_timeout = [\"1250ms\", \"2500ms\"]\n{initial}",
             data = dir.join(format!("data-{name}")).display(),
             tls = tls_dir.display(),
         );
@@ -417,7 +417,7 @@ fn cluster_toml(
     let policy = if default_policy {
         "# [policy]: all defaults\n"
     } else {
-        "[policy]\ndown_after = \"2s\"\nup_after = \"5s\"\nlease_ttl = \"4s\"\nmax_clock_drift = 0.01\nself_fence_grace = \"2s\"\ncooldown = \"30m\"\nauto_failover = true\ncommit = \"auto\"\n"
+        "[policy]\ndown_after = \"2s\"\nup_after = \"5s\"\nlease_ttl = \"5s\"\nmax_clock_drift = 0.01\nself_fence_grace = \"2s\"\ncooldown = \"30m\"\nauto_failover = true\ncommit = \"auto\"\n"
     };
     let mut checks = String::new();
     for (site, addr) in apps {

@@ -4,18 +4,26 @@
 //! read and the holder check.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use drover_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::executor::run_local;
-use super::{leader_of, ControlCtx, LEASE_TICK, RELAYS_TRIED, RPC_TIMEOUT};
+use super::{leader_of, ControlCtx, LEASE_TICK, RPC_TIMEOUT};
 use crate::actuate::StepContext;
 use crate::api::NodeHandle;
 use crate::consensus::state::control::LeaseTerms;
 use crate::consensus::types::{Member, NodeId};
 use crate::decide::{HolderLease, LeaseParams, MonoTime};
+
+/// After a renewal that was not confirmed, the next one goes out this soon.
+const RENEW_RETRY: Duration = Duration::from_millis(250);
+/// Renewals of one service waiting for an answer at most.
+const MAX_RENEWALS_IN_FLIGHT: usize = 4;
+/// A leader heard from (AppendEntries) within this is asked alone first.
+const LEADER_HEARD_LATELY: Duration = Duration::from_secs(1);
 use crate::spec::{ClusterSpec, Phase};
 
 /// Per service: this node's view of its site's lease.
@@ -25,6 +33,38 @@ struct Holding {
     params: LeaseParams,
     started: MonoTime,
     last_sent: Option<MonoTime>,
+    /// Renewals sent and not answered yet.
+    in_flight: usize,
+    /// The newest answered renewal was not confirmed (no answer, no leader, not confirmed):
+    /// the next one goes out after `RENEW_RETRY` instead of `lease_ttl / 3`.
+    unconfirmed: bool,
+}
+
+impl Holding {
+    fn new(epoch: u64, params: LeaseParams, now: MonoTime) -> Holding {
+        Holding {
+            epoch,
+            lease: HolderLease::new(&params),
+            params,
+            started: now,
+            last_sent: None,
+            in_flight: 0,
+            unconfirmed: false,
+        }
+    }
+
+    /// Whether a renewal is due at `now`: every `lease_ttl / 3` while renewals are confirmed;
+    /// after an unconfirmed one, every `RENEW_RETRY`, with at most `MAX_RENEWALS_IN_FLIGHT`
+    /// waiting for an answer (a leader change must not eat the lease: DESIGN.md 6).
+    fn renewal_due(&self, now: MonoTime) -> bool {
+        let Some(last) = self.last_sent else { return true };
+        let since = now.saturating_duration_since(last);
+        if self.unconfirmed || self.in_flight > 0 {
+            since >= RENEW_RETRY && self.in_flight < MAX_RENEWALS_IN_FLIGHT
+        } else {
+            since >= self.params.lease_ttl / 3
+        }
+    }
 }
 
 /// Keeps the lease of this node's site while it is active, and self-fences when it cannot.
@@ -38,6 +78,8 @@ pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>)
             _ = tick.tick() => {}
             Some((service, epoch, sent_at, renewal)) = rx.recv() => {
                 if let Some(h) = holdings.get_mut(&service).filter(|h| h.epoch == epoch) {
+                    h.in_flight = h.in_flight.saturating_sub(1);
+                    h.unconfirmed = !matches!(renewal, Renewal::Granted);
                     match renewal {
                         Renewal::Granted => {
                             h.lease.on_renew_confirmed(sent_at);
@@ -84,28 +126,18 @@ pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>)
                 ctx.node.fenced.lock().map(|f| f.get(service).copied()).unwrap_or(None);
             match ours {
                 Some(epoch) => {
-                    let h = holdings.entry(service.clone()).or_insert_with(|| Holding {
-                        epoch,
-                        lease: HolderLease::new(&params),
-                        params,
-                        started: now,
-                        last_sent: None,
-                    });
+                    let h = holdings
+                        .entry(service.clone())
+                        .or_insert_with(|| Holding::new(epoch, params, now));
                     if h.epoch != epoch {
-                        *h = Holding {
-                            epoch,
-                            lease: HolderLease::new(&params),
-                            params,
-                            started: now,
-                            last_sent: None,
-                        };
+                        *h = Holding::new(epoch, params, now);
                     }
                     if already_fenced == Some(epoch) {
                         continue;
                     }
-                    let renew_every = params.lease_ttl / 3;
-                    if h.last_sent.is_none_or(|t| now.saturating_duration_since(t) >= renew_every) {
+                    if h.renewal_due(now) {
                         h.last_sent = Some(now);
+                        h.in_flight += 1;
                         h.lease.on_renew_sent(now);
                         tokio::spawn(renew(ctx.clone(), service.clone(), epoch, now, tx.clone()));
                     }
@@ -142,7 +174,12 @@ pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>)
     }
 }
 
-/// Asks the leader (or this node, when leading) to confirm the lease.
+/// Asks the leader (or this node, when leading) to confirm the lease. When the leader has not
+/// been heard from lately (this node may be cut from it while others still reach it: a
+/// witness or a leader in the other site), other members are asked at the same time to relay
+/// it; otherwise they are asked only after the leader did not answer. The first conclusive
+/// answer counts. The lease counts from `sent_at` whatever the path, so a relay only ever
+/// makes it shorter.
 async fn renew(
     ctx: ControlCtx,
     service: String,
@@ -157,41 +194,81 @@ async fn renew(
         epoch,
         relayed: false,
     };
-    let mut renewal = match leader_of(&ctx.node) {
+    let leader = leader_of(&ctx.node);
+    let renewal = match leader {
         Some((leader, _)) if leader == ctx.node.id => {
             match confirm_lease(&ctx.node, ctx.node.id, &service, &ctx.site, epoch).await {
                 Ok(()) => Renewal::Granted,
                 Err(Refusal::NotHeld(why)) => Renewal::Refused(why),
-                Err(Refusal::NotConfirmed(_)) => Renewal::Unknown,
+                // A leader without a quorum (it stands back): a new leader may already have
+                // been elected by a majority it cannot reach; members it does reach relay.
+                Err(Refusal::NotConfirmed(_)) => relay_renewal(&ctx, Some(leader), &req).await,
             }
         }
-        Some((leader, Some(member))) => ask_renewal(&ctx, leader, &member, req.clone()).await,
-        _ => Renewal::Unknown,
+        _ => {
+            let leader = leader.and_then(|(id, m)| Some((id, m?)));
+            let leader_id = leader.as_ref().map(|l| l.0);
+            let heard_lately =
+                ctx.node.leader_contact.since().is_some_and(|d| d < LEADER_HEARD_LATELY);
+            let direct = async {
+                match &leader {
+                    Some((id, member)) => ask_renewal(&ctx, *id, member, req.clone()).await,
+                    None => Renewal::Unknown,
+                }
+            };
+            if heard_lately && leader_id.is_some() {
+                match direct.await {
+                    Renewal::Unknown => relay_renewal(&ctx, leader_id, &req).await,
+                    conclusive => conclusive,
+                }
+            } else {
+                first_conclusive(vec![
+                    Box::pin(direct),
+                    Box::pin(relay_renewal(&ctx, leader_id, &req)),
+                ])
+                .await
+            }
+        }
     };
-    // The leader did not answer: this node may be cut from it (a witness leading, unreachable
-    // from this site only) while other members still reach it. Ask them to pass the renewal
-    // on. The lease still counts from `sent_at`, so the extra hop only makes it shorter.
-    if matches!(renewal, Renewal::Unknown) {
-        let leader = leader_of(&ctx.node).map(|(id, _)| id);
-        let members: Vec<(NodeId, Member)> = {
-            let metrics = ctx.node.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config.membership().nodes().map(|(i, n)| (*i, n.clone())).collect()
-        };
-        // Members of other sites first: this site's peers are likely behind the same cut.
-        let mut relays: Vec<(NodeId, Member)> = members
+    let _ = tx.send((service, epoch, sent_at, renewal)).await;
+}
+
+/// Asks every other member (but the leader) at once to pass the renewal on to the leader;
+/// the first conclusive answer wins.
+async fn relay_renewal(
+    ctx: &ControlCtx,
+    leader: Option<NodeId>,
+    req: &pb::RenewLeaseRequest,
+) -> Renewal {
+    let members: Vec<(NodeId, Member)> = {
+        let metrics = ctx.node.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().nodes().map(|(i, n)| (*i, n.clone())).collect()
+    };
+    let asks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Renewal> + Send + '_>>> =
+        members
             .into_iter()
             .filter(|(id, _)| *id != ctx.node.id && Some(*id) != leader)
+            .map(|(id, member)| {
+                let req = req.clone();
+                Box::pin(async move { ask_renewal(ctx, id, &member, req).await }) as _
+            })
             .collect();
-        relays.sort_by_key(|(id, m)| (m.site == ctx.site, *id));
-        for (id, member) in relays.into_iter().take(RELAYS_TRIED) {
-            renewal = ask_renewal(&ctx, id, &member, req.clone()).await;
-            if !matches!(renewal, Renewal::Unknown) {
-                break;
-            }
+    first_conclusive(asks).await
+}
+
+/// The first answer of `asks` that is not `Unknown`, or `Unknown` when all are.
+async fn first_conclusive(
+    asks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Renewal> + Send + '_>>>,
+) -> Renewal {
+    use futures::stream::StreamExt;
+    let mut pending: futures::stream::FuturesUnordered<_> = asks.into_iter().collect();
+    while let Some(answer) = pending.next().await {
+        if !matches!(answer, Renewal::Unknown) {
+            return answer;
         }
     }
-    let _ = tx.send((service, epoch, sent_at, renewal)).await;
+    Renewal::Unknown
 }
 
 /// Sends a renewal to `member` (the leader, or a member relaying to it).

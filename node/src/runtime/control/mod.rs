@@ -59,8 +59,6 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 const EPOCH_CATCH_UP: Duration = Duration::from_secs(3);
 /// Period of the lease loop; expiry is checked one period early.
 const LEASE_TICK: Duration = Duration::from_millis(50);
-/// Members asked to relay a lease renewal the leader did not answer.
-const RELAYS_TRIED: usize = 2;
 /// Capacity of the channels into the controller loop.
 const CHANNEL_CAPACITY: usize = 1024;
 

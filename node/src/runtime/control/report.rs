@@ -1,5 +1,6 @@
 //! Probe reports: every node sends its Prober's latest results to the leader every
-//! `REPORT_EVERY` (straight into the controller loop when it leads).
+//! `REPORT_EVERY` (straight into the controller loop when it leads), through other members
+//! when it does not hear from the leader or the leader did not take them.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{leader_of, ControlCtx, Event, REPORT_EVERY, RPC_TIMEOUT};
+use crate::consensus::types::{Member, NodeId};
 use crate::decide::Verdict;
 use crate::probe::ProbeSource;
 
@@ -64,13 +66,64 @@ pub(super) async fn reporter_loop(
                 ctx.events.try_send(Event::Reports { observer: leader, reports, received: now });
             continue;
         }
-        let Some(member) = member else { continue };
-        let Ok(mut client) = ctx.peers.control(leader, &member) else { continue };
-        let req = pb::ProbeReports { observer: ctx.node.id, reports };
-        match tokio::time::timeout(RPC_TIMEOUT, client.report_probes(req)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => debug!(leader, cause = %e.message(), "probe report not delivered"),
-            Err(_) => debug!(leader, "probe report timed out"),
+        let req = pb::ProbeReports { observer: ctx.node.id, reports, relayed: false };
+        let heard_lately = ctx.node.leader_contact.since().is_some_and(|d| d < REPORT_EVERY * 2);
+        if heard_lately {
+            if let Some(member) = &member {
+                if send_report(&ctx, leader, member, req.clone()).await {
+                    continue;
+                }
+            }
+        }
+        // The leader is not heard from or did not take the reports: this observer may be cut
+        // from it while others still reach it (DESIGN.md 3: the verdict must not depend on
+        // where the leader sits). Ask every other member at once to pass them on; the first
+        // that does ends it.
+        relay_reports(&ctx, leader, member, req).await;
+    }
+}
+
+/// Sends `req` to `id`; true when the leader took the reports.
+async fn send_report(ctx: &ControlCtx, id: NodeId, member: &Member, req: pb::ProbeReports) -> bool {
+    let Ok(mut client) = ctx.peers.control(id, member) else { return false };
+    match tokio::time::timeout(RPC_TIMEOUT, client.report_probes(req)).await {
+        Ok(Ok(ack)) => ack.get_ref().accepted,
+        Ok(Err(e)) => {
+            debug!(to = id, cause = %e.message(), "probe report not delivered");
+            false
+        }
+        Err(_) => {
+            debug!(to = id, "probe report timed out");
+            false
+        }
+    }
+}
+
+/// Sends the reports to the leader and to every other member at once (they pass them on).
+async fn relay_reports(
+    ctx: &ControlCtx,
+    leader: NodeId,
+    leader_member: Option<Member>,
+    req: pb::ProbeReports,
+) {
+    use futures::stream::StreamExt;
+    let members: Vec<(NodeId, Member)> = {
+        let metrics = ctx.node.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().nodes().map(|(i, n)| (*i, n.clone())).collect()
+    };
+    let targets = leader_member.map(|m| (leader, m)).into_iter().chain(
+        members.into_iter().filter(|(id, _)| *id != ctx.node.id && *id != leader),
+    );
+    let mut sends: futures::stream::FuturesUnordered<_> = targets
+        .map(|(id, m)| {
+            let req = req.clone();
+            async move { send_report(ctx, id, &m, req).await }
+        })
+        .collect();
+    while let Some(taken) = sends.next().await {
+        if taken {
+            return;
         }
     }
 }

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::executor::run_for_leader;
 use super::leader::veto_verdict;
 use super::lease::{ask_renewal, confirm_lease, Refusal, Renewal};
-use super::{leader_of, ControlCtx, Event};
+use super::{leader_of, ControlCtx, Event, RPC_TIMEOUT};
 use crate::actuate::StepContext;
 use crate::consensus::types::Role;
 
@@ -25,11 +25,27 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ProbeReports>,
     ) -> Result<Response<pb::ProbeAck>, Status> {
+        let r = req.into_inner();
         let is_leader = self.ctx.node.raft.metrics().borrow().state == ServerState::Leader;
         if !is_leader {
-            return Ok(Response::new(pb::ProbeAck { accepted: false }));
+            // An observer that cannot reach the leader asks members to pass its reports on,
+            // once.
+            let leader = leader_of(&self.ctx.node).filter(|(id, _)| *id != self.ctx.node.id);
+            let accepted = match leader {
+                Some((id, Some(member))) if !r.relayed => {
+                    let Ok(mut client) = self.ctx.peers.control(id, &member) else {
+                        return Ok(Response::new(pb::ProbeAck { accepted: false }));
+                    };
+                    let relayed = pb::ProbeReports { relayed: true, ..r };
+                    matches!(
+                        tokio::time::timeout(RPC_TIMEOUT, client.report_probes(relayed)).await,
+                        Ok(Ok(ack)) if ack.get_ref().accepted
+                    )
+                }
+                _ => false,
+            };
+            return Ok(Response::new(pb::ProbeAck { accepted }));
         }
-        let r = req.into_inner();
         let accepted = self
             .ctx
             .events

@@ -1,0 +1,424 @@
+//! When a member may start a Raft election, and when a leader must stand back: drover's guard
+//! around openraft 0.9, which has neither pre-vote nor check-quorum.
+//!
+//! openraft's own election timer is off (`enable_elect = false`); the election loop of the
+//! runtime ticks an [`ElectionGuard`] and carries out its [`GuardCommand`]s:
+//!
+//! ```text
+//!  follower: no AppendEntries from a leader for leader_lease + heartbeat + jitter
+//!            ──▶ PreVote to every voter ──▶ a majority grants ──▶ openraft elect()
+//!  voter asked for a pre-vote: grant only if it has not heard a leader for
+//!            leader_lease + heartbeat and the asker's log is at least as up to date
+//!  leader:   no quorum acknowledged for leader_lease ──▶ heartbeats off (stand back), so the
+//!            members it still reaches stop deferring to it and a connected majority can
+//!            elect; one probe round every PROBE_EVERY to find out whether a quorum is back
+//! ```
+//!
+//! Why: without pre-vote, a member back from a stall or a cut raises its term and deposes a
+//! leader that a majority still follows (leader ping-pong); without check-quorum, a leader cut
+//! from the majority but still reaching one member (a "bridge") keeps that member from voting
+//! for anyone, and a connected majority stays leaderless (openraft issue 2080). The grant rule
+//! uses openraft's own leader lease (`election_timeout_max` since the vote was last refreshed)
+//! plus one heartbeat, so a granted pre-vote is followed by votes openraft will not refuse for
+//! the lease.
+//!
+//! Pure: time and randomness are arguments.
+
+use std::time::Duration;
+
+use super::time::MonoTime;
+
+/// How often a leader that stood back sends one round of heartbeats to look for a quorum.
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// How long such a probe round lasts (heartbeats on).
+pub const PROBE_FOR: Duration = Duration::from_millis(600);
+/// Allowance for the pre-vote round, the vote round and the first commit of a new leader.
+const ELECTION_ROUNDS: Duration = Duration::from_millis(500);
+
+/// The Raft timings the guard works with (from node.toml `[raft]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElectionTimings {
+    /// Leader heartbeat period.
+    pub heartbeat: Duration,
+    /// Lower bound of the randomized election timeout.
+    pub election_min: Duration,
+    /// Upper bound of the randomized election timeout; also openraft 0.9's leader lease.
+    pub election_max: Duration,
+}
+
+impl ElectionTimings {
+    /// openraft 0.9's leader lease: a voter refuses votes for this long after it last heard
+    /// from a leader (or voted).
+    pub fn leader_lease(&self) -> Duration {
+        self.election_max
+    }
+
+    /// A voter grants a pre-vote only after this long without a leader's AppendEntries.
+    pub fn grant_after(&self) -> Duration {
+        self.leader_lease() + self.heartbeat
+    }
+
+    /// The longest random extra wait before a member asks for pre-votes.
+    pub fn max_jitter(&self) -> Duration {
+        self.election_max.saturating_sub(self.election_min)
+    }
+
+    /// Worst case from the last AppendEntries of a leader that died to a new leader able to
+    /// answer a linearizable read, when a majority is connected and no vote splits:
+    /// `grant_after + max_jitter + ELECTION_ROUNDS`, i.e. `2 × election_max − election_min +
+    /// heartbeat + 500 ms`. 4.5 s at the defaults (250 ms, 1.25–2.5 s).
+    pub fn max_leader_change(&self) -> Duration {
+        self.grant_after() + self.max_jitter() + ELECTION_ROUNDS
+    }
+
+    /// The shortest `lease_ttl` that outlasts a leader change: [`Self::max_leader_change`]
+    /// plus one quick renewal retry (250 ms) and its round trip, and the lease loop's early
+    /// check (together 500 ms). A holder's last confirmed renewal may have been sent just
+    /// before the leader died; its lease must still run when the new leader first confirms
+    /// one. 5 s at the defaults; 5.65 s with 150 ms heartbeats and 1.5–3 s election timeouts.
+    pub fn min_lease_ttl(&self) -> Duration {
+        self.max_leader_change() + Duration::from_millis(500)
+    }
+}
+
+/// This member's Raft role as the guard needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftRole {
+    /// Leads; `quorum_ack_age` is how long ago a quorum last acknowledged it (None: never).
+    Leader { quorum_ack_age: Option<Duration> },
+    /// A voter that does not lead (follower or candidate).
+    Voter,
+    /// A learner, or Raft not running: never campaigns.
+    Passive,
+}
+
+/// What the guard sees at a tick.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardInput {
+    /// Now, on the node's monotonic clock.
+    pub now: MonoTime,
+    /// The member's role.
+    pub role: RaftRole,
+    /// Time since this member last accepted AppendEntries (or a snapshot) from a leader;
+    /// `None` if it never did since it started.
+    pub since_leader: Option<Duration>,
+    /// How long this process has been running: a fresh member counts its silence from start.
+    pub uptime: Duration,
+    /// Number of voters in the membership.
+    pub voters: usize,
+}
+
+/// What the guard asks the runtime to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardCommand {
+    /// Ask every other voter for a pre-vote, then report with [`ElectionGuard::pre_vote_result`].
+    PreVote,
+    /// Start an election (openraft `trigger().elect()`).
+    Elect,
+    /// Turn the leader's heartbeats on or off.
+    Heartbeats(bool),
+}
+
+/// The election guard of one member.
+#[derive(Debug, Clone)]
+pub struct ElectionGuard {
+    timings: ElectionTimings,
+    /// The random extra wait of the current round, in [0, max_jitter].
+    jitter: Duration,
+    /// When the last pre-vote round started.
+    last_round: Option<MonoTime>,
+    /// A pre-vote round is waiting for its result.
+    in_flight: bool,
+    /// The leader stood back (heartbeats off) at this time.
+    stood_back: Option<MonoTime>,
+    /// Heartbeats are on for a probe round that started at this time.
+    probing: Option<MonoTime>,
+    /// When this member was first seen leading in its current leadership.
+    leading_since: Option<MonoTime>,
+}
+
+impl ElectionGuard {
+    /// A guard with the given timings; `random` seeds the first round's jitter.
+    pub fn new(timings: ElectionTimings, random: u64) -> ElectionGuard {
+        let mut g = ElectionGuard {
+            timings,
+            jitter: Duration::ZERO,
+            last_round: None,
+            in_flight: false,
+            stood_back: None,
+            probing: None,
+            leading_since: None,
+        };
+        g.draw_jitter(random);
+        g
+    }
+
+    /// The timings.
+    pub fn timings(&self) -> &ElectionTimings {
+        &self.timings
+    }
+
+    /// True while a leader stands back for lack of a quorum.
+    pub fn standing_back(&self) -> bool {
+        self.stood_back.is_some()
+    }
+
+    fn draw_jitter(&mut self, random: u64) {
+        let span = self.timings.max_jitter().as_millis() as u64;
+        self.jitter = Duration::from_millis(if span == 0 { 0 } else { random % (span + 1) });
+    }
+
+    /// One tick; `random` is a fresh random number (drawn by the caller).
+    pub fn tick(&mut self, input: &GuardInput, random: u64) -> Vec<GuardCommand> {
+        match input.role {
+            RaftRole::Leader { quorum_ack_age } => self.tick_leader(input, quorum_ack_age),
+            RaftRole::Voter => {
+                let mut out = self.leave_leadership();
+                out.extend(self.tick_voter(input, random));
+                out
+            }
+            RaftRole::Passive => self.leave_leadership(),
+        }
+    }
+
+    /// No longer leading: heartbeats back on for whenever it leads again.
+    fn leave_leadership(&mut self) -> Vec<GuardCommand> {
+        self.probing = None;
+        self.leading_since = None;
+        if self.stood_back.take().is_some() {
+            vec![GuardCommand::Heartbeats(true)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn tick_leader(&mut self, input: &GuardInput, ack_age: Option<Duration>) -> Vec<GuardCommand> {
+        self.in_flight = false;
+        let lease = self.timings.leader_lease();
+        // A single voter is its own quorum; openraft reports no acks for it.
+        let has_quorum = input.voters <= 1 || ack_age.is_some_and(|a| a <= lease);
+        let now = input.now;
+        let leading_for = now.saturating_duration_since(*self.leading_since.get_or_insert(now));
+        match (self.stood_back, has_quorum) {
+            (None, true) => Vec::new(),
+            (None, false) => {
+                // A new leader gets the lease to gather its first acknowledgements.
+                if ack_age.is_none() && leading_for < lease {
+                    return Vec::new();
+                }
+                self.stood_back = Some(now);
+                self.probing = None;
+                vec![GuardCommand::Heartbeats(false)]
+            }
+            (Some(_), true) => {
+                // A quorum answered (a probe round, or a replicated write): lead again.
+                self.stood_back = None;
+                match self.probing.take() {
+                    Some(_) => Vec::new(),
+                    None => vec![GuardCommand::Heartbeats(true)],
+                }
+            }
+            (Some(since), _) => match self.probing {
+                Some(p) if now.saturating_duration_since(p) >= PROBE_FOR => {
+                    self.probing = None;
+                    self.stood_back = Some(now);
+                    vec![GuardCommand::Heartbeats(false)]
+                }
+                Some(_) => Vec::new(),
+                None if now.saturating_duration_since(since) >= PROBE_EVERY => {
+                    self.probing = Some(now);
+                    vec![GuardCommand::Heartbeats(true)]
+                }
+                None => Vec::new(),
+            },
+        }
+    }
+
+    fn tick_voter(&mut self, input: &GuardInput, random: u64) -> Vec<GuardCommand> {
+        if self.in_flight {
+            return Vec::new();
+        }
+        let silent = input.since_leader.unwrap_or(input.uptime);
+        if silent < self.timings.grant_after() + self.jitter {
+            return Vec::new();
+        }
+        // One round per election_min at most, each with a fresh jitter (no lock-step).
+        if let Some(last) = self.last_round {
+            if input.now.saturating_duration_since(last) < self.timings.election_min + self.jitter
+            {
+                return Vec::new();
+            }
+        }
+        self.last_round = Some(input.now);
+        self.in_flight = true;
+        self.draw_jitter(random);
+        vec![GuardCommand::PreVote]
+    }
+
+    /// The pre-vote round ended: `granted` voters (this member included) said yes out of
+    /// `voters`. Returns [`GuardCommand::Elect`] when that is a majority.
+    pub fn pre_vote_result(&mut self, granted: usize, voters: usize) -> Option<GuardCommand> {
+        self.in_flight = false;
+        (granted > voters / 2).then_some(GuardCommand::Elect)
+    }
+}
+
+/// Why a voter refuses a pre-vote, if it does.
+///
+/// `since_leader`: time since this voter last accepted a leader's AppendEntries (`None`:
+/// never since it started, then `uptime` counts). `leading_with_quorum`: this voter is a
+/// leader a quorum acknowledged within the lease. `candidate_log` and `own_log` are the last
+/// log ids as (term, index), compared as Raft does (§5.4.1).
+pub fn pre_vote_refusal(
+    timings: &ElectionTimings,
+    since_leader: Option<Duration>,
+    uptime: Duration,
+    leading_with_quorum: bool,
+    candidate_log: (u64, u64),
+    own_log: (u64, u64),
+) -> Option<String> {
+    if leading_with_quorum {
+        return Some("this member leads and a quorum follows it".to_string());
+    }
+    let silent = since_leader.unwrap_or(uptime);
+    if silent < timings.grant_after() {
+        return Some(format!(
+            "this member heard from a leader {} ago (grants only after {})",
+            humantime::format_duration(Duration::from_millis(silent.as_millis() as u64)),
+            humantime::format_duration(timings.grant_after())
+        ));
+    }
+    if candidate_log < own_log {
+        return Some(format!(
+            "the candidate's log ends at {}-{}, behind this member's {}-{}",
+            candidate_log.0, candidate_log.1, own_log.0, own_log.1
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timings() -> ElectionTimings {
+        ElectionTimings {
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(1000),
+            election_max: Duration::from_millis(2000),
+        }
+    }
+
+    fn at(ms: u64) -> MonoTime {
+        MonoTime::from_ms(ms)
+    }
+
+    fn voter(now: u64, since_leader: Option<u64>) -> GuardInput {
+        GuardInput {
+            now: at(now),
+            role: RaftRole::Voter,
+            since_leader: since_leader.map(Duration::from_millis),
+            uptime: Duration::from_millis(now),
+            voters: 5,
+        }
+    }
+
+    fn leader(now: u64, ack: Option<u64>) -> GuardInput {
+        GuardInput {
+            now: at(now),
+            role: RaftRole::Leader { quorum_ack_age: ack.map(Duration::from_millis) },
+            since_leader: None,
+            uptime: Duration::from_millis(now + 10_000),
+            voters: 5,
+        }
+    }
+
+    #[test]
+    fn bounds_at_the_defaults() {
+        assert_eq!(timings().grant_after(), Duration::from_millis(2100));
+        assert_eq!(timings().max_leader_change(), Duration::from_millis(3600));
+        assert_eq!(timings().min_lease_ttl(), Duration::from_millis(4100));
+    }
+
+    #[test]
+    fn a_follower_that_hears_its_leader_never_asks() {
+        let mut g = ElectionGuard::new(timings(), 0);
+        for t in (0..60_000).step_by(50) {
+            assert!(g.tick(&voter(t + 5000, Some(150)), t).is_empty());
+        }
+    }
+
+    #[test]
+    fn silence_past_the_lease_and_jitter_asks_for_pre_votes_once_per_round() {
+        // jitter 0 for the first round
+        let mut g = ElectionGuard::new(timings(), 0);
+        assert!(g.tick(&voter(10_000, Some(2099)), 1).is_empty());
+        assert_eq!(g.tick(&voter(10_001, Some(2100)), 1000), vec![GuardCommand::PreVote]);
+        // in flight: nothing more until the result
+        assert!(g.tick(&voter(10_500, Some(2600)), 0).is_empty());
+        assert_eq!(g.pre_vote_result(2, 5), None, "2 of 5 is no majority");
+        // next round only after election_min + the new jitter (1000 ms)
+        assert!(g.tick(&voter(11_900, Some(4000)), 0).is_empty());
+        assert_eq!(g.tick(&voter(12_001, Some(4100)), 0), vec![GuardCommand::PreVote]);
+        assert_eq!(g.pre_vote_result(3, 5), Some(GuardCommand::Elect));
+    }
+
+    #[test]
+    fn a_fresh_member_counts_silence_from_its_start() {
+        let mut g = ElectionGuard::new(timings(), 0);
+        assert!(g.tick(&voter(2000, None), 0).is_empty());
+        assert_eq!(g.tick(&voter(2100, None), 0), vec![GuardCommand::PreVote]);
+    }
+
+    #[test]
+    fn a_leader_without_a_quorum_stands_back_and_probes() {
+        let mut g = ElectionGuard::new(timings(), 0);
+        assert!(g.tick(&leader(0, None), 0).is_empty(), "a new leader gets the lease");
+        assert!(g.tick(&leader(0, Some(100)), 0).is_empty());
+        assert!(g.tick(&leader(1000, Some(2000)), 0).is_empty(), "within the lease");
+        assert_eq!(g.tick(&leader(1100, Some(2001)), 0), vec![GuardCommand::Heartbeats(false)]);
+        assert!(g.standing_back());
+        assert!(g.tick(&leader(3000, Some(4000)), 0).is_empty());
+        assert_eq!(g.tick(&leader(6100, Some(7000)), 0), vec![GuardCommand::Heartbeats(true)]);
+        // the probe finds no quorum: back off again after PROBE_FOR
+        assert!(g.tick(&leader(6300, Some(7200)), 0).is_empty());
+        assert_eq!(g.tick(&leader(6700, Some(7600)), 0), vec![GuardCommand::Heartbeats(false)]);
+        // next probe finds a quorum: leads again, heartbeats stay on
+        assert_eq!(g.tick(&leader(11_700, Some(12_600)), 0), vec![GuardCommand::Heartbeats(true)]);
+        assert!(g.tick(&leader(11_800, Some(50)), 0).is_empty());
+        assert!(!g.standing_back());
+        assert!(g.tick(&leader(20_000, Some(50)), 0).is_empty());
+    }
+
+    #[test]
+    fn a_deposed_leader_turns_heartbeats_back_on() {
+        let mut g = ElectionGuard::new(timings(), 0);
+        assert!(g.tick(&leader(8_000, Some(100)), 0).is_empty());
+        assert_eq!(g.tick(&leader(10_000, Some(5000)), 0), vec![GuardCommand::Heartbeats(false)]);
+        assert_eq!(g.tick(&voter(10_100, Some(0)), 0), vec![GuardCommand::Heartbeats(true)]);
+        assert!(g.tick(&voter(10_200, Some(0)), 0).is_empty());
+    }
+
+    #[test]
+    fn a_single_voter_always_has_its_quorum() {
+        let mut g = ElectionGuard::new(timings(), 0);
+        let mut input = leader(100_000, None);
+        input.voters = 1;
+        assert!(g.tick(&input, 0).is_empty());
+    }
+
+    #[test]
+    fn pre_vote_grant_rule() {
+        let t = timings();
+        let long = Duration::from_secs(60);
+        let quiet = Some(Duration::from_millis(2100));
+        assert_eq!(pre_vote_refusal(&t, quiet, long, false, (3, 10), (3, 10)), None);
+        assert_eq!(pre_vote_refusal(&t, quiet, long, false, (4, 1), (3, 10)), None);
+        assert!(pre_vote_refusal(&t, quiet, long, false, (3, 9), (3, 10)).is_some());
+        assert!(pre_vote_refusal(&t, quiet, long, false, (2, 99), (3, 10)).is_some());
+        let heard = pre_vote_refusal(&t, Some(Duration::from_millis(300)), long, false, (3, 10), (3, 10));
+        assert!(heard.unwrap().contains("heard from a leader 300ms ago"));
+        assert!(pre_vote_refusal(&t, quiet, long, true, (3, 10), (3, 10)).is_some());
+        assert!(pre_vote_refusal(&t, None, Duration::from_secs(1), false, (3, 10), (3, 10)).is_some());
+    }
+}

@@ -1,0 +1,175 @@
+//! The election loop: ticks the pure [`ElectionGuard`] every `TICK` and carries out its
+//! commands on openraft (whose own election timer is off, see `config::RaftTimings`):
+//! pre-vote rounds to every other voter in parallel, `trigger().elect()` after a majority
+//! granted, and the leader's heartbeats off and on while it stands back without a quorum.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::v1 as pb;
+use drover_proto::v1::raft_client::RaftClient;
+use openraft::{AsyncRuntime, ServerState};
+use rand::RngCore;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+
+use crate::api::NodeHandle;
+use crate::consensus::network::{endpoint, Dialer};
+use crate::consensus::runtime::DroverRuntime;
+use crate::consensus::types::{Member, NodeId};
+use crate::decide::{ElectionGuard, GuardCommand, GuardInput, MonoTime, RaftRole};
+use crate::tls::TlsMaterial;
+
+/// Period of the election loop.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Starts the election loop of a voter; it stops when `stop` turns true.
+pub fn start(
+    node: NodeHandle,
+    tls: Option<Arc<TlsMaterial>>,
+    dialer: Dialer,
+    stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(election_loop(node, PreVoteClients { tls, dialer, cache: BTreeMap::new() }, stop));
+}
+
+/// Raft gRPC clients to the other voters, for pre-votes.
+struct PreVoteClients {
+    tls: Option<Arc<TlsMaterial>>,
+    dialer: Dialer,
+    cache: BTreeMap<NodeId, (String, RaftClient<Channel>)>,
+}
+
+impl PreVoteClients {
+    fn client(&mut self, id: NodeId, member: &Member) -> Option<RaftClient<Channel>> {
+        if let Some((addr, c)) = self.cache.get(&id) {
+            if *addr == member.address {
+                return Some(c.clone());
+            }
+        }
+        let ep = endpoint(&member.address, &member.name, self.tls.as_deref()).ok()?;
+        let client = RaftClient::new(self.dialer.channel(ep));
+        self.cache.insert(id, (member.address.clone(), client.clone()));
+        Some(client)
+    }
+}
+
+fn random() -> u64 {
+    DroverRuntime::thread_rng().next_u64()
+}
+
+async fn election_loop(
+    node: NodeHandle,
+    mut clients: PreVoteClients,
+    mut stop: watch::Receiver<bool>,
+) {
+    let timings = node.election;
+    let mut guard = ElectionGuard::new(timings, random());
+    let (result_tx, mut result_rx) = mpsc::channel::<(usize, usize)>(4);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let origin = node.started;
+    loop {
+        let mut commands = Vec::new();
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some((granted, voters)) = result_rx.recv() => {
+                commands.extend(guard.pre_vote_result(granted, voters));
+                if granted <= voters / 2 {
+                    debug!(granted, voters, "pre-vote: no majority; not starting an election");
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let (state, voters, members, term) = {
+            let metrics = node.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            let voters: Vec<NodeId> = membership.voter_ids().collect();
+            let members: BTreeMap<NodeId, Member> =
+                membership.nodes().map(|(i, n)| (*i, n.clone())).collect();
+            (m.state, voters, members, m.current_term)
+        };
+        let is_voter = voters.contains(&node.id);
+        let role = match state {
+            ServerState::Leader => RaftRole::Leader {
+                quorum_ack_age: node.contacts.quorum_age(node.id, voters.iter().copied()),
+            },
+            ServerState::Follower | ServerState::Candidate if is_voter => RaftRole::Voter,
+            _ => RaftRole::Passive,
+        };
+        let now = tokio::time::Instant::now();
+        let input = GuardInput {
+            now: MonoTime::from_ms(now.saturating_duration_since(origin).as_millis() as u64),
+            role,
+            since_leader: node.leader_contact.since(),
+            uptime: now.saturating_duration_since(origin),
+            voters: voters.len(),
+        };
+        commands.extend(guard.tick(&input, random()));
+        for cmd in commands {
+            match cmd {
+                GuardCommand::Heartbeats(on) => {
+                    if on {
+                        info!("heartbeats on");
+                    } else {
+                        warn!(
+                            "leader without a quorum for {}: standing back (heartbeats off) so a \
+                             connected majority can elect; probing for a quorum every {}s",
+                            humantime::format_duration(timings.leader_lease()),
+                            crate::decide::election::PROBE_EVERY.as_secs()
+                        );
+                    }
+                    node.raft.runtime_config().heartbeat(on);
+                }
+                GuardCommand::Elect => {
+                    info!(term, "pre-vote granted by a majority: starting an election");
+                    if let Err(e) = node.raft.trigger().elect().await {
+                        warn!(cause = %e, "cannot start an election");
+                    }
+                }
+                GuardCommand::PreVote => {
+                    let last_log = crate::api::raft::last_log_of(&node);
+                    let req = pb::PreVoteRequest {
+                        candidate: node.id,
+                        term: term + 1,
+                        last_log_term: last_log.0,
+                        last_log_index: last_log.1,
+                    };
+                    let peers: Vec<(NodeId, RaftClient<Channel>)> = voters
+                        .iter()
+                        .filter(|v| **v != node.id)
+                        .filter_map(|v| Some((*v, clients.client(*v, members.get(v)?)?)))
+                        .collect();
+                    let deadline = timings.election_min / 2;
+                    let tx = result_tx.clone();
+                    let total = voters.len();
+                    tokio::spawn(async move {
+                        let asks = peers.into_iter().map(|(id, mut c)| {
+                            let req = req.clone();
+                            async move {
+                                match tokio::time::timeout(deadline, c.pre_vote(req)).await {
+                                    Ok(Ok(r)) if r.get_ref().granted => true,
+                                    Ok(Ok(r)) => {
+                                        debug!(voter = id, "pre-vote refused: {}", r.get_ref().reason);
+                                        false
+                                    }
+                                    _ => false,
+                                }
+                            }
+                        });
+                        let granted = futures::future::join_all(asks)
+                            .await
+                            .into_iter()
+                            .filter(|g| *g)
+                            .count();
+                        // This member grants itself: its guard only asks after the silence.
+                        let _ = tx.send((granted + 1, total)).await;
+                    });
+                }
+            }
+        }
+    }
+}
