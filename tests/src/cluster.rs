@@ -427,7 +427,8 @@ impl Cluster {
             p(&n.tls[1]),
             p(&n.tls[2])
         );
-        t += "[raft]\nheartbeat_interval = \"250ms\"\nelection_timeout = [\"1250ms\", \"2500ms\"]\n";
+        t +=
+            "[raft]\nheartbeat_interval = \"250ms\"\nelection_timeout = [\"1250ms\", \"2500ms\"]\n";
         t += "snapshot_after_entries = 5000\nkeep_entries_after_snapshot = 1000\n";
         if !n.joins_later {
             for m in self.nodes.iter().filter(|m| !m.joins_later) {

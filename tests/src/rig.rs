@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::app::{failover_spec, AppSite, Apps};
 use crate::cluster::{Cluster, NodeId};
-use crate::LEADER_TIMEOUT;
 use crate::netns::Sites;
+use crate::LEADER_TIMEOUT;
 
 /// The service every failover test protects.
 pub const SERVICE: &str = "webshop";

@@ -98,7 +98,9 @@ fn leader_loss_never_stops_a_healthy_prod() {
     let mut placements = Vec::new();
     // kill -9, SIGTERM (an upgrade), kill -9 of a leader placed outside prod.
     for round in 0..3 {
-        let leader = if round == 2 { move_leader_to(&mut r, &["dr", "witness"]) } else {
+        let leader = if round == 2 {
+            move_leader_to(&mut r, &["dr", "witness"])
+        } else {
             leader_and_term(&mut r).0
         };
         placements.push(r.c.name(leader).to_owned());
@@ -176,7 +178,9 @@ fn netns_rig(test: &str) -> Option<(Sites, Rig)> {
         return None;
     }
     if !have_nft() {
-        drover_tests::skip(&format!("{test}: skipped: needs nft (Debian package nftables) for one-way cuts"));
+        drover_tests::skip(&format!(
+            "{test}: skipped: needs nft (Debian package nftables) for one-way cuts"
+        ));
         return None;
     }
     let sites = Sites::new(test);

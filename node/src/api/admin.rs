@@ -299,7 +299,8 @@ impl Admin for AdminService {
         let spec = parse_spec(&req.text)?;
         let timing_errors = crate::spec::check_against_raft_timings(&spec, &self.node.election);
         if !timing_errors.is_empty() {
-            let errors = crate::spec::SpecErrors { source: "cluster.toml".into(), errors: timing_errors };
+            let errors =
+                crate::spec::SpecErrors { source: "cluster.toml".into(), errors: timing_errors };
             return Err(Status::invalid_argument(errors.to_string()));
         }
         let old = self.node.state.read(|s| s.control.spec.as_ref().map(|v| v.spec.clone()));

@@ -25,6 +25,14 @@ pub fn router(node: NodeHandle) -> Router {
 }
 
 async fn readyz(State(node): State<NodeHandle>) -> impl IntoResponse {
+    if let Err(fatal) = &node.raft.metrics().borrow().running_state {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: Raft stopped on this node ({fatal}); the node exits to be restarted\n"
+            ),
+        );
+    }
     let view = node.view().await;
     if view.ready() {
         (StatusCode::OK, format!("ready: leader is node {}\n", view.leader_id.unwrap_or(0)))

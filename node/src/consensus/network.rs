@@ -61,7 +61,11 @@ impl PeerContacts {
     /// How long ago a majority of `voters` (`own` counting as just now) last answered: the
     /// age of the newest contact that still leaves a majority at least that fresh. `None` if
     /// fewer than a majority ever answered.
-    pub fn quorum_age(&self, own: NodeId, voters: impl IntoIterator<Item = NodeId>) -> Option<Duration> {
+    pub fn quorum_age(
+        &self,
+        own: NodeId,
+        voters: impl IntoIterator<Item = NodeId>,
+    ) -> Option<Duration> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut ages: Vec<Option<Duration>> = voters
             .into_iter()

@@ -244,8 +244,7 @@ impl ElectionGuard {
         }
         // One round per election_min at most, each with a fresh jitter (no lock-step).
         if let Some(last) = self.last_round {
-            if input.now.saturating_duration_since(last) < self.timings.election_min + self.jitter
-            {
+            if input.now.saturating_duration_since(last) < self.timings.election_min + self.jitter {
                 return Vec::new();
             }
         }
@@ -416,9 +415,12 @@ mod tests {
         assert_eq!(pre_vote_refusal(&t, quiet, long, false, (4, 1), (3, 10)), None);
         assert!(pre_vote_refusal(&t, quiet, long, false, (3, 9), (3, 10)).is_some());
         assert!(pre_vote_refusal(&t, quiet, long, false, (2, 99), (3, 10)).is_some());
-        let heard = pre_vote_refusal(&t, Some(Duration::from_millis(300)), long, false, (3, 10), (3, 10));
+        let heard =
+            pre_vote_refusal(&t, Some(Duration::from_millis(300)), long, false, (3, 10), (3, 10));
         assert!(heard.unwrap().contains("heard from a leader 300ms ago"));
         assert!(pre_vote_refusal(&t, quiet, long, true, (3, 10), (3, 10)).is_some());
-        assert!(pre_vote_refusal(&t, None, Duration::from_secs(1), false, (3, 10), (3, 10)).is_some());
+        assert!(
+            pre_vote_refusal(&t, None, Duration::from_secs(1), false, (3, 10), (3, 10)).is_some()
+        );
     }
 }

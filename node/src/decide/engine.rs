@@ -278,9 +278,17 @@ struct Mine {
     progress: Progress,
     /// The outcome, once known; proposed as `StepFinished` until the state moves on.
     result: Option<Result<String, String>>,
+    /// Executors that could not run this attempt (unreachable, refused, died): not asked again
+    /// for it.
+    excluded: BTreeSet<NodeId>,
+    /// Times this attempt went to another executor because one could not run it.
+    reroutes: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An attempt goes to another executor at most this often before it counts as failed.
+const MAX_REROUTES: u32 = 6;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Progress {
     /// Start proposed, nothing run yet.
     Started,
@@ -288,6 +296,8 @@ enum Progress {
     Dispatched { deadline: MonoTime },
     /// Evaluated by the engine itself (lease wait, probe) since `since`.
     Evaluating { since: MonoTime },
+    /// The executor could not run it; another one is to be chosen.
+    Rerouting { why: String },
 }
 
 /// Where a tick's commands go, with the per-service proposal and alert limits.
@@ -419,6 +429,40 @@ impl Engine {
                 mine.result = Some(result);
             }
         }
+    }
+
+    /// The executor of a dispatched attempt could not run it: unreachable, died mid-step (its
+    /// outcome is unknown; steps are idempotent), or refused it (not caught up, not a
+    /// controller). That costs no attempt: the attempt goes to another suitable executor at
+    /// the next tick (that one is not asked again), up to `MAX_REROUTES` times, after which it
+    /// counts as failed with `why`. Ignored unless it is the attempt this engine waits for.
+    pub fn step_not_run(
+        &mut self,
+        service: &str,
+        workflow_id: u64,
+        step: usize,
+        attempt: u32,
+        why: String,
+    ) {
+        let Some(run) = self.runs.get_mut(service) else { return };
+        if run.workflow_id != workflow_id {
+            return;
+        }
+        let Some(mine) = run.mine.as_mut() else { return };
+        let waiting = matches!(mine.progress, Progress::Dispatched { .. });
+        if mine.step != step || mine.attempt != attempt || !waiting || mine.result.is_some() {
+            return;
+        }
+        mine.reroutes += 1;
+        if mine.reroutes > MAX_REROUTES {
+            mine.result =
+                Some(Err(format!("no executor could run it ({} tries): {why}", mine.reroutes)));
+            return;
+        }
+        if let Some(ex) = mine.executor {
+            mine.excluded.insert(ex);
+        }
+        mine.progress = Progress::Rerouting { why };
     }
 
     /// The verdict of the veto hooks last run for `service`: `Ok` when every hook exited 0,
@@ -922,7 +966,7 @@ fn start_step(
         return;
     }
     let step = &wf.steps[i];
-    let (executor, result) = match choose_executor(params, step, obs) {
+    let (executor, result) = match choose_executor(params, step, obs, &BTreeSet::new()) {
         Ok(executor) => (executor, None),
         // No node can fence: record the attempt as failed, so retries and `on_failure` decide
         // (with "continue" the lease wait takes over).
@@ -948,7 +992,15 @@ fn start_step(
         at_unix_ms: obs.now_unix_ms,
     };
     sink.propose(name, req);
-    run.mine = Some(Mine { step: i, attempt, executor, progress: Progress::Started, result });
+    run.mine = Some(Mine {
+        step: i,
+        attempt,
+        executor,
+        progress: Progress::Started,
+        result,
+        excluded: BTreeSet::new(),
+        reroutes: 0,
+    });
 }
 
 /// Moves an attempt this engine started towards a result: dispatches it, or evaluates it here
@@ -1015,7 +1067,37 @@ fn advance(
         }
         return;
     }
-    match mine.progress {
+    if let Progress::Rerouting { why } = mine.progress.clone() {
+        match choose_executor(params, step, obs, &mine.excluded) {
+            Ok(executor) => {
+                let was = who_runs(params, obs, mine.executor);
+                let now_runs = who_runs(params, obs, executor);
+                let msg = format!(
+                    "step {} of {name} ({}) attempt {}: {was} could not run it ({why}); {now_runs} \
+                     runs it instead",
+                    mine.step + 1,
+                    step.describe(),
+                    mine.attempt
+                );
+                sink.out.push(Command::Alert { service: name.to_string(), message: msg });
+                mine.executor = executor;
+                mine.progress = Progress::Started;
+            }
+            Err(none) => {
+                // Every suitable executor was tried or none is reachable: ask again from the
+                // start of the list (one may be back), after an alert.
+                mine.excluded.clear();
+                let msg = format!(
+                    "step {} of {name} ({}) waits for an executor: {why}; {none}",
+                    mine.step + 1,
+                    step.describe()
+                );
+                return sink.alert(name, "no_executor", msg);
+            }
+        }
+    }
+    match mine.progress.clone() {
+        Progress::Rerouting { .. } => {}
         Progress::Started | Progress::Evaluating { .. } => {
             let deadline = now + action.timeout + params.step_result_grace;
             mine.progress = Progress::Dispatched { deadline };
@@ -1033,10 +1115,7 @@ fn advance(
             }));
         }
         Progress::Dispatched { deadline } if now >= deadline => {
-            let who = match mine.executor {
-                None => format!("the leader ({})", params.node_name),
-                Some(id) => obs.members.get(&id).map_or(format!("node {id}"), |m| m.name.clone()),
-            };
+            let who = who_runs(params, obs, mine.executor);
             mine.result = Some(Err(format!(
                 "no result from {who} within {}",
                 secs(action.timeout + params.step_result_grace)
@@ -1046,20 +1125,31 @@ fn advance(
     }
 }
 
+/// The name of an executor for messages: `None` is the leader itself.
+fn who_runs(params: &EngineParams, obs: &Observation, executor: Option<NodeId>) -> String {
+    match executor {
+        None => format!("the leader ({})", params.node_name),
+        Some(id) => obs.members.get(&id).map_or(format!("node {id}"), |m| m.name.clone()),
+    }
+}
+
 /// Who runs `step`: `Ok(None)` for the leader itself (and for what the engine evaluates),
-/// `Ok(Some(id))` for another reachable controller, `Err(why)` when no suitable node is
-/// reachable. Witness members never run steps.
+/// `Ok(Some(id))` for another reachable controller not in `excluded`, `Err(why)` when no
+/// suitable node is reachable. Witness members never run steps.
 fn choose_executor(
     params: &EngineParams,
     step: &WorkflowStep,
     obs: &Observation,
+    excluded: &BTreeSet<NodeId>,
 ) -> Result<Option<NodeId>, String> {
     let Some(action) = &step.action else { return Ok(None) };
     if let StepAction::Probe(_) = action.action {
         return Ok(None);
     }
     let me = obs.members.values().find(|m| m.name == params.node_name);
-    let usable = |id: &NodeId, m: &Member| m.role == Role::Controller && obs.reachable.contains(id);
+    let usable = |id: &NodeId, m: &Member| {
+        m.role == Role::Controller && obs.reachable.contains(id) && !excluded.contains(id)
+    };
     match &action.run_on {
         RunOn::Any => {
             if me.is_none_or(|m| m.role == Role::Controller) {

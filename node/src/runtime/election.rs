@@ -153,7 +153,11 @@ async fn election_loop(
                                 match tokio::time::timeout(deadline, c.pre_vote(req)).await {
                                     Ok(Ok(r)) if r.get_ref().granted => true,
                                     Ok(Ok(r)) => {
-                                        debug!(voter = id, "pre-vote refused: {}", r.get_ref().reason);
+                                        debug!(
+                                            voter = id,
+                                            "pre-vote refused: {}",
+                                            r.get_ref().reason
+                                        );
                                         false
                                     }
                                     _ => false,

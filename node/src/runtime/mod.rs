@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api::admin::AdminService;
 use crate::api::raft::RaftService;
@@ -133,7 +133,33 @@ pub async fn run(
 
     initialize_if_new(&raft, cfg.id, &cfg.initial_members).await;
 
-    shutdown.await;
+    // A Raft core that stopped (a storage write failed: full disk, I/O error) leaves a process
+    // that still answers but can neither vote nor persist: exit, so that the supervisor
+    // restarts it and the leader stops counting on it, instead of lingering half alive.
+    let fatal = {
+        let mut metrics = raft.metrics();
+        async move {
+            loop {
+                if let Err(fatal) = &metrics.borrow().running_state {
+                    return fatal.to_string();
+                }
+                if metrics.changed().await.is_err() {
+                    return "Raft metrics closed".to_string();
+                }
+            }
+        }
+    };
+    let stopped = tokio::select! {
+        _ = shutdown => None,
+        why = fatal => Some(why),
+    };
+    if let Some(why) = &stopped {
+        error!(
+            "Raft stopped on this node: {why}; exiting so the node can be restarted (free disk \
+             space or fix the data dir {} first if storage failed)",
+            cfg.data_dir.display()
+        );
+    }
     info!("shutting down: stopping Raft, then the listeners");
     if let Err(e) = raft.shutdown().await {
         warn!(cause = %e, "Raft did not stop cleanly");
@@ -146,7 +172,10 @@ pub async fn run(
         }
         Err(_) => warn!("listeners did not stop within {SHUTDOWN_GRACE:?}; exiting anyway"),
     }
-    Ok(())
+    match stopped {
+        Some(why) => Err(RuntimeError::Raft(format!("Raft stopped: {why}"))),
+        None => Ok(()),
+    }
 }
 
 /// Who a node is.

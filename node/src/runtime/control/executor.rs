@@ -8,6 +8,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{ControlCtx, EPOCH_CATCH_UP};
+
+/// How an executor's refusal to run a step starts (the leader then asks another executor).
+pub(super) const REFUSED: &str = "refused:";
 use crate::actuate::StepContext;
 use crate::consensus::state::control::StepStatus;
 use crate::spec::Step;

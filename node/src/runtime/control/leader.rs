@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::executor::run_local;
+use super::executor::{run_local, REFUSED};
 use super::report::parse_verdict;
 use super::{unix_now_ms, ControlCtx, Event, TICK};
 use crate::actuate::{Actuator, StepContext, StepError};
@@ -83,8 +83,13 @@ pub(super) async fn controller_loop(
                 }
                 continue;
             }
-            Some(Event::StepResult { service, workflow_id, step, attempt, result }) => {
-                eng.step_result(&service, workflow_id, step, attempt, result);
+            Some(Event::StepResult { service, workflow_id, step, attempt, result, not_run }) => {
+                match result {
+                    Err(why) if not_run => {
+                        eng.step_not_run(&service, workflow_id, step, attempt, why)
+                    }
+                    result => eng.step_result(&service, workflow_id, step, attempt, result),
+                }
             }
             Some(Event::ProposalDone { term: asked_by, service }) if asked_by == term => {
                 eng.proposal_done(&service)
@@ -210,13 +215,16 @@ fn dispatch(ctx: &ControlCtx, d: StepDispatch, members: &BTreeMap<NodeId, Member
     let executor = d.executor.map(|id| (id, members.get(&id).cloned()));
     tokio::spawn(async move {
         let limit = d.action.timeout + Duration::from_secs(5);
-        let result = match executor {
+        let (result, not_run) = match executor {
             Some((id, Some(member))) if id != ctx.node.id => {
-                run_remote(&ctx, id, &member, &d, limit).await
+                match run_remote(&ctx, id, &member, &d, limit).await {
+                    Remote::Ran(result) => (result, false),
+                    Remote::NotRun(why) => (Err(why), true),
+                }
             }
             // Never run a site-bound step elsewhere because its executor left the cluster.
-            Some((id, None)) => Err(format!("executor node {id} is no longer a member")),
-            _ => run_local(&ctx, &d.action, &context_of(&d)).await,
+            Some((id, None)) => (Err(format!("executor node {id} is no longer a member")), true),
+            _ => (run_local(&ctx, &d.action, &context_of(&d)).await, false),
         };
         match &result {
             Ok(detail) => {
@@ -234,6 +242,7 @@ fn dispatch(ctx: &ControlCtx, d: StepDispatch, members: &BTreeMap<NodeId, Member
                 step: d.step,
                 attempt: d.attempt,
                 result,
+                not_run,
             })
             .await;
     });
@@ -360,14 +369,25 @@ fn context_of(d: &StepDispatch) -> StepContext {
     }
 }
 
+/// What became of a step sent to an executor.
+enum Remote {
+    /// The executor ran it: its result.
+    Ran(Result<String, String>),
+    /// The executor could not run it (unreachable, died mid-step, refused it): another may.
+    NotRun(String),
+}
+
 async fn run_remote(
     ctx: &ControlCtx,
     id: NodeId,
     member: &Member,
     d: &StepDispatch,
     limit: Duration,
-) -> Result<String, String> {
-    let mut client = ctx.peers.control(id, member)?;
+) -> Remote {
+    let mut client = match ctx.peers.control(id, member) {
+        Ok(c) => c,
+        Err(why) => return Remote::NotRun(why),
+    };
     let req = pb::RunStepRequest {
         service: d.service.clone(),
         workflow_id: d.workflow_id,
@@ -378,16 +398,23 @@ async fn run_remote(
         to_site: d.to_site.clone(),
     };
     match tokio::time::timeout(limit, client.run_step(req)).await {
-        Err(_) => Err(format!("no answer from {} within {}s", member.name, limit.as_secs())),
-        Ok(Err(status)) => {
-            Err(format!("{} could not run the step: {}", member.name, status.message()))
+        // The step may have run this long: its outcome is unknown, and counts as a failure.
+        Err(_) => {
+            Remote::Ran(Err(format!("no answer from {} within {}s", member.name, limit.as_secs())))
         }
+        Ok(Err(status)) => Remote::NotRun(format!(
+            "{} could not run the step: {}",
+            member.name,
+            crate::consensus::network::describe_status(&status)
+        )),
         Ok(Ok(reply)) => {
             let r = reply.into_inner();
             if r.ok {
-                Ok(format!("{} on {}", r.detail, member.name))
+                Remote::Ran(Ok(format!("{} on {}", r.detail, member.name)))
+            } else if r.detail.starts_with(REFUSED) {
+                Remote::NotRun(format!("{} on {}", r.detail, member.name))
             } else {
-                Err(format!("{} on {}", r.detail, member.name))
+                Remote::Ran(Err(format!("{} on {}", r.detail, member.name)))
             }
         }
     }

@@ -94,6 +94,8 @@ enum Event {
         step: usize,
         attempt: u32,
         result: Result<String, String>,
+        /// The executor could not run the step (unreachable, died, refused): costs no attempt.
+        not_run: bool,
     },
     ProposalDone {
         /// The leadership term (engine) that proposed; a result for an earlier one is dropped.

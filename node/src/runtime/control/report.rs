@@ -112,9 +112,10 @@ async fn relay_reports(
         let m = metrics.borrow();
         m.membership_config.membership().nodes().map(|(i, n)| (*i, n.clone())).collect()
     };
-    let targets = leader_member.map(|m| (leader, m)).into_iter().chain(
-        members.into_iter().filter(|(id, _)| *id != ctx.node.id && *id != leader),
-    );
+    let targets = leader_member
+        .map(|m| (leader, m))
+        .into_iter()
+        .chain(members.into_iter().filter(|(id, _)| *id != ctx.node.id && *id != leader));
     let mut sends: futures::stream::FuturesUnordered<_> = targets
         .map(|(id, m)| {
             let req = req.clone();
