@@ -115,25 +115,27 @@ struct Seen {
 }
 
 fn look(node: &NodeHandle, last_index: Option<u64>) -> Seen {
-    let (applied, state_hash, epoch, phase, workflow_running, lease) = node.state.read_applied(|applied, cluster| {
-        let svc = cluster.control.services.get(SERVICE);
-        let moved = applied.map(|l| l.index) != last_index;
-        let state_hash = moved.then(|| {
-            let mut h = std::hash::DefaultHasher::new();
-            serde_json::to_string(&cluster.control.services).unwrap_or_default().hash(&mut h);
-            cluster.last_seq.hash(&mut h);
-            h.finish()
+    let (applied, state_hash, epoch, phase, workflow_running, lease) =
+        node.state.read_applied(|applied, cluster| {
+            let svc = cluster.control.services.get(SERVICE);
+            let moved = applied.map(|l| l.index) != last_index;
+            let state_hash = moved.then(|| {
+                let mut h = std::hash::DefaultHasher::new();
+                serde_json::to_string(&cluster.control.services).unwrap_or_default().hash(&mut h);
+                cluster.last_seq.hash(&mut h);
+                h.finish()
+            });
+            (
+                applied.map(|l| (l.index, l.leader_id.term)),
+                state_hash,
+                svc.map_or(0, |s| s.epoch),
+                svc.map_or(String::new(), |s| s.phase.as_str().to_string()),
+                svc.and_then(|s| s.active_workflow()).is_some_and(|w| {
+                    w.state == drover::consensus::state::control::WorkflowState::Running
+                }),
+                svc.and_then(|s| s.lease.as_ref()).map(|l| (l.site.clone(), l.epoch)),
+            )
         });
-        (
-            applied.map(|l| (l.index, l.leader_id.term)),
-            state_hash,
-            svc.map_or(0, |s| s.epoch),
-            svc.map_or(String::new(), |s| s.phase.as_str().to_string()),
-            svc.and_then(|s| s.active_workflow())
-                .is_some_and(|w| w.state == drover::consensus::state::control::WorkflowState::Running),
-            svc.and_then(|s| s.lease.as_ref()).map(|l| (l.site.clone(), l.epoch)),
-        )
-    });
     let fenced = node.fenced.lock().ok().and_then(|f| f.get(SERVICE).copied());
     let believes_lease = node.leases.lock().ok().and_then(|l| l.get(SERVICE).copied());
     let metrics = node.raft.metrics();
@@ -469,8 +471,7 @@ impl Checker {
                     .collect()
             })
             .collect();
-        let to_majority =
-            |i: usize| sound[i] && adj[i].iter().filter(|c| **c).count() >= quorum;
+        let to_majority = |i: usize| sound[i] && adj[i].iter().filter(|c| **c).count() >= quorum;
         for (i, n) in all.iter().enumerate() {
             if to_majority(i) {
                 self.connected_since.entry(n.host.clone()).or_insert(now);
@@ -484,8 +485,7 @@ impl Checker {
         // Some majority of sound members connected pairwise (n <= 7: every subset).
         let clique = (0u32..(1 << all.len())).any(|set| {
             let members: Vec<usize> = (0..all.len()).filter(|i| set & (1 << i) != 0).collect();
-            members.len() >= quorum
-                && members.iter().all(|&i| members.iter().all(|&j| adj[i][j]))
+            members.len() >= quorum && members.iter().all(|&i| members.iter().all(|&j| adj[i][j]))
         });
         let top = seen.values().max_by_key(|s| (s.epoch, s.applied));
 
@@ -535,11 +535,21 @@ impl Checker {
             self.leaderless_since = None;
         }
         // A2 (b): no ping-pong. The leader a majority followed is replaced by a newer one while
-        // it was still sound and connected to a majority for a whole election timeout.
-        if let Some((term, id, _)) = self.followed {
-            let newer = seen.iter().find(|(_, s)| {
-                s.server_state == ServerState::Leader && s.term > term
+        // it stayed sound and connected to a majority all along (a leader that was stalled,
+        // crashed or cut off in between may lose its place).
+        if let Some((_, id, since)) = self.followed {
+            let old = all.iter().position(|n| n.id == id);
+            let all_along = old.is_some_and(|i| {
+                to_majority(i)
+                    && self.connected_since.get(&all[i].host).is_some_and(|t| *t <= since)
             });
+            if !all_along {
+                self.followed = None;
+            }
+        }
+        if let Some((term, id, _)) = self.followed {
+            let newer =
+                seen.iter().find(|(_, s)| s.server_state == ServerState::Leader && s.term > term);
             let old = all.iter().position(|n| n.id == id);
             if let (Some((new_host, new)), Some(old)) = (newer, old) {
                 let old_host = all[old].host.clone();
@@ -579,7 +589,11 @@ impl Checker {
                 );
                 self.violate(world, "A1", detail);
             } else {
-                world.trace.event(now, "state", &format!("{} self-fenced at epoch {epoch}", n.host));
+                world.trace.event(
+                    now,
+                    "state",
+                    &format!("{} self-fenced at epoch {epoch}", n.host),
+                );
                 self.legit_fence_epochs.insert(epoch);
             }
         }
@@ -601,8 +615,7 @@ impl Checker {
         let prod_app = world.apps.get(PROD).is_some_and(|a| a.healthy)
             && world.powered.get(PROD).copied().unwrap_or(false)
             && all.iter().filter(|n| world.reaches_app(n, PROD)).count() >= quorum;
-        let prod_connected =
-            all.iter().enumerate().any(|(i, n)| n.site == PROD && to_majority(i));
+        let prod_connected = all.iter().enumerate().any(|(i, n)| n.site == PROD && to_majority(i));
         if prod_app && prod_connected && world.dns.1 == PROD && !lossy {
             self.prod_fine_since.get_or_insert(now);
         } else {

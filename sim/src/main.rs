@@ -259,7 +259,8 @@ fn worker(cli: &Cli) -> ExitCode {
 /// outcomes in seed order.
 fn parallel(cli: &Cli, seeds: &[u64]) -> Vec<(Outcome, Option<(u64, u64)>)> {
     let exe = std::env::current_exe().expect("the simulator's own path");
-    let queue = Arc::new(Mutex::new(seeds.iter().copied().collect::<std::collections::VecDeque<u64>>()));
+    let queue =
+        Arc::new(Mutex::new(seeds.iter().copied().collect::<std::collections::VecDeque<u64>>()));
     let results = Arc::new(Mutex::new(BTreeMap::new()));
     let total = seeds.len();
     let mut workers = Vec::new();
@@ -285,22 +286,18 @@ fn parallel(cli: &Cli, seeds: &[u64]) -> Vec<(Outcome, Option<(u64, u64)>)> {
             let mut stdin = child.stdin.take().expect("piped");
             let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
             loop {
-                let Some(seed) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
-                else {
+                let Some(seed) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
                     break;
                 };
                 let mut line = String::new();
                 let answered = writeln!(stdin, "{seed}").and_then(|_| stdin.flush()).is_ok()
                     && stdout.read_line(&mut line).is_ok_and(|n| n > 0);
-                let result = if answered {
-                    outcome_from_json(&line)
-                } else {
-                    None
-                };
+                let result = if answered { outcome_from_json(&line) } else { None };
                 let result = result.unwrap_or_else(|| (crashed_worker(seed), None));
                 let mut r = results.lock().unwrap_or_else(|p| p.into_inner());
                 r.insert(seed, result);
-                let bad = r.values().filter(|(o, _): &&(Outcome, _)| !o.violations.is_empty()).count();
+                let bad =
+                    r.values().filter(|(o, _): &&(Outcome, _)| !o.violations.is_empty()).count();
                 eprint!("\r{}/{} runs, {} with violations", r.len(), total, bad);
                 let _ = std::io::stderr().flush();
                 if !answered {

@@ -79,9 +79,7 @@ pub fn run(cfg: &RunConfig) -> Outcome {
     let wall_start = det::wall_now();
     det::activate(cfg.seed);
     drover::consensus::runtime::seed(cfg.seed);
-    drover::decide::lease::mutation::set_no_lease_wait(
-        cfg.mutation == Some(Mutation::NoLeaseWait),
-    );
+    drover::decide::lease::mutation::set_no_lease_wait(cfg.mutation == Some(Mutation::NoLeaseWait));
     let result = catch_unwind(AssertUnwindSafe(|| simulate(cfg)));
     drover::decide::lease::mutation::set_no_lease_wait(false);
     det::deactivate();
@@ -141,7 +139,11 @@ fn simulate(cfg: &RunConfig) -> Outcome {
     world.trace.event(
         Duration::ZERO,
         "run",
-        &format!("policy {}; {} forms the cluster and leads first", plan.policy.describe(), plan.first_leader),
+        &format!(
+            "policy {}; {} forms the cluster and leads first",
+            plan.policy.describe(),
+            plan.first_leader
+        ),
     );
     let world: Shared = Arc::new(Mutex::new(world));
     let registry: Registry = Arc::default();
@@ -229,7 +231,10 @@ fn simulate(cfg: &RunConfig) -> Outcome {
                 }
                 Fault::DiskFullLeader { free_after } => {
                     let Some(host) = leader(&registry) else { continue };
-                    later.push((now + free_after, Fault::DiskFull { host: host.clone(), full: false }));
+                    later.push((
+                        now + free_after,
+                        Fault::DiskFull { host: host.clone(), full: false },
+                    ));
                     Fault::DiskFull { host, full: true }
                 }
                 Fault::CrashExecutorInStep { restart_after } => {

@@ -147,9 +147,8 @@ pub fn plan(
     let other_hosts: Vec<String> = topology.nodes.iter().map(|n| n.host.clone()).collect();
     let mut policy = SimPolicy::choose(rng);
     let mut first_leader = rng.pick(&other_hosts).clone();
-    let hosts_of = |site: &str| -> Vec<String> {
-        topology.site_nodes(site).map(|n| n.host.clone()).collect()
-    };
+    let hosts_of =
+        |site: &str| -> Vec<String> { topology.site_nodes(site).map(|n| n.host.clone()).collect() };
     let at_random = |rng: &mut SimRng| start + window.mul_f64(rng.range(0, 1000) as f64 / 1000.0);
     match name {
         "app-crash" => {
@@ -244,11 +243,14 @@ pub fn plan(
         "leader-loss" => {
             let candidates: Vec<String> = [hosts_of(DR), hosts_of(WITNESS)].concat();
             first_leader = rng.pick(&candidates).clone();
+            // The node's default lease (6 s) up to 10 s: what issue 9 ran with.
+            policy.lease_ttl = Duration::from_millis(rng.range(12, 20) * 500);
+            // Each crashed leader restarts before the next crash, so a majority always runs.
             let mut t = start;
             for _ in 0..rng.range(1, 3) {
-                let restart_after = rng.chance(0.7).then(|| secs(rng, 2, 20));
-                faults.push((t, Fault::CrashLeader { restart_after }));
-                t += secs(rng, 20, 30);
+                let restart_after = secs(rng, 2, 15);
+                faults.push((t, Fault::CrashLeader { restart_after: Some(restart_after) }));
+                t += restart_after + secs(rng, 5, 15);
                 if t >= quiet_from {
                     break;
                 }
@@ -286,11 +288,16 @@ pub fn plan(
                     faults.push((t, Fault::Stall(host.clone())));
                     faults.push((t + Duration::from_secs(6), Fault::Resume(host)));
                 }
-                faults.push((t + Duration::from_secs(6), Fault::AppHealth { site: PROD, healthy: true }));
+                faults.push((
+                    t + Duration::from_secs(6),
+                    Fault::AppHealth { site: PROD, healthy: true },
+                ));
                 t += Duration::from_secs(20);
             }
         }
         "dead-executor" => {
+            // The leader outside dr, so that the executor is another member (as in issue 9).
+            first_leader = rng.pick(&[hosts_of(PROD), hosts_of(WITNESS)].concat()).clone();
             policy.activate_warmup = Some(Duration::from_secs(4));
             faults.push((start, Fault::AppHealth { site: PROD, healthy: false }));
             faults.push((start, Fault::CrashExecutorInStep { restart_after: secs(rng, 5, 30) }));
@@ -306,10 +313,17 @@ pub fn plan(
                         let to = rng.pick(&other_hosts).clone();
                         if from != to {
                             let both = rng.chance(0.5);
-                            faults.push((at, Fault::CutLink { from: from.clone(), to: to.clone() }));
-                            faults.push((until, Fault::HealLink { from: from.clone(), to: to.clone() }));
+                            faults
+                                .push((at, Fault::CutLink { from: from.clone(), to: to.clone() }));
+                            faults.push((
+                                until,
+                                Fault::HealLink { from: from.clone(), to: to.clone() },
+                            ));
                             if both {
-                                faults.push((at, Fault::CutLink { from: to.clone(), to: from.clone() }));
+                                faults.push((
+                                    at,
+                                    Fault::CutLink { from: to.clone(), to: from.clone() },
+                                ));
                                 faults.push((until, Fault::HealLink { from: to, to: from }));
                             }
                         }

@@ -93,7 +93,11 @@ pub fn text(policy: &SimPolicy) -> String {
         )
     });
     if let Some(warmup) = warmup {
-        text = text.replacen("  [[service.runbook.dr.activate]]", &(warmup + "  [[service.runbook.dr.activate]]"), 1);
+        text = text.replacen(
+            "  [[service.runbook.dr.activate]]",
+            &(warmup + "  [[service.runbook.dr.activate]]"),
+            1,
+        );
     }
     text
 }

@@ -33,7 +33,9 @@ fn known_failing() -> Vec<((u64, String, usize), String)> {
         .map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let [seed, name, nodes, invariant] = fields[..] else {
-                panic!("bad known-failing line {line:?}: want <seed> <scenario> <nodes> <invariant>")
+                panic!(
+                    "bad known-failing line {line:?}: want <seed> <scenario> <nodes> <invariant>"
+                )
             };
             let key = (seed.parse().unwrap(), name.to_string(), nodes.parse().unwrap());
             (key, invariant.to_string())
