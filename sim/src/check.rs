@@ -14,6 +14,32 @@
 //!   standby within the bound of `spec::recovery_bound`.
 //! - L2 after the quiet period's healing, the cluster converges: one leader, all nodes at the
 //!   same applied index.
+//!
+//! The availability checkers (DESIGN.md 7, issue 9) judge what drover does to a healthy site.
+//! They work on the *true* connectivity the scenario set (cuts, stalls, crashes, full disks),
+//! and count a member only while it is **sound**: its software runs, it is not stalled, its
+//! disk is not full, its site has power. A member is *connected to a majority* while it is
+//! sound and linked both ways to sound members making a majority of the voters with it. Runs
+//! with random message loss are exempt (the checkers cannot see which links loss broke).
+//!
+//! - A1 drover never stops a healthy active site by itself. (a) A self-fence is wrong when the
+//!   cluster still grants the site the lease at that epoch, the site's application is healthy
+//!   and powered, and the fencing node had been connected to a majority for the renewal bound
+//!   [`Bounds::renewal`] without a break: with a majority around it, a leader is elected
+//!   within the election bound and a renewal gets through within two RPC deadlines. (b) A
+//!   failover is wrong when, for `down_after` + 1 s before it started, prod's application was
+//!   healthy and powered (whether or not drover had stopped it), reachable from a majority of
+//!   the voters' positions, a prod node was connected to a majority, and no self-fence at that
+//!   epoch was judged legitimate by (a).
+//! - A2 a connected majority has a leader: (a) whenever some majority of sound members is
+//!   connected pairwise, a leader followed by a majority (sound members linked both ways to it
+//!   that name it leader in its term) appears within [`Bounds::election`]; (b) no ping-pong: a
+//!   leader followed by a majority that is still sound and connected to a majority is never
+//!   replaced.
+//! - A3 a service always has a serving site (an application running, with power) or a
+//!   running failover workflow. Nobody serving and no workflow running (none, failed or
+//!   paused) for [`Bounds::unserved`] while a connected majority exists and dr has power is a
+//!   violation: a workflow that cannot finish must not leave the service dark.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -25,10 +51,45 @@ use openraft::ServerState;
 
 use crate::world::{Topology, World, DR, PROD, SERVICE};
 
+/// The bounds of the availability checkers, derived from the Raft timings and the policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// A2: longest a connected majority may go without a leader: one election timeout to
+    /// notice the loss, then up to two more election rounds (one split vote), plus 1 s of
+    /// message and tick delays: `3 x election_timeout_max + 1 s` (10 s with the defaults).
+    pub election: Duration,
+    /// A1: how long a node connected to a majority may go without a confirmed renewal and
+    /// still self-fence legitimately: an election, then a renewal and its retry, each within
+    /// the node's 2 s RPC deadline: `election + 2 x 2 s`.
+    pub renewal: Duration,
+    /// A3: how long a service may have neither a serving site nor a running workflow while a
+    /// majority is connected: detection (`down_after` + 2 s of reports and ticks), an
+    /// election, and the renewal bound for the self-fence that may have started it.
+    pub unserved: Duration,
+    /// The policy's `down_after`.
+    pub down_after: Duration,
+    /// The Raft timing: the longest a follower waits for a leader before campaigning.
+    pub election_timeout_max: Duration,
+}
+
+impl Bounds {
+    /// The bounds for a cluster with `election_timeout_max` and a policy with `down_after`.
+    pub fn new(election_timeout_max: Duration, down_after: Duration) -> Bounds {
+        let election = election_timeout_max * 3 + Duration::from_secs(1);
+        let renewal = election + Duration::from_secs(4);
+        let unserved = down_after + Duration::from_secs(2) + election + renewal;
+        Bounds { election, renewal, unserved, down_after, election_timeout_max }
+    }
+}
+
+/// Every name a [`Violation`] may carry.
+pub const INVARIANTS: &[&str] =
+    &["S1", "S2", "S3", "S4", "S5", "A1", "A2", "A3", "L1", "L2", "PANIC"];
+
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
-    /// `S1` .. `L2`, or `PANIC`.
+    /// One of [`INVARIANTS`].
     pub invariant: &'static str,
     /// Simulated time.
     pub at: Duration,
@@ -48,25 +109,34 @@ struct Seen {
     server_state: ServerState,
     leader: Option<u64>,
     term: u64,
+    fenced: Option<u64>,
+    workflow_running: bool,
+    lease: Option<(String, u64)>,
 }
 
 fn look(node: &NodeHandle, last_index: Option<u64>) -> Seen {
-    let (applied, state_hash, epoch, phase) = node.state.read_applied(|applied, cluster| {
-        let svc = cluster.control.services.get(SERVICE);
-        let moved = applied.map(|l| l.index) != last_index;
-        let state_hash = moved.then(|| {
-            let mut h = std::hash::DefaultHasher::new();
-            serde_json::to_string(&cluster.control.services).unwrap_or_default().hash(&mut h);
-            cluster.last_seq.hash(&mut h);
-            h.finish()
+    let (applied, state_hash, epoch, phase, workflow_running, lease) =
+        node.state.read_applied(|applied, cluster| {
+            let svc = cluster.control.services.get(SERVICE);
+            let moved = applied.map(|l| l.index) != last_index;
+            let state_hash = moved.then(|| {
+                let mut h = std::hash::DefaultHasher::new();
+                serde_json::to_string(&cluster.control.services).unwrap_or_default().hash(&mut h);
+                cluster.last_seq.hash(&mut h);
+                h.finish()
+            });
+            (
+                applied.map(|l| (l.index, l.leader_id.term)),
+                state_hash,
+                svc.map_or(0, |s| s.epoch),
+                svc.map_or(String::new(), |s| s.phase.as_str().to_string()),
+                svc.and_then(|s| s.active_workflow()).is_some_and(|w| {
+                    w.state == drover::consensus::state::control::WorkflowState::Running
+                }),
+                svc.and_then(|s| s.lease.as_ref()).map(|l| (l.site.clone(), l.epoch)),
+            )
         });
-        (
-            applied.map(|l| (l.index, l.leader_id.term)),
-            state_hash,
-            svc.map_or(0, |s| s.epoch),
-            svc.map_or(String::new(), |s| s.phase.as_str().to_string()),
-        )
-    });
+    let fenced = node.fenced.lock().ok().and_then(|f| f.get(SERVICE).copied());
     let believes_lease = node.leases.lock().ok().and_then(|l| l.get(SERVICE).copied());
     let metrics = node.raft.metrics();
     let m = metrics.borrow();
@@ -79,6 +149,9 @@ fn look(node: &NodeHandle, last_index: Option<u64>) -> Seen {
         server_state: m.state,
         leader: m.current_leader,
         term: m.current_term,
+        fenced,
+        workflow_running,
+        lease,
     }
 }
 
@@ -107,17 +180,34 @@ pub struct Checker {
     /// Time from the loss to traffic on dr, once it happened.
     pub recovery: Option<Duration>,
     converged: bool,
+    bounds: Bounds,
+    /// Per host: since when it has been connected to a majority.
+    connected_since: BTreeMap<String, Duration>,
+    /// Since when a connected majority has had no leader followed by a majority.
+    leaderless_since: Option<Duration>,
+    /// The leader followed by a majority at the last look: (term, id, since).
+    followed: Option<(u64, u64, Duration)>,
+    /// Self-fences seen, (host, epoch).
+    fences_seen: std::collections::BTreeSet<(String, u64)>,
+    /// Epochs at which a self-fence was judged legitimate.
+    legit_fence_epochs: std::collections::BTreeSet<u64>,
+    /// Since when prod's application has been healthy by the scenario, powered, reachable
+    /// from a majority of positions, with a prod node connected to a majority (A1 b).
+    prod_fine_since: Option<Duration>,
+    /// Since when nobody serves and no workflow runs, while a majority is connected (A3).
+    unserved_since: Option<Duration>,
 }
 
 impl Checker {
     /// A checker for a run whose active site is lost at `loss_at` (if the plan says so).
     pub fn new(
         topology: Topology,
-        down_after: Duration,
+        bounds: Bounds,
         recovery_bound: Duration,
         loss_at: Option<Duration>,
         quiet_from: Duration,
     ) -> Checker {
+        let down_after = bounds.down_after;
         Checker {
             violations: Vec::new(),
             topology: Arc::new(topology),
@@ -137,6 +227,14 @@ impl Checker {
             failovers: 0,
             recovery: None,
             converged: false,
+            bounds,
+            connected_since: BTreeMap::new(),
+            leaderless_since: None,
+            followed: None,
+            fences_seen: Default::default(),
+            legit_fence_epochs: Default::default(),
+            prod_fine_since: None,
+            unserved_since: None,
         }
     }
 
@@ -197,9 +295,11 @@ impl Checker {
         }
 
         // Workflow starts (S5) and commits, from the most advanced node.
+        let mut failover_from_epoch = None;
         if let Some(top) = seen.values().max_by_key(|s| (s.epoch, s.applied)) {
             if top.epoch > self.max_epoch {
                 if self.max_epoch > 0 {
+                    failover_from_epoch = Some(self.max_epoch);
                     world.trace.event(
                         now,
                         "state",
@@ -232,6 +332,8 @@ impl Checker {
                 self.phase_seen = top.phase.clone();
             }
         }
+
+        self.availability(world, nodes, &seen, failover_from_epoch);
 
         // S5's view: prod healthy, powered, and reachable from a quorum of running nodes.
         let topo = Arc::clone(&self.topology);
@@ -334,6 +436,213 @@ impl Checker {
                     "converged: one leader, every node at the same applied index",
                 );
             }
+        }
+    }
+
+    /// A1-A3 (see the module header).
+    fn availability(
+        &mut self,
+        world: &mut World,
+        nodes: &BTreeMap<String, NodeHandle>,
+        seen: &BTreeMap<String, Seen>,
+        failover_from_epoch: Option<u64>,
+    ) {
+        let now = world.now;
+        let topo = Arc::clone(&self.topology);
+        let all = &topo.nodes;
+        let quorum = topo.quorum();
+        let lossy = world.message_loss > 0.0;
+        let sound: Vec<bool> = all
+            .iter()
+            .map(|n| {
+                nodes.contains_key(&n.host)
+                    && !world.stalled.contains(&n.host)
+                    && !world.disk_full.contains(&n.host)
+                    && world.powered.get(&n.site).copied().unwrap_or(false)
+            })
+            .collect();
+        let adj: Vec<Vec<bool>> = all
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                all.iter()
+                    .enumerate()
+                    .map(|(j, b)| !lossy && sound[i] && sound[j] && world.connected(a, b))
+                    .collect()
+            })
+            .collect();
+        let to_majority = |i: usize| sound[i] && adj[i].iter().filter(|c| **c).count() >= quorum;
+        for (i, n) in all.iter().enumerate() {
+            if to_majority(i) {
+                self.connected_since.entry(n.host.clone()).or_insert(now);
+            } else {
+                self.connected_since.remove(&n.host);
+            }
+        }
+        let connected_for = |c: &Checker, host: &str| {
+            c.connected_since.get(host).map_or(Duration::ZERO, |t| now.saturating_sub(*t))
+        };
+        // Some majority of sound members connected pairwise (n <= 7: every subset).
+        let clique = (0u32..(1 << all.len())).any(|set| {
+            let members: Vec<usize> = (0..all.len()).filter(|i| set & (1 << i) != 0).collect();
+            members.len() >= quorum && members.iter().all(|&i| members.iter().all(|&j| adj[i][j]))
+        });
+        let top = seen.values().max_by_key(|s| (s.epoch, s.applied));
+
+        // A2 (a): a leader followed by a majority, within the election bound.
+        let followed = all.iter().enumerate().find_map(|(i, l)| {
+            let s = seen.get(&l.host)?;
+            if s.server_state != ServerState::Leader || !sound[i] {
+                return None;
+            }
+            let followers = all
+                .iter()
+                .enumerate()
+                .filter(|(j, m)| {
+                    adj[i][*j]
+                        && seen
+                            .get(&m.host)
+                            .is_some_and(|f| f.leader == Some(l.id) && f.term == s.term)
+                })
+                .count();
+            (followers >= quorum).then_some((s.term, l.id, i))
+        });
+        if clique && followed.is_none() {
+            let since = *self.leaderless_since.get_or_insert(now);
+            if now.saturating_sub(since) > self.bounds.election {
+                let hosts: Vec<&str> = all
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| to_majority(*i))
+                    .map(|(_, n)| n.host.as_str())
+                    .collect();
+                let leaders: Vec<String> = seen
+                    .iter()
+                    .filter(|(_, s)| s.server_state == ServerState::Leader)
+                    .map(|(h, s)| format!("{h} (term {})", s.term))
+                    .collect();
+                let detail = format!(
+                    "no leader followed by a majority for {:.1}s although a majority was connected ({}; bound {:.1}s = 3 x election_timeout_max + 1s); leaders: {}",
+                    now.saturating_sub(since).as_secs_f64(),
+                    hosts.join(", "),
+                    self.bounds.election.as_secs_f64(),
+                    if leaders.is_empty() { "none".to_string() } else { leaders.join(", ") }
+                );
+                self.violate(world, "A2", detail);
+                self.leaderless_since = None;
+            }
+        } else {
+            self.leaderless_since = None;
+        }
+        // A2 (b): no ping-pong. The leader a majority followed is replaced by a newer one while
+        // it stayed sound and connected to a majority all along (a leader that was stalled,
+        // crashed or cut off in between may lose its place).
+        if let Some((_, id, since)) = self.followed {
+            let old = all.iter().position(|n| n.id == id);
+            let all_along = old.is_some_and(|i| {
+                to_majority(i)
+                    && self.connected_since.get(&all[i].host).is_some_and(|t| *t <= since)
+            });
+            if !all_along {
+                self.followed = None;
+            }
+        }
+        if let Some((term, id, _)) = self.followed {
+            let newer =
+                seen.iter().find(|(_, s)| s.server_state == ServerState::Leader && s.term > term);
+            let old = all.iter().position(|n| n.id == id);
+            if let (Some((new_host, new)), Some(old)) = (newer, old) {
+                let old_host = all[old].host.clone();
+                let stable = to_majority(old)
+                    && connected_for(self, &old_host) >= self.bounds.election_timeout_max;
+                if stable {
+                    let detail = format!(
+                        "{new_host} took over in term {} from {old_host} (term {term}), which was still connected to a majority",
+                        new.term
+                    );
+                    self.violate(world, "A2", detail);
+                }
+                self.followed = None;
+            }
+        }
+        if let Some((term, id, _)) = followed {
+            if self.followed.map(|(t, i, _)| (t, i)) != Some((term, id)) {
+                self.followed = Some((term, id, now));
+            }
+        }
+
+        // A1 (a): self-fences.
+        let granted = top.and_then(|t| t.lease.clone());
+        for (i, n) in all.iter().enumerate() {
+            let Some(epoch) = seen.get(&n.host).and_then(|s| s.fenced) else { continue };
+            if !self.fences_seen.insert((n.host.clone(), epoch)) {
+                continue;
+            }
+            let app_fine = world.apps.get(&n.site).is_some_and(|a| a.healthy)
+                && world.powered.get(&n.site).copied().unwrap_or(false);
+            let still_granted = granted.as_ref() == Some(&(n.site.clone(), epoch));
+            let for_ = connected_for(self, &n.host);
+            if app_fine && still_granted && to_majority(i) && for_ >= self.bounds.renewal {
+                let detail = format!(
+                    "{} self-fenced at epoch {epoch} although the cluster still granted {} the lease, its application was healthy and {} had been connected to a majority for {:.1}s (renewal bound {:.1}s)",
+                    n.host, n.site, n.host, for_.as_secs_f64(), self.bounds.renewal.as_secs_f64()
+                );
+                self.violate(world, "A1", detail);
+            } else {
+                world.trace.event(
+                    now,
+                    "state",
+                    &format!("{} self-fenced at epoch {epoch}", n.host),
+                );
+                self.legit_fence_epochs.insert(epoch);
+            }
+        }
+
+        // A1 (b): failovers away from a healthy, connected prod.
+        if let (Some(from), Some(since)) = (failover_from_epoch, self.prod_fine_since) {
+            let fine_for = now.saturating_sub(since);
+            if fine_for > self.bounds.down_after + Duration::from_secs(1)
+                && !self.legit_fence_epochs.contains(&from)
+            {
+                let detail = format!(
+                    "failover from epoch {from} started although prod's application was healthy and prod connected to a majority for the last {:.1}s (down_after {:?}), with no legitimate self-fence",
+                    fine_for.as_secs_f64(),
+                    self.bounds.down_after
+                );
+                self.violate(world, "A1", detail);
+            }
+        }
+        let prod_app = world.apps.get(PROD).is_some_and(|a| a.healthy)
+            && world.powered.get(PROD).copied().unwrap_or(false)
+            && all.iter().filter(|n| world.reaches_app(n, PROD)).count() >= quorum;
+        let prod_connected = all.iter().enumerate().any(|(i, n)| n.site == PROD && to_majority(i));
+        if prod_app && prod_connected && world.dns.1 == PROD && !lossy {
+            self.prod_fine_since.get_or_insert(now);
+        } else {
+            self.prod_fine_since = None;
+        }
+
+        // A3: someone serves, or a workflow runs.
+        let serving = [PROD, DR].iter().any(|site| {
+            world.apps.get(*site).is_some_and(|a| a.running)
+                && world.powered.get(*site).copied().unwrap_or(false)
+        });
+        let running = top.is_some_and(|t| t.workflow_running);
+        let dr_powered = world.powered.get(DR).copied().unwrap_or(false);
+        if !serving && !running && clique && dr_powered {
+            let since = *self.unserved_since.get_or_insert(now);
+            if now.saturating_sub(since) > self.bounds.unserved {
+                let detail = format!(
+                    "nothing served {SERVICE} for {:.1}s and no failover ran (phase {}) while a majority was connected (bound {:.1}s)",
+                    now.saturating_sub(since).as_secs_f64(),
+                    top.map_or("?", |t| t.phase.as_str()),
+                    self.bounds.unserved.as_secs_f64()
+                );
+                self.violate(world, "A3", detail);
+                self.unserved_since = None;
+            }
+        } else {
+            self.unserved_since = None;
         }
     }
 

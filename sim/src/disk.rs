@@ -26,6 +26,8 @@ struct Images {
     lost_writes: u64,
     /// Syncs are acknowledged but do nothing (the `lying-disk` mutation).
     lying: bool,
+    /// The disk is full: writes, growth and syncs fail (ENOSPC).
+    full: bool,
 }
 
 #[derive(Debug)]
@@ -45,6 +47,10 @@ fn apply(image: &mut Vec<u8>, op: &Op) {
         }
         Op::SetLen(len) => image.resize(*len as usize, 0),
     }
+}
+
+fn no_space() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOSPC)
 }
 
 /// One node's simulated disk; clones share it.
@@ -73,6 +79,11 @@ impl SimDisk {
         images.lost_writes += images.pending.len() as u64;
         images.pending.clear();
         images.current = images.durable.clone();
+    }
+
+    /// Fills the disk (every write, growth and sync fails with ENOSPC) or frees it.
+    pub fn set_full(&self, full: bool) {
+        self.lock().full = full;
     }
 
     /// Writes dropped by crashes so far.
@@ -112,6 +123,9 @@ impl redb::StorageBackend for SimBackend {
             return Err(io::Error::other(format!("simulated disk full at {len} bytes")));
         }
         let mut images = self.0.lock();
+        if images.full && len > images.current.len() as u64 {
+            return Err(no_space());
+        }
         let op = Op::SetLen(len);
         apply(&mut images.current, &op);
         images.pending.push(op);
@@ -120,6 +134,9 @@ impl redb::StorageBackend for SimBackend {
 
     fn sync_data(&self, _eventual: bool) -> Result<(), io::Error> {
         let mut images = self.0.lock();
+        if images.full && !images.pending.is_empty() {
+            return Err(no_space());
+        }
         if images.lying {
             return Ok(());
         }
@@ -135,6 +152,9 @@ impl redb::StorageBackend for SimBackend {
             return Err(io::Error::other("simulated disk full"));
         }
         let mut images = self.0.lock();
+        if images.full {
+            return Err(no_space());
+        }
         let op = Op::Write { offset, data: data.to_vec() };
         apply(&mut images.current, &op);
         images.pending.push(op);
@@ -162,6 +182,22 @@ mod tests {
         assert_eq!(b.read(0, 6).unwrap(), b"synced");
         assert_eq!(disk.lost_writes(), 2);
         assert!(b.read(0, 7).is_err());
+    }
+
+    #[test]
+    fn a_full_disk_refuses_writes_until_freed() {
+        let disk = SimDisk::new();
+        let b = disk.backend();
+        b.write(0, b"kept").unwrap();
+        b.sync_data(false).unwrap();
+        disk.set_full(true);
+        assert!(b.write(0, b"lost").is_err());
+        assert!(b.set_len(64).is_err());
+        assert_eq!(b.read(0, 4).unwrap(), b"kept");
+        disk.set_full(false);
+        b.write(0, b"new!").unwrap();
+        b.sync_data(false).unwrap();
+        assert_eq!(b.read(0, 4).unwrap(), b"new!");
     }
 
     #[test]

@@ -41,7 +41,15 @@ impl SimActuator {
         Duration::from_millis(w.rng.range(lo, hi) * slow)
     }
 
+    /// A paused process does nothing: while the host is stalled, its actions wait.
+    async fn unstalled(&self) {
+        while lock(&self.world).stalled.contains(&self.node.host) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn act(&self, step: &Step, ctx: &StepContext) -> Result<StepOutput, StepError> {
+        self.unstalled().await;
         let self_fence = ctx.to_site.is_empty();
         let done = |what: String| StepOutput { detail: what, output_tail: String::new() };
         match &step.action {
@@ -53,6 +61,7 @@ impl SimActuator {
                     return Err(failed(format!("not simulated: exec {:?}", e.command)));
                 }
                 tokio::time::sleep(self.duration(50, 400)).await;
+                self.unstalled().await;
                 let site = self.node.site.clone();
                 let mut w = lock(&self.world);
                 if !w.powered.get(&site).copied().unwrap_or(false) {
@@ -89,6 +98,7 @@ impl SimActuator {
                     std::future::pending::<()>().await;
                 }
                 tokio::time::sleep(self.duration(200, 1500)).await;
+                self.unstalled().await;
                 if mode == FenceMode::Fails && !lying {
                     return Err(failed(format!("{}: Failed: Unable to connect", f.agent)));
                 }
@@ -115,6 +125,7 @@ impl SimActuator {
             }
             StepAction::Dns(_) => {
                 tokio::time::sleep(self.duration(20, 150)).await;
+                self.unstalled().await;
                 let mut w = lock(&self.world);
                 if w.dns_refuses {
                     return Err(failed("dns: the server answered REFUSED"));

@@ -2,8 +2,10 @@
 //! checks the safety and liveness invariants of DESIGN.md 7. See the README's "Simulator"
 //! section and `drover-sim --help`.
 
-use std::io::Write;
-use std::process::ExitCode;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
@@ -47,9 +49,17 @@ struct Cli {
     /// Run each seed twice and fail if the two traces differ.
     #[arg(long)]
     check_determinism: bool,
-    /// Plant a defect the checkers must catch: lying-fence, clock-beyond-drift or lying-disk.
+    /// Plant a defect the checkers must catch: lying-fence, clock-beyond-drift, lying-disk
+    /// or no-lease-wait.
     #[arg(long, value_parser = parse_mutation)]
     mutate: Option<Mutation>,
+    /// Run seeds in N worker processes at once (one run per process at a time: the clock
+    /// overrides are process-wide). Results are reported in seed order, as with one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    jobs: u64,
+    /// Internal: run the seeds read from stdin, one JSON outcome per line on stdout.
+    #[arg(long, hide = true)]
+    worker: bool,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -77,8 +87,7 @@ fn parse_tick(s: &str) -> Result<u64, String> {
 }
 
 fn parse_mutation(s: &str) -> Result<Mutation, String> {
-    Mutation::parse(s)
-        .ok_or_else(|| format!("{s:?} is not lying-fence, clock-beyond-drift or lying-disk"))
+    Mutation::parse(s).ok_or_else(|| format!("{s:?} is not {}", Mutation::NAMES))
 }
 
 fn replay(cli: &Cli, o: &Outcome) -> String {
@@ -134,60 +143,63 @@ fn main() -> ExitCode {
         _ => vec![1],
     };
     let single = seeds.len() == 1;
-    let config = |seed| RunConfig {
-        seed,
-        scenario: cli.scenario.clone(),
-        length: Duration::from_secs_f64(cli.minutes * 60.0),
-        nodes: cli.nodes,
-        tick: Duration::from_millis(cli.tick_ms),
-        mutation: cli.mutate,
-        print_trace: cli.trace && single,
-    };
+    if cli.worker {
+        return worker(&cli);
+    }
     let started = det::wall_now();
     let mut outcomes = Vec::new();
     let mut nondeterministic = Vec::new();
-    for (i, seed) in seeds.iter().enumerate() {
-        let o = drover_sim::run(&config(*seed));
-        if cli.check_determinism {
-            let again = drover_sim::run(&RunConfig { print_trace: false, ..config(*seed) });
-            if again.trace_hash != o.trace_hash {
-                nondeterministic.push(*seed);
-                println!(
-                    "NONDETERMINISTIC seed {}: trace hashes {:016x} and {:016x} ({} and {} events)",
-                    seed, o.trace_hash, again.trace_hash, o.events, again.events
-                );
+    if cli.jobs > 1 && !single {
+        let done = parallel(&cli, &seeds);
+        for (o, twin) in done {
+            if twin.is_some_and(|(h, _)| h != o.trace_hash) {
+                nondeterministic.push(o.seed);
+                report_nondeterminism(&o, twin);
             }
-        }
-        if !o.violations.is_empty() {
-            if !single {
+            if !o.violations.is_empty() {
                 eprintln!();
+                report_violation(&cli, &o);
             }
-            report_violation(&cli, &o);
+            outcomes.push(o);
         }
-        if single {
-            println!(
-                "seed {} scenario {}: {} violation(s), {} failover(s), recovery {}, {:.0}s simulated in {:.1}s ({:.0}x), trace {:016x}",
-                o.seed,
-                o.scenario,
-                o.violations.len(),
-                o.failovers,
-                o.recovery.map_or("-".into(), |r| format!("{:.1}s", r.as_secs_f64())),
-                o.simulated.as_secs_f64(),
-                o.wall.as_secs_f64(),
-                o.simulated.as_secs_f64() / o.wall.as_secs_f64().max(1e-9),
-                o.trace_hash
-            );
-        } else {
-            let bad = outcomes.iter().filter(|o: &&Outcome| !o.violations.is_empty()).count()
-                + usize::from(!o.violations.is_empty());
-            eprint!("\r{}/{} runs, {} with violations", i + 1, seeds.len(), bad);
-            let _ = std::io::stderr().flush();
+    } else {
+        for (i, seed) in seeds.iter().enumerate() {
+            let (o, twin) = run_seed(&cli, *seed, single);
+            if twin.is_some_and(|(h, _)| h != o.trace_hash) {
+                nondeterministic.push(*seed);
+                report_nondeterminism(&o, twin);
+            }
+            if !o.violations.is_empty() {
+                if !single {
+                    eprintln!();
+                }
+                report_violation(&cli, &o);
+            }
+            if single {
+                println!(
+                    "seed {} scenario {}: {} violation(s), {} failover(s), recovery {}, {:.0}s simulated in {:.1}s ({:.0}x), trace {:016x}",
+                    o.seed,
+                    o.scenario,
+                    o.violations.len(),
+                    o.failovers,
+                    o.recovery.map_or("-".into(), |r| format!("{:.1}s", r.as_secs_f64())),
+                    o.simulated.as_secs_f64(),
+                    o.wall.as_secs_f64(),
+                    o.simulated.as_secs_f64() / o.wall.as_secs_f64().max(1e-9),
+                    o.trace_hash
+                );
+            } else {
+                let bad = outcomes.iter().filter(|o: &&Outcome| !o.violations.is_empty()).count()
+                    + usize::from(!o.violations.is_empty());
+                eprint!("\r{}/{} runs, {} with violations", i + 1, seeds.len(), bad);
+                let _ = std::io::stderr().flush();
+            }
+            outcomes.push(o);
         }
-        outcomes.push(o);
     }
     if !single {
         eprintln!();
-        summary(&outcomes, det::wall_now().saturating_sub(started));
+        summary(&outcomes, det::wall_now().saturating_sub(started), cli.jobs);
     }
     let violations = outcomes.iter().filter(|o| !o.violations.is_empty()).count();
     if violations > 0 || !nondeterministic.is_empty() {
@@ -197,7 +209,202 @@ fn main() -> ExitCode {
     }
 }
 
-fn summary(outcomes: &[Outcome], wall: Duration) {
+fn config(cli: &Cli, seed: u64, print_trace: bool) -> RunConfig {
+    RunConfig {
+        seed,
+        scenario: cli.scenario.clone(),
+        length: Duration::from_secs_f64(cli.minutes * 60.0),
+        nodes: cli.nodes,
+        tick: Duration::from_millis(cli.tick_ms),
+        mutation: cli.mutate,
+        print_trace,
+    }
+}
+
+/// One seed; with `--check-determinism`, the second run's (trace hash, events) too.
+fn run_seed(cli: &Cli, seed: u64, single: bool) -> (Outcome, Option<(u64, u64)>) {
+    let o = drover_sim::run(&config(cli, seed, cli.trace && single));
+    let twin = cli.check_determinism.then(|| {
+        let again = drover_sim::run(&config(cli, seed, false));
+        (again.trace_hash, again.events)
+    });
+    (o, twin)
+}
+
+fn report_nondeterminism(o: &Outcome, twin: Option<(u64, u64)>) {
+    let (hash, events) = twin.unwrap_or_default();
+    println!(
+        "NONDETERMINISTIC seed {}: trace hashes {:016x} and {:016x} ({} and {} events)",
+        o.seed, o.trace_hash, hash, o.events, events
+    );
+}
+
+/// `--worker`: seeds from stdin, one JSON line per outcome on stdout.
+fn worker(cli: &Cli) -> ExitCode {
+    let stdout = std::io::stdout();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let Ok(seed) = line.trim().parse::<u64>() else { continue };
+        let (o, twin) = run_seed(cli, seed, false);
+        let json = outcome_to_json(&o, twin);
+        let mut out = stdout.lock();
+        if writeln!(out, "{json}").and_then(|_| out.flush()).is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs `seeds` in `--jobs` worker processes, each fed one seed at a time; returns the
+/// outcomes in seed order.
+fn parallel(cli: &Cli, seeds: &[u64]) -> Vec<(Outcome, Option<(u64, u64)>)> {
+    let exe = std::env::current_exe().expect("the simulator's own path");
+    let queue =
+        Arc::new(Mutex::new(seeds.iter().copied().collect::<std::collections::VecDeque<u64>>()));
+    let results = Arc::new(Mutex::new(BTreeMap::new()));
+    let total = seeds.len();
+    let mut workers = Vec::new();
+    for _ in 0..cli.jobs.min(seeds.len() as u64) {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--worker")
+            .args(["--scenario", &cli.scenario])
+            .args(["--minutes", &cli.minutes.to_string()])
+            .args(["--nodes", &cli.nodes.to_string()])
+            .args(["--tick-ms", &cli.tick_ms.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(m) = cli.mutate {
+            cmd.args(["--mutate", m.name()]);
+        }
+        if cli.check_determinism {
+            cmd.arg("--check-determinism");
+        }
+        let (queue, results) = (queue.clone(), results.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut child = cmd.spawn().expect("a worker process starts");
+            let mut stdin = child.stdin.take().expect("piped");
+            let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+            loop {
+                let Some(seed) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
+                    break;
+                };
+                let mut line = String::new();
+                let answered = writeln!(stdin, "{seed}").and_then(|_| stdin.flush()).is_ok()
+                    && stdout.read_line(&mut line).is_ok_and(|n| n > 0);
+                let result = if answered { outcome_from_json(&line) } else { None };
+                let result = result.unwrap_or_else(|| (crashed_worker(seed), None));
+                let mut r = results.lock().unwrap_or_else(|p| p.into_inner());
+                r.insert(seed, result);
+                let bad =
+                    r.values().filter(|(o, _): &&(Outcome, _)| !o.violations.is_empty()).count();
+                eprint!("\r{}/{} runs, {} with violations", r.len(), total, bad);
+                let _ = std::io::stderr().flush();
+                if !answered {
+                    break;
+                }
+            }
+            drop(stdin);
+            let _ = child.wait();
+        }));
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+    // A worker that died leaves its queue to the others; anything left is run here.
+    let left: Vec<u64> = seeds.iter().copied().filter(|s| !results.contains_key(s)).collect();
+    for seed in left {
+        results.insert(seed, run_seed(cli, seed, false));
+    }
+    std::mem::take(&mut *results).into_values().collect()
+}
+
+fn crashed_worker(seed: u64) -> Outcome {
+    Outcome {
+        seed,
+        scenario: "?",
+        violations: vec![drover_sim::check::Violation {
+            invariant: "PANIC",
+            at: Duration::ZERO,
+            detail: "the worker process running this seed died".into(),
+        }],
+        failovers: 0,
+        recovery: None,
+        simulated: Duration::ZERO,
+        wall: Duration::ZERO,
+        trace_hash: 0,
+        events: 0,
+        tail: Vec::new(),
+        lost_writes: 0,
+    }
+}
+
+fn outcome_to_json(o: &Outcome, twin: Option<(u64, u64)>) -> String {
+    serde_json::json!({
+        "seed": o.seed,
+        "scenario": o.scenario,
+        "violations": o.violations.iter().map(|v| serde_json::json!({
+            "invariant": v.invariant, "at_ns": v.at.as_nanos() as u64, "detail": v.detail,
+        })).collect::<Vec<_>>(),
+        "failovers": o.failovers,
+        "recovery_ns": o.recovery.map(|r| r.as_nanos() as u64),
+        "simulated_ns": o.simulated.as_nanos() as u64,
+        "wall_ns": o.wall.as_nanos() as u64,
+        "trace_hash": o.trace_hash,
+        "events": o.events,
+        "tail": o.tail,
+        "lost_writes": o.lost_writes,
+        "twin": twin.map(|(h, e)| [h, e]),
+    })
+    .to_string()
+}
+
+fn outcome_from_json(line: &str) -> Option<(Outcome, Option<(u64, u64)>)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let name = v["scenario"].as_str()?;
+    let scenario = scenario::names().find(|n| *n == name).unwrap_or("?");
+    let ns = |x: &serde_json::Value| x.as_u64().map(Duration::from_nanos);
+    let violations = v["violations"]
+        .as_array()?
+        .iter()
+        .map(|x| {
+            let inv = x["invariant"].as_str().unwrap_or("PANIC");
+            drover_sim::check::Violation {
+                invariant: drover_sim::check::INVARIANTS
+                    .iter()
+                    .copied()
+                    .find(|i| *i == inv)
+                    .unwrap_or("PANIC"),
+                at: ns(&x["at_ns"]).unwrap_or_default(),
+                detail: x["detail"].as_str().unwrap_or_default().to_string(),
+            }
+        })
+        .collect();
+    let twin = v["twin"].as_array().and_then(|a| Some((a.first()?.as_u64()?, a.get(1)?.as_u64()?)));
+    Some((
+        Outcome {
+            seed: v["seed"].as_u64()?,
+            scenario,
+            violations,
+            failovers: v["failovers"].as_u64()? as u32,
+            recovery: ns(&v["recovery_ns"]),
+            simulated: ns(&v["simulated_ns"])?,
+            wall: ns(&v["wall_ns"])?,
+            trace_hash: v["trace_hash"].as_u64()?,
+            events: v["events"].as_u64()?,
+            tail: v["tail"]
+                .as_array()?
+                .iter()
+                .filter_map(|l| l.as_str().map(String::from))
+                .collect(),
+            lost_writes: v["lost_writes"].as_u64()?,
+        },
+        twin,
+    ))
+}
+
+fn summary(outcomes: &[Outcome], wall: Duration, jobs: u64) {
     let mut recoveries: Vec<Duration> = outcomes.iter().filter_map(|o| o.recovery).collect();
     recoveries.sort();
     let simulated: Duration = outcomes.iter().map(|o| o.simulated).sum();
@@ -224,8 +431,25 @@ fn summary(outcomes: &[Outcome], wall: Duration) {
         simulated.as_secs_f64() / cpu.as_secs_f64().max(1e-9)
     );
     println!(
-        "runs per hour        {:.0}",
-        outcomes.len() as f64 * 3600.0 / wall.as_secs_f64().max(1e-9)
+        "runs per hour        {:.0} ({} job{}, {:.1}s wall)",
+        outcomes.len() as f64 * 3600.0 / wall.as_secs_f64().max(1e-9),
+        jobs,
+        if jobs == 1 { "" } else { "s" },
+        wall.as_secs_f64()
+    );
+    let mut by_invariant: BTreeMap<&str, u32> = BTreeMap::new();
+    for o in outcomes {
+        if let Some(v) = o.violations.first() {
+            *by_invariant.entry(v.invariant).or_default() += 1;
+        }
+    }
+    println!(
+        "violations by check  {}",
+        if by_invariant.is_empty() {
+            "-".to_string()
+        } else {
+            by_invariant.iter().map(|(i, n)| format!("{i} {n}")).collect::<Vec<_>>().join(", ")
+        }
     );
     let mut by_scenario: std::collections::BTreeMap<&str, (u32, u32)> = Default::default();
     for o in outcomes {

@@ -43,6 +43,9 @@ pub struct Boot {
     pub spec: Arc<(ClusterSpec, String)>,
     /// The node's clock rate error.
     pub drift_ppm: i64,
+    /// This node forms the cluster (proposes the initial membership, and so leads first);
+    /// the others wait to be contacted.
+    pub initializer: bool,
 }
 
 /// Raft timings of the simulated cluster: the defaults a real deployment starts from.
@@ -91,7 +94,9 @@ pub async fn run(boot: Boot) -> turmoil::Result {
             (n.id, member)
         })
         .collect();
-    initialize_if_new(&node.raft, boot.node.id, &members).await;
+    if boot.initializer {
+        initialize_if_new(&node.raft, boot.node.id, &members).await;
+    }
     // The operator's first `droverctl config apply`, done by whichever node leads first.
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::check::{Checker, Violation};
+use crate::check::{Bounds, Checker, Violation};
 use crate::disk::SimDisk;
 use crate::node::{self, Boot, Registry};
 use crate::rng::SimRng;
@@ -79,7 +79,9 @@ pub fn run(cfg: &RunConfig) -> Outcome {
     let wall_start = det::wall_now();
     det::activate(cfg.seed);
     drover::consensus::runtime::seed(cfg.seed);
+    drover::decide::lease::mutation::set_no_lease_wait(cfg.mutation == Some(Mutation::NoLeaseWait));
     let result = catch_unwind(AssertUnwindSafe(|| simulate(cfg)));
+    drover::decide::lease::mutation::set_no_lease_wait(false);
     det::deactivate();
     let wall = det::wall_now().saturating_sub(wall_start);
     match result {
@@ -119,7 +121,7 @@ fn simulate(cfg: &RunConfig) -> Outcome {
     let topology = Topology::new(cfg.nodes);
     let plan = scenario::plan(&cfg.scenario, &mut rng.fork(), &topology, cfg.length)
         .unwrap_or_else(|| panic!("unknown scenario {:?}", cfg.scenario));
-    let spec = Arc::new(spec::load());
+    let spec = Arc::new(spec::load(&plan.policy));
     let policy = spec.0.policy_for(crate::world::SERVICE).expect("spec has the service");
     let mut world = World::new(topology.clone(), rng.fork(), Trace::new(cfg.print_trace));
     world.mutation = cfg.mutation;
@@ -132,6 +134,15 @@ fn simulate(cfg: &RunConfig) -> Outcome {
             plan.scenario,
             topology.nodes.len(),
             cfg.mutation.map(|m| format!(" mutation {}", m.name())).unwrap_or_default()
+        ),
+    );
+    world.trace.event(
+        Duration::ZERO,
+        "run",
+        &format!(
+            "policy {}; {} forms the cluster and leads first",
+            plan.policy.describe(),
+            plan.first_leader
         ),
     );
     let world: Shared = Arc::new(Mutex::new(world));
@@ -168,28 +179,87 @@ fn simulate(cfg: &RunConfig) -> Outcome {
             registry: registry.clone(),
             spec: spec.clone(),
             drift_ppm: drift,
+            initializer: n.host == plan.first_leader,
         };
         sim.host(n.host.as_str(), move || node::run(boot.clone()));
     }
 
+    let election_timeout_max = Duration::from_millis(node::raft_config().election_timeout_max);
     let mut checker = Checker::new(
         topology.clone(),
-        policy.down_after,
+        Bounds::new(election_timeout_max, policy.down_after),
         spec::recovery_bound(&spec.0),
         plan.loss_at,
         plan.quiet_from,
     );
     let mut faults = plan.faults.clone().into_iter().peekable();
     let mut leader_crash: Option<Duration> = None;
+    let mut executor_crash: Option<Duration> = None;
     let mut pending_restarts: Vec<(Duration, String)> = Vec::new();
+    let mut later: Vec<(Duration, Fault)> = Vec::new();
     let mut crashed: Vec<String> = Vec::new();
     let mut steps: u64 = 0;
     let check_every = (CHECK_PERIOD.as_nanos() / cfg.tick.as_nanos().max(1)).max(1) as u64;
     let mut now = Duration::ZERO;
     while now < plan.length && checker.violations.is_empty() {
+        let mut due: Vec<Fault> = Vec::new();
         while faults.peek().is_some_and(|(t, _)| *t <= now) {
-            let (_, fault) = faults.next().expect("peeked");
+            due.push(faults.next().expect("peeked").1);
+        }
+        later.retain(|(t, f)| {
+            if *t <= now {
+                due.push(f.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for fault in due {
+            let fault = match fault {
+                // Faults aimed at the current leader: resolved now.
+                Fault::CrashLeader { restart_after } => {
+                    let Some(host) = leader(&registry) else { continue };
+                    if let Some(after) = restart_after {
+                        pending_restarts.push((now + after, host.clone()));
+                    }
+                    Fault::Crash(host)
+                }
+                Fault::StallLeader { stall_for } => {
+                    let Some(host) = leader(&registry) else { continue };
+                    later.push((now + stall_for, Fault::Resume(host.clone())));
+                    Fault::Stall(host)
+                }
+                Fault::DiskFullLeader { free_after } => {
+                    let Some(host) = leader(&registry) else { continue };
+                    later.push((
+                        now + free_after,
+                        Fault::DiskFull { host: host.clone(), full: false },
+                    ));
+                    Fault::DiskFull { host, full: true }
+                }
+                Fault::CrashExecutorInStep { restart_after } => {
+                    executor_crash = Some(restart_after);
+                    continue;
+                }
+                other => other,
+            };
+            if fault == Fault::HealAll {
+                executor_crash = None;
+                later.clear();
+            }
             apply(&mut sim, &world, &registry, &disks, &mut crashed, &mut leader_crash, fault);
+        }
+        if let Some(restart_after) = executor_crash {
+            if let Some(host) = dr_executor(&registry, &topology) {
+                lock(&world).trace.event(
+                    now,
+                    "fault",
+                    &format!("crash the executor {host} mid-step"),
+                );
+                crash(&mut sim, &world, &registry, &disks, &mut crashed, &host);
+                pending_restarts.push((now + restart_after, host));
+                executor_crash = None;
+            }
         }
         if let Some(restart_after) = leader_crash {
             if let Some(host) = leader_in_workflow(&registry) {
@@ -252,6 +322,50 @@ fn simulate(cfg: &RunConfig) -> Outcome {
     }
 }
 
+/// The host of the node leading in the highest term, if any.
+fn leader(registry: &Registry) -> Option<String> {
+    let nodes = registry.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    nodes
+        .iter()
+        .filter_map(|(host, n)| {
+            let m = n.raft.metrics().borrow().clone();
+            (m.state == openraft::ServerState::Leader).then(|| (m.current_term, host.clone()))
+        })
+        .max()
+        .map(|(_, host)| host)
+}
+
+/// The dr controller running a step of dr's runbook right now, by the most advanced node's
+/// state (an executor of `None` is the leader itself).
+fn dr_executor(registry: &Registry, topology: &Topology) -> Option<String> {
+    use drover::consensus::state::control::StepStatus;
+    let nodes = registry.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (_, executor) = nodes
+        .values()
+        .map(|n| {
+            n.state.read_applied(|applied, s| {
+                let running = s.control.services.get(crate::world::SERVICE).and_then(|svc| {
+                    let wf = svc.active_workflow()?;
+                    wf.steps.iter().find_map(|step| match step.status {
+                        StepStatus::Running { executor, .. }
+                            if step.site == crate::world::DR && step.action.is_some() =>
+                        {
+                            Some(executor)
+                        }
+                        _ => None,
+                    })
+                });
+                (applied.map(|l| l.index), running)
+            })
+        })
+        .max_by_key(|(index, _)| *index)?;
+    let host = match executor? {
+        Some(id) => topology.nodes.iter().find(|n| n.id == id)?.host.clone(),
+        None => leader(registry)?,
+    };
+    (topology.node(&host)?.site == crate::world::DR).then_some(host)
+}
+
 /// The host of the leader, if a failover workflow is running in its state.
 fn leader_in_workflow(registry: &Registry) -> Option<String> {
     let nodes = registry.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -263,17 +377,26 @@ fn leader_in_workflow(registry: &Registry) -> Option<String> {
     })
 }
 
+/// Makes turmoil's links match the world: a link with a stalled end holds its messages (a
+/// paused process's peers keep sending into its socket buffers; they arrive when it resumes),
+/// otherwise each direction is open or cut.
 fn sync_links(sim: &mut turmoil::Sim<'_>, world: &Shared) {
     let w = lock(world);
-    for a in &w.topology.nodes {
-        for b in &w.topology.nodes {
-            if a.host == b.host {
+    let nodes = &w.topology.nodes;
+    for (i, a) in nodes.iter().enumerate() {
+        for b in &nodes[i + 1..] {
+            let (ha, hb) = (a.host.as_str(), b.host.as_str());
+            if w.stalled.contains(&a.host) || w.stalled.contains(&b.host) {
+                sim.hold(ha, hb);
                 continue;
             }
-            if w.host_link(a, b) {
-                sim.repair_oneway(a.host.as_str(), b.host.as_str());
-            } else {
-                sim.partition_oneway(a.host.as_str(), b.host.as_str());
+            sim.release(ha, hb);
+            for (x, y) in [(a, b), (b, a)] {
+                if w.host_link(x, y) {
+                    sim.repair_oneway(x.host.as_str(), y.host.as_str());
+                } else {
+                    sim.partition_oneway(x.host.as_str(), y.host.as_str());
+                }
             }
         }
     }
@@ -361,12 +484,55 @@ fn apply(
         Fault::Fence(mode) => lock(world).fence = mode,
         Fault::DnsRefuses(on) => lock(world).dns_refuses = on,
         Fault::Slowdown(factor) => lock(world).actuator_slowdown = factor.max(1),
-        Fault::Loss(rate) => sim.set_fail_rate(rate),
+        Fault::Loss(rate) => {
+            lock(world).message_loss = rate;
+            sim.set_fail_rate(rate);
+        }
+        Fault::CutLink { from, to } => {
+            lock(world).link_cuts.insert((from, to));
+            sync_links(sim, world);
+        }
+        Fault::HealLink { from, to } => {
+            lock(world).link_cuts.remove(&(from, to));
+            sync_links(sim, world);
+        }
+        Fault::Stall(host) => {
+            lock(world).stalled.insert(host);
+            sync_links(sim, world);
+        }
+        Fault::Resume(host) => {
+            lock(world).stalled.remove(&host);
+            sync_links(sim, world);
+        }
+        Fault::DiskFull { host, full } => {
+            if let Some(disk) = disks.get(&host) {
+                disk.set_full(full);
+            }
+            let mut w = lock(world);
+            if full {
+                w.disk_full.insert(host);
+            } else {
+                w.disk_full.remove(&host);
+            }
+        }
+        // Resolved to a host by the run loop before they get here.
+        Fault::CrashLeader { .. }
+        | Fault::StallLeader { .. }
+        | Fault::DiskFullLeader { .. }
+        | Fault::CrashExecutorInStep { .. } => {}
         Fault::HealAll => {
             {
                 let mut w = lock(world);
                 w.site_cuts.clear();
                 w.isolated.clear();
+                w.link_cuts.clear();
+                w.stalled.clear();
+                w.message_loss = 0.0;
+                for host in std::mem::take(&mut w.disk_full) {
+                    if let Some(disk) = disks.get(&host) {
+                        disk.set_full(false);
+                    }
+                }
                 w.fence = FenceMode::Works;
                 w.dns_refuses = false;
                 w.actuator_slowdown = 1;

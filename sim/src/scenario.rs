@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::rng::SimRng;
+use crate::spec::SimPolicy;
 use crate::world::{FenceMode, Topology, DR, PROD, WITNESS};
 
 /// One fault (or repair) the run loop applies at its time.
@@ -38,8 +39,29 @@ pub enum Fault {
     Slowdown(u64),
     /// Random link failures (turmoil's message loss) at this rate.
     Loss(f64),
-    /// Everything back to normal but the applications' health: cuts, isolation, power,
-    /// crashed hosts, actuators, loss.
+    /// Traffic from host `from` to host `to` is dropped (one way): a per-link partition.
+    CutLink { from: String, to: String },
+    /// Traffic from host `from` to host `to` flows again.
+    HealLink { from: String, to: String },
+    /// A host pauses (SIGSTOP): every message to and from it is held until it resumes, and
+    /// its actuator does nothing.
+    Stall(String),
+    /// A stalled host resumes: held messages are delivered.
+    Resume(String),
+    /// The host leading now stalls for this long.
+    StallLeader { stall_for: Duration },
+    /// The host leading now crashes; it restarts after the delay (never, if `None`: the
+    /// quiet period restarts it).
+    CrashLeader { restart_after: Option<Duration> },
+    /// A host's disk fills up (every write fails) or is freed.
+    DiskFull { host: String, full: bool },
+    /// The host leading now gets a full disk, freed after the delay.
+    DiskFullLeader { free_after: Duration },
+    /// Once a workflow step runs on a controller of dr, that executor crashes mid-step; it
+    /// restarts after the delay.
+    CrashExecutorInStep { restart_after: Duration },
+    /// Everything back to normal but the applications' health: cuts, isolation, stalls,
+    /// power, crashed hosts, full disks, actuators, loss.
     HealAll,
 }
 
@@ -61,6 +83,10 @@ pub struct Plan {
     pub quiet_from: Duration,
     /// The run's length.
     pub length: Duration,
+    /// The failover policy (chosen by the seed unless the scenario needs its own).
+    pub policy: SimPolicy,
+    /// The host that forms the cluster and leads first.
+    pub first_leader: String,
 }
 
 /// The scenarios, with what each one does.
@@ -77,6 +103,12 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("lossy-network", "message loss, latency and jitter, then prod's app fails: safety only"),
     ("slow-actuators", "the fence agent fails or hangs, DNS refuses for a while, actuators are slow, prod's app fails: safety only"),
     ("drifting-isolation", "clocks drift at the edge of max_clock_drift and prod is isolated: failover expected"),
+    ("leader-loss", "issue 9 case 1: the leader (dr or the witness) crashes, once or more: no self-fence, no failover"),
+    ("split-dr-leader", "issue 9 case 2: classic split (prod and dr cut both ways) with the leader in dr: no self-fence, no failover"),
+    ("bridge", "issue 9 case 3: one prod node down, the other leads and reaches only the witness: a connected majority must elect and keep the service served"),
+    ("member-stalls", "issue 9 case 4: prod's nodes pause for 6s every 20s while its app fails for the same 6s (down_after 10s, lease_ttl 15s): no failover, no ping-pong"),
+    ("dead-executor", "issue 9 case 5: prod's app fails; the dr node running the 4s first activate step dies: the failover must still end with dr serving"),
+    ("link-faults", "random per-link cuts (one way and both ways), stalls of members and of the leader, a full disk: availability and safety"),
 ];
 
 /// The scenario names, for `--scenario`.
@@ -113,6 +145,11 @@ pub fn plan(
     let mut drift_ppm: Vec<i64> =
         topology.nodes.iter().map(|_| rng.range(0, 18_000) as i64 - 9_000).collect();
     let other_hosts: Vec<String> = topology.nodes.iter().map(|n| n.host.clone()).collect();
+    let mut policy = SimPolicy::choose(rng);
+    let mut first_leader = rng.pick(&other_hosts).clone();
+    let hosts_of =
+        |site: &str| -> Vec<String> { topology.site_nodes(site).map(|n| n.host.clone()).collect() };
+    let at_random = |rng: &mut SimRng| start + window.mul_f64(rng.range(0, 1000) as f64 / 1000.0);
     match name {
         "app-crash" => {
             faults.push((start, Fault::AppHealth { site: PROD, healthy: false }));
@@ -203,9 +240,120 @@ pub fn plan(
             faults.push((start + secs(rng, 1, 12), Fault::DnsRefuses(false)));
             faults.push((start, Fault::AppHealth { site: PROD, healthy: false }));
         }
+        "leader-loss" => {
+            let candidates: Vec<String> = [hosts_of(DR), hosts_of(WITNESS)].concat();
+            first_leader = rng.pick(&candidates).clone();
+            // The node's default lease (6 s) up to 10 s: what issue 9 ran with.
+            policy.lease_ttl = Duration::from_millis(rng.range(12, 20) * 500);
+            // Each crashed leader restarts before the next crash, so a majority always runs.
+            let mut t = start;
+            for _ in 0..rng.range(1, 3) {
+                let restart_after = secs(rng, 2, 15);
+                faults.push((t, Fault::CrashLeader { restart_after: Some(restart_after) }));
+                t += restart_after + secs(rng, 5, 15);
+                if t >= quiet_from {
+                    break;
+                }
+            }
+        }
+        "split-dr-leader" => {
+            first_leader = rng.pick(&hosts_of(DR)).clone();
+            faults.push((start, Fault::Cut { from: PROD, to: DR }));
+            faults.push((start, Fault::Cut { from: DR, to: PROD }));
+        }
+        "bridge" => {
+            // The last prod node leads; the other prod nodes are down; the leader is cut
+            // from every dr node both ways and reaches only the witness.
+            let prod = hosts_of(PROD);
+            first_leader = prod.last().cloned().unwrap_or_default();
+            for host in &prod[..prod.len() - 1] {
+                faults.push((start, Fault::Crash(host.clone())));
+            }
+            for dr in hosts_of(DR) {
+                faults.push((start, Fault::CutLink { from: first_leader.clone(), to: dr.clone() }));
+                faults.push((start, Fault::CutLink { from: dr, to: first_leader.clone() }));
+            }
+        }
+        "member-stalls" => {
+            policy = SimPolicy {
+                down_after: Duration::from_secs(10),
+                up_after: Duration::from_secs(10),
+                lease_ttl: Duration::from_secs(15),
+                ..policy
+            };
+            let mut t = start;
+            while t + Duration::from_secs(6) < quiet_from {
+                faults.push((t, Fault::AppHealth { site: PROD, healthy: false }));
+                for host in hosts_of(PROD) {
+                    faults.push((t, Fault::Stall(host.clone())));
+                    faults.push((t + Duration::from_secs(6), Fault::Resume(host)));
+                }
+                faults.push((
+                    t + Duration::from_secs(6),
+                    Fault::AppHealth { site: PROD, healthy: true },
+                ));
+                t += Duration::from_secs(20);
+            }
+        }
+        "dead-executor" => {
+            // The leader outside dr, so that the executor is another member (as in issue 9).
+            first_leader = rng.pick(&[hosts_of(PROD), hosts_of(WITNESS)].concat()).clone();
+            policy.activate_warmup = Some(Duration::from_secs(4));
+            faults.push((start, Fault::AppHealth { site: PROD, healthy: false }));
+            faults.push((start, Fault::CrashExecutorInStep { restart_after: secs(rng, 5, 30) }));
+            loss_at = Some(start);
+        }
+        "link-faults" => {
+            for _ in 0..rng.range(2, 6) {
+                let at = at_random(rng);
+                let until = at + secs(rng, 2, 25);
+                match rng.range(0, 5) {
+                    0 | 1 => {
+                        let from = rng.pick(&other_hosts).clone();
+                        let to = rng.pick(&other_hosts).clone();
+                        if from != to {
+                            let both = rng.chance(0.5);
+                            faults
+                                .push((at, Fault::CutLink { from: from.clone(), to: to.clone() }));
+                            faults.push((
+                                until,
+                                Fault::HealLink { from: from.clone(), to: to.clone() },
+                            ));
+                            if both {
+                                faults.push((
+                                    at,
+                                    Fault::CutLink { from: to.clone(), to: from.clone() },
+                                ));
+                                faults.push((until, Fault::HealLink { from: to, to: from }));
+                            }
+                        }
+                    }
+                    2 => {
+                        let host = rng.pick(&other_hosts).clone();
+                        faults.push((at, Fault::Stall(host.clone())));
+                        faults.push((at + secs(rng, 1, 8), Fault::Resume(host)));
+                    }
+                    3 => faults.push((at, Fault::StallLeader { stall_for: secs(rng, 1, 8) })),
+                    _ => faults.push((at, Fault::DiskFullLeader { free_after: secs(rng, 5, 30) })),
+                }
+            }
+            if rng.chance(0.3) {
+                faults.push((at_random(rng), Fault::AppHealth { site: PROD, healthy: false }));
+            }
+        }
         _ => return None,
     }
     faults.push((quiet_from, Fault::HealAll));
     faults.sort_by_key(|(t, _)| *t);
-    Some(Plan { scenario: name, faults, loss_at, max_latency, drift_ppm, quiet_from, length })
+    Some(Plan {
+        scenario: name,
+        faults,
+        loss_at,
+        max_latency,
+        drift_ppm,
+        quiet_from,
+        length,
+        policy,
+        first_leader,
+    })
 }

@@ -1,16 +1,109 @@
 //! The cluster spec every simulated cluster runs: one service, active in prod, protected by
 //! dr, with a fence agent, a self-fence, an activation, a DNS move and a verification, the
-//! shape of a real DR runbook (see the step conventions in `fakes`).
+//! shape of a real DR runbook (see the step conventions in `fakes`). The policy's timings are
+//! chosen by the seed ([`SimPolicy::choose`]) or fixed by a scenario.
 
 use std::time::Duration;
+
+use crate::rng::SimRng;
 
 use drover::decide::LeaseParams;
 use drover::spec::{self, ClusterSpec, Phase};
 
 use crate::world::{DR, PROD, SERVICE};
 
-/// The spec's TOML.
-pub const SPEC: &str = r#"# drover-sim's cluster spec
+/// The failover policy of a run: the `[policy]` keys the simulator varies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimPolicy {
+    /// `down_after`.
+    pub down_after: Duration,
+    /// `up_after` (at least `down_after`).
+    pub up_after: Duration,
+    /// `lease_ttl`.
+    pub lease_ttl: Duration,
+    /// `self_fence_grace` (at least the `on_lease_lost` runbook's 1 s).
+    pub self_fence_grace: Duration,
+    /// dr's activate runbook starts with a `wait` of this length run on a dr controller (a
+    /// slow start script), if set: a window in which its executor can die mid-step.
+    pub activate_warmup: Option<Duration>,
+}
+
+impl Default for SimPolicy {
+    /// The policy the simulator used before it varied it: `down_after` 3 s, `up_after` 5 s,
+    /// `lease_ttl` 8 s, `self_fence_grace` 2 s.
+    fn default() -> Self {
+        SimPolicy {
+            down_after: Duration::from_secs(3),
+            up_after: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(8),
+            self_fence_grace: Duration::from_secs(2),
+            activate_warmup: None,
+        }
+    }
+}
+
+impl SimPolicy {
+    /// A policy within the ranges an operator is told are safe (DESIGN.md 6: the lease must
+    /// outlast an election, a renewal round and an RPC deadline, so no `lease_ttl` below the
+    /// node's 6 s default): `down_after` 2-8 s, `up_after` `down_after` + 0-4 s, `lease_ttl`
+    /// 6-30 s, `self_fence_grace` 2-4 s, whole 500 ms steps.
+    pub fn choose(rng: &mut SimRng) -> SimPolicy {
+        let half_secs = |rng: &mut SimRng, lo: u64, hi: u64| {
+            Duration::from_millis(rng.range(lo * 2, hi * 2) * 500)
+        };
+        let down_after = half_secs(rng, 2, 8);
+        SimPolicy {
+            down_after,
+            up_after: down_after + half_secs(rng, 0, 4),
+            lease_ttl: half_secs(rng, 6, 30),
+            self_fence_grace: half_secs(rng, 2, 4),
+            activate_warmup: None,
+        }
+    }
+
+    /// One line for the trace.
+    pub fn describe(&self) -> String {
+        format!(
+            "down_after {} up_after {} lease_ttl {} self_fence_grace {}{}",
+            ms(self.down_after),
+            ms(self.up_after),
+            ms(self.lease_ttl),
+            ms(self.self_fence_grace),
+            self.activate_warmup.map(|w| format!(" activate_warmup {}", ms(w))).unwrap_or_default()
+        )
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// The spec's TOML for `policy`.
+pub fn text(policy: &SimPolicy) -> String {
+    let mut text = SPEC
+        .replace("{down_after}", &ms(policy.down_after))
+        .replace("{up_after}", &ms(policy.up_after))
+        .replace("{lease_ttl}", &ms(policy.lease_ttl))
+        .replace("{self_fence_grace}", &ms(policy.self_fence_grace));
+    let warmup = policy.activate_warmup.map(|w| {
+        format!(
+            "  [[service.runbook.dr.activate]]\n  kind = \"wait\"\n  run_on = \"dr\"\n  duration = \"{}\"\n  timeout = \"{}\"\n\n",
+            ms(w),
+            ms(w + Duration::from_secs(2))
+        )
+    });
+    if let Some(warmup) = warmup {
+        text = text.replacen(
+            "  [[service.runbook.dr.activate]]",
+            &(warmup + "  [[service.runbook.dr.activate]]"),
+            1,
+        );
+    }
+    text
+}
+
+/// The spec's TOML, with `{placeholders}` for the policy's timings.
+const SPEC: &str = r#"# drover-sim's cluster spec
 [[site]]
 name = "prod"
 [[site]]
@@ -20,11 +113,11 @@ name = "witness"
 witness = true
 
 [policy]
-down_after = "3s"
-up_after = "5s"
-lease_ttl = "8s"
+down_after = "{down_after}"
+up_after = "{up_after}"
+lease_ttl = "{lease_ttl}"
 max_clock_drift = 0.01
-self_fence_grace = "2s"
+self_fence_grace = "{self_fence_grace}"
 cooldown = "30m"
 auto_failover = true
 commit = "auto"
@@ -87,11 +180,12 @@ initial_active = "prod"
   timeout = "20s"
 "#;
 
-/// The parsed spec and its text.
-pub fn load() -> (ClusterSpec, String) {
-    match spec::parse(SPEC, "drover-sim spec") {
-        Ok(s) => (s, SPEC.to_string()),
-        Err(errors) => panic!("the simulator's own spec is invalid: {errors}"),
+/// The parsed spec for `policy`, and its text.
+pub fn load(policy: &SimPolicy) -> (ClusterSpec, String) {
+    let text = text(policy);
+    match spec::parse(&text, "drover-sim spec") {
+        Ok(s) => (s, text),
+        Err(errors) => panic!("the simulator's own spec is invalid ({policy:?}): {errors}"),
     }
 }
 
@@ -115,4 +209,25 @@ pub fn recovery_bound(spec: &ClusterSpec) -> Duration {
     .safe_wait();
     let election = Duration::from_secs(10);
     policy.down_after + Duration::from_secs(2) + election + steps + lease_wait
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_policy_the_seed_can_choose_is_a_valid_spec() {
+        let mut rng = SimRng::new(7);
+        for _ in 0..200 {
+            let mut policy = SimPolicy::choose(&mut rng);
+            if rng.chance(0.5) {
+                policy.activate_warmup = Some(Duration::from_secs(4));
+            }
+            let (spec, _) = load(&policy);
+            let p = spec.policy_for(SERVICE).unwrap();
+            assert_eq!((p.down_after, p.lease_ttl), (policy.down_after, policy.lease_ttl));
+            let activate = spec.service(SERVICE).unwrap().runbook(DR, Phase::Activate).len();
+            assert_eq!(activate, 2 + usize::from(policy.activate_warmup.is_some()));
+        }
+    }
 }

@@ -119,15 +119,23 @@ pub enum Mutation {
     /// cache that lies): a crash loses writes the node had acknowledged, so a restarted node
     /// forgets its vote and log entries the cluster counted as stored.
     LyingDisk,
+    /// The lease wait is removed entirely (node feature `sim-mutations`): without fencing
+    /// confirmation the leader activates the standby as soon as the revocation committed,
+    /// while the old site's holders still believe their lease.
+    NoLeaseWait,
 }
 
 impl Mutation {
+    /// Every mutation's `--mutate` name.
+    pub const NAMES: &'static str = "lying-fence, clock-beyond-drift, lying-disk or no-lease-wait";
+
     /// Parses a `--mutate` value.
     pub fn parse(s: &str) -> Option<Mutation> {
         match s {
             "lying-fence" => Some(Mutation::LyingFence),
             "clock-beyond-drift" => Some(Mutation::ClockBeyondDrift),
             "lying-disk" => Some(Mutation::LyingDisk),
+            "no-lease-wait" => Some(Mutation::NoLeaseWait),
             _ => None,
         }
     }
@@ -138,6 +146,7 @@ impl Mutation {
             Mutation::LyingFence => "lying-fence",
             Mutation::ClockBeyondDrift => "clock-beyond-drift",
             Mutation::LyingDisk => "lying-disk",
+            Mutation::NoLeaseWait => "no-lease-wait",
         }
     }
 }
@@ -172,6 +181,14 @@ pub struct World {
     pub site_cuts: BTreeSet<(String, String)>,
     /// Hosts cut from every other host.
     pub isolated: BTreeSet<String>,
+    /// One-way host-level cuts (from, to): per-link partitions.
+    pub link_cuts: BTreeSet<(String, String)>,
+    /// Hosts paused (a stopped process): their messages are held, their actuator waits.
+    pub stalled: BTreeSet<String>,
+    /// Hosts whose disk is full: every write fails.
+    pub disk_full: BTreeSet<String>,
+    /// Random message loss rate in force (0: none).
+    pub message_loss: f64,
     /// The DNS zone: (epoch of the last accepted update, site it points at).
     pub dns: (u64, String),
     /// The simulated fence agent.
@@ -210,6 +227,10 @@ impl World {
             powered: [PROD, DR, WITNESS].iter().map(|s| (s.to_string(), true)).collect(),
             site_cuts: BTreeSet::new(),
             isolated: BTreeSet::new(),
+            link_cuts: BTreeSet::new(),
+            stalled: BTreeSet::new(),
+            disk_full: BTreeSet::new(),
+            message_loss: 0.0,
             dns: (1, PROD.to_string()),
             fence: FenceMode::Works,
             dns_refuses: false,
@@ -227,11 +248,23 @@ impl World {
         a == b || !self.site_cuts.contains(&(a.to_string(), b.to_string()))
     }
 
-    /// Whether `from` can send to `to` (hosts).
+    /// Whether `from` can send to `to` (hosts), as far as cuts go (stalls hold messages but
+    /// do not cut the link).
     pub fn host_link(&self, from: &SimNode, to: &SimNode) -> bool {
         !self.isolated.contains(&from.host)
             && !self.isolated.contains(&to.host)
             && self.site_link(&from.site, &to.site)
+            && !self.link_cuts.contains(&(from.host.clone(), to.host.clone()))
+    }
+
+    /// Whether `a` and `b` can hold a conversation right now: linked both ways, neither
+    /// stalled.
+    pub fn connected(&self, a: &SimNode, b: &SimNode) -> bool {
+        a.host == b.host
+            || (self.host_link(a, b)
+                && self.host_link(b, a)
+                && !self.stalled.contains(&a.host)
+                && !self.stalled.contains(&b.host))
     }
 
     /// Whether node `n` can hold a conversation (both ways) with the application of `site`.

@@ -176,7 +176,30 @@ impl LeaseParams {
         revocation_committed_at: MonoTime,
         term_started_at: MonoTime,
     ) -> MonoTime {
+        #[cfg(feature = "sim-mutations")]
+        if mutation::no_lease_wait() {
+            return max(revocation_committed_at, term_started_at);
+        }
         max(revocation_committed_at, term_started_at) + self.safe_wait() + TICK
+    }
+}
+
+/// Planted defects for the simulator's mutation checks (feature `sim-mutations`).
+#[cfg(feature = "sim-mutations")]
+pub mod mutation {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static NO_LEASE_WAIT: AtomicBool = AtomicBool::new(false);
+
+    /// Removes the lease wait entirely (`drover-sim --mutate no-lease-wait`): a taker may
+    /// activate as soon as the revocation committed. Process-wide; off by default.
+    pub fn set_no_lease_wait(on: bool) {
+        NO_LEASE_WAIT.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether the lease wait is removed.
+    pub fn no_lease_wait() -> bool {
+        NO_LEASE_WAIT.load(Ordering::SeqCst)
     }
 }
 
