@@ -149,6 +149,16 @@ impl Default for RaftTimings {
 }
 
 impl RaftTimings {
+    /// The timings the election guard works with, and the bounds derived from them
+    /// ([`crate::decide::ElectionTimings::min_lease_ttl`]).
+    pub fn election(&self) -> crate::decide::ElectionTimings {
+        crate::decide::ElectionTimings {
+            heartbeat: self.heartbeat_interval,
+            election_min: self.election_timeout_min,
+            election_max: self.election_timeout_max,
+        }
+    }
+
     /// The openraft configuration for these timings, validated by
     /// [`openraft::Config::validate`].
     ///

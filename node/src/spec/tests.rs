@@ -646,3 +646,37 @@ fn the_classic_runbook_example_of_the_docs_validates() {
     );
     assert_eq!(kinds("prod", Phase::Verify), ["probe"]);
 }
+
+#[test]
+fn timings_are_related_to_each_other_and_to_raft() {
+    // One failed run of a 1s check must not be an outage: down_after covers two runs.
+    let r = parse_edit("down_after = \"3s\"", "down_after = \"200ms\"\nup_after = \"1s\"");
+    assert_error(&r, "service[0].check[0].interval", "down_after must be at least 2 intervals (2s)");
+    // A service's own policy is held to the cluster policy's bounds.
+    let r = parse_edit(
+        "max_lag_on_failover = 30",
+        "max_lag_on_failover = 30\npolicy = { lease_ttl = \"2h\" }",
+    );
+    assert_error(&r, "service[0].policy.lease_ttl", "longer than 1h");
+
+    // lease_ttl against the Raft timings of node.toml (the defaults: 250ms, 1.25-2.5s).
+    let raft = crate::config::RaftTimings::default().election();
+    assert_eq!(raft.min_lease_ttl(), Duration::from_secs(5));
+    assert!(check_against_raft_timings(&example(), &raft).is_empty(), "6s is enough");
+    for short in ["2s", "100ms"] {
+        let spec = parse_edit("lease_ttl = \"6s\"", &format!("lease_ttl = \"{short}\""))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let errors = check_against_raft_timings(&spec, &raft);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "policy.lease_ttl");
+        assert!(errors[0].reason.contains("Use at least 5s"), "{}", errors[0].reason);
+    }
+    let spec = parse_edit(
+        "max_lag_on_failover = 30",
+        "max_lag_on_failover = 30\npolicy = { lease_ttl = \"3s\" }",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let errors = check_against_raft_timings(&spec, &raft);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "service[0].policy.lease_ttl");
+}
