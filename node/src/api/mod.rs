@@ -32,6 +32,10 @@ pub struct NodeHandle {
     pub election: crate::decide::ElectionTimings,
     /// When this process started the node, for silence counted from start.
     pub started: tokio::time::Instant,
+    /// True while this node leads without a quorum and stands back (see `decide::election`):
+    /// it then neither decides failovers nor confirms leases (a read would send the
+    /// heartbeats that keep its last followers from electing a leader a majority can reach).
+    pub standing_back: Arc<std::sync::atomic::AtomicBool>,
     /// The applied replicated state.
     pub state: StateHandle,
     /// The leader's view of each service's sites (service -> site -> health), for status.

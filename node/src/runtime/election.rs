@@ -67,7 +67,7 @@ async fn election_loop(
 ) {
     let timings = node.election;
     let mut guard = ElectionGuard::new(timings, random());
-    let (result_tx, mut result_rx) = mpsc::channel::<(usize, usize)>(4);
+    let (result_tx, mut result_rx) = mpsc::channel::<(usize, usize, u64)>(4);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let origin = node.started;
@@ -75,10 +75,19 @@ async fn election_loop(
         let mut commands = Vec::new();
         tokio::select! {
             _ = tick.tick() => {}
-            Some((granted, voters)) = result_rx.recv() => {
-                commands.extend(guard.pre_vote_result(granted, voters));
-                if granted <= voters / 2 {
-                    debug!(granted, voters, "pre-vote: no majority; not starting an election");
+            Some((granted, voters, asked_in)) = result_rx.recv() => {
+                let elect = guard.pre_vote_result(granted, voters);
+                // Still leaderless and in the term the pre-vote was asked in: a leader elected
+                // meanwhile (its AppendEntries reached us) must not be deposed.
+                let current = node.raft.metrics().borrow().current_term;
+                let quiet = node
+                    .leader_contact
+                    .since()
+                    .is_none_or(|d| d >= timings.grant_after());
+                match elect {
+                    Some(cmd) if current == asked_in && quiet => commands.push(cmd),
+                    Some(_) => debug!("pre-vote granted, but a leader appeared meanwhile"),
+                    None => debug!(granted, voters, "pre-vote: no majority; not starting an election"),
                 }
             }
             _ = stop.wait_for(|s| *s) => return,
@@ -109,6 +118,7 @@ async fn election_loop(
             voters: voters.len(),
         };
         commands.extend(guard.tick(&input, random()));
+        node.standing_back.store(guard.standing_back(), std::sync::atomic::Ordering::Relaxed);
         for cmd in commands {
             match cmd {
                 GuardCommand::Heartbeats(on) => {
@@ -147,30 +157,38 @@ async fn election_loop(
                     let tx = result_tx.clone();
                     let total = voters.len();
                     tokio::spawn(async move {
-                        let asks = peers.into_iter().map(|(id, mut c)| {
-                            let req = req.clone();
-                            async move {
-                                match tokio::time::timeout(deadline, c.pre_vote(req)).await {
-                                    Ok(Ok(r)) if r.get_ref().granted => true,
-                                    Ok(Ok(r)) => {
-                                        debug!(
-                                            voter = id,
-                                            "pre-vote refused: {}",
-                                            r.get_ref().reason
-                                        );
-                                        false
-                                    }
-                                    _ => false,
-                                }
-                            }
-                        });
-                        let granted = futures::future::join_all(asks)
-                            .await
+                        use futures::stream::StreamExt;
+                        let mut asks: futures::stream::FuturesUnordered<_> = peers
                             .into_iter()
-                            .filter(|g| *g)
-                            .count();
+                            .map(|(id, mut c)| {
+                                let req = req.clone();
+                                async move {
+                                    match tokio::time::timeout(deadline, c.pre_vote(req)).await {
+                                        Ok(Ok(r)) if r.get_ref().granted => true,
+                                        Ok(Ok(r)) => {
+                                            debug!(
+                                                voter = id,
+                                                "pre-vote refused: {}",
+                                                r.get_ref().reason
+                                            );
+                                            false
+                                        }
+                                        _ => false,
+                                    }
+                                }
+                            })
+                            .collect();
                         // This member grants itself: its guard only asks after the silence.
-                        let _ = tx.send((granted + 1, total)).await;
+                        // Stop at a majority: waiting for a dead voter's deadline would let
+                        // another candidate win meanwhile, and this one then depose it.
+                        let mut granted = 1;
+                        while let Some(yes) = asks.next().await {
+                            granted += usize::from(yes);
+                            if granted > total / 2 {
+                                break;
+                            }
+                        }
+                        let _ = tx.send((granted, total, term)).await;
                     });
                 }
             }

@@ -231,6 +231,7 @@ pub async fn assemble(
         leader_contact: Default::default(),
         election,
         started: tokio::time::Instant::now(),
+        standing_back: Default::default(),
         state,
         health: Default::default(),
         fenced: Default::default(),

@@ -651,7 +651,11 @@ fn the_classic_runbook_example_of_the_docs_validates() {
 fn timings_are_related_to_each_other_and_to_raft() {
     // One failed run of a 1s check must not be an outage: down_after covers two runs.
     let r = parse_edit("down_after = \"3s\"", "down_after = \"200ms\"\nup_after = \"1s\"");
-    assert_error(&r, "service[0].check[0].interval", "down_after must be at least 2 intervals (2s)");
+    assert_error(
+        &r,
+        "service[0].check[0].interval",
+        "down_after must be at least 2 intervals (2s)",
+    );
     // A service's own policy is held to the cluster policy's bounds.
     let r = parse_edit(
         "max_lag_on_failover = 30",

@@ -42,7 +42,8 @@ pub(super) async fn controller_loop(
             let m = metrics.borrow();
             (m.state, m.membership_config.clone())
         };
-        if state != ServerState::Leader {
+        let standing_back = ctx.node.standing_back.load(std::sync::atomic::Ordering::Relaxed);
+        if state != ServerState::Leader || standing_back {
             if engine.take().is_some() {
                 info!("no longer the leader: failover decisions stop here");
                 if let Ok(mut h) = ctx.node.health.write() {

@@ -313,6 +313,9 @@ pub(super) async fn confirm_lease(
     site: &str,
     epoch: u64,
 ) -> Result<(), Refusal> {
+    if node.standing_back.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Refusal::NotConfirmed("this leader has no quorum and stands back".into()));
+    }
     match tokio::time::timeout(RPC_TIMEOUT, node.raft.ensure_linearizable()).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(Refusal::NotConfirmed(format!("not confirmed: {e}"))),
