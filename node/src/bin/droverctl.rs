@@ -198,6 +198,12 @@ enum CertsCmd {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed stdout (`droverctl history | head -1`), as Unix tools do,
+    // instead of panicking inside println!.
+    // SAFETY: setting a signal's disposition to the default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Cmd::Certs(CertsCmd::Init { out, nodes, admins, force }) = &cli.cmd {
         return certs_init(out, nodes, admins, *force, cli.json);

@@ -22,9 +22,9 @@ use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode, decode_json, encode, frame, get_json, put_json, unframe, DbError, ToStorageError, HISTORY, KEY_CONTROL,
-    KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP, KEY_LAST_SEQ, KEY_SNAPSHOT_COUNTER, KEY_SNAPSHOT_DATA,
-    KEY_SNAPSHOT_META, SM_META, SNAPSHOT,
+    decode, decode_json, encode, frame, get_json, put_json, unframe, DbError, ToStorageError,
+    HISTORY, KEY_CONTROL, KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP, KEY_LAST_SEQ,
+    KEY_SNAPSHOT_COUNTER, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SM_META, SNAPSHOT,
 };
 use crate::consensus::state::{ClusterState, HistoryRecord};
 use crate::consensus::types::{
@@ -271,7 +271,8 @@ impl StateMachine {
                 meta.snapshot_id
             )));
         };
-        let data = unframe(data.value(), format_args!("snapshot {} data", meta.snapshot_id))?.to_vec();
+        let data =
+            unframe(data.value(), format_args!("snapshot {} data", meta.snapshot_id))?.to_vec();
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
