@@ -464,6 +464,11 @@ impl Cluster {
 
     /// Spawns the node's binary (`drover-node` or `drover-witness`) with `run --config`.
     pub fn start_node(&mut self, id: NodeId) {
+        self.start_node_with(id, &[]);
+    }
+
+    /// [`Cluster::start_node`] with extra arguments after `run --config <path>` (`--rejoin`).
+    pub fn start_node_with(&mut self, id: NodeId, extra: &[&str]) {
         let bin = match self.node(id).role {
             Role::Controller => self.bins.node.clone(),
             Role::Witness => self.bins.witness.clone(),
@@ -481,6 +486,7 @@ impl Cluster {
         cmd.arg("run")
             .arg("--config")
             .arg(&n.config)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -572,12 +578,23 @@ impl Cluster {
     /// Runs the node's binary in the foreground with `run --config <path>` and returns what it
     /// left behind; for configs that must be rejected. Killed after `deadline`.
     pub fn run_node_once(&self, id: NodeId, config: &Path, deadline: Duration) -> CmdOutput {
+        self.run_node_once_with(id, config, &[], deadline)
+    }
+
+    /// [`Cluster::run_node_once`] with extra arguments after `run --config <path>`.
+    pub fn run_node_once_with(
+        &self,
+        id: NodeId,
+        config: &Path,
+        extra: &[&str],
+        deadline: Duration,
+    ) -> CmdOutput {
         let bin = match self.node(id).role {
             Role::Controller => &self.bins.node,
             Role::Witness => &self.bins.witness,
         };
         let mut cmd = command_in(self.node(id).netns.as_deref(), bin);
-        cmd.arg("run").arg("--config").arg(config);
+        cmd.arg("run").arg("--config").arg(config).args(extra);
         run_with_deadline(&mut cmd, deadline)
     }
 

@@ -19,14 +19,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the witness described by a node.toml (role = "witness") until SIGTERM.
-    Run(cli::DaemonArgs),
+    Run(cli::RunArgs),
     /// Check a node.toml and its TLS files without starting anything; exit code 2 if invalid.
     CheckConfig(cli::DaemonArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().cmd {
-        Cmd::Run(a) => cli::run_daemon(&a.config, a.insecure_dev, Some(Role::Witness), Some(1)),
+        Cmd::Run(a) => cli::run_daemon(
+            &a.daemon.config,
+            a.daemon.insecure_dev,
+            drover::runtime::StartOptions { rejoin: a.rejoin },
+            Some(Role::Witness),
+            Some(1),
+        ),
         Cmd::CheckConfig(a) => cli::check_config(&a.config, a.insecure_dev, Some(Role::Witness)),
     }
 }

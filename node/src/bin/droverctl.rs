@@ -17,6 +17,34 @@ use serde_json::json;
 /// plus the node's margins for reaching other nodes.
 const FENCE_TEST_DEADLINE: Duration = Duration::from_secs(3600 + 60);
 
+/// `println!` that ends droverctl quietly (exit 0) when stdout is closed, as in
+/// `droverctl history | head -1`, instead of panicking. (SIGPIPE stays ignored: a node closing
+/// its socket must be an error to report, not a signal that kills the process.)
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` with [`out!`]'s handling of a closed stdout.
+macro_rules! out_raw {
+    ($($arg:tt)*) => {
+        write_out(format_args!($($arg)*))
+    };
+}
+
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "droverctl", version, about = "Operate a drover cluster")]
 struct Cli {
@@ -255,9 +283,9 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
                 .call(|mut c| async move { c.status(pb::StatusRequest { local }).await })
                 .await?;
             if cli.json {
-                println!("{}", render::status_json(&s));
+                out!("{}", render::status_json(&s));
             } else {
-                print!("{}", render::status_table(&s));
+                out_raw!("{}", render::status_table(&s));
             }
         }
         Cmd::Member(MemberCmd::Add { id, name, site, role, address }) => {
@@ -299,18 +327,18 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
                 })
                 .await?;
             if cli.json {
-                println!("{}", json!({"seq": r.seq, "log_index": r.log_index}));
+                out!("{}", json!({"seq": r.seq, "log_index": r.log_index}));
             } else {
-                println!("note #{} committed at log index {}", r.seq, r.log_index);
+                out!("note #{} committed at log index {}", r.seq, r.log_index);
             }
         }
         Cmd::History { after, limit } => {
             let req = pb::HistoryRequest { after_seq: *after, limit: *limit };
             let r = client.call(|mut c| async move { c.history(req).await }).await?;
             if cli.json {
-                println!("{}", render::history_json(&r));
+                out!("{}", render::history_json(&r));
             } else {
-                print!("{}", render::history_table(&r));
+                out_raw!("{}", render::history_table(&r));
             }
         }
         Cmd::Bench { count, concurrency } => bench(client, *count, *concurrency, cli.json).await?,
@@ -339,11 +367,11 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
                 })
                 .await?;
             if cli.json {
-                println!("{}", json!({"version": r.version, "changes": r.changes}));
+                out!("{}", json!({"version": r.version, "changes": r.changes}));
             } else {
-                println!("cluster spec version {} committed", r.version);
+                out!("cluster spec version {} committed", r.version);
                 for c in &r.changes {
-                    println!("  {c}");
+                    out!("  {c}");
                 }
             }
         }
@@ -352,13 +380,13 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
                 .call(|mut c| async move { c.config_show(pb::ConfigShowRequest {}).await })
                 .await?;
             if cli.json {
-                println!(
+                out!(
                     "{}",
                     json!({"version": r.version, "text": r.text, "applied_by": r.applied_by, "applied_at_unix_ms": r.applied_at_unix_ms})
                 );
             } else {
-                println!("# cluster spec version {}, applied by {}", r.version, r.applied_by);
-                print!("{}", r.text);
+                out!("# cluster spec version {}, applied by {}", r.version, r.applied_by);
+                out_raw!("{}", r.text);
             }
         }
         Cmd::Config(ConfigCmd::Diff { file }) => {
@@ -370,13 +398,13 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
                 })
                 .await?;
             if cli.json {
-                println!("{}", json!({"current_version": r.current_version, "changes": r.changes}));
+                out!("{}", json!({"current_version": r.current_version, "changes": r.changes}));
             } else if r.changes.is_empty() {
-                println!("no changes against version {}", r.current_version);
+                out!("no changes against version {}", r.current_version);
             } else {
-                println!("against version {}:", r.current_version);
+                out!("against version {}:", r.current_version);
                 for c in &r.changes {
-                    println!("  {c}");
+                    out!("  {c}");
                 }
             }
         }
@@ -402,13 +430,13 @@ fn certs_init(
         Ok(files) => {
             if as_json {
                 let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-                println!("{}", json!({ "files": files }));
+                out!("{}", json!({ "files": files }));
             } else {
-                println!("wrote {} files to {}:", files.len(), out.display());
+                out!("wrote {} files to {}:", files.len(), out.display());
                 for f in files {
-                    println!("  {}", f.display());
+                    out!("  {}", f.display());
                 }
-                println!(
+                out!(
                     "keep ca-key.pem offline in production: whoever holds it can join the cluster"
                 );
             }
@@ -423,14 +451,13 @@ fn certs_init(
 
 fn print_membership(what: &str, r: &pb::MembershipReply, as_json: bool) {
     if as_json {
-        println!(
-            "{}",
-            json!({"log_index": r.log_index, "voters": r.voters, "learners": r.learners})
-        );
+        out!("{}", json!({"log_index": r.log_index, "voters": r.voters, "learners": r.learners}));
     } else {
-        println!(
+        out!(
             "{what} (log index {}); voters {:?}, learners {:?}",
-            r.log_index, r.voters, r.learners
+            r.log_index,
+            r.voters,
+            r.learners
         );
     }
 }
@@ -484,13 +511,13 @@ async fn bench(
     };
     let rate = samples.len() as f64 / wall.as_secs_f64();
     if as_json {
-        println!(
+        out!(
             "{}",
             json!({"commits": samples.len(), "concurrency": concurrency, "p50_ms": pct(0.5),
                    "p90_ms": pct(0.9), "p99_ms": pct(0.99), "max_ms": pct(1.0), "commits_per_s": rate})
         );
     } else {
-        println!(
+        out!(
             "{} commits, concurrency {concurrency}: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {rate:.0} commits/s",
             samples.len(), pct(0.5), pct(0.9), pct(0.99), pct(1.0)
         );
@@ -507,9 +534,9 @@ async fn fence_test(client: &Client, site: &str, as_json: bool) -> Result<(), Cl
         })
         .await?;
     if as_json {
-        println!("{}", render::fence_test_json(site, &r));
+        out!("{}", render::fence_test_json(site, &r));
     } else {
-        print!("{}", render::fence_test_table(site, &r));
+        out_raw!("{}", render::fence_test_table(site, &r));
     }
     let failed = r.results.iter().filter(|x| !x.ok).count();
     if failed > 0 {
@@ -548,9 +575,9 @@ async fn service_action(
         })
         .await?;
     if as_json {
-        println!("{}", json!({"service": service, "action": action, "log_index": r.log_index}));
+        out!("{}", json!({"service": service, "action": action, "log_index": r.log_index}));
     } else {
-        println!("{action} of {service} committed at log index {}", r.log_index);
+        out!("{action} of {service} committed at log index {}", r.log_index);
     }
     Ok(())
 }

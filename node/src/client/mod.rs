@@ -7,7 +7,7 @@ pub mod render;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -83,6 +83,16 @@ impl Client {
                 "no endpoint given; pass --endpoint HOST:PORT (or set DROVER_ENDPOINT)".into(),
             ));
         }
+        for address in &cfg.endpoints {
+            check_endpoint(address).map_err(ClientError::Setup)?;
+        }
+        if cfg.timeout.is_zero() {
+            return Err(ClientError::Setup(
+                "--timeout 0 would give every call no time at all; pass a positive duration, \
+                 e.g. --timeout 5s"
+                    .into(),
+            ));
+        }
         let tls = if cfg.insecure {
             None
         } else {
@@ -94,10 +104,13 @@ impl Client {
             })?;
             let ca = Certificate::from_pem(read(ca_path, "CA certificate", "--ca")?);
             let identity = match (&cfg.cert, &cfg.key) {
-                (Some(c), Some(k)) => Some(Identity::from_pem(
-                    read(c, "client certificate", "--cert")?,
-                    read(k, "client key", "--key")?,
-                )),
+                (Some(c), Some(k)) => {
+                    let (cert_pem, key_pem) =
+                        (read(c, "client certificate", "--cert")?, read(k, "client key", "--key")?);
+                    check_identity(c, &cert_pem, k, &key_pem, unix_now_s())
+                        .map_err(ClientError::Setup)?;
+                    Some(Identity::from_pem(cert_pem, key_pem))
+                }
                 (None, None) => None,
                 _ => {
                     return Err(ClientError::Setup(
@@ -177,10 +190,20 @@ impl Client {
             Some(c) => c,
             None => {
                 let ep = self.endpoint(address).map_err(Attempt::Final)?;
-                let c = ep
-                    .connect()
-                    .await
-                    .map_err(|e| Attempt::Down(self.explain_connect(address, &e)))?;
+                // tonic's connect_timeout covers TCP only; a node that accepts and never
+                // finishes the TLS handshake would hold the call forever without this.
+                let c = match tokio::time::timeout(self.cfg.timeout, ep.connect()).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return Err(Attempt::Down(self.explain_connect(address, &e))),
+                    Err(_) => {
+                        return Err(Attempt::Down(format!(
+                            "{address}: no connection within --timeout {} (TCP connect and TLS \
+                             handshake); the node is overloaded, or something else listens \
+                             there; trying the next endpoint",
+                            humantime::format_duration(self.cfg.timeout)
+                        )))
+                    }
+                };
                 self.channels
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -188,7 +211,18 @@ impl Client {
                 c
             }
         };
-        match op(AdminClient::new(channel)).await {
+        let limit = self.call_timeout.unwrap_or(self.cfg.timeout).max(self.cfg.timeout);
+        let answer = match tokio::time::timeout(limit, op(AdminClient::new(channel))).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(address);
+                return Err(Attempt::Down(format!(
+                    "{address}: no answer within {}; check the node's log, or raise --timeout",
+                    humantime::format_duration(limit)
+                )));
+            }
+        };
+        match answer {
             Ok(resp) => Ok(resp.into_inner()),
             Err(status) => {
                 let attempt = self.classify(address, status);
@@ -232,8 +266,13 @@ impl Client {
     /// Turns transport jargon into what the user should do.
     fn explain_text(&self, text: &str) -> String {
         let lower = text.to_ascii_lowercase();
-        let hint = if lower.contains("unknownissuer") || lower.contains("invalid peer certificate")
-        {
+        let hint = if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+            Some("the node's certificate does not carry the name this client checked (the endpoint's host, or --server-name): pass --server-name NODE-NAME, the node's name in its node.toml")
+        } else if lower.contains("expired") {
+            Some("a certificate has expired: if the client's, renew --cert; if the node's, renew the node's certificate (check-config on the node names it)")
+        } else if lower.contains("notvalidyet") || lower.contains("not valid yet") {
+            Some("a certificate is not valid yet: check the clocks of this machine and the node, or the certificate's start date")
+        } else if lower.contains("unknownissuer") || lower.contains("invalid peer certificate") {
             Some("the node's certificate is not signed by the CA given with --ca: use the cluster's CA")
         } else if lower.contains("certificaterequired") || lower.contains("certificate required") {
             Some("the node requires a client certificate: pass --cert and --key (signed by the cluster CA)")
@@ -244,8 +283,6 @@ impl Client {
             || lower.contains("decrypterror")
         {
             Some("the node refused this client's certificate: use one signed by the cluster CA")
-        } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
-            Some("the node's certificate does not name this endpoint: pass --server-name NODE-NAME")
         } else if self.tls.is_some()
             && (lower.contains("connection closed")
                 || lower.contains("connection reset")
@@ -266,6 +303,77 @@ impl Client {
             None => text.to_string(),
         }
     }
+}
+
+/// `HOST:PORT` with a port in 1..=65535; IPv6 hosts in brackets.
+fn check_endpoint(address: &str) -> Result<(), String> {
+    let usage = "use HOST:PORT, e.g. 10.0.0.1:7400 or [fd00::1]:7400";
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("endpoint {address:?} has no port; {usage}"));
+    };
+    if host.is_empty() || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']'))) {
+        return Err(format!(
+            "endpoint {address:?} has no host or an unbracketed IPv6 address; {usage}"
+        ));
+    }
+    match port.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(()),
+        Ok(p) => Err(format!("endpoint {address:?}: port {p} is out of range 1-65535; {usage}")),
+        Err(_) => Err(format!("endpoint {address:?}: {port:?} is not a port number; {usage}")),
+    }
+}
+
+fn unix_now_s() -> i64 {
+    crate::pb::unix_now_ms() / 1000
+}
+
+/// Local checks of the client certificate and key, so a local file problem is not reported as
+/// the endpoint's: both parse, the key belongs to the certificate, and the certificate is
+/// inside its validity period at `now_unix_s`.
+fn check_identity(
+    cert_path: &Path,
+    cert_pem: &[u8],
+    key_path: &Path,
+    key_pem: &[u8],
+    now_unix_s: i64,
+) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert_file, key_file) = (cert_path.display(), key_path.display());
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| format!("no PEM certificate in {cert_file}; fix --cert (or --tls-dir)"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+        format!("no usable private key in {key_file} ({e}); fix --key (or --tls-dir)")
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain.clone(), key, &provider).map_err(|e| {
+        format!(
+            "the client key {key_file} does not belong to the certificate {cert_file} ({e}); \
+             this is a local file problem, not the node's: pass the key written with that \
+             certificate (--key), or the certificate issued for this key (--cert)"
+        )
+    })?;
+    if let Ok((_, cert)) = x509_parser::parse_x509_certificate(chain[0].as_ref()) {
+        let v = cert.validity();
+        if now_unix_s > v.not_after.timestamp() {
+            return Err(format!(
+                "the client certificate {cert_file} expired on {}; the nodes will refuse it: \
+                 issue a new one from the cluster CA and pass it with --cert/--key",
+                v.not_after
+            ));
+        }
+        if now_unix_s < v.not_before.timestamp() {
+            return Err(format!(
+                "the client certificate {cert_file} is not valid before {}; check this \
+                 machine's clock or the certificate",
+                v.not_before
+            ));
+        }
+    }
+    Ok(())
 }
 
 enum Attempt {

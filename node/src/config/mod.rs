@@ -13,6 +13,9 @@
 //! files exist and can be opened. The data directory is not touched. Every error is one line
 //! naming the file, the key path and the reason.
 
+mod usable;
+pub use usable::check_usable;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;

@@ -22,8 +22,25 @@ pub struct DaemonArgs {
     pub insecure_dev: bool,
 }
 
+/// The arguments `run` takes: the config, and how to start with an empty data dir.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// With an empty data dir, join the existing cluster as a fresh member (after 'droverctl
+    /// member remove' of this node's old entry) instead of refusing to start; then add it
+    /// with 'droverctl member add' and 'droverctl member promote'. Ignored when the data dir
+    /// holds state.
+    #[arg(long)]
+    pub rejoin: bool,
+}
+
 /// Exit code for bad input: config, TLS files, flags.
 pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// Exit code for a data dir that cannot be used as it is: damaged, or empty on a node whose
+/// cluster already formed. Retrying does not help; re-sync the node (docs/operations.md).
+pub const EXIT_DATA: u8 = 3;
 
 /// Installs the human-readable log subscriber on stderr (`RUST_LOG` overrides the filter).
 pub fn init_logging() {
@@ -41,6 +58,7 @@ pub fn init_logging() {
 pub fn run_daemon(
     config_path: &Path,
     insecure_dev: bool,
+    options: crate::runtime::StartOptions,
     required_role: Option<Role>,
     worker_threads: Option<usize>,
 ) -> ExitCode {
@@ -64,6 +82,15 @@ pub fn run_daemon(
         },
         None => None,
     };
+    // A certificate peers would refuse (expired, another node's, not from the CA) is refused
+    // here too, before the node can win an election it cannot serve.
+    if let Some(tls) = &tls {
+        let now_s = crate::pb::unix_now_ms() / 1000;
+        let problems = crate::tls::inspect::check_node_certificates(tls, &cfg.name, now_s);
+        if let Some(first) = problems.first() {
+            return bad_input(&format!("{}: {first}", cfg.path.display()));
+        }
+    }
     init_logging();
     if tls.is_none() {
         warn!("--insecure-dev: gRPC is PLAINTEXT and unauthenticated; anyone who reaches {} controls this cluster. Never use this outside a laptop.", cfg.listen_grpc);
@@ -84,13 +111,17 @@ pub fn run_daemon(
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(crate::runtime::run(cfg, tls, shutdown_signal()));
+    let result = rt.block_on(crate::runtime::run(cfg, tls, options, shutdown_signal()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            if e.is_data_problem() {
+                ExitCode::from(EXIT_DATA)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -108,10 +139,24 @@ pub fn check_config(path: &Path, insecure_dev: bool, required_role: Option<Role>
             cfg.role
         ));
     }
+    let config = cfg.path.display().to_string();
+    let mut problems = Vec::new();
     if let Some(files) = &cfg.tls {
-        if let Err(e) = crate::tls::load(files) {
-            return bad_input(&format!("{}: tls: {e}", cfg.path.display()));
+        match crate::tls::load(files) {
+            Ok(tls) => problems.extend(crate::tls::inspect::check_node_certificates(
+                &tls,
+                &cfg.name,
+                crate::pb::unix_now_ms() / 1000,
+            )),
+            Err(e) => problems.push(format!("tls: {e}")),
         }
+    }
+    problems.extend(crate::config::check_usable(&cfg));
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {config}: {p}");
+        }
+        return ExitCode::from(EXIT_BAD_INPUT);
     }
     println!(
         "{}: ok (node {} \"{}\", site {}, role {}, {} initial members)",

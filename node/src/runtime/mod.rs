@@ -9,13 +9,16 @@
 //!
 //! On first start (empty data dir) the node proposes the configured initial membership; every
 //! initial member does the same with the same list, which openraft accepts exactly once. Later
-//! starts ignore the list: the data dir is the truth. Shutdown stops Raft first (so nothing is
+//! starts ignore the list: the data dir is the truth. Before that first proposal the node asks
+//! its peers whether a cluster has already formed ([`presence`]): an empty data dir in a formed
+//! cluster means lost data, and the node refuses to start unless told `--rejoin`. Shutdown stops Raft first (so nothing is
 //! acknowledged after it), then the listeners.
 
 pub mod cli;
 pub mod control;
 pub mod election;
 pub mod fence_test;
+pub mod presence;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -56,12 +59,43 @@ pub enum RuntimeError {
     /// openraft refused to start.
     #[error("cannot start Raft: {0}")]
     Raft(String),
+    /// The data dir is empty but the node must not bootstrap (or cannot rejoin yet).
+    #[error("{config}: {refusal}")]
+    Refused {
+        /// The node.toml path.
+        config: String,
+        /// Why.
+        refusal: presence::Refusal,
+    },
+}
+
+impl RuntimeError {
+    /// True when the data dir is the problem (damaged, or empty where state was expected):
+    /// the operator must re-sync the node, not just retry.
+    pub fn is_data_problem(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Refused { .. }
+                | RuntimeError::Store(
+                    store::StoreError::Corrupt { .. } | store::StoreError::Read { .. }
+                )
+        )
+    }
+}
+
+/// How `run` starts the node, beyond its config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// `--rejoin`: with an empty data dir, join the existing cluster as a fresh member
+    /// (through `droverctl member add`) instead of refusing to start.
+    pub rejoin: bool,
 }
 
 /// Runs the node until `shutdown` resolves.
 pub async fn run(
     cfg: NodeConfig,
     tls: Option<TlsMaterial>,
+    options: StartOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RuntimeError> {
     let config_name = cfg.path.display().to_string();
@@ -86,6 +120,28 @@ pub async fn run(
         })?;
 
     let stores = store::open(&cfg.data_dir, store::StoreOptions::default())?;
+    // Decided before Raft starts and before the listeners serve, so a node that lost its data
+    // never answers a vote with its vote forgotten.
+    let plan = if store::is_pristine(&stores.0)? {
+        if cfg.initial_members.is_empty() {
+            Some(presence::StartPlan::Join)
+        } else {
+            info!(
+                peers = cfg.initial_members.len().saturating_sub(1),
+                "empty data dir: asking the initial members whether a cluster has formed"
+            );
+            let answers = presence::ask_peers(cfg.id, &cfg.initial_members, tls.as_ref()).await;
+            let plan = presence::plan(cfg.id, options.rejoin, &answers).map_err(|refusal| {
+                RuntimeError::Refused { config: config_name.clone(), refusal }
+            })?;
+            Some(plan)
+        }
+    } else {
+        if options.rejoin {
+            warn!("--rejoin ignored: the data dir holds Raft state; this node starts as the member it was");
+        }
+        None
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let parts = DriverParts {
         actuator: Arc::new(crate::actuate::RealActuator::new()),
@@ -131,7 +187,17 @@ pub async fn run(
         "node started"
     );
 
-    initialize_if_new(&raft, cfg.id, &cfg.initial_members).await;
+    match plan {
+        Some(presence::StartPlan::Bootstrap) | None => {
+            initialize_if_new(&raft, cfg.id, &cfg.initial_members).await;
+        }
+        Some(presence::StartPlan::Join) => info!(
+            node_id = cfg.id,
+            "empty data dir, not bootstrapping: waiting to be added with 'droverctl member add --id {}' and promoted with 'droverctl member promote {}'",
+            cfg.id,
+            cfg.id
+        ),
+    }
 
     // A Raft core that stopped (a storage write failed: full disk, I/O error) leaves a process
     // that still answers but can neither vote nor persist: exit, so that the supervisor

@@ -15,6 +15,7 @@
 
 pub mod accept;
 pub mod certs;
+pub mod inspect;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -538,3 +538,72 @@ async fn stalled_handshakes_time_out() {
     tokio::time::sleep(accept::HANDSHAKE_TIMEOUT + Duration::from_secs(1)).await;
     logs.wait_for("refused connection: TLS handshake timed out").await;
 }
+
+// ---- check-config's certificate checks ------------------------------------------------------
+
+fn now_s() -> i64 {
+    crate::pb::unix_now_ms() / 1000
+}
+
+#[test]
+fn a_node_with_its_own_certificate_passes_the_checks() {
+    let dir = cluster();
+    let tls = load(&files(dir.path(), "prod-1")).unwrap();
+    assert_eq!(inspect::check_node_certificates(&tls, "prod-1", now_s()), Vec::<String>::new());
+}
+
+#[test]
+fn another_nodes_certificate_is_named_as_such() {
+    let dir = cluster();
+    let tls = load(&files(dir.path(), "dr-1")).unwrap();
+    let problems = inspect::check_node_certificates(&tls, "prod-1", now_s());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let p = &problems[0];
+    assert!(p.starts_with("tls.cert:") && p.contains("dr-1.pem"), "{p}");
+    assert!(p.contains("issued to dr-1, localhost") && p.contains("\"prod-1\""), "{p}");
+}
+
+#[test]
+fn an_expired_or_not_yet_valid_certificate_is_reported_with_its_date() {
+    let dir = cluster();
+    let tls = load(&files(dir.path(), "prod-1")).unwrap();
+    let two_years_s = 2 * 365 * 24 * 3600;
+    let later = inspect::check_node_certificates(&tls, "prod-1", now_s() + two_years_s);
+    assert!(
+        later.iter().any(|p| p.starts_with("tls.cert:") && p.contains("expired on")),
+        "{later:?}"
+    );
+    assert!(
+        later.iter().any(|p| p.starts_with("tls.ca:") && p.contains("expired on")),
+        "{later:?}"
+    );
+    let earlier = inspect::check_node_certificates(&tls, "prod-1", now_s() - two_years_s);
+    assert!(
+        earlier.iter().any(|p| p.starts_with("tls.cert:") && p.contains("not valid before")),
+        "{earlier:?}"
+    );
+}
+
+#[test]
+fn a_leaf_certificate_as_the_ca_is_refused() {
+    let dir = cluster();
+    let mut f = files(dir.path(), "prod-1");
+    f.ca = dir.path().join("dr-1.pem");
+    let tls = load(&f).unwrap();
+    let problems = inspect::check_node_certificates(&tls, "prod-1", now_s());
+    assert!(
+        problems.iter().any(|p| p.starts_with("tls.ca:") && p.contains("not a CA")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_certificate_from_another_ca_does_not_verify() {
+    let (ours, theirs) = (cluster(), cluster());
+    let mut f = files(ours.path(), "prod-1");
+    f.ca = theirs.path().join("ca.pem");
+    let tls = load(&f).unwrap();
+    let problems = inspect::check_node_certificates(&tls, "prod-1", now_s());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("does not verify against the CA"), "{problems:?}");
+}

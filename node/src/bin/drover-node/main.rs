@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node described by a node.toml until SIGTERM.
-    Run(cli::DaemonArgs),
+    Run(cli::RunArgs),
     /// Check a node.toml and its TLS files without starting anything; exit code 2 if invalid.
     CheckConfig(cli::DaemonArgs),
     /// Start a local 5-node cluster (2 prod, 2 dr, 1 witness) on 127.0.0.x with a small
@@ -46,7 +46,13 @@ enum Cmd {
 
 fn main() -> ExitCode {
     match Cli::parse().cmd {
-        Cmd::Run(a) => cli::run_daemon(&a.config, a.insecure_dev, None, None),
+        Cmd::Run(a) => cli::run_daemon(
+            &a.daemon.config,
+            a.daemon.insecure_dev,
+            drover::runtime::StartOptions { rejoin: a.rejoin },
+            None,
+            None,
+        ),
         Cmd::CheckConfig(a) => cli::check_config(&a.config, a.insecure_dev, None),
         Cmd::Demo { keep, runs, default_policy } => demo::run(keep, runs, default_policy),
         Cmd::DemoApp { listen, site } => demo::app(listen, site),

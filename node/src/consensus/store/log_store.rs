@@ -6,6 +6,7 @@
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -62,11 +63,18 @@ impl RaftLogReader<TypeConfig> for LogReader {
 /// The durable Raft log (openraft's `RaftLogStorage`).
 pub struct LogStore {
     reader: LogReader,
+    /// The database file (or the simulator's label), for error messages.
+    path: PathBuf,
 }
 
 impl LogStore {
-    pub(super) fn new(db: Arc<Database>) -> Self {
-        LogStore { reader: LogReader { db } }
+    pub(super) fn new(db: Arc<Database>, path: PathBuf) -> Self {
+        LogStore { reader: LogReader { db }, path }
+    }
+
+    /// The database file this log lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub(super) fn db(&self) -> &Database {

@@ -13,7 +13,10 @@
 //!
 //! Every mutation is a single redb write transaction committed with redb's default
 //! `Durability::Immediate` (fsync) before the call returns, or before the append callback
-//! fires, so whatever openraft has been told is persisted survives a crash. Values are JSON.
+//! fires, so whatever openraft has been told is persisted survives a crash. Values are JSON
+//! framed with a CRC-32 ([`frame`]), checked on every read; opening the store reads and checks
+//! every row once, so a damaged file is refused at startup with an error naming it, never
+//! believed and never a panic.
 //!
 //! redb calls block. They are made directly from the async trait methods: the transactions
 //! are small (a batch of entries, a vote, a few history rows) and none spans an `.await`, so
@@ -21,6 +24,7 @@
 //! for it. This also keeps the store usable from a current-thread runtime, where
 //! `tokio::task::block_in_place` would panic.
 
+mod frame;
 mod log_store;
 mod state_machine;
 #[cfg(test)]
@@ -31,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::{AnyError, StorageIOError};
-use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
+use redb::{Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -130,10 +134,11 @@ pub enum StoreError {
         /// redb's error.
         source: Box<redb::Error>,
     },
-    /// The file holds data drover cannot decode.
+    /// The file holds data drover cannot decode, or a value fails its checksum.
     #[error(
-        "the data store {} is damaged: {detail}; restore it from a backup, or remove it and \
-         re-add this node to the cluster so it receives a snapshot",
+        "the data store {} is damaged: {detail}; do not edit or reuse it: re-sync this node from \
+         the cluster (stop it, move its data_dir aside, then start it with `run --rejoin`; see \
+         docs/operations.md, \"Recovering a node's data\")",
         path.display()
     )]
     Corrupt {
@@ -149,10 +154,48 @@ pub enum StoreError {
 /// Creates `dir` if it is missing. The state machine's in-memory mirror (at most
 /// `HISTORY_CAP` history records) is loaded here, so a damaged file is reported at startup
 /// rather than on the first read.
+///
+/// A file so damaged that redb panics while reading it (a truncated file can do this) is
+/// reported as [`StoreError::Corrupt`]: the panic is caught, and its message kept out of the
+/// log, so the operator sees one error naming the file.
 pub fn open(dir: &Path, opts: StoreOptions) -> Result<(LogStore, StateMachine), StoreError> {
     std::fs::create_dir_all(dir)
         .map_err(|source| StoreError::CreateDir { dir: dir.to_path_buf(), source })?;
     let path = dir.join(DB_FILE_NAME);
+    let panic_message = Arc::new(std::sync::Mutex::new(None::<String>));
+    let previous_hook = std::panic::take_hook();
+    {
+        let slot = Arc::clone(&panic_message);
+        std::panic::set_hook(Box::new(move |info| {
+            let text = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            let at = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some(format!("{text}{at}"));
+            }
+        }));
+    }
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_file(&path, opts)));
+    std::panic::set_hook(previous_hook);
+    opened.unwrap_or_else(|_| {
+        let detail = panic_message
+            .lock()
+            .ok()
+            .and_then(|mut m| m.take())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        Err(StoreError::Corrupt {
+            path: path.clone(),
+            detail: format!("the storage engine failed reading it ({detail})"),
+        })
+    })
+}
+
+fn open_file(path: &Path, opts: StoreOptions) -> Result<(LogStore, StateMachine), StoreError> {
+    let path = path.to_path_buf();
     let db =
         redb::Builder::new().set_cache_size(opts.cache_size_bytes).create(&path).map_err(|e| {
             match e {
@@ -182,12 +225,50 @@ pub fn open_backend(
 
 fn finish_open(db: Database, path: PathBuf) -> Result<(LogStore, StateMachine), StoreError> {
     let db = Arc::new(db);
-    let loaded = create_tables(&db).and_then(|()| state_machine::load(&db));
+    let loaded = create_tables(&db)
+        .and_then(|()| verify_frames(&db))
+        .and_then(|()| state_machine::load(&db));
     let sm_state = loaded.map_err(|e| match e {
         DbError::Redb(source) => StoreError::Read { path: path.clone(), source },
         other => StoreError::Corrupt { path: path.clone(), detail: other.to_string() },
     })?;
-    Ok((LogStore::new(Arc::clone(&db)), StateMachine::new(db, sm_state)))
+    Ok((LogStore::new(Arc::clone(&db), path), StateMachine::new(db, sm_state)))
+}
+
+/// Checks the frame (format tag and checksum) of every stored value, so damage anywhere in the
+/// file is found at startup, before openraft or the admin API reads it.
+fn verify_frames(db: &Database) -> Result<(), DbError> {
+    let txn = db.begin_read()?;
+    for (name, table) in [("log", LOG), ("history", HISTORY)] {
+        for row in txn.open_table(table)?.iter()? {
+            let (index, bytes) = row?;
+            unframe(bytes.value(), format_args!("{name} row {}", index.value()))?;
+        }
+    }
+    for (name, table) in [("log_meta", LOG_META), ("sm_meta", SM_META), ("snapshot", SNAPSHOT)] {
+        for row in txn.open_table(table)?.iter()? {
+            let (key, bytes) = row?;
+            unframe(bytes.value(), format_args!("{name} value '{}'", key.value()))?;
+        }
+    }
+    Ok(())
+}
+
+/// True when the store has never held Raft state: no vote, no log entry, nothing applied.
+/// A node that was a member has at least a vote or a log entry, so an empty store on a
+/// configured node means its data was lost or it never ran.
+pub fn is_pristine(log: &LogStore) -> Result<bool, StoreError> {
+    let check = || -> Result<bool, DbError> {
+        let txn = log.db().begin_read()?;
+        Ok(txn.open_table(LOG)?.is_empty()?
+            && txn.open_table(LOG_META)?.is_empty()?
+            && txn.open_table(SM_META)?.is_empty()?
+            && txn.open_table(SNAPSHOT)?.is_empty()?)
+    };
+    check().map_err(|e| match e {
+        DbError::Redb(source) => StoreError::Read { path: log.path().to_path_buf(), source },
+        other => StoreError::Corrupt { path: log.path().to_path_buf(), detail: other.to_string() },
+    })
 }
 
 /// Creates every table, so later read transactions never meet a missing one.
@@ -211,6 +292,8 @@ enum DbError {
     Redb(Box<redb::Error>),
     #[error("cannot decode the {what}: {source}")]
     Decode { what: String, source: serde_json::Error },
+    #[error("the {what} is damaged: {source}")]
+    Damaged { what: String, source: frame::FrameError },
     #[error("cannot encode the {what}: {source}")]
     Encode { what: String, source: serde_json::Error },
     #[error("{0}")]
@@ -258,11 +341,26 @@ impl<T> ToStorageError<T> for Result<T, DbError> {
     }
 }
 
+/// Encodes a value as JSON, framed with its checksum, ready to store.
 fn encode<T: Serialize>(value: &T, what: impl fmt::Display) -> Result<Vec<u8>, DbError> {
-    serde_json::to_vec(value).map_err(|source| DbError::Encode { what: what.to_string(), source })
+    let json = serde_json::to_vec(value)
+        .map_err(|source| DbError::Encode { what: what.to_string(), source })?;
+    Ok(frame::seal(&json))
 }
 
+/// Checks a stored value's frame and returns its payload.
+fn unframe(bytes: &[u8], what: impl fmt::Display) -> Result<&[u8], DbError> {
+    frame::open(bytes).map_err(|source| DbError::Damaged { what: what.to_string(), source })
+}
+
+/// Decodes a stored value: checks its frame, then parses its JSON.
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: impl fmt::Display) -> Result<T, DbError> {
+    let what = what.to_string();
+    decode_json(unframe(bytes, &what)?, what)
+}
+
+/// Parses unframed JSON (a snapshot received from the leader).
+fn decode_json<T: DeserializeOwned>(bytes: &[u8], what: impl fmt::Display) -> Result<T, DbError> {
     serde_json::from_slice(bytes)
         .map_err(|source| DbError::Decode { what: what.to_string(), source })
 }

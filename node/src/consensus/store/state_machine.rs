@@ -22,9 +22,9 @@ use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode, encode, get_json, put_json, DbError, ToStorageError, HISTORY, KEY_CONTROL,
-    KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP, KEY_LAST_SEQ, KEY_SNAPSHOT_COUNTER, KEY_SNAPSHOT_DATA,
-    KEY_SNAPSHOT_META, SM_META, SNAPSHOT,
+    decode, decode_json, encode, frame, get_json, put_json, unframe, DbError, ToStorageError,
+    HISTORY, KEY_CONTROL, KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP, KEY_LAST_SEQ,
+    KEY_SNAPSHOT_COUNTER, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SM_META, SNAPSHOT,
 };
 use crate::consensus::state::{ClusterState, HistoryRecord};
 use crate::consensus::types::{
@@ -222,7 +222,8 @@ impl StateMachine {
     }
 
     fn install(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), DbError> {
-        let payload: SnapshotPayload = decode(data, format_args!("snapshot {}", meta.snapshot_id))?;
+        let payload: SnapshotPayload =
+            decode_json(data, format_args!("snapshot {}", meta.snapshot_id))?;
         if payload.last_applied != meta.last_log_id
             || payload.last_membership != meta.last_membership
         {
@@ -245,7 +246,7 @@ impl StateMachine {
             put_json(&mut sm_meta, KEY_CONTROL, &payload.state.control)?;
             let mut snapshot = txn.open_table(SNAPSHOT)?;
             put_json(&mut snapshot, KEY_SNAPSHOT_META, meta)?;
-            snapshot.insert(KEY_SNAPSHOT_DATA, data)?;
+            snapshot.insert(KEY_SNAPSHOT_DATA, frame::seal(data).as_slice())?;
         }
         txn.commit()?;
         let state = SmState {
@@ -270,7 +271,8 @@ impl StateMachine {
                 meta.snapshot_id
             )));
         };
-        let data = data.value().to_vec();
+        let data =
+            unframe(data.value(), format_args!("snapshot {} data", meta.snapshot_id))?.to_vec();
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
@@ -333,7 +335,8 @@ impl SnapshotBuilder {
     fn build(&self) -> Result<Snapshot<TypeConfig>, DbError> {
         let SmState { last_applied, last_membership, cluster } = self.shared.cloned();
         let payload = SnapshotPayload { last_applied, last_membership, state: cluster };
-        let data = encode(&payload, "snapshot")?;
+        let data = serde_json::to_vec(&payload)
+            .map_err(|source| DbError::Encode { what: "snapshot".into(), source })?;
         let txn = self.db.begin_write()?;
         let meta = {
             let mut table = txn.open_table(SNAPSHOT)?;
@@ -353,7 +356,7 @@ impl SnapshotBuilder {
             let current: Option<SnapshotMeta> = get_json(&table, KEY_SNAPSHOT_META)?;
             if current.is_none_or(|c| c.last_log_id <= meta.last_log_id) {
                 put_json(&mut table, KEY_SNAPSHOT_META, &meta)?;
-                table.insert(KEY_SNAPSHOT_DATA, data.as_slice())?;
+                table.insert(KEY_SNAPSHOT_DATA, frame::seal(&data).as_slice())?;
             }
             meta
         };

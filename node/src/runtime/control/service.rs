@@ -174,6 +174,26 @@ impl Control for ControlService {
         Ok(Response::new(reply))
     }
 
+    async fn cluster_presence(
+        &self,
+        req: Request<pb::PresenceRequest>,
+    ) -> Result<Response<pb::PresenceReply>, Status> {
+        let asker = req.into_inner().node_id;
+        let metrics = self.ctx.node.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let asker_is_voter = membership.voter_ids().any(|id| id == asker);
+        let asker_is_learner = membership.learner_ids().any(|id| id == asker);
+        let reply = pb::PresenceReply {
+            has_state: metrics.last_log_index.is_some() || metrics.vote.leader_id().term > 0,
+            formed: metrics.last_applied.is_some_and(|id| id.index >= 1),
+            term: metrics.current_term,
+            asker_is_voter,
+            asker_is_learner,
+            name: self.ctx.node.name.clone(),
+        };
+        Ok(Response::new(reply))
+    }
+
     async fn run_step(
         &self,
         req: Request<pb::RunStepRequest>,
