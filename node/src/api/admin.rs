@@ -1,6 +1,9 @@
 //! The admin API served to droverctl: status, membership changes, notes and history, spec
 //! changes, operator decisions, and `fence test`.
 //!
+//! Who may call what is decided before a handler runs ([`super::authz`]); the history author
+//! of every action is the caller's certificate user, never what the request says.
+//!
 //! Calls that change the cluster must run on the leader. A follower answers them with
 //! `FAILED_PRECONDITION` plus the leader's id and address in the metadata keys
 //! [`LEADER_ID_KEY`] and [`LEADER_ADDR_KEY`]; droverctl follows that hint by itself.
@@ -14,6 +17,7 @@ use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use super::authz::{author, caller_of};
 use super::NodeHandle;
 use crate::consensus::state::control::ControlRequest;
 use crate::consensus::types::{Member, NodeId, Role};
@@ -266,7 +270,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AddNoteRequest>,
     ) -> Result<Response<pb::AddNoteReply>, Status> {
+        let caller = caller_of(&req)?;
         let req = req.into_inner();
+        let author = author(&caller, &req.author)?;
         if req.text.trim().is_empty() {
             return Err(Status::invalid_argument("note text is empty; write what happened"));
         }
@@ -277,7 +283,6 @@ impl Admin for AdminService {
                 crate::consensus::state::MAX_NOTE_BYTES
             )));
         }
-        let author = if req.author.is_empty() { "operator".to_string() } else { req.author };
         let request = crate::consensus::types::Request::Note {
             author,
             text: req.text,
@@ -295,11 +300,12 @@ impl Admin for AdminService {
         req: Request<pb::ConfigApplyRequest>,
     ) -> Result<Response<pb::ConfigApplyReply>, Status> {
         self.require_leader().await?;
+        let caller = caller_of(&req)?;
         let req = req.into_inner();
+        let author = author(&caller, &req.author)?;
         let spec = parse_spec(&req.text)?;
         let old = self.node.state.read(|s| s.control.spec.as_ref().map(|v| v.spec.clone()));
         let changes = crate::spec::diff(old.as_ref(), &spec);
-        let author = if req.author.is_empty() { "operator".to_string() } else { req.author };
         let (_, version) = self
             .propose_control(ControlRequest::ApplySpec {
                 expected_version: req.expected_version,
@@ -352,8 +358,9 @@ impl Admin for AdminService {
         req: Request<pb::ServiceActionRequest>,
     ) -> Result<Response<pb::ServiceActionReply>, Status> {
         self.require_leader().await?;
+        let caller = caller_of(&req)?;
         let req = req.into_inner();
-        let author = if req.author.is_empty() { "operator".to_string() } else { req.author };
+        let author = author(&caller, &req.author)?;
         let at_unix_ms = crate::pb::unix_now_ms();
         let service = req.service;
         let control = match req.action.as_str() {

@@ -26,7 +26,7 @@ mod lease;
 mod report;
 mod service;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,7 +81,12 @@ pub struct ControlCtx {
     pub clock: LeaseClock,
     /// Into the controller loop.
     events: mpsc::Sender<Event>,
+    /// Steps this node is running for the leader right now.
+    steps_running: Arc<Mutex<HashSet<StepKey>>>,
 }
+
+/// A step run: service, workflow id, step index, attempt.
+type StepKey = (String, u64, u64, u32);
 
 /// Something that happened, for the controller loop.
 enum Event {
@@ -215,6 +220,7 @@ pub fn start(
         peers: PeerChannels::new(tls, parts.dialer),
         clock: parts.clock,
         events: events_tx,
+        steps_running: Default::default(),
         node,
     };
     let probes: Arc<dyn ProbeSource> = match parts.probes {
