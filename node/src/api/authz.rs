@@ -203,7 +203,8 @@ impl RefusalLog {
             return Some(n);
         }
         if self.seen.len() >= REFUSAL_LOG_KEYS {
-            self.seen.retain(|_, (last, _)| now.saturating_duration_since(*last) < REFUSAL_LOG_EVERY);
+            self.seen
+                .retain(|_, (last, _)| now.saturating_duration_since(*last) < REFUSAL_LOG_EVERY);
             if self.seen.len() >= REFUSAL_LOG_KEYS {
                 return None;
             }
@@ -362,7 +363,9 @@ where
                 req.extensions_mut().insert(caller);
                 futures::future::Either::Left(self.inner.call(req))
             }
-            Err(status) => futures::future::Either::Right(futures::future::ready(Ok(status.into_http()))),
+            Err(status) => {
+                futures::future::Either::Right(futures::future::ready(Ok(status.into_http())))
+            }
         }
     }
 }

@@ -98,7 +98,9 @@ pub fn check_terms(
         ));
     }
     if let Some(t) = logged_terms.into_iter().find(|t| *t > vote_term) {
-        return Err(format!("it carries a log id of term {t}, newer than its own term {vote_term}"));
+        return Err(format!(
+            "it carries a log id of term {t}, newer than its own term {vote_term}"
+        ));
     }
     Ok(())
 }

@@ -471,10 +471,8 @@ async fn bench(
             if n >= count {
                 break;
             }
-            let req = pb::AddNoteRequest {
-                author: String::new(),
-                text: format!("bench commit {n}"),
-            };
+            let req =
+                pb::AddNoteRequest { author: String::new(), text: format!("bench commit {n}") };
             let t = std::time::Instant::now();
             client
                 .call(|mut c| {

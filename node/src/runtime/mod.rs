@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::api::admin::AdminService;
-use crate::api::authz::{AuthzLayer, Authorizer};
+use crate::api::authz::{Authorizer, AuthzLayer};
 use crate::api::raft::RaftService;
 use crate::api::NodeHandle;
 use crate::config::NodeConfig;

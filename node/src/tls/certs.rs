@@ -176,10 +176,8 @@ pub fn init(
         return Err(CertError::CaExists { dir: out_dir.to_path_buf() });
     }
     let mut seen = HashSet::new();
-    let admin_subjects: Vec<CertSubject> = admins
-        .iter()
-        .map(|a| CertSubject { name: a.name.clone(), hosts: Vec::new() })
-        .collect();
+    let admin_subjects: Vec<CertSubject> =
+        admins.iter().map(|a| CertSubject { name: a.name.clone(), hosts: Vec::new() }).collect();
     for s in nodes.iter().chain(&admin_subjects) {
         let bad = |reason: String| CertError::Subject { input: s.name.clone(), reason };
         check_subject_name(&s.name).map_err(bad)?;

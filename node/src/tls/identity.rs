@@ -123,7 +123,8 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> PeerIdentity {
     let take = |prefix: &str| -> Vec<&str> {
         uris.iter().filter_map(|u| u.strip_prefix(prefix)).collect()
     };
-    let (nodes, roles, users) = (take(NODE_URI_PREFIX), take(ROLE_URI_PREFIX), take(USER_URI_PREFIX));
+    let (nodes, roles, users) =
+        (take(NODE_URI_PREFIX), take(ROLE_URI_PREFIX), take(USER_URI_PREFIX));
     match (nodes.as_slice(), roles.as_slice()) {
         ([], []) => unrecognized(format!(
             "no {NODE_URI_PREFIX}<member> or {ROLE_URI_PREFIX}<role> URI subject alternative name"
