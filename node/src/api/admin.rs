@@ -34,6 +34,8 @@ pub const MAX_HISTORY_PAGE: usize = 1000;
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest cluster spec accepted, in bytes.
 pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
+/// Largest admin request decoded, in bytes: a spec at its limit plus room for the rest.
+pub const MAX_ADMIN_REQUEST_BYTES: usize = MAX_SPEC_BYTES + 64 * 1024;
 /// Longest name or site accepted.
 const MAX_NAME_LEN: usize = 63;
 
@@ -44,9 +46,11 @@ pub struct AdminService {
 }
 
 impl AdminService {
-    /// Wraps the node in a tonic server; `fence` runs `droverctl fence test`.
+    /// Wraps the node in a tonic server that decodes requests up to
+    /// [`MAX_ADMIN_REQUEST_BYTES`]; `fence` runs `droverctl fence test`.
     pub fn server(node: NodeHandle, fence: FenceTester) -> AdminServer<AdminService> {
         AdminServer::new(AdminService { node, fence })
+            .max_decoding_message_size(MAX_ADMIN_REQUEST_BYTES)
     }
 
     /// A refusal pointing at the leader (or saying none is known).

@@ -130,15 +130,19 @@ pub(super) async fn run_for_leader(ctx: &ControlCtx, r: pb::RunStepRequest) -> p
 }
 
 /// Marks a step running on this node for as long as it lives.
-struct RunningGuard<'a> {
+pub(super) struct RunningGuard<'a> {
     ctx: &'a ControlCtx,
     key: StepKey,
 }
 
 impl<'a> RunningGuard<'a> {
-    fn claim(ctx: &'a ControlCtx, key: StepKey) -> Option<RunningGuard<'a>> {
+    /// Marks `key` running; `None` if it already is.
+    pub(super) fn claim(ctx: &'a ControlCtx, key: StepKey) -> Option<RunningGuard<'a>> {
         let mut running = ctx.steps_running.lock().unwrap_or_else(|p| p.into_inner());
-        running.insert(key.clone()).then_some(RunningGuard { ctx, key })
+        if !running.insert(key.clone()) {
+            return None;
+        }
+        Some(RunningGuard { ctx, key })
     }
 }
 

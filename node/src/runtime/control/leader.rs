@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::executor::run_local;
+use super::executor::{run_local, RunningGuard};
 use super::report::parse_verdict;
 use super::{unix_now_ms, ControlCtx, Event, TICK};
 use crate::actuate::{Actuator, StepContext, StepError};
@@ -216,7 +216,15 @@ fn dispatch(ctx: &ControlCtx, d: StepDispatch, members: &BTreeMap<NodeId, Member
             }
             // Never run a site-bound step elsewhere because its executor left the cluster.
             Some((id, None)) => Err(format!("executor node {id} is no longer a member")),
-            _ => run_local(&ctx, &d.action, &context_of(&d)).await,
+            _ => {
+                // Registered like a step run for a remote leader, so that no request can start
+                // a second copy of it on this node while it runs.
+                let key = (d.service.clone(), d.workflow_id, d.step as u64, d.attempt);
+                match RunningGuard::claim(&ctx, key) {
+                    Some(_running) => run_local(&ctx, &d.action, &context_of(&d)).await,
+                    None => Err("the same step attempt is already running on this node".into()),
+                }
+            }
         };
         match &result {
             Ok(detail) => {

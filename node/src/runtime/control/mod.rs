@@ -61,6 +61,9 @@ const EPOCH_CATCH_UP: Duration = Duration::from_secs(3);
 const LEASE_TICK: Duration = Duration::from_millis(50);
 /// Members asked to relay a lease renewal the leader did not answer.
 const RELAYS_TRIED: usize = 2;
+/// Largest Control request decoded, in bytes (a probe report of every service of the largest
+/// spec fits many times over).
+const MAX_CONTROL_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Capacity of the channels into the controller loop.
 const CHANNEL_CAPACITY: usize = 1024;
 
@@ -236,7 +239,7 @@ pub fn start(
     if role == Role::Controller {
         tokio::spawn(lease::lease_loop(ctx.clone(), stop));
     }
-    ControlServer::new(ControlService { ctx })
+    ControlServer::new(ControlService { ctx }).max_decoding_message_size(MAX_CONTROL_REQUEST_BYTES)
 }
 
 /// Publishes the applied spec to the prober whenever its version changes.
