@@ -1,7 +1,9 @@
 //! A cluster of real drover processes in one temp dir.
 //!
 //! ```text
-//! <tmp>/certs/{ca,admin,<name>}{,-key}.pem      from `droverctl certs init`
+//! <tmp>/certs/{ca,admin,operator,viewer,<name>}{,-key}.pem
+//!                                                from `droverctl certs init` (admin certificates
+//!                                                with roles admin, operator, viewer)
 //! <tmp>/<name>/node.toml                         written by the harness
 //! <tmp>/<name>/data/                             the node's data_dir (created by the node)
 //! <tmp>/<name>/node.log                          the node's stdout+stderr, appended across restarts
@@ -363,14 +365,16 @@ impl Cluster {
 
     // ---- certificates and config --------------------------------------------------------
 
-    /// Runs `droverctl certs init --out dir --node NAME=IP .. --admin admin`.
+    /// Runs `droverctl certs init --out dir --node NAME=IP .. --admin ADMIN --admin
+    /// operator=operator --admin viewer=viewer`: `admin` gets role admin, and admin
+    /// certificates named `operator` and `viewer` carry those roles.
     pub fn certs_init(&self, dir: &Path, nodes: &[(String, Ipv4Addr)], admin: &str) {
         let mut cmd = Command::new(&self.bins.ctl);
         cmd.args(["certs", "init", "--out"]).arg(dir);
         for (name, ip) in nodes {
             cmd.arg("--node").arg(format!("{name}={ip}"));
         }
-        cmd.args(["--admin", admin]);
+        cmd.args(["--admin", admin, "--admin", "operator=operator", "--admin", "viewer=viewer"]);
         let out = run_with_deadline(&mut cmd, CTL_DEADLINE);
         assert!(out.success(), "`{cmd:?}` failed: {}", out.describe());
         for (name, _) in nodes {

@@ -13,6 +13,9 @@
 //! always carry a deadline. A wait that runs out panics with what it expected, the last thing
 //! it observed and the tail of every node's log; the temp dir is then kept and its path printed.
 //!
+//! Authorization tests send what no honest client would through a rogue client built from the
+//! generated stubs, with whatever certificate they choose ([`rogue::Rogue`]).
+//!
 //! Failover tests add a stand-in application per site driven by a runbook script that keeps a
 //! ledger ([`Apps`]), and, as root, sites in network namespaces joined by a bridge
 //! ([`netns::Sites`]), where a partition is a link taken down.
@@ -29,6 +32,7 @@ pub mod netns;
 mod process;
 pub mod require;
 mod rig;
+pub mod rogue;
 pub mod servers;
 
 pub use app::{failover_spec, failover_spec_head, AppSite, Apps, LedgerLine};

@@ -1,6 +1,9 @@
 //! The admin API served to droverctl: status, membership changes, notes and history, spec
 //! changes, operator decisions, and `fence test`.
 //!
+//! Who may call what is decided before a handler runs ([`super::authz`]); the history author
+//! of every action is the caller's certificate user, never what the request says.
+//!
 //! Calls that change the cluster must run on the leader. A follower answers them with
 //! `FAILED_PRECONDITION` plus the leader's id and address in the metadata keys
 //! [`LEADER_ID_KEY`] and [`LEADER_ADDR_KEY`]; droverctl follows that hint by itself.
@@ -14,6 +17,7 @@ use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use super::authz::{author, caller_of};
 use super::NodeHandle;
 use crate::consensus::state::control::ControlRequest;
 use crate::consensus::types::{Member, NodeId, Role};
@@ -30,6 +34,8 @@ pub const MAX_HISTORY_PAGE: usize = 1000;
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest cluster spec accepted, in bytes.
 pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
+/// Largest admin request decoded, in bytes: a spec at its limit plus room for the rest.
+pub const MAX_ADMIN_REQUEST_BYTES: usize = MAX_SPEC_BYTES + 64 * 1024;
 /// Longest name or site accepted.
 const MAX_NAME_LEN: usize = 63;
 
@@ -40,9 +46,11 @@ pub struct AdminService {
 }
 
 impl AdminService {
-    /// Wraps the node in a tonic server; `fence` runs `droverctl fence test`.
+    /// Wraps the node in a tonic server that decodes requests up to
+    /// [`MAX_ADMIN_REQUEST_BYTES`]; `fence` runs `droverctl fence test`.
     pub fn server(node: NodeHandle, fence: FenceTester) -> AdminServer<AdminService> {
         AdminServer::new(AdminService { node, fence })
+            .max_decoding_message_size(MAX_ADMIN_REQUEST_BYTES)
     }
 
     /// A refusal pointing at the leader (or saying none is known).
@@ -266,7 +274,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AddNoteRequest>,
     ) -> Result<Response<pb::AddNoteReply>, Status> {
+        let caller = caller_of(&req)?;
         let req = req.into_inner();
+        let author = author(&caller, &req.author)?;
         if req.text.trim().is_empty() {
             return Err(Status::invalid_argument("note text is empty; write what happened"));
         }
@@ -277,7 +287,6 @@ impl Admin for AdminService {
                 crate::consensus::state::MAX_NOTE_BYTES
             )));
         }
-        let author = if req.author.is_empty() { "operator".to_string() } else { req.author };
         let request = crate::consensus::types::Request::Note {
             author,
             text: req.text,
@@ -295,7 +304,9 @@ impl Admin for AdminService {
         req: Request<pb::ConfigApplyRequest>,
     ) -> Result<Response<pb::ConfigApplyReply>, Status> {
         self.require_leader().await?;
+        let caller = caller_of(&req)?;
         let req = req.into_inner();
+        let author = author(&caller, &req.author)?;
         let spec = parse_spec(&req.text)?;
         let timing_errors = crate::spec::check_against_raft_timings(&spec, &self.node.election);
         if !timing_errors.is_empty() {
@@ -305,7 +316,6 @@ impl Admin for AdminService {
         }
         let old = self.node.state.read(|s| s.control.spec.as_ref().map(|v| v.spec.clone()));
         let changes = crate::spec::diff(old.as_ref(), &spec);
-        let author = if req.author.is_empty() { "operator".to_string() } else { req.author };
         let (_, version) = self
             .propose_control(ControlRequest::ApplySpec {
                 expected_version: req.expected_version,
@@ -358,8 +368,9 @@ impl Admin for AdminService {
         req: Request<pb::ServiceActionRequest>,
     ) -> Result<Response<pb::ServiceActionReply>, Status> {
         self.require_leader().await?;
+        let caller = caller_of(&req)?;
         let req = req.into_inner();
-        let author = if req.author.is_empty() { "operator".to_string() } else { req.author };
+        let author = author(&caller, &req.author)?;
         let at_unix_ms = crate::pb::unix_now_ms();
         let service = req.service;
         let control = match req.action.as_str() {

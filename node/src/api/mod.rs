@@ -1,7 +1,9 @@
 //! The node's surfaces: gRPC services (the Raft transport between members and the admin API
-//! used by droverctl) and the plain HTTP endpoints (health, readiness, metrics).
+//! used by droverctl) behind one authorization layer ([`authz`]), and the plain HTTP
+//! endpoints (health, readiness, metrics).
 
 pub mod admin;
+pub mod authz;
 pub mod http;
 pub mod raft;
 pub mod view;
@@ -45,6 +47,8 @@ pub struct NodeHandle {
     /// Services whose lease this node believes its site holds right now (by its own clock,
     /// not self-fenced), with the epoch: the site's own view of whether it may serve.
     pub leases: LeaseView,
+    /// Who may call what on the gRPC port; also logs refusals.
+    pub authz: Arc<authz::Authorizer>,
 }
 
 /// Leader-side health of each (service, site) as the detector sees it.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use drover::client::{render, Client, ClientConfig, ClientError};
-use drover::tls::certs;
+use drover::tls::{certs, AdminRole};
 use drover_proto::v1 as pb;
 use serde_json::json;
 
@@ -124,7 +124,7 @@ enum Cmd {
     #[command(subcommand)]
     Certs(CertsCmd),
     /// Measure commit latency: commit small notes through Raft and report percentiles.
-    /// Each commit adds a history record authored "droverctl-bench".
+    /// Each commit adds a history record authored by the certificate's user.
     Bench {
         /// Number of commits.
         #[arg(long, default_value_t = 500)]
@@ -163,7 +163,9 @@ enum NoteCmd {
     /// Append a note to the history, committed through Raft.
     Add {
         text: String,
-        #[arg(long, env = "USER", default_value = "operator")]
+        /// Only for a cluster without TLS (--insecure-dev); with certificates the author is
+        /// always the certificate's user, and a different --author is refused.
+        #[arg(long, default_value = "")]
         author: String,
     },
 }
@@ -182,7 +184,9 @@ enum ConfigCmd {
         /// Skip the compare-and-set (overwrite whatever is there).
         #[arg(long)]
         force: bool,
-        #[arg(long, env = "USER", default_value = "operator")]
+        /// Only for a cluster without TLS (--insecure-dev); with certificates the author is
+        /// always the certificate's user, and a different --author is refused.
+        #[arg(long, default_value = "")]
         author: String,
     },
     /// Print the spec in force, as it was applied.
@@ -216,9 +220,14 @@ enum CertsCmd {
         /// A node certificate: NAME or NAME=HOST[,HOST...] (hosts become SANs). Repeatable.
         #[arg(long = "node", required = true)]
         nodes: Vec<String>,
-        /// An admin (client-only) certificate name. Repeatable.
+        /// An admin (client-only) certificate: NAME (with --role) or NAME=ROLE, ROLE being
+        /// viewer, operator or admin. The name is the user recorded in the history. Repeatable.
         #[arg(long = "admin", default_value = "admin")]
         admins: Vec<String>,
+        /// Role of the admin certificates given without one: viewer (reads), operator (also
+        /// ack, commit, resume, notes, fence test) or admin (also config apply, membership).
+        #[arg(long, default_value = "admin")]
+        role: String,
         /// Replace an existing CA in --out.
         #[arg(long)]
         force: bool,
@@ -227,8 +236,8 @@ enum CertsCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Certs(CertsCmd::Init { out, nodes, admins, force }) = &cli.cmd {
-        return certs_init(out, nodes, admins, *force, cli.json);
+    if let Cmd::Certs(CertsCmd::Init { out, nodes, admins, role, force }) = &cli.cmd {
+        return certs_init(out, nodes, (admins, role), *force, cli.json);
     }
     let client = match Client::new(client_config(&cli.conn)) {
         // Agents run with their steps' timeouts (up to an hour); the node bounds the call.
@@ -420,12 +429,17 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
 fn certs_init(
     out: &Path,
     nodes: &[String],
-    admins: &[String],
+    (admins, role): (&[String], &str),
     force: bool,
     as_json: bool,
 ) -> ExitCode {
+    let Some(role) = AdminRole::parse(role) else {
+        eprintln!("error: --role {role:?} is not one of viewer, operator, admin");
+        return ExitCode::from(2);
+    };
     let subjects: Result<Vec<_>, _> = nodes.iter().map(|n| certs::parse_subject(n)).collect();
-    let result = subjects.and_then(|s| certs::init(out, &s, admins, force));
+    let admins: Result<Vec<_>, _> = admins.iter().map(|a| certs::parse_admin(a, role)).collect();
+    let result = subjects.and_then(|s| certs::init(out, &s, &admins?, force));
     match result {
         Ok(files) => {
             if as_json {
@@ -484,10 +498,8 @@ async fn bench(
             if n >= count {
                 break;
             }
-            let req = pb::AddNoteRequest {
-                author: "droverctl-bench".into(),
-                text: format!("bench commit {n}"),
-            };
+            let req =
+                pb::AddNoteRequest { author: String::new(), text: format!("bench commit {n}") };
             let t = std::time::Instant::now();
             client
                 .call(|mut c| {
@@ -566,7 +578,8 @@ async fn service_action(
     let req = pb::ServiceActionRequest {
         service: service.to_string(),
         action: action.to_string(),
-        author: std::env::var("USER").unwrap_or_else(|_| "operator".into()),
+        // The node records the certificate's user.
+        author: String::new(),
     };
     let r = client
         .call(|mut c| {

@@ -3,7 +3,8 @@
 //! ```text
 //!  node.toml ─▶ config::load ─▶ tls::load ─▶ store::open(data_dir) ─▶ openraft::Raft
 //!                                                                      │
-//!      gRPC listener (mTLS): api::raft::RaftService + api::admin::AdminService
+//!      gRPC listener (mTLS): api::authz ─▶ api::raft::RaftService + api::admin::AdminService
+//!                                           + runtime::control::ControlService
 //!      HTTP listener:        api::http (healthz, readyz, metrics)
 //! ```
 //!
@@ -30,6 +31,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::api::admin::AdminService;
+use crate::api::authz::{Authorizer, AuthzLayer};
 use crate::api::raft::RaftService;
 use crate::api::NodeHandle;
 use crate::config::NodeConfig;
@@ -257,13 +259,16 @@ pub struct Identity {
     pub role: Role,
 }
 
+/// The node's gRPC services behind the authorization layer.
+pub type GrpcRouter = Router<tower::layer::util::Stack<AuthzLayer, tower::layer::util::Identity>>;
+
 /// A node put together and running (Raft and the failover driver), with its gRPC services
 /// ready to be served on whatever listener the caller has.
 pub struct Assembled {
     /// The node's handle.
     pub node: NodeHandle,
-    /// The Raft, admin and control services.
-    pub router: Router,
+    /// The Raft, admin and control services, behind the authorization layer.
+    pub router: GrpcRouter,
 }
 
 /// Puts a node together from its stores and parts: starts Raft and the failover driver (whose
@@ -302,6 +307,9 @@ pub async fn assemble(
         health: Default::default(),
         fenced: Default::default(),
         leases: Default::default(),
+        // Certificates are checked whenever there are any; without TLS (--insecure-dev, the
+        // simulator) there is nothing to check them against.
+        authz: Authorizer::new(raft.clone(), tls.is_some()),
     };
     let fence_tester = fence_test::FenceTester::new(
         node.clone(),
@@ -317,6 +325,7 @@ pub async fn assemble(
         // its own, shorter deadline.
         .timeout(crate::spec::MAX_TIMEOUT + Duration::from_secs(60))
         .concurrency_limit_per_connection(64)
+        .layer(AuthzLayer(node.authz.clone()))
         .add_service(RaftService::server(node.clone()))
         .add_service(AdminService::server(node.clone(), fence_tester))
         .add_service(control_service);

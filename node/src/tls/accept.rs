@@ -25,6 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::identity::{identity_of, PeerIdentity};
+
 /// Handshakes slower than this are abandoned.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted connections waiting for the server to pick them up.
@@ -52,6 +54,9 @@ pub struct ConnectInfo {
     /// The peer certificate's first DNS subject alternative name, or else its common name;
     /// `None` for plaintext connections.
     pub peer_name: Option<String>,
+    /// The drover identity the peer certificate carries ([`super::identity`]); `None` for
+    /// plaintext connections.
+    pub identity: Option<PeerIdentity>,
 }
 
 impl Conn {
@@ -67,16 +72,15 @@ impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = ConnectInfo;
 
     fn connect_info(&self) -> ConnectInfo {
-        let peer_name = match self {
+        let leaf = match self {
             Conn::Plain(_) => None,
-            Conn::Tls(s) => s
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(certificate_name),
+            Conn::Tls(s) => s.get_ref().1.peer_certificates().and_then(|chain| chain.first()),
         };
-        ConnectInfo { remote_addr: self.tcp().peer_addr().ok(), peer_name }
+        ConnectInfo {
+            remote_addr: self.tcp().peer_addr().ok(),
+            peer_name: leaf.and_then(certificate_name),
+            identity: leaf.map(identity_of),
+        }
     }
 }
 
@@ -257,7 +261,7 @@ pub(crate) fn certificate_name(cert: &CertificateDer<'_>) -> Option<String> {
 
 /// Just enough DER to pull names out of an X.509 certificate (RFC 5280), so the node needs no
 /// full X.509 parser. Anything unexpected yields `None`.
-mod der {
+pub(crate) mod der {
     const SEQUENCE: u8 = 0x30;
     const SET: u8 = 0x31;
     const OID: u8 = 0x06;
@@ -266,6 +270,7 @@ mod der {
     const VERSION: u8 = 0xa0; // [0] EXPLICIT
     const EXTENSIONS: u8 = 0xa3; // [3] EXPLICIT
     const DNS_NAME: u8 = 0x82; // GeneralName [2] IMPLICIT IA5String
+    const URI: u8 = 0x86; // GeneralName [6] IMPLICIT IA5String
     const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11]; // 2.5.29.17
     const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03]; // 2.5.4.3
 
@@ -323,7 +328,9 @@ mod der {
         Some((subject, &[]))
     }
 
-    pub(super) fn first_dns_san(cert: &[u8]) -> Option<String> {
+    /// The subject alternative names of the certificate as (GeneralName tag, value) pairs;
+    /// empty when it has none, `None` when the DER is not understood.
+    fn san_entries(cert: &[u8]) -> Option<Vec<(u8, &[u8])>> {
         let (_, mut exts) = subject_and_extensions(cert)?;
         while !exts.is_empty() {
             let mut ext = expect(&mut exts, SEQUENCE)?;
@@ -336,18 +343,32 @@ mod der {
             }
             let mut value = expect(&mut ext, OCTET_STRING)?;
             let mut names = expect(&mut value, SEQUENCE)?;
+            let mut entries = Vec::new();
             while !names.is_empty() {
-                let (tag, name) = tlv(&mut names)?;
-                if tag == DNS_NAME {
-                    return String::from_utf8(name.to_vec()).ok();
-                }
+                entries.push(tlv(&mut names)?);
             }
-            return None;
+            return Some(entries);
         }
-        None
+        Some(Vec::new())
     }
 
-    pub(super) fn common_name(cert: &[u8]) -> Option<String> {
+    pub(super) fn first_dns_san(cert: &[u8]) -> Option<String> {
+        let entries = san_entries(cert)?;
+        let (_, name) = entries.into_iter().find(|(tag, _)| *tag == DNS_NAME)?;
+        String::from_utf8(name.to_vec()).ok()
+    }
+
+    /// Every URI subject alternative name; `None` when the DER is not understood or a URI is
+    /// not UTF-8.
+    pub(crate) fn uri_sans(cert: &[u8]) -> Option<Vec<String>> {
+        san_entries(cert)?
+            .into_iter()
+            .filter(|(tag, _)| *tag == URI)
+            .map(|(_, v)| String::from_utf8(v.to_vec()).ok())
+            .collect()
+    }
+
+    pub(crate) fn common_name(cert: &[u8]) -> Option<String> {
         let (mut subject, _) = subject_and_extensions(cert)?;
         while !subject.is_empty() {
             let mut rdn = expect(&mut subject, SET)?;

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! out/ca.pem, out/ca-key.pem              self-signed CA (path length 0)
-//! out/<node>.pem, out/<node>-key.pem      server + client auth; SANs: name, localhost, hosts
-//! out/<admin>.pem, out/<admin>-key.pem    client auth only (droverctl)
+//! out/<node>.pem, out/<node>-key.pem      server + client auth; SANs: name, localhost, hosts,
+//!                                         URI drover://node/<node>
+//! out/<admin>.pem, out/<admin>-key.pem    client auth only (droverctl); SANs: name,
+//!                                         URI drover://role/<role>, URI drover://user/<admin>
 //! ```
 //!
 //! Everything is generated in memory first and written only when all of it succeeded. Private
@@ -23,6 +25,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
+use super::identity::{AdminRole, NODE_URI_PREFIX, ROLE_URI_PREFIX, USER_URI_PREFIX};
 use crate::config::check_name;
 
 /// How long generated certificates are valid.
@@ -38,6 +41,32 @@ pub struct CertSubject {
     pub name: String,
     /// Extra host names or IP addresses for the certificate.
     pub hosts: Vec<String>,
+}
+
+/// An admin certificate to issue: the person's name (CN, DNS SAN, `drover://user/` URI and
+/// file name) and the role it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSubject {
+    /// User name, `[a-z0-9-]`.
+    pub name: String,
+    /// The role the certificate grants.
+    pub role: AdminRole,
+}
+
+/// Parses the command-line syntax `NAME` (with role `default_role`) or `NAME=ROLE`.
+pub fn parse_admin(s: &str, default_role: AdminRole) -> Result<AdminSubject, CertError> {
+    let bad = |reason: String| CertError::Subject { input: s.to_string(), reason };
+    let (name, role) = match s.split_once('=') {
+        None => (s, default_role),
+        Some((name, role)) => (
+            name,
+            AdminRole::parse(role).ok_or_else(|| {
+                bad(format!("role {role:?} is not one of viewer, operator, admin"))
+            })?,
+        ),
+    };
+    check_subject_name(name).map_err(bad)?;
+    Ok(AdminSubject { name: name.to_string(), role })
 }
 
 /// Certificates that could not be generated or written.
@@ -133,13 +162,14 @@ struct Issued {
 }
 
 /// Creates `out_dir` (if needed) and writes a new CA plus a certificate and key for each node
-/// (server and client auth) and each admin (client auth only). Returns the files written.
+/// (server and client auth, identity `drover://node/<name>`) and each admin (client auth only,
+/// `drover://role/<role>` and `drover://user/<name>`). Returns the files written.
 ///
 /// Refuses to overwrite an existing `ca.pem` unless `force`.
 pub fn init(
     out_dir: &Path,
     nodes: &[CertSubject],
-    admins: &[String],
+    admins: &[AdminSubject],
     force: bool,
 ) -> Result<Vec<PathBuf>, CertError> {
     if !force && out_dir.join("ca.pem").exists() {
@@ -147,7 +177,7 @@ pub fn init(
     }
     let mut seen = HashSet::new();
     let admin_subjects: Vec<CertSubject> =
-        admins.iter().map(|name| CertSubject { name: name.clone(), hosts: Vec::new() }).collect();
+        admins.iter().map(|a| CertSubject { name: a.name.clone(), hosts: Vec::new() }).collect();
     for s in nodes.iter().chain(&admin_subjects) {
         let bad = |reason: String| CertError::Subject { input: s.name.clone(), reason };
         check_subject_name(&s.name).map_err(bad)?;
@@ -178,10 +208,10 @@ pub fn init(
 
     let mut issued = vec![ca];
     for node in nodes {
-        issued.push(issue(&issuer, node, true)?);
+        issued.push(issue(&issuer, node, None)?);
     }
-    for admin in &admin_subjects {
-        issued.push(issue(&issuer, admin, false)?);
+    for (subject, admin) in admin_subjects.iter().zip(admins) {
+        issued.push(issue(&issuer, subject, Some(admin.role))?);
     }
 
     std::fs::create_dir_all(out_dir)
@@ -212,10 +242,15 @@ fn set_validity(params: &mut CertificateParams) {
     params.not_after = now + VALIDITY;
 }
 
+fn uri(s: String, generate: impl Fn(rcgen::Error) -> CertError) -> Result<SanType, CertError> {
+    Ok(SanType::URI(s.try_into().map_err(generate)?))
+}
+
+/// Issues a node certificate (`admin_role` None) or an admin certificate with that role.
 fn issue(
     issuer: &Issuer<'_, KeyPair>,
     subject: &CertSubject,
-    server: bool,
+    admin_role: Option<AdminRole>,
 ) -> Result<Issued, CertError> {
     let generate = |source| CertError::Generate { name: subject.name.clone(), source };
     let key = KeyPair::generate().map_err(generate)?;
@@ -224,7 +259,14 @@ fn issue(
     set_validity(&mut params);
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    if server {
+    if let Some(role) = admin_role {
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.subject_alt_names = vec![
+            SanType::DnsName(subject.name.as_str().try_into().map_err(generate)?),
+            uri(format!("{ROLE_URI_PREFIX}{role}"), generate)?,
+            uri(format!("{USER_URI_PREFIX}{}", subject.name), generate)?,
+        ];
+    } else {
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let mut names = vec![subject.name.clone(), "localhost".to_string()];
@@ -240,10 +282,7 @@ fn issue(
             };
             params.subject_alt_names.push(san);
         }
-    } else {
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.subject_alt_names =
-            vec![SanType::DnsName(subject.name.as_str().try_into().map_err(generate)?)];
+        params.subject_alt_names.push(uri(format!("{NODE_URI_PREFIX}{}", subject.name), generate)?);
     }
     let cert = params.signed_by(&key, issuer).map_err(generate)?;
     Ok(Issued { name: subject.name.clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })

@@ -10,11 +10,14 @@
 //!
 //! Every member holds a certificate signed by the cluster CA and presents it both as a server
 //! and as a client; a connection without such a certificate is refused during the handshake and
-//! logged once, in plain English ([`accept`]). [`certs`] writes a throwaway CA and certificates
-//! for development and tests.
+//! logged once, in plain English ([`accept`]). The identity a certificate carries (a member
+//! name, or an admin's role and user) is read from its URI SANs ([`identity`]) and checked
+//! per call by `api::authz`. [`certs`] writes a throwaway CA and certificates for development
+//! and tests.
 
 pub mod accept;
 pub mod certs;
+pub mod identity;
 pub mod inspect;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +30,7 @@ use rustls::{RootCertStore, ServerConfig};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 pub use accept::{serve_incoming, Conn, ConnectInfo, Incoming};
+pub use identity::{AdminRole, PeerIdentity};
 
 use crate::config::TlsFiles;
 

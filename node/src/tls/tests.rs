@@ -15,7 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::Connected;
 
 use super::accept::{certificate_name, refusal_reason};
-use super::certs::{self, CertSubject};
+use super::certs::{self, AdminSubject, CertSubject};
+use super::identity::identity_of;
 use super::*;
 
 fn subject(name: &str, hosts: &[&str]) -> CertSubject {
@@ -28,11 +29,15 @@ fn cluster() -> tempfile::TempDir {
     certs::init(
         dir.path(),
         &[subject("prod-1", &["127.0.0.1", "ctl-1.prod.example"]), subject("dr-1", &[])],
-        &["admin".to_string()],
+        &[admin("admin", AdminRole::Admin), admin("vic", AdminRole::Viewer)],
         false,
     )
     .unwrap();
     dir
+}
+
+fn admin(name: &str, role: AdminRole) -> AdminSubject {
+    AdminSubject { name: name.into(), role }
 }
 
 fn files(dir: &Path, name: &str) -> TlsFiles {
@@ -132,7 +137,9 @@ fn init_writes_all_files_and_they_load() {
             "dr-1-key.pem",
             "dr-1.pem",
             "prod-1-key.pem",
-            "prod-1.pem"
+            "prod-1.pem",
+            "vic-key.pem",
+            "vic.pem"
         ]
     );
     for f in &listed {
@@ -192,7 +199,7 @@ fn init_rejects_bad_or_duplicate_names() {
     for (nodes, admins, needle) in [
         (vec![subject("Prod", &[])], vec![], "lowercase"),
         (vec![subject("ca", &[])], vec![], "clash"),
-        (vec![subject("a", &[])], vec!["a".to_string()], "given twice"),
+        (vec![subject("a", &[])], vec![admin("a", AdminRole::Viewer)], "given twice"),
         (vec![subject("a", &["bad host"])], vec![], "neither an IP"),
     ] {
         let err = certs::init(dir.path(), &nodes, &admins, false).unwrap_err();
@@ -606,4 +613,55 @@ fn a_certificate_from_another_ca_does_not_verify() {
     let problems = inspect::check_node_certificates(&tls, "prod-1", now_s());
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("does not verify against the CA"), "{problems:?}");
+}
+
+#[test]
+fn init_writes_identities_into_certificates() {
+    let dir = cluster();
+    let of = |name: &str| identity_of(&first_cert(&dir.path().join(format!("{name}.pem"))));
+    assert_eq!(of("prod-1"), PeerIdentity::Node { name: "prod-1".into() });
+    assert_eq!(of("dr-1"), PeerIdentity::Node { name: "dr-1".into() });
+    assert_eq!(of("admin"), PeerIdentity::Admin { user: "admin".into(), role: AdminRole::Admin });
+    assert_eq!(of("vic"), PeerIdentity::Admin { user: "vic".into(), role: AdminRole::Viewer });
+}
+
+/// A certificate signed by nobody in particular with these URI SANs and common name.
+fn with_uris(cn: &str, uris: &[&str]) -> CertificateDer<'static> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params.subject_alt_names =
+        uris.iter().map(|u| rcgen::SanType::URI(u.to_string().try_into().unwrap())).collect();
+    let key = rcgen::KeyPair::generate().unwrap();
+    params.self_signed(&key).unwrap().der().clone()
+}
+
+#[test]
+fn identities_from_uri_sans_as_another_ca_would_issue_them() {
+    let id = |cn: &str, uris: &[&str]| identity_of(&with_uris(cn, uris));
+    assert_eq!(id("x", &["drover://node/dr-2"]), PeerIdentity::Node { name: "dr-2".into() });
+    // The user comes from the URI, else from the common name.
+    assert_eq!(
+        id("Alice", &["drover://role/operator", "drover://user/alice"]),
+        PeerIdentity::Admin { user: "alice".into(), role: AdminRole::Operator }
+    );
+    assert_eq!(
+        id("bob", &["spiffe://x/y", "drover://role/viewer"]),
+        PeerIdentity::Admin { user: "bob".into(), role: AdminRole::Viewer }
+    );
+    for (cn, uris, needle) in [
+        ("admin", &[][..], "no drover://node/"),
+        ("n", &["drover://node/a", "drover://role/admin"][..], "both"),
+        ("n", &["drover://node/a", "drover://node/b"][..], "more than one"),
+        ("n", &["drover://node/Prod_1"][..], "not a member name"),
+        ("n", &["drover://node/a", "drover://user/a"][..], "also names"),
+        ("n", &["drover://role/root"][..], "not a role"),
+        ("n", &["drover://role/admin", "drover://user/a b"][..], "characters"),
+    ] {
+        match id(cn, uris) {
+            PeerIdentity::Unrecognized { reason, .. } => {
+                assert!(reason.contains(needle), "{uris:?}: {reason}")
+            }
+            other => panic!("{uris:?} gave {other:?}"),
+        }
+    }
 }

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use drover::client::{render, Client, ClientConfig};
-use drover::tls::certs::{self, CertSubject};
+use drover::tls::certs::{self, AdminSubject, CertSubject};
+use drover::tls::AdminRole;
 use drover_proto::v1 as pb;
 
 const MEMBERS: [(u64, &str, &str, &str); 5] = [
@@ -247,7 +248,8 @@ fn setup(keep: bool, default_policy: bool) -> Result<Demo, String> {
             hosts: vec![ip.to_string()],
         })
         .collect();
-    certs::init(&tls_dir, &subjects, &["admin".to_string()], false).map_err(|e| e.to_string())?;
+    let admin = AdminSubject { name: "admin".into(), role: AdminRole::Admin };
+    certs::init(&tls_dir, &subjects, &[admin], false).map_err(|e| e.to_string())?;
 
     let mut initial = String::new();
     for ((id, name, site, role), (ip, grpc, _)) in MEMBERS.iter().zip(&addrs) {
@@ -564,7 +566,7 @@ async fn script(demo: &mut Demo, verbose: bool) -> Result<Timings, String> {
         demo.apps[0].1
     );
     let text = fs::read_to_string(demo.dir.join("cluster.toml")).map_err(|e| e.to_string())?;
-    let req = pb::ConfigApplyRequest { text, expected_version: Some(0), author: "demo".into() };
+    let req = pb::ConfigApplyRequest { text, expected_version: Some(0), author: String::new() };
     let r = all
         .call(|mut a| {
             let req = req.clone();

@@ -7,7 +7,7 @@ use drover_proto::v1 as pb;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{ControlCtx, EPOCH_CATCH_UP};
+use super::{ControlCtx, StepKey, EPOCH_CATCH_UP};
 
 /// How an executor's refusal to run a step starts (the leader then asks another executor).
 pub(super) const REFUSED: &str = "refused:";
@@ -45,16 +45,25 @@ pub(super) async fn run_for_leader(ctx: &ControlCtx, r: pb::RunStepRequest) -> p
     let step = loop {
         let seen = ctx.node.state.read(|s| {
             let st = s.control.services.get(&r.service)?;
-            let wf = st.workflow.as_ref().filter(|w| w.id == r.workflow_id);
-            let step = wf.and_then(|w| w.steps.get(r.step as usize));
-            Some((st.epoch, step.map(|x| (x.status.clone(), x.action.clone()))))
+            let wf = st.workflow.as_ref().filter(|w| w.id == r.workflow_id)?;
+            let step = wf.steps.get(r.step as usize);
+            let sites = (wf.from.clone(), wf.to.clone());
+            Some((st.epoch, step.map(|x| (x.status.clone(), x.action.clone(), sites))))
         });
         let verdict = match seen {
                 Some((epoch, _)) if epoch > r.epoch => Err(format!(
                     "refused: step of epoch {} but {} is at epoch {epoch} here; a newer failover superseded it",
                     r.epoch, r.service
                 )),
-                Some((epoch, Some((StepStatus::Running { attempt, .. }, Some(action)))))
+                Some((epoch, Some((StepStatus::Running { attempt, .. }, Some(_), (from, to)))))
+                    if epoch == r.epoch && attempt == r.attempt && (from != r.from_site || to != r.to_site) =>
+                {
+                    Err(format!(
+                        "refused: the request says {} -> {} but workflow {} of {} runs {from} -> {to} in this node's state",
+                        r.from_site, r.to_site, r.workflow_id, r.service
+                    ))
+                }
+                Some((epoch, Some((StepStatus::Running { attempt, .. }, Some(action), _))))
                     if epoch == r.epoch && attempt == r.attempt =>
                 {
                     Ok(action)
@@ -65,7 +74,10 @@ pub(super) async fn run_for_leader(ctx: &ControlCtx, r: pb::RunStepRequest) -> p
                         continue;
                     }
                     Err(match other {
-                        None => format!("refused: no service {} here", r.service),
+                        None => format!(
+                            "refused: no workflow {} of service {} here",
+                            r.workflow_id, r.service
+                        ),
                         Some((epoch, _)) if epoch < r.epoch => format!(
                             "refused: this node has not caught up to epoch {} of {} (it is at {epoch}); try another node",
                             r.epoch, r.service
@@ -87,6 +99,20 @@ pub(super) async fn run_for_leader(ctx: &ControlCtx, r: pb::RunStepRequest) -> p
             }
         }
     };
+    // One run per (service, workflow, step, attempt) at a time: a repeated request while the
+    // first still runs is refused, never run side by side.
+    let key = (r.service.clone(), r.workflow_id, r.step, r.attempt);
+    let Some(_running) = RunningGuard::claim(ctx, key) else {
+        let detail = format!(
+            "refused: step {} attempt {} of workflow {} of {} is already running on this node",
+            r.step + 1,
+            r.attempt,
+            r.workflow_id,
+            r.service
+        );
+        warn!(service = %r.service, "{detail}");
+        return pb::RunStepReply { ok: false, detail, output_tail: String::new() };
+    };
     let sc = StepContext {
         service: r.service.clone(),
         epoch: r.epoch,
@@ -103,5 +129,28 @@ pub(super) async fn run_for_leader(ctx: &ControlCtx, r: pb::RunStepRequest) -> p
             detail: e.to_string(),
             output_tail: e.output_tail().to_string(),
         },
+    }
+}
+
+/// Marks a step running on this node for as long as it lives.
+pub(super) struct RunningGuard<'a> {
+    ctx: &'a ControlCtx,
+    key: StepKey,
+}
+
+impl<'a> RunningGuard<'a> {
+    /// Marks `key` running; `None` if it already is.
+    pub(super) fn claim(ctx: &'a ControlCtx, key: StepKey) -> Option<RunningGuard<'a>> {
+        let mut running = ctx.steps_running.lock().unwrap_or_else(|p| p.into_inner());
+        if !running.insert(key.clone()) {
+            return None;
+        }
+        Some(RunningGuard { ctx, key })
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.ctx.steps_running.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
 }

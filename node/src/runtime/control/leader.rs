@@ -11,9 +11,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::executor::{run_local, REFUSED};
+use super::executor::{run_local, RunningGuard, REFUSED};
 use super::report::parse_verdict;
-use super::{unix_now_ms, ControlCtx, Event, TICK};
+use super::{unix_now_ms, ControlCtx, Event, REPORT_EVERY, TICK};
+
+/// An observer that reported directly this recently is not spoken for by relays.
+const DIRECT_FRESH: Duration = Duration::from_millis(REPORT_EVERY.as_millis() as u64 * 3);
 use crate::actuate::{Actuator, StepContext, StepError};
 use crate::consensus::state::control::ControlRequest;
 use crate::consensus::types::{Member, NodeId, Request as RaftRequest, Role};
@@ -27,6 +30,8 @@ pub(super) async fn controller_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut engine: Option<Engine> = None;
+    // When each observer last reported to this leader directly.
+    let mut direct: BTreeMap<NodeId, Instant> = BTreeMap::new();
     // Counts engines, so results of veto runs asked for by an earlier one are dropped.
     let mut term: u64 = 0;
     let mut tick = tokio::time::interval(TICK);
@@ -59,7 +64,18 @@ pub(super) async fn controller_loop(
             Engine::new(EngineParams::new(ctx.node.name.clone()), ctx.clock.at(now))
         });
         match event {
-            Some(Event::Reports { observer, reports, received }) => {
+            Some(Event::Reports { observer, reports, received, relayed }) => {
+                // A relay cannot prove whose observation it carries: take relayed reports only
+                // for an observer the leader does not hear from itself, so a member can never
+                // speak for observers that reach the leader (a forged quorum).
+                if !relayed {
+                    direct.insert(observer, received);
+                } else if direct
+                    .get(&observer)
+                    .is_some_and(|t| received.saturating_duration_since(*t) < DIRECT_FRESH)
+                {
+                    continue;
+                }
                 for r in reports {
                     let at =
                         received.checked_sub(Duration::from_millis(r.age_ms)).unwrap_or(received);
@@ -225,7 +241,17 @@ fn dispatch(ctx: &ControlCtx, d: StepDispatch, members: &BTreeMap<NodeId, Member
             }
             // Never run a site-bound step elsewhere because its executor left the cluster.
             Some((id, None)) => (Err(format!("executor node {id} is no longer a member")), true),
-            _ => (run_local(&ctx, &d.action, &context_of(&d)).await, false),
+            _ => {
+                // Registered like a step run for a remote leader, so that no request can start
+                // a second copy of it on this node while it runs.
+                let key = (d.service.clone(), d.workflow_id, d.step as u64, d.attempt);
+                match RunningGuard::claim(&ctx, key) {
+                    Some(_running) => (run_local(&ctx, &d.action, &context_of(&d)).await, false),
+                    None => {
+                        (Err("the same step attempt is already running on this node".into()), false)
+                    }
+                }
+            }
         };
         match &result {
             Ok(detail) => {

@@ -26,7 +26,7 @@ mod lease;
 mod report;
 mod service;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +59,9 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 const EPOCH_CATCH_UP: Duration = Duration::from_secs(3);
 /// Period of the lease loop; expiry is checked one period early.
 const LEASE_TICK: Duration = Duration::from_millis(50);
+/// Largest Control request decoded, in bytes (a probe report of every service of the largest
+/// spec fits many times over).
+const MAX_CONTROL_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Capacity of the channels into the controller loop.
 const CHANNEL_CAPACITY: usize = 1024;
 
@@ -79,7 +82,12 @@ pub struct ControlCtx {
     pub clock: LeaseClock,
     /// Into the controller loop.
     events: mpsc::Sender<Event>,
+    /// Steps this node is running for the leader right now.
+    steps_running: Arc<Mutex<HashSet<StepKey>>>,
 }
+
+/// A step run: service, workflow id, step index, attempt.
+type StepKey = (String, u64, u64, u32);
 
 /// Something that happened, for the controller loop.
 enum Event {
@@ -87,6 +95,8 @@ enum Event {
         observer: NodeId,
         reports: Vec<pb::ProbeReport>,
         received: Instant,
+        /// Passed on by another member for an observer that could not reach the leader.
+        relayed: bool,
     },
     StepResult {
         service: String,
@@ -215,6 +225,7 @@ pub fn start(
         peers: PeerChannels::new(tls, parts.dialer),
         clock: parts.clock,
         events: events_tx,
+        steps_running: Default::default(),
         node,
     };
     let probes: Arc<dyn ProbeSource> = match parts.probes {
@@ -230,7 +241,7 @@ pub fn start(
     if role == Role::Controller {
         tokio::spawn(lease::lease_loop(ctx.clone(), stop));
     }
-    ControlServer::new(ControlService { ctx })
+    ControlServer::new(ControlService { ctx }).max_decoding_message_size(MAX_CONTROL_REQUEST_BYTES)
 }
 
 /// Publishes the applied spec to the prober whenever its version changes.

@@ -62,8 +62,12 @@ pub(super) async fn reporter_loop(
         }
         let Some((leader, member)) = leader_of(&ctx.node) else { continue };
         if leader == ctx.node.id {
-            let _ =
-                ctx.events.try_send(Event::Reports { observer: leader, reports, received: now });
+            let _ = ctx.events.try_send(Event::Reports {
+                observer: leader,
+                reports,
+                received: now,
+                relayed: false,
+            });
             continue;
         }
         let req = pb::ProbeReports { observer: ctx.node.id, reports, relayed: false };

@@ -1,5 +1,9 @@
 //! The Control gRPC service members use to work together; each call is handed to the part
 //! of the driver that owns it.
+//!
+//! Only members reach it (`api::authz`); here each call is also checked to come from whom it
+//! claims: a report from its observer, a renewal from its holder (or marked as relayed), a
+//! step only from the leader this node itself knows.
 
 use drover_proto::v1 as pb;
 use drover_proto::v1::control_server::Control;
@@ -10,8 +14,9 @@ use tonic::{Request, Response, Status};
 use super::executor::run_for_leader;
 use super::leader::veto_verdict;
 use super::lease::{ask_renewal, confirm_lease, Refusal, Renewal};
-use super::{leader_of, ControlCtx, Event, RPC_TIMEOUT};
+use super::{leader_of, ControlCtx, Event, EPOCH_CATCH_UP, RPC_TIMEOUT};
 use crate::actuate::StepContext;
+use crate::api::authz::{caller_of, Caller};
 use crate::consensus::types::Role;
 
 /// The internal gRPC service members use to work together.
@@ -25,6 +30,12 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ProbeReports>,
     ) -> Result<Response<pb::ProbeAck>, Status> {
+        let caller = caller_of(&req)?;
+        let method = "/drover.v1.Control/ReportProbes";
+        // A relayed report comes from the member passing it on, for another observer.
+        if !req.get_ref().relayed {
+            self.ctx.node.authz.same_member(&caller, method, "observer", req.get_ref().observer)?;
+        }
         let r = req.into_inner();
         let is_leader = self.ctx.node.raft.metrics().borrow().state == ServerState::Leader;
         if !is_leader {
@@ -53,6 +64,7 @@ impl Control for ControlService {
                 observer: r.observer,
                 reports: r.reports,
                 received: Instant::now(),
+                relayed: r.relayed,
             })
             .is_ok();
         Ok(Response::new(pb::ProbeAck { accepted }))
@@ -62,7 +74,13 @@ impl Control for ControlService {
         &self,
         req: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseReply>, Status> {
+        let caller = caller_of(&req)?;
         let r = req.into_inner();
+        // A holder renews for itself; a relay (any member) passes on another's renewal, marked.
+        if !r.relayed {
+            let method = "/drover.v1.Control/RenewLease";
+            self.ctx.node.authz.same_member(&caller, method, "node_id", r.node_id)?;
+        }
         let leader = leader_of(&self.ctx.node);
         if let Some((id, Some(member))) = leader.filter(|(id, _)| *id != self.ctx.node.id) {
             if r.relayed {
@@ -201,6 +219,38 @@ impl Control for ControlService {
         if self.ctx.role != Role::Controller {
             return Err(Status::failed_precondition("a witness never runs workflow steps"));
         }
+        let caller = caller_of(&req)?;
+        known_leader_is(&self.ctx, &caller).await?;
         Ok(Response::new(run_for_leader(&self.ctx, req.into_inner()).await))
+    }
+}
+
+/// Refuses unless `caller` is the leader this node itself knows, waiting up to
+/// `EPOCH_CATCH_UP` for a new leader's first heartbeat to get here.
+async fn known_leader_is(ctx: &ControlCtx, caller: &Caller) -> Result<(), Status> {
+    let (id, name) = match caller {
+        Caller::Unchecked => return Ok(()),
+        Caller::Member { id: Some(id), name } => (*id, name),
+        other => {
+            return Err(Status::permission_denied(format!(
+                "RunStep only from the leader; the caller is {other:?}"
+            )))
+        }
+    };
+    let deadline = Instant::now() + EPOCH_CATCH_UP;
+    loop {
+        let leader = leader_of(&ctx.node).map(|(l, _)| l);
+        if leader == Some(id) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let known = leader.map_or("no leader".to_string(), |l| format!("node {l}"));
+            let status = Status::permission_denied(format!(
+                "/drover.v1.Control/RunStep: {name} (node {id}) is not the leader this node knows ({known}); steps run only at the leader's request"
+            ));
+            let who = format!("node certificate of {name}");
+            return Err(ctx.node.authz.refused(&who, "/drover.v1.Control/RunStep", "", &status));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
