@@ -236,7 +236,7 @@ impl VetoHook {
 }
 
 /// A health (or readiness) check of one site, run by every observer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Check {
     /// The site whose health it tells.
     pub site: String,
@@ -252,7 +252,7 @@ pub struct Check {
 }
 
 /// What a check probes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CheckProbe {
     /// An HTTP(S) GET that must answer `expect_status` (and contain `body_contains`).
@@ -277,7 +277,7 @@ pub enum CheckProbe {
 }
 
 /// The standby's replication lag probe; it reports a number (e.g. seconds behind).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LagProbe {
     /// Where it runs: a site's node, or any node.
     pub run_on: RunOn,
@@ -293,7 +293,7 @@ pub struct LagProbe {
 }
 
 /// How a lag probe obtains its number.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LagSource {
     /// A command that prints the lag on stdout.

@@ -81,6 +81,8 @@ pub struct ControlCtx {
     pub clock: LeaseClock,
     /// Into the controller loop.
     events: mpsc::Sender<Event>,
+    /// The leader's linearizable reads for lease confirmations, shared.
+    reads: Arc<lease::ReadBarrier>,
 }
 
 /// Something that happened, for the controller loop.
@@ -215,6 +217,7 @@ pub fn start(
         peers: PeerChannels::new(tls, parts.dialer),
         clock: parts.clock,
         events: events_tx,
+        reads: Arc::default(),
         node,
     };
     let probes: Arc<dyn ProbeSource> = match parts.probes {
