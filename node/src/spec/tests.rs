@@ -646,3 +646,28 @@ fn the_classic_runbook_example_of_the_docs_validates() {
     );
     assert_eq!(kinds("prod", Phase::Verify), ["probe"]);
 }
+
+/// A spec of `n` minimal services (sites prod, dr, witness; one tcp check each).
+fn many_services(n: usize) -> String {
+    let mut text = String::from(
+        "[[site]]\nname = \"prod\"\n[[site]]\nname = \"dr\"\n[[site]]\nname = \"witness\"\nwitness = true\n\
+         [policy]\nauto_failover = false\n",
+    );
+    for i in 0..n {
+        text += &format!("[[service]]\nname = \"svc-{i}\"\ninitial_active = \"prod\"\n");
+        for site in ["prod", "dr"] {
+            text += &format!(
+                "  [[service.check]]\n  site = \"{site}\"\n  kind = \"tcp\"\n  address = \"10.0.0.1:80\"\n"
+            );
+        }
+    }
+    text
+}
+
+#[test]
+fn the_number_of_services_is_bounded() {
+    let at_max = parse(&many_services(MAX_SERVICES), "cluster.toml");
+    assert_eq!(at_max.unwrap_or_else(|e| panic!("{e}")).services.len(), MAX_SERVICES);
+    let over = parse(&many_services(MAX_SERVICES + 1), "cluster.toml");
+    assert_error(&over, "service", "501 services; a cluster protects at most 500");
+}
