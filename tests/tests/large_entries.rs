@@ -24,8 +24,7 @@ fn big_spec(round: usize) -> String {
         "[[site]]\nname = \"prod\"\n[[site]]\nname = \"dr\"\n[[site]]\nname = \"witness\"\n\
          witness = true\n\n[policy]\nauto_failover = false\n",
     );
-    let filler: String =
-        (0..FILLER).map(|i| char::from(b'a' + ((i + round) % 26) as u8)).collect();
+    let filler: String = (0..FILLER).map(|i| char::from(b'a' + ((i + round) % 26) as u8)).collect();
     for i in 0..SERVICES {
         text += &format!(
             "\n[[service]]\nname = \"svc-{i:03}\"\ninitial_active = \"prod\"\n  \
@@ -50,7 +49,8 @@ fn a_follower_catches_up_after_many_large_entries() {
     let mut c = Cluster::builder("large_entries").two_sites_and_witness().build();
     c.start();
     let leader = c.wait_for_leader(LEADER_TIMEOUT);
-    let follower = c.ids().into_iter().find(|&id| id != leader && c.role(id) != drover_tests::Role::Witness);
+    let follower =
+        c.ids().into_iter().find(|&id| id != leader && c.role(id) != drover_tests::Role::Witness);
     let follower = follower.unwrap_or_else(|| c.fail("no controller follower"));
     c.terminate(follower);
 

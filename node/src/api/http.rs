@@ -76,9 +76,10 @@ pub async fn serve(
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                app.clone().oneshot(req.map(axum::body::Body::new))
-            });
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
             let conn = builder.serve_connection(TokioIo::new(tcp), service);

@@ -169,7 +169,8 @@ pub struct PeerClient {
     in_flight: Option<InFlight>,
 }
 
-type AppendResult = Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>>;
+type AppendResult =
+    Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>>;
 
 /// An AppendEntries sent in its own task (see the module doc).
 struct InFlight {
@@ -218,24 +219,37 @@ impl PeerClient {
     {
         let payload = serde_json::to_vec(req)
             .map_err(|e| NetworkError::new(&TransportError(format!("encode {action}: {e}"))))?;
-        send(self.client.clone(), self.own_id, self.target, self.contacts.clone(), action, payload, ttl)
-            .await
+        send(
+            self.client.clone(),
+            self.own_id,
+            self.target,
+            self.contacts.clone(),
+            action,
+            payload,
+            ttl,
+        )
+        .await
     }
 
     /// AppendEntries with entries: cut to [`MAX_APPEND_BYTES`], sent in its own task, and
     /// awaited again by a retry of the same range (see the module doc).
-    async fn append(&mut self, mut rpc: AppendEntriesRequest<TypeConfig>, option: RPCOption) -> AppendResult {
-        let sizes: Vec<usize> = rpc
-            .entries
-            .iter()
-            .map(|e| serde_json::to_vec(e).map_or(0, |v| v.len()))
-            .collect();
-        let n = bounded_prefix(&sizes, MAX_APPEND_BYTES);
-        let cut = n < rpc.entries.len();
-        rpc.entries.truncate(n);
-        let last = rpc.entries.last().map(|e| e.log_id);
-        let same = self.in_flight.as_ref().is_some_and(|f| f.vote == rpc.vote && f.prev == rpc.prev_log_id);
+    async fn append(
+        &mut self,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> AppendResult {
+        let asked = rpc.entries.last().map(|e| e.log_id);
+        let same = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.vote == rpc.vote && f.prev == rpc.prev_log_id);
         if !same {
+            // Only a new send pays for measuring its entries; a retry joins the one running.
+            let sizes: Vec<usize> =
+                rpc.entries.iter().map(|e| serde_json::to_vec(e).map_or(0, |v| v.len())).collect();
+            let n = bounded_prefix(&sizes, MAX_APPEND_BYTES);
+            rpc.entries.truncate(n);
+            let last = rpc.entries.last().map(|e| e.log_id);
             let bytes: usize = sizes[..n].iter().sum();
             let ttl = append_deadline(option.hard_ttl(), bytes);
             let (vote, prev) = (rpc.vote, rpc.prev_log_id);
@@ -259,7 +273,9 @@ impl PeerClient {
             RPCError::from(NetworkError::new(&TransportError(format!("AppendEntries task: {e}"))))
         })??;
         Ok(match reply {
-            AppendEntriesResponse::Success if sent_last < last || cut => {
+            // Openraft asked for more than this send carried (it was cut, or the retry asks
+            // for more): it learns how far the follower now matches.
+            AppendEntriesResponse::Success if sent_last < asked => {
                 AppendEntriesResponse::PartialSuccess(sent_last)
             }
             other => other,
@@ -295,9 +311,7 @@ where
             }
         };
         let reply = match tokio::time::timeout(ttl, fut).await {
-            Err(_) => {
-                return Err(Timeout { action, id: own_id, target, timeout: ttl }.into())
-            }
+            Err(_) => return Err(Timeout { action, id: own_id, target, timeout: ttl }.into()),
             Ok(Err(status)) => return Err(status_to_rpc_error(&status)),
             Ok(Ok(reply)) => reply.into_inner(),
         };

@@ -13,8 +13,8 @@ use super::{
     ExecStep, FenceAction, FenceAgentStep, HaproxySet, HaproxyState, HaproxyStep, HttpStep,
     LagProbe, LagSource, OnFailure, Phase, Policy, PolicyOverride, ProbeStep, RunOn, Service, Site,
     SpecError, Step, StepAction, Tsig, VetoHook, WaitStep, DEFAULT_VETO_TIMEOUT,
-    MAX_CLOCK_DRIFT_LIMIT, MAX_DNS_TTL_SECS, MAX_RETRIES, MAX_SERVICES, MAX_TIMEOUT, MAX_VETO_TIMEOUT,
-    RUN_ON_ANY,
+    MAX_CLOCK_DRIFT_LIMIT, MAX_DNS_TTL_SECS, MAX_RETRIES, MAX_SERVICES, MAX_TIMEOUT,
+    MAX_VETO_TIMEOUT, RUN_ON_ANY,
 };
 use crate::config::check_name;
 

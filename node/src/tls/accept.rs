@@ -253,13 +253,26 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, tx: m
             continue;
         };
         let Some(ip_slot) = per_ip.take(addr.ip(), MAX_HANDSHAKES_PER_IP) else {
-            let detail = format!("{MAX_HANDSHAKES_PER_IP} handshakes from {} in progress", addr.ip());
-            warn_limited(&log, "per-ip cap", addr, &detail, "closed connection: too many handshakes from one address");
+            let detail =
+                format!("{MAX_HANDSHAKES_PER_IP} handshakes from {} in progress", addr.ip());
+            warn_limited(
+                &log,
+                "per-ip cap",
+                addr,
+                &detail,
+                "closed connection: too many handshakes from one address",
+            );
             continue;
         };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             let detail = format!("{MAX_CONCURRENT_HANDSHAKES} handshakes in progress");
-            warn_limited(&log, "cap", addr, &detail, "closed connection: too many handshakes in progress");
+            warn_limited(
+                &log,
+                "cap",
+                addr,
+                &detail,
+                "closed connection: too many handshakes in progress",
+            );
             continue;
         };
         let (tx, log) = (tx.clone(), log.clone());
@@ -277,7 +290,13 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, tx: m
                 }
                 Err(_) => {
                     let err = format!("no handshake within {}s", HANDSHAKE_TIMEOUT.as_secs());
-                    warn_limited(&log, "timeout", addr, &err, "refused connection: TLS handshake timed out");
+                    warn_limited(
+                        &log,
+                        "timeout",
+                        addr,
+                        &err,
+                        "refused connection: TLS handshake timed out",
+                    );
                 }
             }
         });
