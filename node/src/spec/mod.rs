@@ -32,11 +32,11 @@ pub use diff::diff;
 /// The reserved `run_on` value meaning "any controller node" (in practice the leader).
 pub const RUN_ON_ANY: &str = "any";
 
-/// Most services one cluster protects. Tested at this size (`tests/tests/overload.rs` with
-/// `DROVER_OVERLOAD_SERVICES=500`; node memory in docs/benchmarks.md): every service adds
-/// state, probe slots, lease renewals and engine work on every node, and beyond this a node's
-/// memory and the leader's per-tick work were not measured.
-pub const MAX_SERVICES: usize = 500;
+/// Most services one cluster protects: the tested maximum (`tests/tests/overload.rs`, 120
+/// services with 1 s checks stay protecting; node memory in docs/benchmarks.md). At 250 the
+/// active site's nodes self-fenced within 10 s of the apply on a 2-core machine: each service
+/// renews its own lease (one RPC per service every `lease_ttl / 3`), which does not scale yet.
+pub const MAX_SERVICES: usize = 120;
 
 /// Longest timeout (and check interval) accepted anywhere in the spec.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);

@@ -26,6 +26,8 @@ mod lease;
 mod report;
 mod service;
 
+pub(crate) use report::parse_verdict;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
