@@ -22,6 +22,8 @@ pub mod config;
 pub mod consensus;
 pub mod decide;
 mod edge;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod pb;
 pub mod probe;
 pub mod runtime;

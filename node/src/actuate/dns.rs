@@ -309,7 +309,7 @@ fn epoch_of(records: &[Record], companion: &Name) -> Result<Expected, String> {
 }
 
 /// The answer to one request, its signature checked.
-struct Answer {
+pub(crate) struct Answer {
     message: Message,
     /// The TSIG error the server reported (its answer is then unsigned).
     tsig_error: Option<TsigError>,
@@ -328,7 +328,10 @@ impl Answer {
 
 /// Parses `bytes` and, when the request was signed, checks the answer's signature: a valid
 /// signature of the key, or no signature on an answer that reports a failure.
-fn check_answer(bytes: &[u8], verifier: Option<&mut TSigVerifier>) -> Result<Answer, String> {
+pub(crate) fn check_answer(
+    bytes: &[u8],
+    verifier: Option<&mut TSigVerifier>,
+) -> Result<Answer, String> {
     let message =
         Message::from_vec(bytes).map_err(|e| format!("its answer is not a DNS message ({e})"))?;
     if message.metadata.message_type != MessageType::Response {

@@ -473,12 +473,41 @@ fn parse_spec(text: &str) -> Result<crate::spec::ClusterSpec, Status> {
             text.len()
         )));
     }
-    crate::spec::parse(text, "cluster.toml").map_err(|e| Status::invalid_argument(e.to_string()))
+    crate::spec::parse(text, "cluster.toml")
+        .map_err(|e| Status::invalid_argument(first_lines(&e.to_string(), MAX_ERROR_LINES)))
+}
+
+/// Lines of a refusal sent back at most: a gRPC status travels in an HTTP/2 header, and a
+/// spec with hundreds of errors would exceed the client's header size limit (an opaque
+/// "h2 protocol error" instead of the errors).
+const MAX_ERROR_LINES: usize = 40;
+
+/// The first `max` lines of `text`, then how many were left out.
+fn first_lines(text: &str, max: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= max {
+        return text.to_string();
+    }
+    let mut out = lines[..max].join("\n");
+    out.push_str(&format!(
+        "\n  ... and {} more lines; fix these and apply again to see the rest",
+        lines.len() - max
+    ));
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_refusal_is_cut_to_fit_in_a_header() {
+        let text: String = (0..500).map(|i| format!("error {i}\n")).collect();
+        let cut = first_lines(&text, MAX_ERROR_LINES);
+        assert_eq!(cut.lines().count(), MAX_ERROR_LINES + 1);
+        assert!(cut.ends_with("... and 460 more lines; fix these and apply again to see the rest"));
+        assert_eq!(first_lines("a\nb", MAX_ERROR_LINES), "a\nb");
+    }
 
     fn req(id: u64, name: &str, site: &str, role: &str, address: &str) -> pb::AddMemberRequest {
         pb::AddMemberRequest {

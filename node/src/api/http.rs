@@ -2,8 +2,16 @@
 //! a known leader), `/metrics` (Prometheus text format).
 //!
 //! Plain HTTP on purpose: load balancers and Prometheus scrape it; it exposes no control.
+//!
+//! [`serve`] runs the routes with limits on the connections themselves: at most
+//! [`MAX_HTTP_CONNECTIONS`] open (a connection beyond it is closed at once), request headers
+//! within [`HEADER_READ_TIMEOUT`] (which also closes a kept-alive connection idle that long),
+//! and no connection older than [`MAX_CONNECTION_AGE`]. Refusals are logged at most once per
+//! cause every 10 s, with a count.
 
 use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -14,7 +22,90 @@ use axum::Router;
 use super::view::ClusterView;
 use super::NodeHandle;
 
-/// The HTTP routes, ready for `axum::serve`.
+/// Open HTTP connections at most; a connection beyond this is closed at once.
+pub const MAX_HTTP_CONNECTIONS: usize = 256;
+/// A request's headers must arrive within this (and a kept-alive connection idle this long
+/// is closed).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed (after its request in progress) once this old.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+/// One warning line per cause per this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` with the connection limits of the module doc until `stop`
+/// resolves; connections in progress then finish their request.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
+    let log = Arc::new(crate::edge::ratelog::LogLimiter::new(LOG_INTERVAL));
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(err) => {
+                    if log.allow("accept", tokio::time::Instant::now()).is_some() {
+                        tracing::warn!(cause = %err, "HTTP accept failed; retrying in 100ms");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(left_out) = log.allow("cap", tokio::time::Instant::now()) {
+                tracing::warn!(
+                    %peer,
+                    left_out,
+                    "closed HTTP connection: {MAX_HTTP_CONNECTIONS} connections open \
+                     (one line per {}s; left_out: how many more since the last)",
+                    LOG_INTERVAL.as_secs()
+                );
+            }
+            continue;
+        };
+        let app = app.clone();
+        let mut closing = closing_rx.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            let age = tokio::time::sleep(MAX_CONNECTION_AGE);
+            tokio::pin!(age);
+            let mut shutting_down = false;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = &mut age, if !shutting_down => {
+                        conn.as_mut().graceful_shutdown();
+                        shutting_down = true;
+                    }
+                    _ = closing.wait_for(|c| *c), if !shutting_down => {
+                        conn.as_mut().graceful_shutdown();
+                        shutting_down = true;
+                    }
+                }
+            }
+        });
+    }
+    let _ = closing_tx.send(true);
+}
+
+/// The HTTP routes, ready for [`serve`].
 pub fn router(node: NodeHandle) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

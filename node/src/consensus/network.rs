@@ -10,6 +10,16 @@
 //! openraft gives it; a peer that cannot be reached is reported as `Unreachable` so openraft
 //! backs off. Each round trip answered by the peer's working Raft is recorded in
 //! [`PeerContacts`] (for `status`, executor choice and the election guard's quorum check).
+//!
+//! Large entries (a spec is up to 1 MiB) get two accommodations in `append_entries`:
+//! - a batch is cut at [`MAX_APPEND_BYTES`] of encoded entries (a larger single entry goes
+//!   alone) and the cut is reported to openraft as `PartialSuccess`, so no message approaches
+//!   the transport's [`MAX_RAFT_MESSAGE_BYTES`], however many entries a follower is behind;
+//! - openraft 0.9 gives every AppendEntries one heartbeat interval, which a megabyte may not
+//!   fit in on a busy member. A send with entries runs in its own task, with a deadline that
+//!   grows with its size ([`append_deadline`]); when openraft gives up and retries the same
+//!   range, the retry waits for that send instead of starting over, so a large entry makes
+//!   progress across retries instead of being cut off at every one.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -33,11 +43,19 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use super::types::{Member, NodeId, TypeConfig};
+use super::types::{LogId, Member, NodeId, TypeConfig};
 use crate::tls::TlsMaterial;
 
 /// Largest gRPC message a member sends or accepts (log batches and snapshot chunks).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Encoded entries one AppendEntries carries at most; a single larger entry is sent alone.
+pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
+/// The slowest transfer an AppendEntries with entries is given time for (see
+/// [`append_deadline`]), in bytes per second.
+const MIN_APPEND_BYTES_PER_SEC: u64 = 256 * 1024;
+/// Longest deadline of one AppendEntries with entries.
+const MAX_APPEND_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long establishing a connection to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -168,7 +186,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             })
             .map_err(|e| format!("bad address {:?} for member {}: {e}", node.address, node.name));
-        PeerClient { own_id: self.own_id, target, client, contacts: self.contacts.clone() }
+        PeerClient {
+            own_id: self.own_id,
+            target,
+            client,
+            contacts: self.contacts.clone(),
+            in_flight: None,
+        }
     }
 }
 
@@ -178,6 +202,40 @@ pub struct PeerClient {
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
     contacts: PeerContacts,
+    /// The AppendEntries with entries still on its way, if any.
+    in_flight: Option<InFlight>,
+}
+
+type AppendResult =
+    Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>>;
+
+/// An AppendEntries sent in its own task (see the module doc).
+struct InFlight {
+    vote: openraft::Vote<NodeId>,
+    prev: Option<LogId>,
+    last: Option<LogId>,
+    task: tokio::task::JoinHandle<AppendResult>,
+}
+
+/// How many of the entries (of these encoded sizes, in order) one AppendEntries carries: as
+/// many as fit in `budget` bytes, and at least one.
+pub fn bounded_prefix(sizes: &[usize], budget: usize) -> usize {
+    let mut total = 0usize;
+    for (i, size) in sizes.iter().enumerate() {
+        total = total.saturating_add(*size);
+        if total > budget {
+            return i.max(1);
+        }
+    }
+    sizes.len()
+}
+
+/// The deadline of an AppendEntries of `bytes` encoded entries: openraft's `hard_ttl`, or the
+/// time to move them at `MIN_APPEND_BYTES_PER_SEC` if longer, at most `MAX_APPEND_DEADLINE`.
+pub fn append_deadline(hard_ttl: Duration, bytes: usize) -> Duration {
+    let transfer =
+        Duration::from_millis((bytes as u64).saturating_mul(1000) / MIN_APPEND_BYTES_PER_SEC);
+    hard_ttl.max(transfer).min(MAX_APPEND_DEADLINE)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,12 +254,91 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: Error + DeserializeOwned,
     {
-        let client = match &mut self.client {
-            Ok(c) => c,
-            Err(msg) => return Err(Unreachable::new(&TransportError(msg.clone())).into()),
-        };
         let payload = serde_json::to_vec(req)
             .map_err(|e| NetworkError::new(&TransportError(format!("encode {action}: {e}"))))?;
+        send(
+            self.client.clone(),
+            self.own_id,
+            self.target,
+            self.contacts.clone(),
+            action,
+            payload,
+            ttl,
+        )
+        .await
+    }
+
+    /// AppendEntries with entries: cut to [`MAX_APPEND_BYTES`], sent in its own task, and
+    /// awaited again by a retry of the same range (see the module doc).
+    async fn append(
+        &mut self,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> AppendResult {
+        let asked = rpc.entries.last().map(|e| e.log_id);
+        let same = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.vote == rpc.vote && f.prev == rpc.prev_log_id);
+        if !same {
+            // Only a new send pays for measuring its entries; a retry joins the one running.
+            let sizes: Vec<usize> =
+                rpc.entries.iter().map(|e| serde_json::to_vec(e).map_or(0, |v| v.len())).collect();
+            let n = bounded_prefix(&sizes, MAX_APPEND_BYTES);
+            rpc.entries.truncate(n);
+            let last = rpc.entries.last().map(|e| e.log_id);
+            let bytes: usize = sizes[..n].iter().sum();
+            let ttl = append_deadline(option.hard_ttl(), bytes);
+            let (vote, prev) = (rpc.vote, rpc.prev_log_id);
+            let payload = serde_json::to_vec(&rpc).map_err(|e| {
+                NetworkError::new(&TransportError(format!("encode AppendEntries: {e}")))
+            })?;
+            let (client, own_id, target, contacts) =
+                (self.client.clone(), self.own_id, self.target, self.contacts.clone());
+            let task = tokio::spawn(async move {
+                send(client, own_id, target, contacts, RPCTypes::AppendEntries, payload, ttl).await
+            });
+            // A send of another range (or term) still running is left to finish on its own.
+            self.in_flight = Some(InFlight { vote, prev, last, task });
+        }
+        let Some(f) = self.in_flight.as_mut() else { unreachable!("set above") };
+        // If openraft drops this future at its deadline, the send goes on and stays here.
+        let joined = (&mut f.task).await;
+        let sent_last = f.last;
+        self.in_flight = None;
+        let reply = joined.map_err(|e| {
+            RPCError::from(NetworkError::new(&TransportError(format!("AppendEntries task: {e}"))))
+        })??;
+        Ok(match reply {
+            // Openraft asked for more than this send carried (it was cut, or the retry asks
+            // for more): it learns how far the follower now matches.
+            AppendEntriesResponse::Success if sent_last < asked => {
+                AppendEntriesResponse::PartialSuccess(sent_last)
+            }
+            other => other,
+        })
+    }
+}
+
+/// One Raft RPC to `target`, bounded by `ttl`.
+async fn send<Resp, E>(
+    client: Result<RaftClient<Channel>, String>,
+    own_id: NodeId,
+    target: NodeId,
+    contacts: PeerContacts,
+    action: RPCTypes,
+    payload: Vec<u8>,
+    ttl: Duration,
+) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+where
+    Resp: DeserializeOwned,
+    E: Error + DeserializeOwned,
+{
+    {
+        let mut client = match client {
+            Ok(c) => c,
+            Err(msg) => return Err(Unreachable::new(&TransportError(msg)).into()),
+        };
         let request = RaftRequest { payload };
         let fut = async {
             match action {
@@ -211,19 +348,15 @@ impl PeerClient {
             }
         };
         let reply = match tokio::time::timeout(ttl, fut).await {
-            Err(_) => {
-                return Err(
-                    Timeout { action, id: self.own_id, target: self.target, timeout: ttl }.into()
-                )
-            }
+            Err(_) => return Err(Timeout { action, id: own_id, target, timeout: ttl }.into()),
             Ok(Err(status)) => return Err(status_to_rpc_error(&status)),
             Ok(Ok(reply)) => reply.into_inner(),
         };
         // Only an answer from a working Raft counts as contact: a peer whose Raft core stopped
         // (full disk, storage error) still answers gRPC, with a fatal error.
-        let answer = decode_reply(self.target, reply);
+        let answer = decode_reply(target, reply);
         if answer.is_ok() {
-            self.contacts.touch(self.target);
+            contacts.touch(target);
         }
         answer
     }
@@ -281,7 +414,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(RPCTypes::AppendEntries, &rpc, option.hard_ttl()).await
+        if rpc.entries.is_empty() {
+            return self.call(RPCTypes::AppendEntries, &rpc, option.hard_ttl()).await;
+        }
+        self.append(rpc, option).await
     }
 
     async fn install_snapshot(
@@ -301,5 +437,30 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.call(RPCTypes::Vote, &rpc, option.hard_ttl()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_by_bytes_but_carry_at_least_one_entry() {
+        let mb = 1024 * 1024;
+        assert_eq!(bounded_prefix(&[], MAX_APPEND_BYTES), 0);
+        assert_eq!(bounded_prefix(&[10, 20, 30], MAX_APPEND_BYTES), 3);
+        // Twenty ~1 MB entries: one per message, never all twenty at once.
+        assert_eq!(bounded_prefix(&[mb + 100; 20], MAX_APPEND_BYTES), 1);
+        assert_eq!(bounded_prefix(&[mb / 3; 20], MAX_APPEND_BYTES), 3);
+        assert_eq!(bounded_prefix(&[5 * mb, 10], MAX_APPEND_BYTES), 1);
+        const { assert!(MAX_APPEND_BYTES * 4 < MAX_RAFT_MESSAGE_BYTES) };
+    }
+
+    #[test]
+    fn the_deadline_of_an_append_grows_with_its_size() {
+        let hb = Duration::from_millis(150);
+        assert_eq!(append_deadline(hb, 1000), hb);
+        assert_eq!(append_deadline(hb, 1024 * 1024), Duration::from_secs(4));
+        assert_eq!(append_deadline(hb, usize::MAX), MAX_APPEND_DEADLINE);
     }
 }

@@ -9,10 +9,12 @@
 //! ```
 //!
 //! Both halves put a limit on everything they read (STYLE.md 5) and turn failures into short,
-//! one-line descriptions that callers put in probe details and step errors.
+//! one-line descriptions that callers put in probe details and step errors. [`ratelog`] keeps
+//! the listeners' repeated warnings to one line per cause per interval.
 
 pub(crate) mod exec;
 pub(crate) mod http;
+pub(crate) mod ratelog;
 
 /// The last `max` bytes of `bytes` as text (lossy UTF-8), starting at a character boundary.
 pub(crate) fn text_tail(bytes: &[u8], max: usize) -> String {

@@ -18,9 +18,12 @@
 //!
 //! Verdicts: a check that ran and failed — wrong status, refused connection, non-zero exit,
 //! *timeout* — is `Unhealthy`. `Unknown` is kept for "could not even try": the program is not
-//! installed on this node, the URL or address is malformed, or the check has not run yet. The
-//! detector counts `Unknown` as "did not answer", so a broken observer never votes a site down.
+//! installed on this node, the URL or address is malformed, or the check has not run yet; and
+//! for a timeout while this observer was late itself (its runs queued behind the concurrency
+//! bound, its runtime stalled; see [`late`]). The detector counts `Unknown` as "did not
+//! answer", so a broken or overloaded observer never votes a site down.
 
+pub mod late;
 mod prober;
 
 #[cfg(test)]
@@ -65,6 +68,9 @@ pub struct ProbeResult {
     pub detail: String,
     /// A lag value, when the result comes with one; health checks leave it `None`.
     pub lag: Option<f64>,
+    /// The run got no answer within its timeout (the verdict is then `Unhealthy`, unless the
+    /// prober found this observer late: [`late::discount_late`]).
+    pub timed_out: bool,
 }
 
 impl ProbeResult {
@@ -74,6 +80,7 @@ impl ProbeResult {
             latency: started.elapsed(),
             detail: edge::shorten(&detail.into(), DETAIL_MAX),
             lag: None,
+            timed_out: false,
         }
     }
 }
@@ -173,11 +180,14 @@ async fn exec_check(command: &[String], timeout: Duration, started: Instant) -> 
 }
 
 fn timed_out(timeout: Duration, started: Instant) -> ProbeResult {
-    ProbeResult::new(
-        Verdict::Unhealthy,
-        started,
-        format!("timed out after {}", edge::fmt_ms(timeout)),
-    )
+    ProbeResult {
+        timed_out: true,
+        ..ProbeResult::new(
+            Verdict::Unhealthy,
+            started,
+            format!("timed out after {}", edge::fmt_ms(timeout)),
+        )
+    }
 }
 
 /// Runs the lag probe once, bounded by its `timeout`: the number it reports, or one line

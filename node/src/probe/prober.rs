@@ -7,16 +7,18 @@
 //!                     │ owns
 //!                     ▼
 //!                 job tasks (one per check, one per lag probe run here)
-//!                     │ tick ─▶ Semaphore permit ─▶ run_check / run_lag ─▶ slot
-//!                     ▼
+//!                     │ tick ─▶ Semaphore permit ─▶ run_check / run_lag ─▶ discount_late ─▶ slot
+//!                     ▼                                  (StallMonitor: runtime lag)
 //!  latest() ◀── slots (Mutex<Shared>), folded per (service, site) in spec order
 //! ```
 //!
 //! A check is identified by its whole definition: editing its interval or URL stops the old job
-//! and starts a new one. Job tasks are aborted when their check leaves the spec, when the spec
+//! and starts a new one. Services whose checks are identical (same site, probe, interval and
+//! timeout, e.g. many services of one application) share one job: an observer probes the
+//! application once per interval, not once per service. Job tasks are aborted when their check leaves the spec, when the spec
 //! channel closes, and when the [`Prober`] is dropped (aborting a run kills its child process).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +28,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::late::{discount_late, Lateness, StallMonitor};
 use super::{run_check, run_lag, ProbeResult, DETAIL_MAX};
 use crate::decide::Verdict;
 use crate::edge;
@@ -40,6 +45,12 @@ pub struct ProbeLimits {
     pub stagger_step: Duration,
     /// ...but never later than this (nor later than its own interval).
     pub max_stagger: Duration,
+    /// A run that started later than this after its tick, or during which this process's
+    /// runtime stalled (or its timer fired late) by more than this, was run by a late
+    /// observer: its timeout is reported `Unknown` ([`super::late`]).
+    pub late_tolerance: Duration,
+    /// How often the runtime's wake-up lag is sampled.
+    pub stall_sample: Duration,
 }
 
 impl Default for ProbeLimits {
@@ -48,6 +59,8 @@ impl Default for ProbeLimits {
             max_in_flight: 16,
             stagger_step: Duration::from_millis(20),
             max_stagger: Duration::from_secs(1),
+            late_tolerance: Duration::from_millis(250),
+            stall_sample: Duration::from_millis(100),
         }
     }
 }
@@ -98,11 +111,17 @@ impl Prober {
     ) -> Prober {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let semaphore = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
+        let pace = Pace {
+            semaphore,
+            waiting: Arc::new(AtomicUsize::new(0)),
+            stalls: StallMonitor::spawn(limits.stall_sample.max(Duration::from_millis(1))),
+            tolerance: limits.late_tolerance,
+        };
         let supervisor = Supervisor {
             own_site,
             limits,
             shared: shared.clone(),
-            semaphore,
+            pace,
             jobs: Vec::new(),
             next_id: 0,
         };
@@ -129,16 +148,15 @@ impl Prober {
     }
 }
 
-/// What the prober runs: a health check or a lag probe, of one service.
-#[derive(Debug, Clone, PartialEq)]
+/// What the prober runs: a health check (of every service that has it), or a lag probe of
+/// one service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum JobKey {
     Check {
-        service: String,
         check: Check,
     },
     /// A readiness check: whether the site could take over (DESIGN.md 3).
     Readiness {
-        service: String,
         check: Check,
     },
     Lag {
@@ -174,6 +192,8 @@ struct Slot {
 struct Shared {
     spec: Option<Arc<ClusterSpec>>,
     slots: HashMap<u64, Slot>,
+    /// The job of each health (`false`) and readiness (`true`) check.
+    checks: HashMap<(bool, Check), u64>,
 }
 
 impl Shared {
@@ -185,25 +205,22 @@ impl Shared {
     }
 
     fn fold_checks(&self, service: &str, site: &str, readiness: bool) -> SiteReport {
-        let mut checks: Vec<(u64, &Slot, &Check)> = self
-            .slots
-            .iter()
-            .filter_map(|(id, slot)| match &slot.key {
-                JobKey::Check { service: s, check }
-                    if !readiness && s == service && check.site == site =>
-                {
-                    Some((*id, slot, check))
-                }
-                JobKey::Readiness { service: s, check }
-                    if readiness && s == service && check.site == site =>
-                {
-                    Some((*id, slot, check))
-                }
-                _ => None,
-            })
-            .collect();
-        // Job ids grow in spec order, so this lists checks as written.
-        checks.sort_by_key(|(id, ..)| *id);
+        let defined = self.spec.as_ref().and_then(|spec| spec.service(service)).map(|svc| {
+            if readiness {
+                &svc.readiness
+            } else {
+                &svc.checks
+            }
+        });
+        // In spec order; a check listed twice is folded once.
+        let mut checks: Vec<(u64, &Slot, &Check)> = Vec::new();
+        for check in defined.into_iter().flatten().filter(|c| c.site == site) {
+            let Some(id) = self.checks.get(&(readiness, check.clone())) else { continue };
+            let Some(slot) = self.slots.get(id) else { continue };
+            if !checks.iter().any(|(other, ..)| other == id) {
+                checks.push((*id, slot, check));
+            }
+        }
         let several = checks.len() > 1;
         let mut observed_at: Option<Instant> = None;
         let mut parts: Vec<(Verdict, String)> = Vec::new();
@@ -279,7 +296,7 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 
 /// Aborts a task when dropped.
 #[derive(Debug)]
-struct AbortOnDrop(AbortHandle);
+pub(super) struct AbortOnDrop(pub(super) AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -297,7 +314,7 @@ struct Supervisor {
     own_site: String,
     limits: ProbeLimits,
     shared: Arc<Mutex<Shared>>,
-    semaphore: Arc<Semaphore>,
+    pace: Pace,
     /// Dropped with the supervisor's future, which aborts every job.
     jobs: Vec<Job>,
     next_id: u64,
@@ -321,13 +338,10 @@ impl Supervisor {
         let mut keys = Vec::new();
         for service in spec.map_or(&[][..], |s| &s.services) {
             for check in &service.checks {
-                keys.push(JobKey::Check { service: service.name.clone(), check: check.clone() });
+                keys.push(JobKey::Check { check: check.clone() });
             }
             for check in &service.readiness {
-                keys.push(JobKey::Readiness {
-                    service: service.name.clone(),
-                    check: check.clone(),
-                });
+                keys.push(JobKey::Readiness { check: check.clone() });
             }
             if let Some(probe) = &service.lag {
                 let here = match &probe.run_on {
@@ -339,13 +353,9 @@ impl Supervisor {
                 }
             }
         }
-        let mut unique: Vec<JobKey> = Vec::with_capacity(keys.len());
-        for key in keys {
-            if !unique.contains(&key) {
-                unique.push(key);
-            }
-        }
-        unique
+        let mut seen: HashSet<JobKey> = HashSet::new();
+        keys.retain(|key| seen.insert(key.clone()));
+        keys
     }
 
     fn reconcile(&mut self, spec: Option<Arc<ClusterSpec>>) {
@@ -353,13 +363,16 @@ impl Supervisor {
         let mut shared = lock(&self.shared);
         shared.spec = spec;
         let before = self.jobs.len();
-        self.jobs.retain(|job| desired.contains(&job.key));
-        let kept: Vec<u64> = self.jobs.iter().map(|j| j.id).collect();
+        let wanted: HashSet<&JobKey> = desired.iter().collect();
+        self.jobs.retain(|job| wanted.contains(&job.key));
+        let kept: HashSet<u64> = self.jobs.iter().map(|j| j.id).collect();
         shared.slots.retain(|id, _| kept.contains(id));
+        shared.checks.retain(|_, id| kept.contains(id));
+        let running: HashSet<JobKey> = self.jobs.iter().map(|j| j.key.clone()).collect();
         let stopped = before - self.jobs.len();
         let mut started = 0;
         for (index, key) in desired.into_iter().enumerate() {
-            if self.jobs.iter().any(|j| j.key == key) {
+            if running.contains(&key) {
                 continue;
             }
             let id = self.next_id;
@@ -368,12 +381,21 @@ impl Supervisor {
                 .min(self.limits.max_stagger)
                 .min(key.interval());
             shared.slots.insert(id, Slot { key: key.clone(), started: Instant::now(), last: None });
+            match &key {
+                JobKey::Check { check } => {
+                    shared.checks.insert((false, check.clone()), id);
+                }
+                JobKey::Readiness { check } => {
+                    shared.checks.insert((true, check.clone()), id);
+                }
+                JobKey::Lag { .. } => {}
+            }
             let task = tokio::spawn(run_job(
                 id,
                 key.clone(),
                 delay,
                 self.shared.clone(),
-                self.semaphore.clone(),
+                self.pace.clone(),
             ));
             self.jobs.push(Job { id, key, _task: AbortOnDrop(task.abort_handle()) });
             started += 1;
@@ -384,23 +406,46 @@ impl Supervisor {
     }
 }
 
+/// What every job shares to pace itself and to tell whether it ran on time.
+#[derive(Debug, Clone)]
+struct Pace {
+    /// Bounds the runs in flight.
+    semaphore: Arc<Semaphore>,
+    /// Jobs waiting for a permit right now.
+    waiting: Arc<AtomicUsize>,
+    stalls: StallMonitor,
+    tolerance: Duration,
+}
+
 async fn run_job(
     id: u64,
     key: JobKey,
     first_delay: Duration,
     shared: Arc<Mutex<Shared>>,
-    semaphore: Arc<Semaphore>,
+    pace: Pace,
 ) {
     let start = Instant::now() + first_delay;
     let mut ticker = tokio::time::interval_at(start, key.interval().max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
-        // The semaphore is never closed; a wait for a permit does not eat into the timeout.
-        let Ok(_permit) = semaphore.acquire().await else { return };
+        let scheduled = ticker.tick().await;
+        // The semaphore is never closed; a wait for a permit does not eat into the timeout,
+        // but it makes the run late (see `discount_late`).
+        let queued = pace.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = pace.semaphore.acquire().await;
+        pace.waiting.fetch_sub(1, Ordering::Relaxed);
+        let Ok(_permit) = permit else { return };
+        let began = Instant::now();
         let outcome = match &key {
             JobKey::Check { check, .. } | JobKey::Readiness { check, .. } => {
-                Outcome::Check(run_check(check).await)
+                let result = run_check(check).await;
+                let late = Lateness {
+                    start_delay: began.saturating_duration_since(scheduled),
+                    overrun: result.latency.saturating_sub(check.timeout),
+                    stall: pace.stalls.worst_since(began),
+                    queued,
+                };
+                Outcome::Check(discount_late(result, &late, pace.tolerance))
             }
             JobKey::Lag { probe, .. } => Outcome::Lag(run_lag(probe).await),
         };
@@ -415,7 +460,7 @@ async fn run_job(
 /// Logs verdict changes of checks and success/failure changes of lag probes.
 fn log_change(key: &JobKey, previous: Option<&Outcome>, now: &Outcome) {
     match (key, previous, now) {
-        (JobKey::Check { service, check }, prev, Outcome::Check(r)) => {
+        (JobKey::Check { check }, prev, Outcome::Check(r)) => {
             let prev = match prev {
                 Some(Outcome::Check(p)) => Some(p.verdict),
                 _ => None,
@@ -426,13 +471,13 @@ fn log_change(key: &JobKey, previous: Option<&Outcome>, now: &Outcome) {
             let check = label(check);
             match r.verdict {
                 Verdict::Healthy => {
-                    tracing::info!(%service, site = %key_site(key), %check, detail = %r.detail, "check healthy")
+                    tracing::info!(site = %key_site(key), %check, detail = %r.detail, "check healthy")
                 }
                 Verdict::Unhealthy => {
-                    tracing::warn!(%service, site = %key_site(key), %check, detail = %r.detail, "check unhealthy")
+                    tracing::warn!(site = %key_site(key), %check, detail = %r.detail, "check unhealthy")
                 }
                 Verdict::Unknown => {
-                    tracing::warn!(%service, site = %key_site(key), %check, detail = %r.detail, "check could not run")
+                    tracing::warn!(site = %key_site(key), %check, detail = %r.detail, "check could not run")
                 }
             }
         }

@@ -430,3 +430,49 @@ async fn https_check_verifies_the_server_certificate() {
     assert_eq!(r.verdict, Verdict::Unhealthy);
     assert!(r.detail.contains("certificate"), "{}", r.detail);
 }
+
+#[tokio::test]
+async fn services_with_the_same_check_share_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let ticks = dir.path().join("ticks");
+    let same = fast("prod", exec(&format!("echo x >> {}", ticks.display())));
+    let services = (0..50).map(|i| service(&format!("svc-{i}"), vec![same.clone()], None));
+    let (_tx, rx) = watch::channel(Some(spec(services.collect())));
+    let prober = Prober::spawn("prod".into(), rx, ProbeLimits::default());
+    wait_for(&prober, "all 50 services healthy", |r| {
+        r.len() == 50 && r.iter().all(|r| r.verdict == Verdict::Healthy)
+    })
+    .await;
+    let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().lines().count();
+    let before = lines(&ticks);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let runs = lines(&ticks) - before;
+    // One job at a 100 ms interval: about 10 runs in a second, never one per service.
+    assert!((1..=15).contains(&runs), "{runs} runs in 1s for one shared check");
+}
+
+#[tokio::test]
+async fn a_timeout_of_a_run_that_waited_for_a_slot_is_unknown() {
+    let srv = TestServer::start().await;
+    // One slot; two checks that each hold it until their 600 ms timeout: whichever waits for
+    // the other starts ~600 ms late, and its timeout is the observer's lateness.
+    let slow = |path: &str| Check {
+        site: "prod".into(),
+        probe: http(srv.url(path), 200, None),
+        interval: Duration::from_millis(700),
+        timeout: Duration::from_millis(600),
+    };
+    let (_tx, rx) = watch::channel(Some(spec(vec![
+        service("a", vec![slow("/slow?a")], None),
+        service("b", vec![slow("/slow?b")], None),
+    ])));
+    let limits = ProbeLimits { max_in_flight: 1, ..ProbeLimits::default() };
+    let prober = Prober::spawn("prod".into(), rx, limits);
+    let reports = wait_for(&prober, "a late run reported unknown", |r| {
+        r.iter().any(|r| r.verdict == Verdict::Unknown && r.detail.contains("not counted"))
+    })
+    .await;
+    let late = reports.iter().find(|r| r.detail.contains("not counted")).unwrap();
+    assert!(late.detail.contains("timed out after 600ms"), "{}", late.detail);
+    assert!(late.detail.contains("late"), "{}", late.detail);
+}

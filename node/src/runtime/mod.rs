@@ -172,11 +172,11 @@ pub async fn run(
         let mut stop = stop_rx.clone();
         let app = crate::api::http::router(node.clone());
         tokio::spawn(async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
+            crate::api::http::serve(http_listener, app, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+            Ok::<(), std::io::Error>(())
         })
     };
     info!(

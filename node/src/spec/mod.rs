@@ -32,6 +32,13 @@ pub use diff::diff;
 
 /// The reserved `run_on` value meaning "any controller node" (in practice the leader).
 pub const RUN_ON_ANY: &str = "any";
+
+/// Most services one cluster protects: the tested maximum (`tests/tests/overload.rs`, 120
+/// services with 1 s checks stay protecting; node memory in docs/benchmarks.md). At 250 the
+/// active site's nodes self-fenced within 10 s of the apply on a 2-core machine: each service
+/// renews its own lease (one RPC per service every `lease_ttl / 3`), which does not scale yet.
+pub const MAX_SERVICES: usize = 120;
+
 /// Longest timeout (and check interval) accepted anywhere in the spec.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Most retries a step may have.
@@ -237,7 +244,7 @@ impl VetoHook {
 }
 
 /// A health (or readiness) check of one site, run by every observer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Check {
     /// The site whose health it tells.
     pub site: String,
@@ -253,7 +260,7 @@ pub struct Check {
 }
 
 /// What a check probes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CheckProbe {
     /// An HTTP(S) GET that must answer `expect_status` (and contain `body_contains`).
@@ -278,7 +285,7 @@ pub enum CheckProbe {
 }
 
 /// The standby's replication lag probe; it reports a number (e.g. seconds behind).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LagProbe {
     /// Where it runs: a site's node, or any node.
     pub run_on: RunOn,
@@ -294,7 +301,7 @@ pub struct LagProbe {
 }
 
 /// How a lag probe obtains its number.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LagSource {
     /// A command that prints the lag on stdout.

@@ -684,3 +684,28 @@ fn timings_are_related_to_each_other_and_to_raft() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].key, "service[0].policy.lease_ttl");
 }
+
+/// A spec of `n` minimal services (sites prod, dr, witness; one tcp check each).
+fn many_services(n: usize) -> String {
+    let mut text = String::from(
+        "[[site]]\nname = \"prod\"\n[[site]]\nname = \"dr\"\n[[site]]\nname = \"witness\"\nwitness = true\n\
+         [policy]\nauto_failover = false\n",
+    );
+    for i in 0..n {
+        text += &format!("[[service]]\nname = \"svc-{i}\"\ninitial_active = \"prod\"\n");
+        for site in ["prod", "dr"] {
+            text += &format!(
+                "  [[service.check]]\n  site = \"{site}\"\n  kind = \"tcp\"\n  address = \"10.0.0.1:80\"\n"
+            );
+        }
+    }
+    text
+}
+
+#[test]
+fn the_number_of_services_is_bounded() {
+    let at_max = parse(&many_services(MAX_SERVICES), "cluster.toml");
+    assert_eq!(at_max.unwrap_or_else(|e| panic!("{e}")).services.len(), MAX_SERVICES);
+    let over = parse(&many_services(MAX_SERVICES + 1), "cluster.toml");
+    assert_error(&over, "service", "121 services; a cluster protects at most 120");
+}

@@ -13,8 +13,8 @@ use super::{
     ExecStep, FenceAction, FenceAgentStep, HaproxySet, HaproxyState, HaproxyStep, HttpStep,
     LagProbe, LagSource, OnFailure, Phase, Policy, PolicyOverride, ProbeStep, RunOn, Service, Site,
     SpecError, Step, StepAction, Tsig, VetoHook, WaitStep, DEFAULT_VETO_TIMEOUT,
-    MAX_CLOCK_DRIFT_LIMIT, MAX_DNS_TTL_SECS, MAX_RETRIES, MAX_TIMEOUT, MAX_VETO_TIMEOUT,
-    RUN_ON_ANY,
+    MAX_CLOCK_DRIFT_LIMIT, MAX_DNS_TTL_SECS, MAX_RETRIES, MAX_SERVICES, MAX_TIMEOUT,
+    MAX_VETO_TIMEOUT, RUN_ON_ANY,
 };
 use crate::config::check_name;
 
@@ -96,6 +96,16 @@ impl Validator {
     fn sites(&mut self, raw: &[raw::Site]) -> Vec<Site> {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         let mut out = Vec::new();
+        if raw.len() > MAX_SERVICES {
+            self.err(
+                "service",
+                format!(
+                    "{} services; a cluster protects at most {MAX_SERVICES} (the tested \
+                     maximum): split them over several clusters",
+                    raw.len()
+                ),
+            );
+        }
         for (i, s) in raw.iter().enumerate() {
             let key = format!("site[{i}].name");
             if let Err(r) = check_name(&s.name) {
@@ -202,6 +212,16 @@ impl Validator {
     fn services(&mut self, raw: &[raw::Service], cluster: &Policy) -> Vec<Service> {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         let mut out = Vec::new();
+        if raw.len() > MAX_SERVICES {
+            self.err(
+                "service",
+                format!(
+                    "{} services; a cluster protects at most {MAX_SERVICES} (the tested \
+                     maximum): split them over several clusters",
+                    raw.len()
+                ),
+            );
+        }
         for (i, s) in raw.iter().enumerate() {
             let prefix = format!("service[{i}]");
             if let Err(r) = check_name(&s.name) {

@@ -1,21 +1,29 @@
 //! The gRPC server's accept loop: TCP accept, TLS handshake, clear refusals.
 //!
 //! ```text
-//! TcpListener --accept task--> one task per handshake (10 s timeout, at most 256 at once)
+//! TcpListener --accept task--> over a cap? close at once (256 handshakes in all, 8 per peer IP)
+//!                  |
+//!                  v
+//!              one task per handshake (5 s timeout)
 //!                                  | ok                          | refused
 //!                                  v                             v
 //!                       mpsc (capacity 64) --> Incoming    warn!("refused connection: ...")
 //!                                              (Stream of Conn for tonic)
 //! ```
 //!
-//! A refused handshake never reaches tonic; it is logged once with the peer address and a
-//! plain-English reason. When the [`Incoming`] stream is dropped (server shut down) the accept
-//! task ends and the listener closes.
+//! A refused handshake never reaches tonic; it is logged with the peer address and a
+//! plain-English reason, at most one line per reason every 10 s with a count of the others
+//! ([`LogLimiter`]). The accept loop never waits for a handshake slot: a connection over a cap
+//! is closed at once, so idle or half-done handshakes from one address (500 of them, say) hold
+//! at most 8 slots for 5 s each and never keep the members or an operator out. When the
+//! [`Incoming`] stream is dropped (server shut down) the accept task ends and the listener
+//! closes.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,13 +34,19 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::identity::{identity_of, PeerIdentity};
+use crate::edge::ratelog::LogLimiter;
 
 /// Handshakes slower than this are abandoned.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Accepted connections waiting for the server to pick them up.
 const CHANNEL_CAPACITY: usize = 64;
-/// Handshakes in flight at once; further TCP connections wait in the kernel's backlog.
-const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+/// Handshakes in flight at once; a connection beyond this is closed at once.
+pub const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+/// Handshakes in flight at once from one peer IP address; a connection beyond this is closed
+/// at once. Members and operators handshake once per connection, far below it.
+pub const MAX_HANDSHAKES_PER_IP: usize = 8;
+/// One warning line per cause per this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause after an accept error such as running out of file descriptors.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -170,16 +184,54 @@ pub fn serve_incoming(listener: TcpListener, tls: Option<Arc<rustls::ServerConfi
     Incoming { rx }
 }
 
+/// Handshakes in flight per peer IP; a slot is given back when its guard drops.
+#[derive(Debug, Default, Clone)]
+struct PerIp(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+struct IpSlot(PerIp, IpAddr);
+
+impl PerIp {
+    fn take(&self, ip: IpAddr, cap: usize) -> Option<IpSlot> {
+        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = (self.0).0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Logs `msg` for `cause` unless the limiter leaves it out.
+fn warn_limited(log: &LogLimiter, cause: &'static str, peer: SocketAddr, detail: &str, msg: &str) {
+    if let Some(left_out) = log.allow(cause, tokio::time::Instant::now()) {
+        tracing::warn!(
+            %peer,
+            cause = %detail,
+            left_out,
+            "{msg} (one line per {}s for this cause; left_out: how many more since the last)",
+            LOG_INTERVAL.as_secs()
+        );
+    }
+}
+
 async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, tx: mpsc::Sender<Conn>) {
     let handshakes = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let per_ip = PerIp::default();
+    let log = Arc::new(LogLimiter::new(LOG_INTERVAL));
     loop {
-        let permit = tokio::select! {
-            _ = tx.closed() => return,
-            permit = handshakes.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return, // the semaphore is never closed
-            },
-        };
         let (tcp, addr) = tokio::select! {
             _ = tx.closed() => return,
             accepted = listener.accept() => match accepted {
@@ -198,15 +250,37 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, tx: m
         // Raft heartbeats and admin calls are small; don't let Nagle delay them.
         let _ = tcp.set_nodelay(true);
         let Some(acceptor) = acceptor.clone() else {
-            drop(permit);
             if tx.send(Conn::Plain(tcp)).await.is_err() {
                 return;
             }
             continue;
         };
-        let tx = tx.clone();
+        let Some(ip_slot) = per_ip.take(addr.ip(), MAX_HANDSHAKES_PER_IP) else {
+            let detail =
+                format!("{MAX_HANDSHAKES_PER_IP} handshakes from {} in progress", addr.ip());
+            warn_limited(
+                &log,
+                "per-ip cap",
+                addr,
+                &detail,
+                "closed connection: too many handshakes from one address",
+            );
+            continue;
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            let detail = format!("{MAX_CONCURRENT_HANDSHAKES} handshakes in progress");
+            warn_limited(
+                &log,
+                "cap",
+                addr,
+                &detail,
+                "closed connection: too many handshakes in progress",
+            );
+            continue;
+        };
+        let (tx, log) = (tx.clone(), log.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, ip_slot);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     // A closed channel means the server is shutting down; drop the connection.
@@ -214,11 +288,18 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, tx: m
                 }
                 Ok(Err(err)) => {
                     let reason = refusal_reason(&err);
-                    tracing::warn!(peer = %addr, cause = %err, "refused connection: {reason}");
+                    let msg = format!("refused connection: {reason}");
+                    warn_limited(&log, reason, addr, &err.to_string(), &msg);
                 }
                 Err(_) => {
                     let err = format!("no handshake within {}s", HANDSHAKE_TIMEOUT.as_secs());
-                    tracing::warn!(peer = %addr, cause = %err, "refused connection: TLS handshake timed out");
+                    warn_limited(
+                        &log,
+                        "timeout",
+                        addr,
+                        &err,
+                        "refused connection: TLS handshake timed out",
+                    );
                 }
             }
         });

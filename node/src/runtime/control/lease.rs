@@ -4,6 +4,7 @@
 //! read and the holder check.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use drover_proto::v1 as pb;
@@ -197,7 +198,7 @@ async fn renew(
     let leader = leader_of(&ctx.node);
     let renewal = match leader {
         Some((leader, _)) if leader == ctx.node.id => {
-            match confirm_lease(&ctx.node, ctx.node.id, &service, &ctx.site, epoch).await {
+            match confirm_lease(&ctx, ctx.node.id, &service, &ctx.site, epoch).await {
                 Ok(()) => Renewal::Granted,
                 Err(Refusal::NotHeld(why)) => Renewal::Refused(why),
                 // A leader without a quorum (it stands back): a new leader may already have
@@ -305,22 +306,59 @@ pub(super) enum Refusal {
     NotConfirmed(String),
 }
 
-/// On the leader: a linearizable read, then the lease check.
+/// Shares one linearizable read among the lease confirmations waiting for it.
+///
+/// Every holder of every service renews on its own, so a cluster of many services would ask
+/// the leader for as many reads (each a heartbeat round to a quorum) per renewal period, and
+/// an overloaded leader would confirm none in time. A confirmation instead waits for the first
+/// read that *starts after it arrived* (that read proves leadership at a point after the
+/// renewal was sent, which is all the lease needs, DESIGN.md 6) and takes its result: at most
+/// one read is in flight, and a burst of renewals costs one or two reads.
+#[derive(Default)]
+pub(super) struct ReadBarrier {
+    /// Reads started so far.
+    started: AtomicU64,
+    /// Held while a read runs; the newest read's number and result.
+    last: tokio::sync::Mutex<Option<(u64, Result<(), String>)>>,
+}
+
+impl ReadBarrier {
+    /// A linearizable read on `node` that started after this call, each read bounded by
+    /// `RPC_TIMEOUT`: `Err` says why leadership was not confirmed.
+    async fn confirm(&self, node: &NodeHandle) -> Result<(), String> {
+        let arrived = self.started.load(Ordering::SeqCst);
+        let mut last = self.last.lock().await;
+        if let Some((n, result)) = last.as_ref() {
+            if *n > arrived {
+                return result.clone();
+            }
+        }
+        let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let result = match tokio::time::timeout(RPC_TIMEOUT, node.raft.ensure_linearizable()).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("not confirmed: {e}")),
+            Err(_) => Err("not confirmed in time".to_string()),
+        };
+        *last = Some((n, result.clone()));
+        result
+    }
+}
+
+/// On the leader: a linearizable read (shared with concurrent confirmations, see
+/// [`ReadBarrier`]), then the lease check.
 pub(super) async fn confirm_lease(
-    node: &NodeHandle,
+    ctx: &ControlCtx,
     requester: NodeId,
     service: &str,
     site: &str,
     epoch: u64,
 ) -> Result<(), Refusal> {
-    if node.standing_back.load(std::sync::atomic::Ordering::Relaxed) {
+    let node = &ctx.node;
+    if node.standing_back.load(Ordering::Relaxed) {
         return Err(Refusal::NotConfirmed("this leader has no quorum and stands back".into()));
     }
-    match tokio::time::timeout(RPC_TIMEOUT, node.raft.ensure_linearizable()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(Refusal::NotConfirmed(format!("not confirmed: {e}"))),
-        Err(_) => return Err(Refusal::NotConfirmed("not confirmed in time".into())),
-    }
+    ctx.reads.confirm(node).await.map_err(Refusal::NotConfirmed)?;
     let member_site = node
         .raft
         .metrics()

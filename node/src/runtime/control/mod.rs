@@ -26,6 +26,8 @@ mod lease;
 mod report;
 mod service;
 
+pub(crate) use report::parse_verdict;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,6 +86,8 @@ pub struct ControlCtx {
     events: mpsc::Sender<Event>,
     /// Steps this node is running for the leader right now.
     steps_running: Arc<Mutex<HashSet<StepKey>>>,
+    /// The leader's linearizable reads for lease confirmations, shared.
+    reads: Arc<lease::ReadBarrier>,
 }
 
 /// A step run: service, workflow id, step index, attempt.
@@ -226,6 +230,7 @@ pub fn start(
         clock: parts.clock,
         events: events_tx,
         steps_running: Default::default(),
+        reads: Arc::default(),
         node,
     };
     let probes: Arc<dyn ProbeSource> = match parts.probes {

@@ -22,7 +22,7 @@ fn verdict_name(v: Verdict) -> &'static str {
     }
 }
 
-pub(super) fn parse_verdict(s: &str) -> Verdict {
+pub(crate) fn parse_verdict(s: &str) -> Verdict {
     match s {
         "healthy" => Verdict::Healthy,
         "unhealthy" => Verdict::Unhealthy,

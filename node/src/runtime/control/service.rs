@@ -113,9 +113,7 @@ impl Control for ControlService {
             };
             return Ok(Response::new(reply));
         }
-        let reply = match confirm_lease(&self.ctx.node, r.node_id, &r.service, &r.site, r.epoch)
-            .await
-        {
+        let reply = match confirm_lease(&self.ctx, r.node_id, &r.service, &r.site, r.epoch).await {
             Ok(()) => {
                 pb::RenewLeaseReply { granted: true, reason: String::new(), held_elsewhere: false }
             }

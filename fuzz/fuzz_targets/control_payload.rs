@@ -1,0 +1,6 @@
+//! `drover::fuzz::control_payload` under libFuzzer: must never panic, whatever the bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| drover::fuzz::control_payload(data));
