@@ -73,6 +73,8 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/drover.v1.Control/RunStep", Need::Member),
     ("/drover.v1.Control/RunVeto", Need::Member),
     ("/drover.v1.Control/FenceStatus", Need::Member),
+    // Asked by a member starting on an empty data dir, before any membership may exist here.
+    ("/drover.v1.Control/ClusterPresence", Need::Peer),
     // Reads.
     ("/drover.v1.Admin/Status", Need::Role(AdminRole::Viewer)),
     ("/drover.v1.Admin/History", Need::Role(AdminRole::Viewer)),

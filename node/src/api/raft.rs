@@ -212,6 +212,13 @@ impl RaftRpc for RaftService {
     }
 }
 
+/// This member's last log id as (term, index); (0, 0) for an empty log.
+pub(crate) fn last_log_of(node: &NodeHandle) -> (u64, u64) {
+    let metrics = node.raft.data_metrics();
+    let last = metrics.borrow().last_log;
+    last.map_or((0, 0), |l| (l.leader_id.term, l.index))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,11 +242,4 @@ mod tests {
         let err = check_terms(5, true, 6, [5, u64::MAX]).unwrap_err();
         assert!(err.contains("newer than its own term 6"), "{err}");
     }
-}
-
-/// This member's last log id as (term, index); (0, 0) for an empty log.
-pub(crate) fn last_log_of(node: &NodeHandle) -> (u64, u64) {
-    let metrics = node.raft.data_metrics();
-    let last = metrics.borrow().last_log;
-    last.map_or((0, 0), |l| (l.leader_id.term, l.index))
 }

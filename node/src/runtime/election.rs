@@ -160,21 +160,18 @@ async fn election_loop(
                         use futures::stream::StreamExt;
                         let mut asks: futures::stream::FuturesUnordered<_> = peers
                             .into_iter()
-                            .map(|(id, mut c)| {
-                                let req = req.clone();
-                                async move {
-                                    match tokio::time::timeout(deadline, c.pre_vote(req)).await {
-                                        Ok(Ok(r)) if r.get_ref().granted => true,
-                                        Ok(Ok(r)) => {
-                                            debug!(
-                                                voter = id,
-                                                "pre-vote refused: {}",
-                                                r.get_ref().reason
-                                            );
-                                            false
-                                        }
-                                        _ => false,
+                            .map(|(id, mut c)| async move {
+                                match tokio::time::timeout(deadline, c.pre_vote(req)).await {
+                                    Ok(Ok(r)) if r.get_ref().granted => true,
+                                    Ok(Ok(r)) => {
+                                        debug!(
+                                            voter = id,
+                                            "pre-vote refused: {}",
+                                            r.get_ref().reason
+                                        );
+                                        false
                                     }
+                                    _ => false,
                                 }
                             })
                             .collect();

@@ -194,7 +194,10 @@ impl Control for ControlService {
         &self,
         req: Request<pb::PresenceRequest>,
     ) -> Result<Response<pb::PresenceReply>, Status> {
+        let caller = caller_of(&req)?;
         let asker = req.into_inner().node_id;
+        let method = "/drover.v1.Control/ClusterPresence";
+        self.ctx.node.authz.same_member(&caller, method, "node_id", asker)?;
         let metrics = self.ctx.node.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let asker_is_voter = membership.voter_ids().any(|id| id == asker);
