@@ -158,6 +158,15 @@ fn call(r: &Rogue, method: &str, me: NodeId) -> Result<(), Status> {
             };
             r.call(|ch| async move { C::new(ch).run_veto(req).await }).map(ok)
         }
+        "/drover.v1.Raft/PreVote" => {
+            let req =
+                pb::PreVoteRequest { candidate: me, term: 1, last_log_term: 0, last_log_index: 0 };
+            r.call(|ch| async move { R::new(ch).pre_vote(req).await }).map(ok)
+        }
+        "/drover.v1.Control/ClusterPresence" => {
+            let req = pb::PresenceRequest { node_id: me };
+            r.call(|ch| async move { C::new(ch).cluster_presence(req).await }).map(ok)
+        }
         "/drover.v1.Control/FenceStatus" => {
             let req = pb::FenceStatusRequest {
                 spec_version: 999,
