@@ -246,7 +246,7 @@ impl Sites {
         let table = format!("drover_cut_{}", to.replace('-', "_"));
         let rules = format!(
             "table inet {table} {{ chain out {{ type filter hook output priority 0; \
-             ip daddr {to_net} drop; }} }}"
+             ip daddr {to_net} drop; }}; }}"
         );
         let out = run_with_deadline(
             Command::new("ip").args(["netns", "exec", &ns, "nft", &rules]),

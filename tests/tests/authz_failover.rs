@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use drover_tests::rogue::{pb, Creds, Rogue};
-use drover_tests::{steps, unix_ms, AppSite, Apps, Cluster, NodeId, Rig, LEADER_TIMEOUT, SERVICE};
+use drover_tests::{steps, unix_ms, Cluster, NodeId, Rig, LEADER_TIMEOUT, SERVICE};
 use tonic::Code;
 
 const PROTECTING_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,15 +20,7 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_secs(45);
 const FORGING: Duration = Duration::from_secs(10);
 
 fn rig(test: &str) -> Rig {
-    let mut c = Cluster::builder(test).two_sites_and_witness().build();
-    let sites = vec![
-        AppSite { site: "prod".into(), addr: c.loopback_addr(100), netns: None },
-        AppSite { site: "dr".into(), addr: c.loopback_addr(101), netns: None },
-    ];
-    let apps = Apps::new(&c.root().join("apps"), &c.bins().node, sites, None);
-    c.start();
-    c.wait_for_leader(LEADER_TIMEOUT);
-    Rig::new(c, apps)
+    Rig::loopback(test)
 }
 
 fn rogue(c: &Cluster, target: NodeId, creds: &Creds) -> Rogue {
