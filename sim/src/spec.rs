@@ -45,7 +45,7 @@ impl Default for SimPolicy {
 impl SimPolicy {
     /// A policy within the ranges an operator is told are safe (DESIGN.md 6: the lease must
     /// outlast an election, a renewal round and an RPC deadline, so no `lease_ttl` below the
-    /// node's 6 s default): `down_after` 2-8 s, `up_after` `down_after` + 0-4 s, `lease_ttl`
+    /// node's 7.5 s floor at the default Raft timings): `down_after` 2-8 s, `up_after` `down_after` + 0-4 s, `lease_ttl`
     /// 6-30 s, `self_fence_grace` 2-4 s, whole 500 ms steps.
     pub fn choose(rng: &mut SimRng) -> SimPolicy {
         let half_secs = |rng: &mut SimRng, lo: u64, hi: u64| {
@@ -55,7 +55,7 @@ impl SimPolicy {
         SimPolicy {
             down_after,
             up_after: down_after + half_secs(rng, 0, 4),
-            lease_ttl: half_secs(rng, 6, 30),
+            lease_ttl: half_secs(rng, 8, 30),
             self_fence_grace: half_secs(rng, 2, 4),
             activate_warmup: None,
         }

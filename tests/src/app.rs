@@ -315,7 +315,7 @@ fn parse_ledger_line(line: &str) -> LedgerLine {
 
 /// The part of the failover tests' cluster spec before the runbooks: sites prod, dr and
 /// witness; one service `webshop` active in prod with an http check per site (interval 500ms,
-/// timeout 400ms) and fast policies (down_after 2s, up_after 5s, lease_ttl 5s,
+/// timeout 400ms) and fast policies (down_after 2s, up_after 5s, lease_ttl 8s,
 /// self_fence_grace 2s, auto commit). Append `[[service.runbook...]]` tables to it.
 pub fn failover_spec_head(apps: &Apps) -> String {
     let mut checks = String::new();
@@ -338,7 +338,7 @@ witness = true
 [policy]
 down_after = "2s"
 up_after = "5s"
-lease_ttl = "5s"
+lease_ttl = "8s"
 max_clock_drift = 0.01
 self_fence_grace = "2s"
 cooldown = "30m"

@@ -19,8 +19,8 @@ use drover_tests::netns::{have_nft, require_netns, Sites};
 use drover_tests::{failover_spec, unix_ms, NodeId, Rig, LEADER_TIMEOUT};
 
 const PROTECTING_TIMEOUT: Duration = Duration::from_secs(30);
-/// The failover spec's lease_ttl (5s) twice: a lease that was going to run out has.
-const TWICE_THE_LEASE: Duration = Duration::from_secs(10);
+/// The failover spec's lease_ttl (8s) twice: a lease that was going to run out has.
+const TWICE_THE_LEASE: Duration = Duration::from_secs(16);
 
 /// Fails unless, since `since_ms`, drover ran no runbook step (the ledger has only the
 /// harness's lines) and the service is still protecting in prod at epoch 1.
@@ -132,7 +132,7 @@ fn stalled_prod_members_neither_depose_the_leader_nor_fail_over() {
     let mut r = Rig::loopback("stalled_prod_members_neither_depose_the_leader_nor_fail_over");
     // A 6 s stall is well inside a 15 s lease and shorter than down_after.
     let spec = failover_spec(&r.apps)
-        .replace("lease_ttl = \"5s\"", "lease_ttl = \"15s\"")
+        .replace("lease_ttl = \"8s\"", "lease_ttl = \"15s\"")
         .replace("down_after = \"2s\"", "down_after = \"10s\"")
         .replace("up_after = \"5s\"", "up_after = \"10s\"");
     protecting_rig(&mut r, &spec);

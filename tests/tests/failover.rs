@@ -1,6 +1,6 @@
 //! Unplanned failover of a real service on loopback: 2 prod + 2 dr controllers and a witness,
 //! a stand-in application per site started and stopped by a runbook script that keeps a
-//! ledger (see `drover_tests::Apps`), fast policies (down_after 2s, up_after 5s, lease_ttl 5s,
+//! ledger (see `drover_tests::Apps`), fast policies (down_after 2s, up_after 5s, lease_ttl 8s,
 //! self_fence_grace 2s, checks every 500ms).
 //!
 //! What a user relies on: prod is fenced before dr starts (DESIGN 6, S2), each step runs on

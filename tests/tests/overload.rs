@@ -47,7 +47,7 @@ witness = true
 [policy]
 down_after = "2s"
 up_after = "5s"
-lease_ttl = "6s"
+lease_ttl = "8s"
 max_clock_drift = 0.01
 self_fence_grace = "2s"
 cooldown = "30m"

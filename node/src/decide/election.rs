@@ -71,13 +71,14 @@ impl ElectionTimings {
         self.grant_after() + self.max_jitter() + ELECTION_ROUNDS
     }
 
-    /// The shortest `lease_ttl` that outlasts a leader change: [`Self::max_leader_change`]
-    /// plus one quick renewal retry (250 ms) and its round trip, and the lease loop's early
-    /// check (together 500 ms). A holder's last confirmed renewal may have been sent just
-    /// before the leader died; its lease must still run when the new leader first confirms
-    /// one. 5 s at the defaults; 5.65 s with 150 ms heartbeats and 1.5–3 s election timeouts.
+    /// The shortest `lease_ttl` that outlasts a leader change. Renewals go out every
+    /// `lease_ttl / 3`, so the newest confirmed one may be a third of the lease old when the
+    /// leader dies; the remaining two thirds must cover [`Self::max_leader_change`] plus one
+    /// quick renewal retry (250 ms), its round trip and the lease loop's early check (together
+    /// 500 ms): `lease_ttl >= 3/2 × (max_leader_change + 500 ms)`. 7.5 s at the defaults;
+    /// 8.48 s with 150 ms heartbeats and 1.5–3 s election timeouts.
     pub fn min_lease_ttl(&self) -> Duration {
-        self.max_leader_change() + Duration::from_millis(500)
+        (self.max_leader_change() + Duration::from_millis(500)) * 3 / 2
     }
 }
 
@@ -336,7 +337,7 @@ mod tests {
     fn bounds_at_the_defaults() {
         assert_eq!(timings().grant_after(), Duration::from_millis(2100));
         assert_eq!(timings().max_leader_change(), Duration::from_millis(3600));
-        assert_eq!(timings().min_lease_ttl(), Duration::from_millis(4100));
+        assert_eq!(timings().min_lease_ttl(), Duration::from_millis(6150));
     }
 
     #[test]

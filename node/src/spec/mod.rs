@@ -107,7 +107,7 @@ impl Default for Policy {
         Policy {
             down_after: Duration::from_secs(3),
             up_after: Duration::from_secs(30),
-            lease_ttl: Duration::from_secs(6),
+            lease_ttl: Duration::from_secs(8),
             max_clock_drift: 0.01,
             self_fence_grace: Duration::from_secs(3),
             cooldown: Duration::from_secs(30 * 60),

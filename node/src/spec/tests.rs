@@ -33,7 +33,8 @@ fn example_parses_and_validates() {
     let spec = example();
     assert_eq!(spec.active_capable_sites().collect::<Vec<_>>(), ["prod", "dr"]);
     assert_eq!(spec.witness_site(), Some("witness"));
-    assert_eq!(spec.policy, Policy::default());
+    // The example spells out the defaults, but for a shorter lease (it predates the 8s default).
+    assert_eq!(spec.policy, Policy { lease_ttl: Duration::from_secs(6), ..Policy::default() });
     let svc = spec.service("file-transfer").unwrap();
     assert_eq!(svc.initial_active, "prod");
     assert_eq!(svc.max_lag_on_failover, Some(30.0));
@@ -665,21 +666,24 @@ fn timings_are_related_to_each_other_and_to_raft() {
 
     // lease_ttl against the Raft timings of node.toml (the defaults: 250ms, 1.25-2.5s).
     let raft = crate::config::RaftTimings::default().election();
-    assert_eq!(raft.min_lease_ttl(), Duration::from_secs(5));
-    assert!(check_against_raft_timings(&example(), &raft).is_empty(), "6s is enough");
+    assert_eq!(raft.min_lease_ttl(), Duration::from_millis(7500));
+    let enough =
+        parse_edit("lease_ttl = \"6s\"", "lease_ttl = \"8s\"").unwrap_or_else(|e| panic!("{e}"));
+    assert!(check_against_raft_timings(&enough, &raft).is_empty(), "8s is enough");
     for short in ["2s", "100ms"] {
         let spec = parse_edit("lease_ttl = \"6s\"", &format!("lease_ttl = \"{short}\""))
             .unwrap_or_else(|e| panic!("{e}"));
         let errors = check_against_raft_timings(&spec, &raft);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].key, "policy.lease_ttl");
-        assert!(errors[0].reason.contains("Use at least 5s"), "{}", errors[0].reason);
+        assert!(errors[0].reason.contains("Use at least 7"), "{}", errors[0].reason);
     }
-    let spec = parse_edit(
+    let text = EXAMPLE.replacen("lease_ttl = \"6s\"", "lease_ttl = \"8s\"", 1).replacen(
         "max_lag_on_failover = 30",
         "max_lag_on_failover = 30\npolicy = { lease_ttl = \"3s\" }",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+        1,
+    );
+    let spec = parse(&text, "cluster.toml").unwrap_or_else(|e| panic!("{e}"));
     let errors = check_against_raft_timings(&spec, &raft);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].key, "service[0].policy.lease_ttl");

@@ -419,7 +419,7 @@ fn cluster_toml(
     let policy = if default_policy {
         "# [policy]: all defaults\n"
     } else {
-        "[policy]\ndown_after = \"2s\"\nup_after = \"5s\"\nlease_ttl = \"5s\"\nmax_clock_drift = 0.01\nself_fence_grace = \"2s\"\ncooldown = \"30m\"\nauto_failover = true\ncommit = \"auto\"\n"
+        "[policy]\ndown_after = \"2s\"\nup_after = \"5s\"\nlease_ttl = \"8s\"\nmax_clock_drift = 0.01\nself_fence_grace = \"2s\"\ncooldown = \"30m\"\nauto_failover = true\ncommit = \"auto\"\n"
     };
     let mut checks = String::new();
     for (site, addr) in apps {
