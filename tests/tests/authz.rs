@@ -99,6 +99,10 @@ fn allowed(method: &str, who: Who) -> bool {
         "ConfigApply" | "AddMember" | "PromoteMember" | "RemoveMember" => 3,
         _ => 0,
     };
+    if method == "/drover.v1.Control/ClusterPresence" {
+        // Asked by a former member before it rejoins: any node certificate of the cluster CA.
+        return matches!(who, Who::Member | Who::NonMember);
+    }
     match who {
         Who::Member => peer,
         Who::Viewer => !peer && need <= 1,

@@ -43,6 +43,9 @@ pub enum Need {
     Peer,
     /// A node certificate of a current member.
     Member,
+    /// Any node certificate of the cluster CA, member or not (a former member asking, before
+    /// it rejoins, whether a cluster has formed).
+    Node,
     /// An admin certificate with at least this role.
     Role(AdminRole),
 }
@@ -50,6 +53,7 @@ pub enum Need {
 impl Need {
     fn describe(self) -> String {
         match self {
+            Need::Node => "a node certificate (drover://node/<name>)".into(),
             Need::Peer | Need::Member => {
                 "a node certificate (drover://node/<name>) of a current member".into()
             }
@@ -74,7 +78,7 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/drover.v1.Control/RunVeto", Need::Member),
     ("/drover.v1.Control/FenceStatus", Need::Member),
     // Asked by a member starting on an empty data dir, before any membership may exist here.
-    ("/drover.v1.Control/ClusterPresence", Need::Peer),
+    ("/drover.v1.Control/ClusterPresence", Need::Node),
     // Reads.
     ("/drover.v1.Admin/Status", Need::Role(AdminRole::Viewer)),
     ("/drover.v1.Admin/History", Need::Role(AdminRole::Viewer)),
@@ -169,6 +173,10 @@ pub fn decide(
                 )),
                 None => Err(deny(need.describe(), format!("{identity}, which is not a member"))),
             }
+        }
+        (Need::Node, PeerIdentity::Node { name }) => {
+            let id = members.iter().find(|(_, n)| n == name).map(|(id, _)| *id);
+            Ok(Caller::Member { id, name: name.clone() })
         }
         (Need::Role(needed), PeerIdentity::Admin { user, role }) if *role >= needed => {
             Ok(Caller::Admin { user: user.clone(), role: *role })

@@ -49,7 +49,7 @@ fn members_call_raft_and_control_as_themselves_only() {
     for (method, need) in METHODS {
         let got = decide(method, Some(&node("dr-1")), &members());
         match need {
-            Need::Peer | Need::Member => {
+            Need::Peer | Need::Member | Need::Node => {
                 assert_eq!(got, Ok(Caller::Member { id: Some(2), name: "dr-1".into() }))
             }
             Need::Role(_) => {
@@ -58,8 +58,13 @@ fn members_call_raft_and_control_as_themselves_only() {
                 assert!(d.needed.contains("admin certificate"), "{d:?}");
             }
         }
-        // A node certificate of someone who is not a member gets nothing.
-        let d = decide(method, Some(&node("dr-9")), &members()).unwrap_err();
+        // A node certificate of someone who is not a member gets nothing but ClusterPresence.
+        let other = decide(method, Some(&node("dr-9")), &members());
+        if *need == Need::Node {
+            assert_eq!(other, Ok(Caller::Member { id: None, name: "dr-9".into() }));
+            continue;
+        }
+        let d = other.unwrap_err();
         assert!(d.status().message().contains(method), "{d:?}");
     }
 }
