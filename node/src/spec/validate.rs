@@ -96,16 +96,6 @@ impl Validator {
     fn sites(&mut self, raw: &[raw::Site]) -> Vec<Site> {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         let mut out = Vec::new();
-        if raw.len() > MAX_SERVICES {
-            self.err(
-                "service",
-                format!(
-                    "{} services; a cluster protects at most {MAX_SERVICES} (the tested \
-                     maximum): split them over several clusters",
-                    raw.len()
-                ),
-            );
-        }
         for (i, s) in raw.iter().enumerate() {
             let key = format!("site[{i}].name");
             if let Err(r) = check_name(&s.name) {
