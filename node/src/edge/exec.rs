@@ -8,6 +8,11 @@
 //! its stdout or stderr open (`nohup app &`), reading stops after [`DRAIN_GRACE`] instead of
 //! waiting for that process to end; the background process is left alone.
 //!
+//! The child also dies with the node (`PR_SET_PDEATHSIG`): a step whose controller was killed
+//! mid-step would otherwise go on unsupervised, past its timeout, while the leader reroutes the
+//! step to another member of the site. What the child left in the background survives (the
+//! death signal is not inherited across fork).
+//!
 //! [`run_with_stdin`] also feeds the child a few bytes on stdin (a fence agent's `key=value`
 //! lines), written while it runs and then closed, all within the same timeout.
 
@@ -114,6 +119,17 @@ async fn run_inner(spec: ExecSpec<'_>, input: Option<&[u8]>) -> Result<ExecOutco
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe and nothing else runs between fork and exec. The
+    // signal follows the thread that forked: a runtime worker thread, alive as long as the node.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let started = Instant::now();
     let mut child =
         cmd.spawn().map_err(|err| ExecError::Spawn { program: program.clone(), err })?;
