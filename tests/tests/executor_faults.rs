@@ -28,7 +28,7 @@ fn running_start_step(site: &str) -> Option<String> {
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let is_step = args.iter().any(|a| a.ends_with(b"app.sh"))
             && args.iter().any(|a| *a == b"start")
-            && args.iter().any(|a| *a == site.as_bytes());
+            && args.contains(&site.as_bytes());
         if !is_step {
             continue;
         }
@@ -73,7 +73,7 @@ fn an_executor_killed_mid_step_costs_no_attempt_and_the_failover_completes() {
         .map(|l| l.by)
         .collect();
     // The killed member's step died with it (it would otherwise finish unsupervised).
-    if started_by.is_empty() || started_by.iter().any(|by| *by == executor) {
+    if started_by.is_empty() || started_by.contains(&executor) {
         r.fail(format!(
             "dr must have been started by a member other than the killed {executor}, and the \
              killed member's step must have died with it: ledger `start dr` lines by \
