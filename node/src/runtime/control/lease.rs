@@ -519,3 +519,60 @@ async fn self_fence(ctx: &ControlCtx, spec: &ClusterSpec, service: &str, epoch: 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(granted: bool, reason: &str) -> pb::LeaseRenewalResult {
+        pb::LeaseRenewalResult { granted, reason: reason.into() }
+    }
+
+    #[test]
+    fn a_confirmed_reply_answers_each_lease_in_order() {
+        let reply = pb::RenewLeasesReply {
+            confirmed: true,
+            reason: String::new(),
+            results: vec![result(true, ""), result(false, "site prod does not hold svc-b")],
+        };
+        match Batch::from_reply(reply, 2) {
+            Batch::Confirmed(r) => {
+                assert_eq!(r, vec![Ok(()), Err("site prod does not hold svc-b".to_string())])
+            }
+            Batch::Unknown => panic!("a confirmed reply of 2 results for 2 leases is an answer"),
+        }
+    }
+
+    #[test]
+    fn an_unconfirmed_or_mismatched_reply_is_no_answer() {
+        let unconfirmed = pb::RenewLeasesReply {
+            confirmed: false,
+            reason: "no quorum".into(),
+            results: vec![result(true, "")],
+        };
+        assert!(matches!(Batch::from_reply(unconfirmed, 1), Batch::Unknown));
+        // A refusal must never be applied to the wrong service: a short (or long) list of
+        // results is not read at all.
+        let short = pb::RenewLeasesReply {
+            confirmed: true,
+            reason: String::new(),
+            results: vec![result(false, "not held")],
+        };
+        assert!(matches!(Batch::from_reply(short.clone(), 2), Batch::Unknown));
+        assert!(matches!(Batch::from_reply(short, 0), Batch::Unknown));
+    }
+
+    #[test]
+    fn a_relay_passes_the_leaders_answer_on_unchanged() {
+        let answer = Batch::Confirmed(vec![Ok(()), Err("revoked".into())]);
+        let reply = answer.into_reply(|| unreachable!("confirmed"));
+        assert!(reply.confirmed);
+        match Batch::from_reply(reply, 2) {
+            Batch::Confirmed(r) => assert_eq!(r, vec![Ok(()), Err("revoked".to_string())]),
+            Batch::Unknown => panic!("lost in the relay"),
+        }
+        let reply = Batch::Unknown.into_reply(|| "the leader did not answer".into());
+        assert!(!reply.confirmed && reply.results.is_empty());
+        assert_eq!(reply.reason, "the leader did not answer");
+    }
+}
