@@ -54,7 +54,7 @@ pub fn control_payload(data: &[u8]) {
             let _ = crate::runtime::control::parse_verdict(&report.verdict);
         }
     }
-    let _ = pb::RenewLeaseRequest::decode(data);
+    let _ = pb::RenewLeasesRequest::decode(data);
     let _ = pb::RunStepRequest::decode(data);
     let _ = pb::RunVetoRequest::decode(data);
 }

@@ -466,9 +466,15 @@ impl Cluster {
         }
     }
 
-    /// Spawns the node's binary (`drover-node` or `drover-witness`) with `run --config`.
+    /// Spawns the node's binary (`drover-node` or `drover-witness`) with `run --config`; a
+    /// joiner with `--rejoin` too, as its operator would (a node without `initial_member`
+    /// starts on an empty data dir only with it; ignored once the data dir holds state).
     pub fn start_node(&mut self, id: NodeId) {
-        self.start_node_with(id, &[]);
+        if self.node(id).joins_later {
+            self.start_node_with(id, &["--rejoin"]);
+        } else {
+            self.start_node_with(id, &[]);
+        }
     }
 
     /// [`Cluster::start_node`] with extra arguments after `run --config <path>` (`--rejoin`).

@@ -132,15 +132,14 @@ fn call(r: &Rogue, method: &str, me: NodeId) -> Result<(), Status> {
             let req = pb::ProbeReports { observer: me, reports: Vec::new(), relayed: false };
             r.call(|ch| async move { C::new(ch).report_probes(req).await }).map(ok)
         }
-        "/drover.v1.Control/RenewLease" => {
-            let req = pb::RenewLeaseRequest {
+        "/drover.v1.Control/RenewLeases" => {
+            let req = pb::RenewLeasesRequest {
                 node_id: me,
-                service: "none".into(),
                 site: "none".into(),
-                epoch: 1,
+                leases: vec![pb::LeaseRenewal { service: "none".into(), epoch: 1 }],
                 relayed: false,
             };
-            r.call(|ch| async move { C::new(ch).renew_lease(req).await }).map(ok)
+            r.call(|ch| async move { C::new(ch).renew_leases(req).await }).map(ok)
         }
         "/drover.v1.Control/RunStep" => {
             let req = pb::RunStepRequest {

@@ -2,7 +2,8 @@
 //! file or one changed byte stops the node with one error naming the file and how to re-sync
 //! (exit code 3, no panic); an empty or deleted data dir on a former member is refused instead
 //! of bootstrapping a second history; `--rejoin` brings the node back as a fresh member
-//! through `droverctl member remove/add/promote`, and it catches up with the others.
+//! through `droverctl member remove/add/promote`, and it catches up with the others. The same
+//! holds for a member that joined with `droverctl member add` (no initial member list).
 
 use std::fs;
 use std::path::PathBuf;
@@ -146,6 +147,53 @@ fn run_ok(c: &mut Cluster, args: &[&str]) {
     }
 }
 
+/// `droverctl member add` of `id` as the controller `name` of site dr, retried until it
+/// succeeds (the node may still be starting).
+fn add_member(c: &mut Cluster, id: NodeId, name: &str) {
+    let (id_arg, addr) = (id.to_string(), c.grpc_addr(id).to_string());
+    c.wait_for(&format!("member add of {name}"), SETTLE, |c| {
+        let args = [
+            "member",
+            "add",
+            "--id",
+            &id_arg,
+            "--name",
+            name,
+            "--site",
+            "dr",
+            "--role",
+            "controller",
+            "--address",
+            &addr,
+        ];
+        let out = c.ctl(&args);
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out.describe())
+        }
+    });
+}
+
+/// Commits a note, waits for `id` to apply it, promotes `id` and waits until it is a voter.
+fn catch_up_and_promote(c: &mut Cluster, id: NodeId, name: &str) {
+    let (_, index) = c.wait_for("a note to commit", WRITE_TIMEOUT, |c| c.note_add("catch up"));
+    c.wait_for(&format!("{name} to apply index {index}"), CATCH_UP_TIMEOUT, |c| {
+        match c.metrics(id)?.get_u64("drover_raft_applied_index") {
+            Some(a) if a >= index => Ok(()),
+            other => Err(format!("drover_raft_applied_index = {other:?}")),
+        }
+    });
+    run_ok(c, &["member", "promote", &id.to_string()]);
+    c.wait_for(&format!("{name} to be a voter"), SETTLE, |c| {
+        let s = c.status_json()?;
+        match member(&s, id) {
+            Some(m) if m["membership"] == "voter" => Ok(()),
+            other => Err(format!("{name} entry {other:?}")),
+        }
+    });
+}
+
 #[test]
 fn former_member_with_lost_data_refuses_then_rejoins() {
     let (mut c, dr) = cluster_with_stopped_member("data_integrity_lost");
@@ -230,5 +278,67 @@ fn former_member_with_lost_data_refuses_then_rejoins() {
     let shown = format!("{:?}", records(&c, dr).unwrap_or_default());
     if !shown.contains(MARKER) {
         c.fail(format!("the history lost {MARKER:?}: {shown}"));
+    }
+}
+
+#[test]
+fn member_added_later_with_lost_data_refuses_then_rejoins() {
+    let mut c = Cluster::builder("data_integrity_joiner")
+        .node("prod-1", "prod", Role::Controller)
+        .node("dr-1", "dr", Role::Controller)
+        .node("witness", "witness", Role::Witness)
+        .joiner("dr-2", "dr", Role::Controller)
+        .build();
+    c.start();
+    c.wait_for_leader(LEADER_TIMEOUT);
+    let dr2 = c.id_of("dr-2");
+
+    // Its first start: no initial_member list and an empty data dir; without --rejoin it
+    // cannot tell that from lost data, and says so.
+    let refusal = ["lists no initial_member", "--rejoin", "droverctl member remove"];
+    expect_refusal(&mut c, dr2, "first start without --rejoin", &[], &refusal);
+
+    // With --rejoin (the harness passes it to joiners): added, caught up, promoted.
+    c.start_node(dr2);
+    add_member(&mut c, dr2, "dr-2");
+    catch_up_and_promote(&mut c, dr2, "dr-2");
+    let (_, index) = c.wait_for("a marker note to commit", WRITE_TIMEOUT, |c| c.note_add(MARKER));
+    c.wait_for(&format!("dr-2 to apply index {index}"), CATCH_UP_TIMEOUT, |c| {
+        match c.metrics(dr2)?.get_u64("drover_raft_applied_index") {
+            Some(a) if a >= index => Ok(()),
+            other => Err(format!("drover_raft_applied_index = {other:?}")),
+        }
+    });
+
+    // A voter now; its data dir is lost. Started as before (no flag), it refuses instead of
+    // being caught up under its old voter entry with its vote forgotten.
+    let status = c.terminate(dr2);
+    if status.code() != Some(0) {
+        c.fail(format!("dr-2 should exit 0 on SIGTERM, got {status}"));
+    }
+    fs::remove_dir_all(c.data_dir(dr2)).expect("delete the data dir");
+    expect_refusal(&mut c, dr2, "lost data dir, no --rejoin", &[], &refusal);
+    let status = c.status_json().unwrap_or_else(|e| c.fail(e));
+    match member(&status, dr2) {
+        Some(m) if m["membership"] == "voter" => {}
+        other => c.fail(format!("the refused dr-2 should still be listed as a voter: {other:?}")),
+    }
+
+    // The documented recovery: remove, start with --rejoin, add, promote; it holds the
+    // history again, marker included.
+    run_ok(&mut c, &["member", "remove", &dr2.to_string()]);
+    c.wait_for("dr-2 to be removed", SETTLE, |c| {
+        let s = c.status_json()?;
+        match member(&s, dr2) {
+            None => Ok(()),
+            Some(m) => Err(format!("still listed: {m}")),
+        }
+    });
+    c.start_node(dr2);
+    add_member(&mut c, dr2, "dr-2");
+    catch_up_and_promote(&mut c, dr2, "dr-2");
+    let v = c.ctl_json_at(dr2, &["history", "--limit", "1000"]).unwrap_or_else(|e| c.fail(e));
+    if !v.to_string().contains(MARKER) {
+        c.fail(format!("dr-2's history lost {MARKER:?}: {v}"));
     }
 }

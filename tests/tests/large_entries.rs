@@ -1,19 +1,25 @@
 //! Large log entries (issue 10): many applies of a large spec while a follower is down; when it
-//! comes back it must catch up. 34 applies of ~540 KB make ~18 MB of entries: without
-//! byte-bounded batches the leader's catch-up message is over the transport's 16 MiB limit,
-//! and the follower never catches up. (The issue used 20 applies of ~1 MB; with debug builds
-//! on a loaded 2-core machine, 1 MB entries and the test cluster's 100 ms heartbeats led to
-//! elections during the applies themselves, so the test uses half-size entries.)
+//! comes back it must catch up. The issue's input: 20 applies of a ~1 MB spec make ~20 MB of
+//! entries; without byte-bounded batches the leader's catch-up message is over the
+//! transport's 16 MiB limit, and the follower never catches up.
+//!
+//! Where it stands (debug builds, 2 shared cores at load 7-10): with ~50 KB specs the test
+//! passes (the follower catches up in 3 s); with ~540 KB or ~1 MB specs the applies
+//! themselves fail first. A follower takes 0.3-0.9 s to append one such entry (most of it the
+//! store's fsync) and answers the heartbeats queued behind it 0.2-0.45 s late, past
+//! openraft's 250 ms; applies commit every 5-8 s, and about every second one the leader finds
+//! no quorum answer for 2.5 s and stands back, until an apply finds no leader for 60 s.
 
 use std::time::{Duration, Instant};
 
 use drover_tests::{Cluster, LEADER_TIMEOUT};
 
 /// Applies made while the follower is down.
-const APPLIES: usize = 34;
-/// Services per spec and the size of each one's filler argument: ~540 KB in all.
+const APPLIES: usize = 20;
+/// Services per spec and the size of each one's filler argument: ~1 MB in all, under the
+/// 1 MiB spec limit.
 const SERVICES: usize = 120;
-const FILLER: usize = 4300;
+const FILLER: usize = 7900;
 /// The follower restarted, until it applied everything the leader committed.
 const CATCH_UP: Duration = Duration::from_secs(120);
 /// One apply of a ~1 MB spec (5 debug processes on 2 cores).
@@ -21,11 +27,12 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A spec of `SERVICES` services whose on_lease_lost step carries a `FILLER`-byte argument
 /// that differs with `round`, so every apply is a new version. Automatic failover is off: the
-/// checks point nowhere.
+/// checks point nowhere (`down_after` at least two of their intervals, as validation wants).
 fn big_spec(round: usize) -> String {
     let mut text = String::from(
         "[[site]]\nname = \"prod\"\n[[site]]\nname = \"dr\"\n[[site]]\nname = \"witness\"\n\
-         witness = true\n\n[policy]\nauto_failover = false\n",
+         witness = true\n\n[policy]\nauto_failover = false\ndown_after = \"30s\"\n\
+         up_after = \"30s\"\n",
     );
     let filler: String = (0..FILLER).map(|i| char::from(b'a' + ((i + round) % 26) as u8)).collect();
     for i in 0..SERVICES {
@@ -48,8 +55,9 @@ fn applied_index(c: &Cluster, id: u64) -> Result<u64, String> {
 }
 
 #[test]
-#[ignore = "not passing yet: with debug builds on 2 shared cores, elections start during the \
-            applies of ~540 KB entries (about the 7th); run with --ignored to work on it"]
+#[ignore = "not passing yet: on 2 shared cores (load 8-9, debug builds) each ~1 MB apply made the \
+            leader stand back (no quorum answer for 2.5 s), and applies 4 and 7 found no leader \
+            for 60 s; the catch-up itself was not reached. Run with --run-ignored all"]
 fn a_follower_catches_up_after_many_large_entries() {
     let mut c = Cluster::builder("large_entries").two_sites_and_witness().build();
     c.start();
@@ -62,7 +70,7 @@ fn a_follower_catches_up_after_many_large_entries() {
     let path = c.root().join("cluster.toml");
     for round in 0..APPLIES {
         let text = big_spec(round);
-        assert!(text.len() > 500_000 && text.len() < 1_000_000, "spec is {} bytes", text.len());
+        assert!(text.len() > 950_000 && text.len() < 1 << 20, "spec is {} bytes", text.len());
         std::fs::write(&path, text).unwrap();
         let p = path.to_string_lossy().into_owned();
         c.wait_for(&format!("apply {} of {APPLIES}", round + 1), APPLY_TIMEOUT, |c| {

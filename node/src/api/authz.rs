@@ -73,10 +73,10 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/drover.v1.Raft/PreVote", Need::Peer),
     // Members working together on failovers.
     ("/drover.v1.Control/ReportProbes", Need::Member),
-    ("/drover.v1.Control/RenewLease", Need::Member),
     ("/drover.v1.Control/RunStep", Need::Member),
     ("/drover.v1.Control/RunVeto", Need::Member),
     ("/drover.v1.Control/FenceStatus", Need::Member),
+    ("/drover.v1.Control/RenewLeases", Need::Member),
     // Asked by a member starting on an empty data dir, before any membership may exist here.
     ("/drover.v1.Control/ClusterPresence", Need::Node),
     // Reads.

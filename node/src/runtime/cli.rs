@@ -29,8 +29,8 @@ pub struct RunArgs {
     pub daemon: DaemonArgs,
     /// With an empty data dir, join the existing cluster as a fresh member (after 'droverctl
     /// member remove' of this node's old entry) instead of refusing to start; then add it
-    /// with 'droverctl member add' and 'droverctl member promote'. Ignored when the data dir
-    /// holds state.
+    /// with 'droverctl member add' and 'droverctl member promote'. Also the first start of a
+    /// new member (a node.toml without initial_member). Ignored when the data dir holds state.
     #[arg(long)]
     pub rejoin: bool,
 }

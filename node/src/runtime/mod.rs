@@ -12,7 +12,9 @@
 //! initial member does the same with the same list, which openraft accepts exactly once. Later
 //! starts ignore the list: the data dir is the truth. Before that first proposal the node asks
 //! its peers whether a cluster has already formed ([`presence`]): an empty data dir in a formed
-//! cluster means lost data, and the node refuses to start unless told `--rejoin`. Shutdown stops Raft first (so nothing is
+//! cluster means lost data, and the node refuses to start unless told `--rejoin`. A node with
+//! no initial member list (added with `droverctl member add`) knows no peer to ask: with an
+//! empty data dir it starts only with `--rejoin`. Shutdown stops Raft first (so nothing is
 //! acknowledged after it), then the listeners.
 
 pub mod cli;
@@ -89,7 +91,8 @@ impl RuntimeError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StartOptions {
     /// `--rejoin`: with an empty data dir, join the existing cluster as a fresh member
-    /// (through `droverctl member add`) instead of refusing to start.
+    /// (through `droverctl member add`) instead of refusing to start. Needed for the first
+    /// start of a node with no `initial_member` list too.
     pub rejoin: bool,
 }
 
@@ -126,7 +129,11 @@ pub async fn run(
     // never answers a vote with its vote forgotten.
     let plan = if store::is_pristine(&stores.0)? {
         if cfg.initial_members.is_empty() {
-            Some(presence::StartPlan::Join)
+            let data_dir = cfg.data_dir.display().to_string();
+            let plan = presence::plan_without_peers(cfg.id, options.rejoin, &data_dir).map_err(
+                |refusal| RuntimeError::Refused { config: config_name.clone(), refusal },
+            )?;
+            Some(plan)
         } else {
             info!(
                 peers = cfg.initial_members.len().saturating_sub(1),

@@ -21,8 +21,13 @@
 //! answer, since every one of them asks before serving) and bootstrap as before. The rule
 //! cannot tell a lost data dir from a first start that comes after the others formed the
 //! cluster; both are refused, and both are safe to bring in through `--rejoin` after
-//! `droverctl member remove`. A node with no `initial_member` list never bootstraps, so it is
-//! not checked.
+//! `droverctl member remove`.
+//!
+//! A node with no `initial_member` list (one brought in with `droverctl member add`) never
+//! bootstraps, but knows no peer to ask either, and a member that joined that way and lost its
+//! data would otherwise be caught up by the leader under its old entry, vote forgotten. So
+//! its empty data dir is refused too unless `--rejoin` says it joins as a fresh member (a new
+//! member's first start, or a lost one after `droverctl member remove`): [`plan_without_peers`].
 
 use std::time::Duration;
 
@@ -97,6 +102,23 @@ pub enum Refusal {
         /// The peer that lists it.
         peer: String,
     },
+    /// No `initial_member` list (a member added with `droverctl member add`), an empty data
+    /// dir, and no `--rejoin`: a new member, or one that lost its data; the node cannot tell.
+    #[error(
+        "the data dir {data_dir} is empty and node.toml lists no initial_member, so this node \
+         joins through 'droverctl member add'; without --rejoin it will not start on an empty \
+         data dir, since a member that lost its data would be caught up under its old entry with \
+         its vote forgotten. If it was a member: 'droverctl member remove {id}' (if listed), then \
+         start it with 'drover-node run --rejoin', then 'droverctl member add' and 'droverctl \
+         member promote {id}' (see docs/operations.md, \"Recovering a node's data\"). If it is a \
+         new member: start it with --rejoin, then 'droverctl member add'"
+    )]
+    JoinWithoutRejoin {
+        /// This node's id.
+        id: NodeId,
+        /// The empty data dir.
+        data_dir: String,
+    },
     /// `--rejoin`, but no peer answered with a formed cluster.
     #[error(
         "--rejoin: no initial member answered with a formed cluster within {}s ({answers}); \
@@ -138,6 +160,16 @@ pub fn plan(id: NodeId, rejoin: bool, answers: &[PeerAnswer]) -> Result<StartPla
         return Err(Refusal::NoCluster { answers });
     }
     Ok(StartPlan::Join)
+}
+
+/// Decides how a node with a pristine store and no `initial_member` list starts: it joins
+/// only when told `--rejoin` ([`Refusal::JoinWithoutRejoin`] otherwise, naming `data_dir`).
+pub fn plan_without_peers(id: NodeId, rejoin: bool, data_dir: &str) -> Result<StartPlan, Refusal> {
+    if rejoin {
+        Ok(StartPlan::Join)
+    } else {
+        Err(Refusal::JoinWithoutRejoin { id, data_dir: data_dir.to_owned() })
+    }
 }
 
 /// Asks every initial member other than `id` whether a cluster has formed, in parallel, each
@@ -215,6 +247,20 @@ mod tests {
     fn rejoin_joins_a_formed_cluster_that_no_longer_lists_the_node() {
         let answers = [answer("a", true, false), silent("b")];
         assert_eq!(plan(3, true, &answers), Ok(StartPlan::Join));
+    }
+
+    #[test]
+    fn a_member_added_later_joins_on_an_empty_data_dir_only_with_rejoin() {
+        assert_eq!(plan_without_peers(7, true, "/var/lib/drover"), Ok(StartPlan::Join));
+        match plan_without_peers(7, false, "/var/lib/drover") {
+            Err(e @ Refusal::JoinWithoutRejoin { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("/var/lib/drover is empty"), "{msg}");
+                assert!(msg.contains("droverctl member remove 7"), "{msg}");
+                assert!(msg.contains("drover-node run --rejoin"), "{msg}");
+            }
+            other => panic!("expected JoinWithoutRejoin, got {other:?}"),
+        }
     }
 
     #[test]

@@ -711,5 +711,5 @@ fn the_number_of_services_is_bounded() {
     let at_max = parse(&many_services(MAX_SERVICES), "cluster.toml");
     assert_eq!(at_max.unwrap_or_else(|e| panic!("{e}")).services.len(), MAX_SERVICES);
     let over = parse(&many_services(MAX_SERVICES + 1), "cluster.toml");
-    assert_error(&over, "service", "121 services; a cluster protects at most 120");
+    assert_error(&over, "service", "301 services; a cluster protects at most 300");
 }

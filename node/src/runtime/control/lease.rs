@@ -1,7 +1,17 @@
 //! Leases, holder side: each controller of the site holding a service's lease renews it
 //! (measured from the send), through relays when the leader does not answer, and runs the
-//! site's on_lease_lost runbook when it cannot. Leader side: `confirm_lease`, a linearizable
+//! site's on_lease_lost runbook when it cannot. Leader side: `confirm_leases`, a linearizable
 //! read and the holder check.
+//!
+//! ```text
+//!  lease loop (every LEASE_TICK) ── any lease due? ──▶ one RenewLeases per round, carrying
+//!        ▲                                              every lease this node holds
+//!        │                                                   │ leader (or relays)
+//!        └──── per-service results (granted / refused) ◀── one read barrier for the batch
+//! ```
+//!
+//! One request per node and round, whatever the number of services: with one per service,
+//! a few hundred services made the leader's queue of renewals longer than a lease.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +28,7 @@ use crate::api::NodeHandle;
 use crate::consensus::state::control::LeaseTerms;
 use crate::consensus::types::{Member, NodeId};
 use crate::decide::{HolderLease, LeaseParams, MonoTime};
+use crate::spec::{ClusterSpec, Phase, MAX_SERVICES};
 
 /// After a renewal that was not confirmed, the next one goes out this soon.
 const RENEW_RETRY: Duration = Duration::from_millis(250);
@@ -25,7 +36,16 @@ const RENEW_RETRY: Duration = Duration::from_millis(250);
 const MAX_RENEWALS_IN_FLIGHT: usize = 4;
 /// A leader heard from (AppendEntries) within this is asked alone first.
 const LEADER_HEARD_LATELY: Duration = Duration::from_secs(1);
-use crate::spec::{ClusterSpec, Phase};
+/// Leases one `RenewLeases` request carries at most: one per service of the largest spec.
+pub(super) const MAX_RENEWALS_PER_REQUEST: usize = MAX_SERVICES;
+
+/// A renewal round's answer, for the lease loop: the leases asked for (service, epoch), when
+/// the round was sent, and what the cluster said.
+struct Round {
+    leases: Vec<(String, u64)>,
+    sent_at: MonoTime,
+    answer: Batch,
+}
 
 /// Per service: this node's view of its site's lease.
 struct Holding {
@@ -71,26 +91,34 @@ impl Holding {
 /// Keeps the lease of this node's site while it is active, and self-fences when it cannot.
 pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
     let mut holdings: BTreeMap<String, Holding> = BTreeMap::new();
-    let (tx, mut rx) = mpsc::channel::<(String, u64, MonoTime, Renewal)>(64);
+    let (tx, mut rx) = mpsc::channel::<Round>(64);
     let mut tick = tokio::time::interval(LEASE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            Some((service, epoch, sent_at, renewal)) = rx.recv() => {
-                if let Some(h) = holdings.get_mut(&service).filter(|h| h.epoch == epoch) {
+            Some(round) = rx.recv() => {
+                let answers: Vec<Option<Result<(), String>>> = match round.answer {
+                    Batch::Confirmed(results) => results.into_iter().map(Some).collect(),
+                    Batch::Unknown => vec![None; round.leases.len()],
+                };
+                for ((service, epoch), answer) in round.leases.into_iter().zip(answers) {
+                    let Some(h) = holdings.get_mut(&service).filter(|h| h.epoch == epoch) else {
+                        continue;
+                    };
                     h.in_flight = h.in_flight.saturating_sub(1);
-                    h.unconfirmed = !matches!(renewal, Renewal::Granted);
-                    match renewal {
-                        Renewal::Granted => {
-                            h.lease.on_renew_confirmed(sent_at);
+                    h.unconfirmed = !matches!(answer, Some(Ok(())));
+                    match answer {
+                        Some(Ok(())) => {
+                            h.lease.on_renew_confirmed(round.sent_at);
                         }
                         // The leader read the committed state and says this site does not
                         // hold the lease: stop serving now (DESIGN.md 6).
-                        Renewal::Refused(why) => {
-                            spawn_self_fence(&ctx, &service, epoch, format!("the cluster refused the lease renewal: {why}"));
+                        Some(Err(why)) => {
+                            let why = format!("the cluster refused the lease renewal: {why}");
+                            spawn_self_fence(&ctx, &service, epoch, why);
                         }
-                        Renewal::Unknown => {}
+                        None => {}
                     }
                 }
                 continue;
@@ -121,6 +149,10 @@ pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>)
         });
         let Some(leases) = leases else { continue };
         let mut believed = BTreeMap::new();
+        // This round's renewals: every lease held (with room in flight), sent together as soon
+        // as any one of them is due, so all of a node's leases keep one schedule.
+        let mut round: Vec<(String, u64)> = Vec::new();
+        let mut round_due = false;
         for (service, terms, ours) in &leases {
             let (params, ours) = (LeaseParams::from(*terms), *ours);
             let already_fenced =
@@ -136,11 +168,9 @@ pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>)
                     if already_fenced == Some(epoch) {
                         continue;
                     }
-                    if h.renewal_due(now) {
-                        h.last_sent = Some(now);
-                        h.in_flight += 1;
-                        h.lease.on_renew_sent(now);
-                        tokio::spawn(renew(ctx.clone(), service.clone(), epoch, now, tx.clone()));
+                    round_due |= h.renewal_due(now);
+                    if h.in_flight < MAX_RENEWALS_IN_FLIGHT {
+                        round.push((service.clone(), epoch));
                     }
                     // Checked one tick early, so the loop's period never makes a node fence late.
                     let soon = now.saturating_add(LEASE_TICK);
@@ -169,41 +199,51 @@ pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>)
                 }
             }
         }
+        if round_due && !round.is_empty() {
+            for (service, _) in &round {
+                if let Some(h) = holdings.get_mut(service) {
+                    h.last_sent = Some(now);
+                    h.in_flight += 1;
+                    h.lease.on_renew_sent(now);
+                }
+            }
+            tokio::spawn(renew(ctx.clone(), round, now, tx.clone()));
+        }
         if let Ok(mut leases) = ctx.node.leases.lock() {
             *leases = believed;
         }
     }
 }
 
-/// Asks the leader (or this node, when leading) to confirm the lease. When the leader has not
-/// been heard from lately (this node may be cut from it while others still reach it: a
-/// witness or a leader in the other site), other members are asked at the same time to relay
-/// it; otherwise they are asked only after the leader did not answer. The first conclusive
-/// answer counts. The lease counts from `sent_at` whatever the path, so a relay only ever
-/// makes it shorter.
+/// Asks the leader (or this node, when leading) to confirm the leases of `round`, in one
+/// request. When the leader has not been heard from lately (this node may be cut from it while
+/// others still reach it: a witness or a leader in the other site), other members are asked at
+/// the same time to relay it; otherwise they are asked only after the leader did not answer.
+/// The first conclusive answer counts. The leases count from `sent_at` whatever the path, so a
+/// relay only ever makes them shorter.
 async fn renew(
     ctx: ControlCtx,
-    service: String,
-    epoch: u64,
+    round: Vec<(String, u64)>,
     sent_at: MonoTime,
-    tx: mpsc::Sender<(String, u64, MonoTime, Renewal)>,
+    tx: mpsc::Sender<Round>,
 ) {
-    let req = pb::RenewLeaseRequest {
+    let req = pb::RenewLeasesRequest {
         node_id: ctx.node.id,
-        service: service.clone(),
         site: ctx.site.clone(),
-        epoch,
+        leases: round
+            .iter()
+            .map(|(service, epoch)| pb::LeaseRenewal { service: service.clone(), epoch: *epoch })
+            .collect(),
         relayed: false,
     };
     let leader = leader_of(&ctx.node);
-    let renewal = match leader {
+    let answer = match leader {
         Some((leader, _)) if leader == ctx.node.id => {
-            match confirm_lease(&ctx, ctx.node.id, &service, &ctx.site, epoch).await {
-                Ok(()) => Renewal::Granted,
-                Err(Refusal::NotHeld(why)) => Renewal::Refused(why),
+            match confirm_leases(&ctx, ctx.node.id, &ctx.site, &req.leases).await {
+                Ok(results) => Batch::Confirmed(results),
                 // A leader without a quorum (it stands back): a new leader may already have
                 // been elected by a majority it cannot reach; members it does reach relay.
-                Err(Refusal::NotConfirmed(_)) => relay_renewal(&ctx, Some(leader), &req).await,
+                Err(_) => relay_renewals(&ctx, Some(leader), &req).await,
             }
         }
         _ => {
@@ -213,46 +253,46 @@ async fn renew(
                 ctx.node.leader_contact.since().is_some_and(|d| d < LEADER_HEARD_LATELY);
             let direct = async {
                 match &leader {
-                    Some((id, member)) => ask_renewal(&ctx, *id, member, req.clone()).await,
-                    None => Renewal::Unknown,
+                    Some((id, member)) => ask_renewals(&ctx, *id, member, req.clone()).await,
+                    None => Batch::Unknown,
                 }
             };
             if heard_lately && leader_id.is_some() {
                 match direct.await {
-                    Renewal::Unknown => relay_renewal(&ctx, leader_id, &req).await,
+                    Batch::Unknown => relay_renewals(&ctx, leader_id, &req).await,
                     conclusive => conclusive,
                 }
             } else {
                 first_conclusive(vec![
                     Box::pin(direct),
-                    Box::pin(relay_renewal(&ctx, leader_id, &req)),
+                    Box::pin(relay_renewals(&ctx, leader_id, &req)),
                 ])
                 .await
             }
         }
     };
-    let _ = tx.send((service, epoch, sent_at, renewal)).await;
+    let _ = tx.send(Round { leases: round, sent_at, answer }).await;
 }
 
-/// Asks every other member (but the leader) at once to pass the renewal on to the leader;
+/// Asks every other member (but the leader) at once to pass the renewals on to the leader;
 /// the first conclusive answer wins.
-async fn relay_renewal(
+async fn relay_renewals(
     ctx: &ControlCtx,
     leader: Option<NodeId>,
-    req: &pb::RenewLeaseRequest,
-) -> Renewal {
+    req: &pb::RenewLeasesRequest,
+) -> Batch {
     let members: Vec<(NodeId, Member)> = {
         let metrics = ctx.node.raft.metrics();
         let m = metrics.borrow();
         m.membership_config.membership().nodes().map(|(i, n)| (*i, n.clone())).collect()
     };
-    let asks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Renewal> + Send + '_>>> =
+    let asks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Batch> + Send + '_>>> =
         members
             .into_iter()
             .filter(|(id, _)| *id != ctx.node.id && Some(*id) != leader)
             .map(|(id, member)| {
                 let req = req.clone();
-                Box::pin(async move { ask_renewal(ctx, id, &member, req).await }) as _
+                Box::pin(async move { ask_renewals(ctx, id, &member, req).await }) as _
             })
             .collect();
     first_conclusive(asks).await
@@ -260,50 +300,78 @@ async fn relay_renewal(
 
 /// The first answer of `asks` that is not `Unknown`, or `Unknown` when all are.
 async fn first_conclusive(
-    asks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Renewal> + Send + '_>>>,
-) -> Renewal {
+    asks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Batch> + Send + '_>>>,
+) -> Batch {
     use futures::stream::StreamExt;
     let mut pending: futures::stream::FuturesUnordered<_> = asks.into_iter().collect();
     while let Some(answer) = pending.next().await {
-        if !matches!(answer, Renewal::Unknown) {
+        if !matches!(answer, Batch::Unknown) {
             return answer;
         }
     }
-    Renewal::Unknown
+    Batch::Unknown
 }
 
-/// Sends a renewal to `member` (the leader, or a member relaying to it).
-pub(super) async fn ask_renewal(
+/// Sends a batch of renewals to `member` (the leader, or a member relaying to it).
+pub(super) async fn ask_renewals(
     ctx: &ControlCtx,
     id: NodeId,
     member: &Member,
-    req: pb::RenewLeaseRequest,
-) -> Renewal {
-    let Ok(mut client) = ctx.peers.control(id, member) else { return Renewal::Unknown };
+    req: pb::RenewLeasesRequest,
+) -> Batch {
+    let Ok(mut client) = ctx.peers.control(id, member) else { return Batch::Unknown };
     // A relay needs time for its own hop to the leader.
     let limit = if req.relayed { RPC_TIMEOUT } else { RPC_TIMEOUT * 2 };
-    match tokio::time::timeout(limit, client.renew_lease(req)).await {
-        Ok(Ok(r)) if r.get_ref().granted => Renewal::Granted,
-        Ok(Ok(r)) if r.get_ref().held_elsewhere => Renewal::Refused(r.into_inner().reason),
-        _ => Renewal::Unknown,
+    let asked = req.leases.len();
+    match tokio::time::timeout(limit, client.renew_leases(req)).await {
+        Ok(Ok(r)) => Batch::from_reply(r.into_inner(), asked),
+        _ => Batch::Unknown,
     }
 }
 
-/// What the leader answered to a lease renewal.
-pub(super) enum Renewal {
-    Granted,
-    /// The committed state says this site does not hold the lease at that epoch.
-    Refused(String),
+/// What the cluster answered to a batch of lease renewals.
+pub(super) enum Batch {
+    /// The leader confirmed its leadership after the request arrived: one result per renewal,
+    /// in the request's order; `Err` says why that lease is not the holder's.
+    Confirmed(Vec<Result<(), String>>),
     /// No answer, no leader, or the leader could not confirm its leadership.
     Unknown,
 }
 
-/// Why the leader did not confirm a lease.
-pub(super) enum Refusal {
-    /// Authoritative: the linearizable read says the lease is not the requester's.
-    NotHeld(String),
-    /// The read could not be confirmed (no quorum, leadership lost).
-    NotConfirmed(String),
+impl Batch {
+    /// Reads a reply to a request of `asked` renewals; a confirmed reply with another number
+    /// of results is not an answer.
+    pub(super) fn from_reply(reply: pb::RenewLeasesReply, asked: usize) -> Batch {
+        if !reply.confirmed || reply.results.len() != asked {
+            return Batch::Unknown;
+        }
+        let results = reply
+            .results
+            .into_iter()
+            .map(|r| if r.granted { Ok(()) } else { Err(r.reason) })
+            .collect();
+        Batch::Confirmed(results)
+    }
+
+    /// The reply that carries this answer on (a relay's); `unknown` says why when there is none.
+    pub(super) fn into_reply(self, unknown: impl FnOnce() -> String) -> pb::RenewLeasesReply {
+        match self {
+            Batch::Confirmed(results) => pb::RenewLeasesReply {
+                confirmed: true,
+                reason: String::new(),
+                results: results
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(()) => pb::LeaseRenewalResult { granted: true, reason: String::new() },
+                        Err(reason) => pb::LeaseRenewalResult { granted: false, reason },
+                    })
+                    .collect(),
+            },
+            Batch::Unknown => {
+                pb::RenewLeasesReply { confirmed: false, reason: unknown(), results: Vec::new() }
+            }
+        }
+    }
 }
 
 /// Shares one linearizable read among the lease confirmations waiting for it.
@@ -345,20 +413,22 @@ impl ReadBarrier {
     }
 }
 
-/// On the leader: a linearizable read (shared with concurrent confirmations, see
-/// [`ReadBarrier`]), then the lease check.
-pub(super) async fn confirm_lease(
+/// On the leader: one linearizable read for the whole batch (shared with concurrent
+/// confirmations, see [`ReadBarrier`]), then the holder check of each lease.
+///
+/// `Err` when leadership was not confirmed (no lease is answered); otherwise one result per
+/// lease of `leases`, in order, `Err` saying why that lease is not `requester`'s.
+pub(super) async fn confirm_leases(
     ctx: &ControlCtx,
     requester: NodeId,
-    service: &str,
     site: &str,
-    epoch: u64,
-) -> Result<(), Refusal> {
+    leases: &[pb::LeaseRenewal],
+) -> Result<Vec<Result<(), String>>, String> {
     let node = &ctx.node;
     if node.standing_back.load(Ordering::Relaxed) {
-        return Err(Refusal::NotConfirmed("this leader has no quorum and stands back".into()));
+        return Err("this leader has no quorum and stands back".into());
     }
-    ctx.reads.confirm(node).await.map_err(Refusal::NotConfirmed)?;
+    ctx.reads.confirm(node).await?;
     let member_site = node
         .raft
         .metrics()
@@ -368,22 +438,30 @@ pub(super) async fn confirm_lease(
         .get_node(&requester)
         .map(|m| m.site.clone());
     if member_site.as_deref() != Some(site) {
-        return Err(Refusal::NotHeld(format!("node {requester} is not a member of site {site}")));
+        let why = format!("node {requester} is not a member of site {site}");
+        return Ok(vec![Err(why); leases.len()]);
     }
-    let holds = node.state.read(|s| {
-        s.control
-            .services
-            .get(service)
-            .and_then(|st| st.lease.clone())
-            .is_some_and(|l| l.site == site && l.epoch == epoch)
-    });
-    if holds {
-        Ok(())
-    } else {
-        Err(Refusal::NotHeld(format!(
-            "site {site} does not hold the lease of {service} at epoch {epoch}"
-        )))
-    }
+    Ok(node.state.read(|s| {
+        leases
+            .iter()
+            .map(|r| {
+                let holds = s
+                    .control
+                    .services
+                    .get(&r.service)
+                    .and_then(|st| st.lease.as_ref())
+                    .is_some_and(|l| l.site == site && l.epoch == r.epoch);
+                if holds {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "site {site} does not hold the lease of {} at epoch {}",
+                        r.service, r.epoch
+                    ))
+                }
+            })
+            .collect()
+    }))
 }
 
 /// Starts this site's on_lease_lost runbook in its own task (once per service and epoch), so
@@ -439,5 +517,62 @@ async fn self_fence(ctx: &ControlCtx, spec: &ClusterSpec, service: &str, epoch: 
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(granted: bool, reason: &str) -> pb::LeaseRenewalResult {
+        pb::LeaseRenewalResult { granted, reason: reason.into() }
+    }
+
+    #[test]
+    fn a_confirmed_reply_answers_each_lease_in_order() {
+        let reply = pb::RenewLeasesReply {
+            confirmed: true,
+            reason: String::new(),
+            results: vec![result(true, ""), result(false, "site prod does not hold svc-b")],
+        };
+        match Batch::from_reply(reply, 2) {
+            Batch::Confirmed(r) => {
+                assert_eq!(r, vec![Ok(()), Err("site prod does not hold svc-b".to_string())])
+            }
+            Batch::Unknown => panic!("a confirmed reply of 2 results for 2 leases is an answer"),
+        }
+    }
+
+    #[test]
+    fn an_unconfirmed_or_mismatched_reply_is_no_answer() {
+        let unconfirmed = pb::RenewLeasesReply {
+            confirmed: false,
+            reason: "no quorum".into(),
+            results: vec![result(true, "")],
+        };
+        assert!(matches!(Batch::from_reply(unconfirmed, 1), Batch::Unknown));
+        // A refusal must never be applied to the wrong service: a short (or long) list of
+        // results is not read at all.
+        let short = pb::RenewLeasesReply {
+            confirmed: true,
+            reason: String::new(),
+            results: vec![result(false, "not held")],
+        };
+        assert!(matches!(Batch::from_reply(short.clone(), 2), Batch::Unknown));
+        assert!(matches!(Batch::from_reply(short, 0), Batch::Unknown));
+    }
+
+    #[test]
+    fn a_relay_passes_the_leaders_answer_on_unchanged() {
+        let answer = Batch::Confirmed(vec![Ok(()), Err("revoked".into())]);
+        let reply = answer.into_reply(|| unreachable!("confirmed"));
+        assert!(reply.confirmed);
+        match Batch::from_reply(reply, 2) {
+            Batch::Confirmed(r) => assert_eq!(r, vec![Ok(()), Err("revoked".to_string())]),
+            Batch::Unknown => panic!("lost in the relay"),
+        }
+        let reply = Batch::Unknown.into_reply(|| "the leader did not answer".into());
+        assert!(!reply.confirmed && reply.results.is_empty());
+        assert_eq!(reply.reason, "the leader did not answer");
     }
 }

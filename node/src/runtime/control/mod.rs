@@ -7,8 +7,9 @@
 //!                                                         │                gRPC RunStep on a node of the step's site
 //!                                                         └──▶ RunVeto ──▶ hooks in order on the local actuator
 //!                                                                          ──▶ Event::VetoResult ──▶ Engine::veto_result
-//!  active site:  lease loop: RenewLease (linearizable read on the leader), measured from the
-//!                send; not renewed for lease_ttl, or revoked ──▶ run on_lease_lost locally
+//!  active site:  lease loop: RenewLeases, one per node and round for all its leases (one
+//!                linearizable read on the leader), measured from the send; not renewed for
+//!                lease_ttl, or revoked ──▶ run on_lease_lost locally
 //! ```
 //!
 //! The engine decides; this module only carries out its commands and feeds it what happened.

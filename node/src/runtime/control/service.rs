@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::executor::run_for_leader;
 use super::leader::veto_verdict;
-use super::lease::{ask_renewal, confirm_lease, Refusal, Renewal};
+use super::lease::{ask_renewals, confirm_leases, Batch, MAX_RENEWALS_PER_REQUEST};
 use super::{leader_of, ControlCtx, Event, EPOCH_CATCH_UP, RPC_TIMEOUT};
 use crate::actuate::StepContext;
 use crate::api::authz::{caller_of, Caller};
@@ -70,59 +70,45 @@ impl Control for ControlService {
         Ok(Response::new(pb::ProbeAck { accepted }))
     }
 
-    async fn renew_lease(
+    async fn renew_leases(
         &self,
-        req: Request<pb::RenewLeaseRequest>,
-    ) -> Result<Response<pb::RenewLeaseReply>, Status> {
+        req: Request<pb::RenewLeasesRequest>,
+    ) -> Result<Response<pb::RenewLeasesReply>, Status> {
         let caller = caller_of(&req)?;
         let r = req.into_inner();
-        // A holder renews for itself; a relay (any member) passes on another's renewal, marked.
+        let method = "/drover.v1.Control/RenewLeases";
+        // A holder renews for itself; a relay (any member) passes on another's renewals, marked.
         if !r.relayed {
-            let method = "/drover.v1.Control/RenewLease";
             self.ctx.node.authz.same_member(&caller, method, "node_id", r.node_id)?;
+        }
+        if r.leases.len() > MAX_RENEWALS_PER_REQUEST {
+            return Err(Status::invalid_argument(format!(
+                "{method}: {} leases in one request; at most {MAX_RENEWALS_PER_REQUEST} (one per \
+                 service of the largest spec)",
+                r.leases.len()
+            )));
         }
         let leader = leader_of(&self.ctx.node);
         if let Some((id, Some(member))) = leader.filter(|(id, _)| *id != self.ctx.node.id) {
             if r.relayed {
-                let reason = "not the leader; a relayed renewal is not passed on again".into();
-                return Ok(Response::new(pb::RenewLeaseReply {
-                    granted: false,
-                    reason,
-                    held_elsewhere: false,
+                return Ok(Response::new(pb::RenewLeasesReply {
+                    confirmed: false,
+                    reason: "not the leader; relayed renewals are not passed on again".into(),
+                    results: Vec::new(),
                 }));
             }
-            // The holder could not reach the leader: pass its renewal on, once.
-            let relayed = pb::RenewLeaseRequest { relayed: true, ..r };
-            let reply = match ask_renewal(&self.ctx, id, &member, relayed).await {
-                Renewal::Granted => pb::RenewLeaseReply {
-                    granted: true,
-                    reason: String::new(),
-                    held_elsewhere: false,
-                },
-                Renewal::Refused(reason) => {
-                    pb::RenewLeaseReply { granted: false, reason, held_elsewhere: true }
-                }
-                Renewal::Unknown => pb::RenewLeaseReply {
-                    granted: false,
-                    reason: format!(
-                        "the leader {} did not answer the relayed renewal",
-                        member.name
-                    ),
-                    held_elsewhere: false,
-                },
-            };
+            // The holder could not reach the leader: pass its renewals on, once.
+            let relayed = pb::RenewLeasesRequest { relayed: true, ..r };
+            let answer = ask_renewals(&self.ctx, id, &member, relayed).await;
+            let reply = answer.into_reply(|| {
+                format!("the leader {} did not answer the relayed renewals", member.name)
+            });
             return Ok(Response::new(reply));
         }
-        let reply = match confirm_lease(&self.ctx, r.node_id, &r.service, &r.site, r.epoch).await {
-            Ok(()) => {
-                pb::RenewLeaseReply { granted: true, reason: String::new(), held_elsewhere: false }
-            }
-            Err(Refusal::NotHeld(reason)) => {
-                pb::RenewLeaseReply { granted: false, reason, held_elsewhere: true }
-            }
-            Err(Refusal::NotConfirmed(reason)) => {
-                pb::RenewLeaseReply { granted: false, reason, held_elsewhere: false }
-            }
+        let answer = confirm_leases(&self.ctx, r.node_id, &r.site, &r.leases).await;
+        let reply = match answer {
+            Ok(results) => Batch::Confirmed(results).into_reply(String::new),
+            Err(reason) => Batch::Unknown.into_reply(|| reason),
         };
         Ok(Response::new(reply))
     }
