@@ -268,7 +268,7 @@ impl Client {
         let lower = text.to_ascii_lowercase();
         let hint = if lower.contains("notvalidforname") || lower.contains("not valid for name") {
             Some("the node's certificate does not carry the name this client checked (the endpoint's host, or --server-name): pass --server-name NODE-NAME, the node's name in its node.toml")
-        } else if lower.contains("expired") {
+        } else if certificate_expired(&lower) {
             Some("a certificate has expired: if the client's, renew --cert; if the node's, renew the node's certificate (check-config on the node names it)")
         } else if lower.contains("notvalidyet") || lower.contains("not valid yet") {
             Some("a certificate is not valid yet: check the clocks of this machine and the node, or the certificate's start date")
@@ -380,4 +380,29 @@ enum Attempt {
     Redirect(String),
     Down(String),
     Final(ClientError),
+}
+
+/// Whether a lower-cased transport error says a certificate expired: rustls's own check
+/// (`invalid peer certificate: Expired`, `certificate expired: ...`) or the peer's TLS alert
+/// (`CertificateExpired`). Not tonic's "Timeout expired", which is a missing answer.
+fn certificate_expired(lower: &str) -> bool {
+    lower.contains("certificateexpired")
+        || lower.contains("certificate expired")
+        || lower.contains("certificate: expired")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::certificate_expired;
+
+    #[test]
+    fn a_timeout_is_not_an_expired_certificate() {
+        let timeout = "the operation was cancelled: timeout expired: transport error";
+        assert!(!certificate_expired(timeout));
+        assert!(certificate_expired("invalid peer certificate: expired"));
+        assert!(certificate_expired("received fatal alert: certificateexpired"));
+        assert!(certificate_expired(
+            "invalid peer certificate: certificate expired: verification time 1, but not after 0"
+        ));
+    }
 }
