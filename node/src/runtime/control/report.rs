@@ -1,6 +1,8 @@
 //! Probe reports: every node sends its Prober's latest results to the leader every
 //! `REPORT_EVERY` (straight into the controller loop when it leads), through other members
-//! when it does not hear from the leader or the leader did not take them.
+//! when it does not hear from the leader or the leader did not take them. A controller that
+//! self-fenced while its site still holds the lease at that epoch says so in the same message,
+//! so the leader can reactivate the site.
 
 use std::sync::Arc;
 
@@ -57,7 +59,23 @@ pub(super) async fn reporter_loop(
                 ready: r.ready.map(|v| verdict_name(v).to_string()),
             })
             .collect();
-        if reports.is_empty() {
+        // Services this node self-fenced at the epoch its site still holds the lease at.
+        let fenced: Vec<pb::SelfFenced> = {
+            let done = ctx.fence_done.lock().map(|d| d.clone()).unwrap_or_default();
+            ctx.node.state.read(|s| {
+                done.into_iter()
+                    .filter(|(service, epoch)| {
+                        s.control
+                            .services
+                            .get(service)
+                            .and_then(|st| st.lease.as_ref())
+                            .is_some_and(|l| l.site == ctx.site && l.epoch == *epoch)
+                    })
+                    .map(|(service, epoch)| pb::SelfFenced { service, epoch })
+                    .collect()
+            })
+        };
+        if reports.is_empty() && fenced.is_empty() {
             continue;
         }
         let Some((leader, member)) = leader_of(&ctx.node) else { continue };
@@ -65,12 +83,13 @@ pub(super) async fn reporter_loop(
             let _ = ctx.events.try_send(Event::Reports {
                 observer: leader,
                 reports,
+                fenced,
                 received: now,
                 relayed: false,
             });
             continue;
         }
-        let req = pb::ProbeReports { observer: ctx.node.id, reports, relayed: false };
+        let req = pb::ProbeReports { observer: ctx.node.id, reports, relayed: false, fenced };
         let heard_lately = ctx.node.leader_contact.since().is_some_and(|d| d < REPORT_EVERY * 2);
         if heard_lately {
             if let Some(member) = &member {
