@@ -36,14 +36,17 @@ fn service_json(s: &pb::ServiceStatus) -> Value {
         let steps: Vec<_> = w
             .steps
             .iter()
-            .map(|st| json!({"stage": st.stage, "site": st.site, "kind": st.kind, "status": st.status,
-                             "attempt": st.attempt, "detail": st.detail}))
+            .map(|st| {
+                json!({"stage": st.stage, "site": st.site, "kind": st.kind, "status": st.status,
+                             "attempt": st.attempt, "detail": st.detail})
+            })
             .collect();
-        json!({"id": w.id, "from": w.from_site, "to": w.to_site, "epoch": w.epoch, "automatic": w.automatic,
-               "reason": w.reason, "state": w.state, "steps": steps})
+        json!({"id": w.id, "kind": w.kind, "from": w.from_site, "to": w.to_site, "epoch": w.epoch,
+               "automatic": w.automatic, "reason": w.reason, "state": w.state, "steps": steps})
     });
+    let alert = (!s.alert.is_empty()).then_some(&s.alert);
     json!({"name": s.name, "active_site": s.active_site, "epoch": s.epoch, "phase": s.phase, "mode": s.mode,
-           "lease_site": s.lease_site, "sites": sites, "workflow": workflow})
+           "lease_site": s.lease_site, "sites": sites, "workflow": workflow, "alert": alert})
 }
 
 /// The services part of `droverctl status`.
@@ -54,6 +57,13 @@ pub fn services_table(s: &pb::StatusReply) -> String {
             out.push_str("no cluster spec yet: 'droverctl config apply -f cluster.toml'\n");
         }
         return out;
+    }
+    // What an operator must act on comes first.
+    for svc in s.services.iter().filter(|svc| !svc.alert.is_empty()) {
+        let _ = writeln!(out, "ALERT: {}", svc.alert);
+    }
+    if s.services.iter().any(|svc| !svc.alert.is_empty()) {
+        out.push('\n');
     }
     let _ = writeln!(out, "services (spec version {}):", s.spec_version);
     let mut rows = vec![vec![
@@ -83,12 +93,16 @@ pub fn services_table(s: &pb::StatusReply) -> String {
         let Some(w) = &svc.workflow else { continue };
         let _ = writeln!(
             out,
-            "\n{} workflow {} ({}): {} -> {}, epoch {}, {}: {}",
+            "\n{} {} {} ({}): {}, epoch {}, {}: {}",
             svc.name,
+            if w.kind == "reactivate" { "reactivation" } else { "workflow" },
             w.id,
             if w.automatic { "automatic" } else { "manual" },
-            w.from_site,
-            w.to_site,
+            if w.from_site == w.to_site {
+                w.to_site.clone()
+            } else {
+                format!("{} -> {}", w.from_site, w.to_site)
+            },
             w.epoch,
             w.state,
             w.reason

@@ -80,6 +80,7 @@ fn service_to_pb(name: &str, s: &ServiceState, view: &ClusterView) -> pb::Servic
         lease_site: s.lease.as_ref().map(|l| l.site.clone()).unwrap_or_default(),
         sites,
         workflow: s.workflow.as_ref().map(workflow_to_pb),
+        alert: s.nobody_serving(name).unwrap_or_default(),
     }
 }
 
@@ -130,6 +131,7 @@ fn workflow_to_pb(w: &Workflow) -> pb::WorkflowStatus {
         state: state.to_string(),
         steps,
         started_at_unix_ms: w.started_at_unix_ms,
+        kind: w.kind.as_str().to_string(),
     }
 }
 
