@@ -745,6 +745,10 @@ fn decide_reactivation(
     obs: &Observation,
     sink: &mut Sink,
 ) -> bool {
+    #[cfg(feature = "sim-mutations")]
+    if mutation::no_reactivate() {
+        return false;
+    }
     let (name, state, now) = (s.name, s.state, obs.now);
     let active = state.active_site.as_str();
     if let Some(wf) = state.workflow.as_ref().filter(|w| w.kind == WorkflowKind::Reactivate) {
@@ -766,10 +770,12 @@ fn decide_reactivation(
     if !held {
         return false;
     }
-    // The newest fresh report of a member of the active site that it self-fenced now.
+    // A fresh report of a member of the active site that it self-fenced at this epoch, from a
+    // member the leader reaches again (it may run the activate runbook).
     let reporter = fenced.into_iter().flatten().find(|(id, &(epoch, at))| {
         epoch == state.epoch
             && now.saturating_duration_since(at) <= stale_after
+            && obs.reachable.contains(id)
             && obs.members.get(id).is_some_and(|m| m.site == active && m.role == Role::Controller)
     });
     let Some((id, _)) = reporter else { return false };
@@ -1357,6 +1363,25 @@ fn secs(d: Duration) -> String {
         format!("{}s", d.as_secs())
     } else {
         format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// Planted defects for the simulator's mutation checks (feature `sim-mutations`).
+#[cfg(feature = "sim-mutations")]
+pub mod mutation {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static NO_REACTIVATE: AtomicBool = AtomicBool::new(false);
+
+    /// Never reactivates a self-fenced active site (`drover-sim --mutate no-reactivate`).
+    /// Process-wide; off by default.
+    pub fn set_no_reactivate(on: bool) {
+        NO_REACTIVATE.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether reactivation is off.
+    pub fn no_reactivate() -> bool {
+        NO_REACTIVATE.load(Ordering::SeqCst)
     }
 }
 

@@ -1003,6 +1003,12 @@ fn a_self_fenced_active_site_is_reactivated_once_its_member_reports_back() {
     sim.fenced = vec![(4, 1), (1, 2), (WITNESS, 2)];
     sim.run(10_000);
     assert_eq!(sim.log.len(), before, "{:?}", briefs(&sim.log[before..]));
+    // Nor while the reporting member is not reachable (yet) from the leader.
+    sim.fenced = vec![(4, 2)];
+    sim.reachable.remove(&4);
+    sim.run(5_000);
+    assert_eq!(sim.log.len(), before, "{:?}", briefs(&sim.log[before..]));
+    sim.reachable.insert(4);
 
     // dr-2 self-fenced at epoch 2 and reaches the leader again.
     sim.fenced = vec![(4, 2)];
@@ -1059,8 +1065,11 @@ fn a_reactivation_with_nobody_to_run_it_ends_failed_and_says_so() {
     let mut sim = Sim::with_leader(&[], "witness");
     sim.fail_over_to_dr();
     let before = sim.log.len();
-    // dr-2 reported itself fenced, then dr became unreachable from the leader.
+    // dr-2 reports itself fenced; dr is unreachable from the leader right after the start.
     sim.fenced = vec![(4, 2)];
+    sim.advance(ROUND_MS);
+    let commands = sim.tick();
+    assert!(matches!(proposals(&commands)[..], [ControlRequest::StartReactivation { .. }]));
     sim.reachable = [1, 2, WITNESS].into();
     sim.run(30_000);
     assert_eq!(
