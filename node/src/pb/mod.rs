@@ -50,6 +50,8 @@ pub fn view_to_pb(view: &ClusterView) -> pb::StatusReply {
         history_seq: view.history_seq,
         spec_version: view.spec_version,
         services: view.services.iter().map(|(name, s)| service_to_pb(name, s, view)).collect(),
+        quorum: String::new(),
+        reachable: Vec::new(),
     }
 }
 
@@ -81,6 +83,7 @@ fn service_to_pb(name: &str, s: &ServiceState, view: &ClusterView) -> pb::Servic
         sites,
         workflow: s.workflow.as_ref().map(workflow_to_pb),
         alert: s.nobody_serving(name).unwrap_or_default(),
+        own_sites: Vec::new(),
     }
 }
 
