@@ -49,8 +49,8 @@ struct Cli {
     /// Run each seed twice and fail if the two traces differ.
     #[arg(long)]
     check_determinism: bool,
-    /// Plant a defect the checkers must catch: lying-fence, clock-beyond-drift, lying-disk
-    /// or no-lease-wait.
+    /// Plant a defect the checkers must catch: lying-fence, clock-beyond-drift, lying-disk,
+    /// no-lease-wait or no-reactivate.
     #[arg(long, value_parser = parse_mutation)]
     mutate: Option<Mutation>,
     /// Run seeds in N worker processes at once (one run per process at a time: the clock

@@ -80,8 +80,12 @@ pub fn run(cfg: &RunConfig) -> Outcome {
     det::activate(cfg.seed);
     drover::consensus::runtime::seed(cfg.seed);
     drover::decide::lease::mutation::set_no_lease_wait(cfg.mutation == Some(Mutation::NoLeaseWait));
+    drover::decide::engine::mutation::set_no_reactivate(
+        cfg.mutation == Some(Mutation::NoReactivate),
+    );
     let result = catch_unwind(AssertUnwindSafe(|| simulate(cfg)));
     drover::decide::lease::mutation::set_no_lease_wait(false);
+    drover::decide::engine::mutation::set_no_reactivate(false);
     det::deactivate();
     let wall = det::wall_now().saturating_sub(wall_start);
     match result {

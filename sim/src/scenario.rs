@@ -108,6 +108,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("bridge", "issue 9 case 3: one prod node down, the other leads and reaches only the witness: a connected majority must elect and keep the service served"),
     ("member-stalls", "issue 9 case 4: prod's nodes pause for 6s every 20s while its app fails for the same 6s (down_after 10s, lease_ttl 15s): no failover, no ping-pong"),
     ("dead-executor", "issue 9 case 5: prod's app fails; the dr node running the 4s first activate step dies: the failover must still end with dr serving"),
+    ("dr-self-fence", "issue 9 case 9: prod's app fails and drover fails over to dr; later dr's nodes are cut off for longer than the lease and self-fence (stopping dr's app), then heal: drover must start dr again (A3)"),
     ("link-faults", "random per-link cuts (one way and both ways), stalls of members and of the leader, a full disk: availability and safety"),
 ];
 
@@ -133,7 +134,9 @@ pub fn plan(
 ) -> Option<Plan> {
     let name: &'static str =
         if scenario == MIX { rng.pick(SCENARIOS).0 } else { names().find(|n| *n == scenario)? };
-    let length = length.max(Duration::from_secs(60));
+    // dr-self-fence needs a failover, a stall longer than the lease and the A3 bound after it.
+    let least = if name == "dr-self-fence" { 180 } else { 60 };
+    let length = length.max(Duration::from_secs(least));
     let quiet_from = length - Duration::from_secs(30).min(length / 3);
     // The cluster forms and applies its spec within the first ~10 s.
     let start = secs(rng, 15, 25);
@@ -302,6 +305,21 @@ pub fn plan(
             faults.push((start, Fault::AppHealth { site: PROD, healthy: false }));
             faults.push((start, Fault::CrashExecutorInStep { restart_after: secs(rng, 5, 30) }));
             loss_at = Some(start);
+        }
+        "dr-self-fence" => {
+            policy = SimPolicy { dr_on_lease_lost: true, ..SimPolicy::default() };
+            first_leader = rng.pick(&[hosts_of(PROD), hosts_of(WITNESS)].concat()).clone();
+            faults.push((start, Fault::AppHealth { site: PROD, healthy: false }));
+            loss_at = Some(start);
+            // Well after the failover committed: dr's nodes are cut from everyone for longer
+            // than their lease (a simulated stall freezes the actuator too, so on_lease_lost
+            // would not stop the application), self-fence, and come back.
+            let at = start + secs(rng, 45, 55);
+            let cut = policy.lease_ttl + secs(rng, 3, 8);
+            for host in hosts_of(DR) {
+                faults.push((at, Fault::Isolate(host.clone())));
+                faults.push((at + cut, Fault::Rejoin(host)));
+            }
         }
         "link-faults" => {
             for _ in 0..rng.range(2, 6) {

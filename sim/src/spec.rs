@@ -26,6 +26,9 @@ pub struct SimPolicy {
     /// dr's activate runbook starts with a `wait` of this length run on a dr controller (a
     /// slow start script), if set: a window in which its executor can die mid-step.
     pub activate_warmup: Option<Duration>,
+    /// dr has an `on_lease_lost` runbook that stops its application (as prod has), so a dr
+    /// that self-fences while active stops serving.
+    pub dr_on_lease_lost: bool,
 }
 
 impl Default for SimPolicy {
@@ -38,6 +41,7 @@ impl Default for SimPolicy {
             lease_ttl: Duration::from_secs(8),
             self_fence_grace: Duration::from_secs(2),
             activate_warmup: None,
+            dr_on_lease_lost: false,
         }
     }
 }
@@ -58,6 +62,7 @@ impl SimPolicy {
             lease_ttl: half_secs(rng, 8, 30),
             self_fence_grace: half_secs(rng, 2, 4),
             activate_warmup: None,
+            dr_on_lease_lost: false,
         }
     }
 
@@ -70,7 +75,7 @@ impl SimPolicy {
             ms(self.lease_ttl),
             ms(self.self_fence_grace),
             self.activate_warmup.map(|w| format!(" activate_warmup {}", ms(w))).unwrap_or_default()
-        )
+        ) + if self.dr_on_lease_lost { " dr_on_lease_lost" } else { "" }
     }
 }
 
@@ -92,6 +97,13 @@ pub fn text(policy: &SimPolicy) -> String {
             ms(w + Duration::from_secs(2))
         )
     });
+    if policy.dr_on_lease_lost {
+        text = text.replacen(
+            "  [[service.runbook.dr.activate]]",
+            "  [[service.runbook.dr.on_lease_lost]]\n  kind = \"exec\"\n  run_on = \"dr\"\n  command = [\"sim-app\", \"stop\"]\n  timeout = \"1s\"\n\n  [[service.runbook.dr.activate]]",
+            1,
+        );
+    }
     if let Some(warmup) = warmup {
         text = text.replacen(
             "  [[service.runbook.dr.activate]]",

@@ -123,11 +123,15 @@ pub enum Mutation {
     /// confirmation the leader activates the standby as soon as the revocation committed,
     /// while the old site's holders still believe their lease.
     NoLeaseWait,
+    /// A self-fenced active site is never reactivated (node feature `sim-mutations`): the
+    /// behaviour before reactivations existed, which A3 must find (issue 9 case 9).
+    NoReactivate,
 }
 
 impl Mutation {
     /// Every mutation's `--mutate` name.
-    pub const NAMES: &'static str = "lying-fence, clock-beyond-drift, lying-disk or no-lease-wait";
+    pub const NAMES: &'static str =
+        "lying-fence, clock-beyond-drift, lying-disk, no-lease-wait or no-reactivate";
 
     /// Parses a `--mutate` value.
     pub fn parse(s: &str) -> Option<Mutation> {
@@ -136,6 +140,7 @@ impl Mutation {
             "clock-beyond-drift" => Some(Mutation::ClockBeyondDrift),
             "lying-disk" => Some(Mutation::LyingDisk),
             "no-lease-wait" => Some(Mutation::NoLeaseWait),
+            "no-reactivate" => Some(Mutation::NoReactivate),
             _ => None,
         }
     }
@@ -147,6 +152,7 @@ impl Mutation {
             Mutation::ClockBeyondDrift => "clock-beyond-drift",
             Mutation::LyingDisk => "lying-disk",
             Mutation::NoLeaseWait => "no-lease-wait",
+            Mutation::NoReactivate => "no-reactivate",
         }
     }
 }

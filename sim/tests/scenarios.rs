@@ -107,6 +107,8 @@ scenario_tests! {
     bridge => "bridge", failover: false;
     member_stalls => "member-stalls", failover: false;
     dead_executor => "dead-executor", failover: true;
+    // One failover, then a reactivation of dr (counted as a second workflow).
+    dr_self_fence => "dr-self-fence", failover: false;
     link_faults => "link-faults", failover: false;
 }
 
@@ -141,6 +143,7 @@ fn every_scenario_is_tested_here() {
         "bridge",
         "member-stalls",
         "dead-executor",
+        "dr-self-fence",
         "link-faults",
     ];
     for name in scenario::names() {
@@ -215,6 +218,23 @@ fn mutation_check_the_checkers_find_a_missing_lease_wait() {
         o.violations.into_iter().find(|v| v.invariant == "S1" || v.invariant == "S2")
     });
     assert!(found.is_some(), "no-lease-wait went unnoticed in 8 seeds");
+}
+
+/// A3 can fail: without reactivation, dr (active after a failover) that self-fenced while cut
+/// off stays dark once healed, with prod gone and no failback: nobody serves, nothing runs.
+/// With reactivation the same seed is clean.
+#[test]
+fn mutation_check_a3_finds_a_self_fenced_site_left_dark() {
+    let found = (1..=3).find_map(|seed| {
+        let o = run(&RunConfig {
+            mutation: Some(Mutation::NoReactivate),
+            ..config(seed, "dr-self-fence", 5)
+        });
+        o.violations.into_iter().find(|v| v.invariant == "A3").map(|_| seed)
+    });
+    let seed = found.expect("no-reactivate went unnoticed in 3 seeds");
+    let fixed = run(&config(seed, "dr-self-fence", 5));
+    assert!(fixed.violations.is_empty(), "seed {seed}: {:?}", fixed.violations);
 }
 
 /// The crash model can fail too: with disks that acknowledge syncs without persisting, a

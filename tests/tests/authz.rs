@@ -129,7 +129,12 @@ fn call(r: &Rogue, method: &str, me: NodeId) -> Result<(), Status> {
             r.call(|ch| async move { R::new(ch).install_snapshot(empty).await }).map(ok)
         }
         "/drover.v1.Control/ReportProbes" => {
-            let req = pb::ProbeReports { observer: me, reports: Vec::new(), relayed: false };
+            let req = pb::ProbeReports {
+                observer: me,
+                reports: Vec::new(),
+                relayed: false,
+                fenced: Vec::new(),
+            };
             r.call(|ch| async move { C::new(ch).report_probes(req).await }).map(ok)
         }
         "/drover.v1.Control/RenewLeases" => {

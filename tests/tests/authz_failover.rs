@@ -41,6 +41,7 @@ fn prod_down(observer: NodeId) -> pb::ProbeReports {
         observer,
         reports: vec![report("prod", "unhealthy"), report("dr", "healthy")],
         relayed: false,
+        fenced: Vec::new(),
     }
 }
 

@@ -107,6 +107,49 @@ impl AdminService {
     }
 }
 
+/// How recently a member must have answered to count as reachable in `status`.
+const REACHED_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// For a node that answers `status` alone: the members it reached lately (itself included:
+/// presence checks, Raft answers, the leader's AppendEntries) and the line that says why it
+/// answers alone.
+fn alone(
+    node: &NodeHandle,
+    view: &super::view::ClusterView,
+    standing_back: bool,
+) -> (Vec<NodeId>, String) {
+    let presence = node.presence.lock().map(|p| p.clone()).unwrap_or_default();
+    let leader_heard = node.leader_contact.since().is_some_and(|d| d < REACHED_WITHIN);
+    let reached = |id: NodeId| {
+        id == node.id
+            || presence.get(&id).is_some_and(|t| t.elapsed() < REACHED_WITHIN)
+            || node.contacts.since(id).is_some_and(|d| d < REACHED_WITHIN)
+            || (leader_heard && view.leader_id == Some(id))
+    };
+    let reachable: Vec<NodeId> =
+        view.members.iter().map(|m| m.id).filter(|&id| reached(id)).collect();
+    let voters: Vec<NodeId> = view.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    let up = voters.iter().filter(|id| reachable.contains(id)).count();
+    let total = voters.len();
+    let mut line = if up > total / 2 {
+        format!(
+            "no leader: {up} of {total} members reachable, a majority: an election should end \
+             within seconds"
+        )
+    } else {
+        format!("no quorum: {up} of {total} members reachable")
+    };
+    if standing_back {
+        line += &format!(
+            "; this node led term {} but has no quorum and stands back: its state may be stale",
+            view.term
+        );
+    } else {
+        line += "; this is this node's own view, possibly stale";
+    }
+    (reachable, line)
+}
+
 fn membership_error_text(e: &ChangeMembershipError<NodeId>) -> String {
     match e {
         ChangeMembershipError::InProgress(_) => {
@@ -207,12 +250,43 @@ impl Admin for AdminService {
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         let view = self.node.view().await;
+        let standing_back = self.node.standing_back.load(std::sync::atomic::Ordering::Relaxed);
+        let leads = view.state == ServerState::Leader && !standing_back;
+        // A leader this node has heard from within an election's silence is one it follows.
+        let silence = self.node.election.election_max + self.node.election.heartbeat;
+        let follows = view.state != ServerState::Leader
+            && view.leader_id.is_some()
+            && self.node.leader_contact.since().is_some_and(|d| d < silence);
         // Only the leader knows replication progress; send the caller there unless it asked
-        // for this node's own view or no leader is known (then this view is all there is).
-        if !req.get_ref().local && view.state != ServerState::Leader && view.leader_id.is_some() {
+        // for this node's own view. A node that neither leads with a quorum nor follows a
+        // leader it hears answers alone, and says so.
+        if !req.get_ref().local && follows {
             self.require_leader().await?;
         }
-        Ok(Response::new(view_to_pb(&view)))
+        let mut reply = view_to_pb(&view);
+        let own = self.node.own_health.read().map(|h| h.clone()).unwrap_or_default();
+        for svc in &mut reply.services {
+            if let Some(sites) = own.get(&svc.name) {
+                svc.own_sites = sites
+                    .iter()
+                    .map(|(site, health)| pb::SiteHealth {
+                        site: site.clone(),
+                        health: health.clone(),
+                    })
+                    .collect();
+            }
+        }
+        if !leads && !follows {
+            let (reachable, quorum) = alone(&self.node, &view, standing_back);
+            reply.reachable = reachable;
+            reply.quorum = quorum;
+            // Neither a leader it reaches nor its own stale leadership is presented as one.
+            reply.leader_id = None;
+            for svc in &mut reply.services {
+                svc.sites.clear();
+            }
+        }
+        Ok(Response::new(reply))
     }
 
     async fn add_member(

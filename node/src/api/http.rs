@@ -155,6 +155,18 @@ async fn service_active(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("fenced: this node self-fenced {name} at epoch {epoch}\n"),
         ),
+        Some((site, epoch))
+            if site == node.site
+                && state.phase == crate::consensus::state::control::ServicePhase::Reactivating =>
+        {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                "reactivating: site {site} self-fenced {name} and runs its activate runbook again \
+                 (epoch {epoch})\n"
+            ),
+            )
+        }
         Some((site, epoch)) if site == node.site && believed == Some(epoch) => {
             (StatusCode::OK, format!("active: {name} is served by site {site} (epoch {epoch})\n"))
         }

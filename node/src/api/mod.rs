@@ -49,11 +49,18 @@ pub struct NodeHandle {
     pub leases: LeaseView,
     /// Who may call what on the gRPC port; also logs refusals.
     pub authz: Arc<authz::Authorizer>,
+    /// This node's own latest probe verdicts (service -> site -> verdict), whoever leads.
+    pub own_health: HealthView,
+    /// When each member last answered this node's presence check (sent while it hears no
+    /// leader), for `status` on a member without a quorum.
+    pub presence: PresenceView,
 }
 
 /// Leader-side health of each (service, site) as the detector sees it.
 pub type HealthView = Arc<RwLock<BTreeMap<String, BTreeMap<String, String>>>>;
 /// Services this node has self-fenced, with the epoch it fenced at.
 pub type FencedView = Arc<Mutex<BTreeMap<String, u64>>>;
+/// When each member last answered this node's presence check.
+pub type PresenceView = Arc<Mutex<BTreeMap<NodeId, tokio::time::Instant>>>;
 /// Services whose lease this node believes it holds, with the epoch.
 pub type LeaseView = Arc<Mutex<BTreeMap<String, u64>>>;

@@ -26,7 +26,8 @@ pub fn status_json(s: &pb::StatusReply) -> Value {
     json!({"node_id": s.node_id, "node_name": s.node_name, "leader_id": s.leader_id, "term": s.term,
            "state": s.state, "last_log_index": s.last_log_index, "commit_index": s.commit_index,
            "applied_index": s.applied_index, "history_seq": s.history_seq, "members": members,
-           "spec_version": s.spec_version, "services": services})
+           "spec_version": s.spec_version, "services": services,
+           "quorum": (!s.quorum.is_empty()).then_some(&s.quorum), "reachable": s.reachable})
 }
 
 fn service_json(s: &pb::ServiceStatus) -> Value {
@@ -36,14 +37,20 @@ fn service_json(s: &pb::ServiceStatus) -> Value {
         let steps: Vec<_> = w
             .steps
             .iter()
-            .map(|st| json!({"stage": st.stage, "site": st.site, "kind": st.kind, "status": st.status,
-                             "attempt": st.attempt, "detail": st.detail}))
+            .map(|st| {
+                json!({"stage": st.stage, "site": st.site, "kind": st.kind, "status": st.status,
+                             "attempt": st.attempt, "detail": st.detail})
+            })
             .collect();
-        json!({"id": w.id, "from": w.from_site, "to": w.to_site, "epoch": w.epoch, "automatic": w.automatic,
-               "reason": w.reason, "state": w.state, "steps": steps})
+        json!({"id": w.id, "kind": w.kind, "from": w.from_site, "to": w.to_site, "epoch": w.epoch,
+               "automatic": w.automatic, "reason": w.reason, "state": w.state, "steps": steps})
     });
+    let alert = (!s.alert.is_empty()).then_some(&s.alert);
+    let own: serde_json::Map<String, Value> =
+        s.own_sites.iter().map(|h| (h.site.clone(), Value::String(h.health.clone()))).collect();
     json!({"name": s.name, "active_site": s.active_site, "epoch": s.epoch, "phase": s.phase, "mode": s.mode,
-           "lease_site": s.lease_site, "sites": sites, "workflow": workflow})
+           "lease_site": s.lease_site, "sites": sites, "own_view": own, "workflow": workflow,
+           "alert": alert})
 }
 
 /// The services part of `droverctl status`.
@@ -54,6 +61,13 @@ pub fn services_table(s: &pb::StatusReply) -> String {
             out.push_str("no cluster spec yet: 'droverctl config apply -f cluster.toml'\n");
         }
         return out;
+    }
+    // What an operator must act on comes first.
+    for svc in s.services.iter().filter(|svc| !svc.alert.is_empty()) {
+        let _ = writeln!(out, "ALERT: {}", svc.alert);
+    }
+    if s.services.iter().any(|svc| !svc.alert.is_empty()) {
+        out.push('\n');
     }
     let _ = writeln!(out, "services (spec version {}):", s.spec_version);
     let mut rows = vec![vec![
@@ -66,8 +80,12 @@ pub fn services_table(s: &pb::StatusReply) -> String {
         "SITES".into(),
     ]];
     for svc in &s.services {
-        let sites: Vec<String> =
-            svc.sites.iter().map(|h| format!("{}={}", h.site, h.health)).collect();
+        // The leader's detector; a node answering alone shows what it sees itself.
+        let sites: Vec<String> = if s.quorum.is_empty() || !svc.sites.is_empty() {
+            svc.sites.iter().map(|h| format!("{}={}", h.site, h.health)).collect()
+        } else {
+            svc.own_sites.iter().map(|h| format!("{}={} (own view)", h.site, h.health)).collect()
+        };
         rows.push(vec![
             svc.name.clone(),
             svc.active_site.clone(),
@@ -83,12 +101,16 @@ pub fn services_table(s: &pb::StatusReply) -> String {
         let Some(w) = &svc.workflow else { continue };
         let _ = writeln!(
             out,
-            "\n{} workflow {} ({}): {} -> {}, epoch {}, {}: {}",
+            "\n{} {} {} ({}): {}, epoch {}, {}: {}",
             svc.name,
+            if w.kind == "reactivate" { "reactivation" } else { "workflow" },
             w.id,
             if w.automatic { "automatic" } else { "manual" },
-            w.from_site,
-            w.to_site,
+            if w.from_site == w.to_site {
+                w.to_site.clone()
+            } else {
+                format!("{} -> {}", w.from_site, w.to_site)
+            },
             w.epoch,
             w.state,
             w.reason
@@ -121,6 +143,15 @@ pub fn services_table(s: &pb::StatusReply) -> String {
 /// `droverctl status`.
 pub fn status_table(s: &pb::StatusReply) -> String {
     let mut out = String::new();
+    if !s.quorum.is_empty() {
+        let reached: Vec<&str> = s
+            .reachable
+            .iter()
+            .filter_map(|id| s.members.iter().find(|m| m.id == *id).map(|m| m.name.as_str()))
+            .collect();
+        let _ = writeln!(out, "{}: {}", s.node_name, s.quorum);
+        let _ = writeln!(out, "reaches: {}\n", reached.join(", "));
+    }
     let leader = match s.leader_id {
         Some(id) => {
             let name = s.members.iter().find(|m| m.id == id).map_or("?", |m| m.name.as_str());

@@ -71,6 +71,28 @@
 //! for an operator instead. Steps of other stages with no reachable executor wait (and alert):
 //! activating a site needs a node of that site.
 //!
+//! # Reactivation of a self-fenced active site
+//!
+//! A node of the active site that could not renew the lease for `lease_ttl` self-fences (it
+//! runs `on_lease_lost` and stops serving) while the cluster still records its site active:
+//! nobody would serve, and nothing would change that when the site is not detected down, or
+//! when no failover may follow (no automatic failback). Such a node, once its `on_lease_lost`
+//! runbook is done and it reaches the leader again, says so in its reports
+//! ([`Engine::fenced_report`]). With no workflow in progress, a fresh such report from a
+//! member of the active site at the service's current epoch makes the engine propose
+//! `StartReactivation`: the site's activate (and verify) runbook again, at a new epoch, with
+//! the lease kept by the site. It comes before a failover decision: a site that can start its
+//! application again serves sooner than a failover; when it cannot, the reactivation ends
+//! failed (an alert says so) and detection decides as usual. Activate steps of a reactivation
+//! with no reachable executor fail their attempt at once (like fence steps), so a
+//! reactivation never holds a service that may need a failover.
+//!
+//! # Retries go to another executor
+//!
+//! A step attempt that ran and failed is retried, when another suitable executor is
+//! reachable, on one that has not failed it yet in this workflow (the `StepStarted` entry
+//! records which); attempts stay bounded by the step's `retries`.
+//!
 //! The lease wait ends at once when every fence step succeeded, and otherwise at
 //! [`LeaseParams::safe_activation_time`] from the first tick at which this engine saw the
 //! workflow (see [`Engine::tick`] for why that instant is a valid reference).
@@ -85,7 +107,7 @@ use super::lease::LeaseParams;
 use super::time::MonoTime;
 use crate::consensus::state::control::{
     Automation, ControlRequest, ControlState, LeaseTerms, ServicePhase, ServiceState, Stage,
-    StepStatus, Workflow, WorkflowState, WorkflowStep,
+    StepStatus, Workflow, WorkflowKind, WorkflowState, WorkflowStep,
 };
 use crate::consensus::types::{Member, NodeId, Role};
 use crate::spec::{ClusterSpec, Policy, RunOn, Service, Step, StepAction, VetoHook};
@@ -223,6 +245,9 @@ pub struct Engine {
     alerted: BTreeMap<(String, String), MonoTime>,
     /// Per service, the latest run of its veto hooks.
     vetoes: BTreeMap<String, VetoRun>,
+    /// Per service, per member: the newest epoch it reported having self-fenced at (its
+    /// on_lease_lost runbook done), and when.
+    fenced: BTreeMap<String, BTreeMap<NodeId, (u64, MonoTime)>>,
 }
 
 /// A run of a service's veto hooks, for one outage.
@@ -267,6 +292,8 @@ struct Run {
     retry_seen: BTreeMap<(usize, u32), MonoTime>,
     /// The attempt this engine started last.
     mine: Option<Mine>,
+    /// Per step, the executors an attempt failed on: a retry goes elsewhere when it can.
+    failed_on: BTreeMap<usize, BTreeSet<Option<NodeId>>>,
 }
 
 /// An attempt started by this engine.
@@ -354,6 +381,16 @@ impl Engine {
             runs: BTreeMap::new(),
             alerted: BTreeMap::new(),
             vetoes: BTreeMap::new(),
+            fenced: BTreeMap::new(),
+        }
+    }
+
+    /// `member` self-fenced `service` at `epoch` (its on_lease_lost runbook is done) and says
+    /// so at `at` (the leader's clock). Only the newest report per member counts.
+    pub fn fenced_report(&mut self, member: NodeId, service: &str, epoch: u64, at: MonoTime) {
+        let by = self.fenced.entry(service.to_string()).or_default();
+        if by.get(&member).is_none_or(|&(e, old)| (e, old) <= (epoch, at)) {
+            by.insert(member, (epoch, at));
         }
     }
 
@@ -532,6 +569,11 @@ impl Engine {
             match state.active_workflow() {
                 None => {
                     self.runs.remove(name);
+                    let stale_after = self.params.detect.stale_after;
+                    let fenced = self.fenced.get(name.as_str());
+                    if decide_reactivation(&self.params, fenced, stale_after, &s, obs, &mut sink) {
+                        continue;
+                    }
                     let inputs = Inputs {
                         lag: &self.lag,
                         readiness: &self.readiness,
@@ -562,6 +604,7 @@ impl Engine {
         self.detection.retain(|service, _| known(service));
         self.runs.retain(|service, _| known(service));
         self.vetoes.retain(|service, _| known(service));
+        self.fenced.retain(|service, _| known(service));
     }
 
     /// Makes sure `service` has a detector for its current policy and voters, advances it to
@@ -649,7 +692,13 @@ impl Engine {
 
 impl Run {
     fn new(workflow_id: u64, now: MonoTime) -> Run {
-        Run { workflow_id, first_seen: now, retry_seen: BTreeMap::new(), mine: None }
+        Run {
+            workflow_id,
+            first_seen: now,
+            retry_seen: BTreeMap::new(),
+            mine: None,
+            failed_on: BTreeMap::new(),
+        }
     }
 }
 
@@ -682,6 +731,84 @@ struct Inputs<'a> {
     lag: &'a BTreeMap<String, (f64, MonoTime)>,
     readiness: &'a Reports,
     vetoes: &'a mut BTreeMap<String, VetoRun>,
+}
+
+/// With no workflow in progress: proposes the reactivation of the active site when one of its
+/// members reports (freshly, at the current epoch) that it self-fenced while the site still
+/// holds the lease; alerts when the site cannot be reactivated, or when the last reactivation
+/// failed. True when it acted (or waits for a proposal), so no failover is decided this tick.
+fn decide_reactivation(
+    params: &EngineParams,
+    fenced: Option<&BTreeMap<NodeId, (u64, MonoTime)>>,
+    stale_after: Duration,
+    s: &Svc,
+    obs: &Observation,
+    sink: &mut Sink,
+) -> bool {
+    #[cfg(feature = "sim-mutations")]
+    if mutation::no_reactivate() {
+        return false;
+    }
+    let (name, state, now) = (s.name, s.state, obs.now);
+    let active = state.active_site.as_str();
+    if let Some(wf) = state.workflow.as_ref().filter(|w| w.kind == WorkflowKind::Reactivate) {
+        if let (WorkflowState::Failed { reason }, true) = (&wf.state, wf.epoch == state.epoch) {
+            let msg = format!(
+                "reactivation of {name} on {active} failed: {reason}; {active} holds the lease at \
+                 epoch {} but may not serve: drover fails it over when a quorum of observers \
+                 sees it down and automatic failover is allowed; otherwise fix the cause on \
+                 {active}",
+                state.epoch
+            );
+            sink.alert(name, "reactivate_failed", msg);
+        }
+    }
+    if !matches!(state.phase, ServicePhase::Protecting | ServicePhase::FailedOver) {
+        return false;
+    }
+    let held = state.lease.as_ref().is_some_and(|l| l.site == active && l.epoch == state.epoch);
+    if !held {
+        return false;
+    }
+    // A fresh report of a member of the active site that it self-fenced at this epoch, from a
+    // member the leader reaches again (it may run the activate runbook).
+    let reporter = fenced.into_iter().flatten().find(|(id, &(epoch, at))| {
+        epoch == state.epoch
+            && now.saturating_duration_since(at) <= stale_after
+            && obs.reachable.contains(id)
+            && obs.members.get(id).is_some_and(|m| m.site == active && m.role == Role::Controller)
+    });
+    let Some((id, _)) = reporter else { return false };
+    let who = obs.members.get(id).map_or_else(|| format!("node {id}"), |m| m.name.clone());
+    if s.svc.runbook(active, crate::spec::Phase::Activate).is_empty() {
+        let msg = format!(
+            "{name}: nobody may be serving: {who} of the active site {active} self-fenced at \
+             epoch {}, and {active} has no activate runbook to start it again; add one, or \
+             restart the application on {active} by hand",
+            state.epoch
+        );
+        sink.alert(name, "reactivate_impossible", msg);
+        return false;
+    }
+    if !sink.can_propose(name) {
+        return true;
+    }
+    let reason = format!(
+        "{who} of {active} self-fenced at epoch {} and reaches the cluster again; {active} is \
+         still the active site",
+        state.epoch
+    );
+    sink.alert(name, "reactivate", format!("reactivating {active} for {name}: {reason}"));
+    let req = ControlRequest::StartReactivation {
+        service: name.to_string(),
+        site: active.to_string(),
+        expected_epoch: state.epoch,
+        reason,
+        author: params.node_name.clone(),
+        at_unix_ms: obs.now_unix_ms,
+    };
+    sink.propose(name, req);
+    true
 }
 
 /// With no workflow in progress: proposes an automatic failover when the active site is down
@@ -900,11 +1027,13 @@ fn drive_workflow(
             return sink.alert(name, "paused", msg);
         }
         WorkflowState::Failed { reason } => {
-            let msg = format!(
-                "failover of {name} to {} failed: {reason}; 'droverctl resume {name}' retries \
-                 the step",
-                wf.to
-            );
+            let msg = s.state.nobody_serving(name).unwrap_or_else(|| {
+                format!(
+                    "failover of {name} to {} failed: {reason}; 'droverctl resume {name}' \
+                     retries the step",
+                    wf.to
+                )
+            });
             return sink.alert(name, "failed", msg);
         }
         WorkflowState::AwaitingCommit | WorkflowState::Committed => return,
@@ -927,6 +1056,9 @@ fn drive_workflow(
                         advance(params, term_started, first_seen, s, wf, mine, obs, sink);
                     }
                     if let Some(outcome) = mine.result.clone() {
+                        if outcome.is_err() {
+                            run.failed_on.entry(i).or_default().insert(mine.executor);
+                        }
                         if sink.can_propose(name) {
                             let req = ControlRequest::StepFinished {
                                 service: name.to_string(),
@@ -966,11 +1098,27 @@ fn start_step(
         return;
     }
     let step = &wf.steps[i];
-    let (executor, result) = match choose_executor(params, step, obs, &BTreeSet::new()) {
+    // A retry goes to an executor that has not failed this step yet, when one is reachable.
+    let failed: BTreeSet<NodeId> =
+        run.failed_on.get(&i).into_iter().flatten().flatten().copied().collect();
+    let leader_failed = run.failed_on.get(&i).is_some_and(|f| f.contains(&None));
+    let elsewhere = if failed.is_empty() && !leader_failed {
+        None
+    } else {
+        choose_executor_avoiding(params, step, obs, &failed, leader_failed)
+    };
+    let chosen = match elsewhere {
+        Some(executor) => Ok(executor),
+        None => choose_executor(params, step, obs, &BTreeSet::new()),
+    };
+    let (executor, result) = match chosen {
         Ok(executor) => (executor, None),
         // No node can fence: record the attempt as failed, so retries and `on_failure` decide
-        // (with "continue" the lease wait takes over).
-        Err(why) if step.stage == Stage::Fence => (None, Some(Err(why))),
+        // (with "continue" the lease wait takes over). Nor can a reactivation wait: it must
+        // not hold back a failover of a site that is gone.
+        Err(why) if step.stage == Stage::Fence || wf.kind == WorkflowKind::Reactivate => {
+            (None, Some(Err(why)))
+        }
         Err(why) => {
             let msg = format!(
                 "failover of {name} to {} waits at step {} ({}): {why}",
@@ -1177,12 +1325,63 @@ fn choose_executor(
     }
 }
 
+/// An executor for `step` other than those that failed it (`failed`, and the leader itself
+/// when `leader_failed`), or None when there is no such one.
+fn choose_executor_avoiding(
+    params: &EngineParams,
+    step: &WorkflowStep,
+    obs: &Observation,
+    failed: &BTreeSet<NodeId>,
+    leader_failed: bool,
+) -> Option<Option<NodeId>> {
+    let first = choose_executor(params, step, obs, failed).ok()?;
+    if first.is_some() || !leader_failed {
+        return Some(first);
+    }
+    // The leader itself failed it: look for another controller of the step's site (or any,
+    // for `run_on = "any"`) among the members.
+    let action = step.action.as_ref()?;
+    let site = match &action.run_on {
+        RunOn::Site(site) => Some(site.as_str()),
+        RunOn::Any => None,
+    };
+    obs.members
+        .iter()
+        .find(|(id, m)| {
+            m.name != params.node_name
+                && m.role == Role::Controller
+                && site.is_none_or(|s| m.site == s)
+                && obs.reachable.contains(id)
+                && !failed.contains(id)
+        })
+        .map(|(id, _)| Some(*id))
+}
+
 /// `3s`, `2.5s`: whole seconds when exact, else one decimal.
 fn secs(d: Duration) -> String {
     if d.as_millis().is_multiple_of(1000) {
         format!("{}s", d.as_secs())
     } else {
         format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// Planted defects for the simulator's mutation checks (feature `sim-mutations`).
+#[cfg(feature = "sim-mutations")]
+pub mod mutation {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static NO_REACTIVATE: AtomicBool = AtomicBool::new(false);
+
+    /// Never reactivates a self-fenced active site (`drover-sim --mutate no-reactivate`).
+    /// Process-wide; off by default.
+    pub fn set_no_reactivate(on: bool) {
+        NO_REACTIVATE.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether reactivation is off.
+    pub fn no_reactivate() -> bool {
+        NO_REACTIVATE.load(Ordering::SeqCst)
     }
 }
 

@@ -87,6 +87,8 @@ struct Sim {
     rejected: Vec<String>,
     dispatched: Vec<StepDispatch>,
     alerts: Vec<(MonoTime, String)>,
+    /// (member, epoch): members that report having self-fenced, at every tick.
+    fenced: Vec<(NodeId, u64)>,
 }
 
 impl Sim {
@@ -136,6 +138,7 @@ impl Sim {
             rejected: Vec::new(),
             dispatched: Vec::new(),
             alerts: Vec::new(),
+            fenced: Vec::new(),
         }
     }
 
@@ -160,6 +163,9 @@ impl Sim {
         }
         for ((o, site), &verdict) in &self.ready {
             self.engine.readiness_report(*o, SVC, site, verdict, self.now);
+        }
+        for &(member, epoch) in &self.fenced {
+            self.engine.fenced_report(member, SVC, epoch, self.now);
         }
         let obs = Observation {
             now: self.now,
@@ -292,6 +298,9 @@ fn brief(req: &ControlRequest) -> String {
         }
         ControlRequest::StepStarted { step, attempt, executor, .. } => {
             format!("started {step}#{attempt} on {executor:?}")
+        }
+        ControlRequest::StartReactivation { site, expected_epoch, .. } => {
+            format!("reactivate {site} from epoch {expected_epoch}")
         }
         ControlRequest::StepFinished { step, attempt, outcome, .. } => {
             format!("finished {step}#{attempt} {}", if outcome.is_ok() { "ok" } else { "err" })
@@ -789,7 +798,7 @@ fn a_step_without_result_fails_at_its_deadline_and_is_retried_after_backoff() {
     // Backoff (1s) counted from when the engine saw the failed attempt.
     let failed_at = sim.now;
     sim.answer = |_| Some(Ok("done".into()));
-    sim.run_until(10_000, |s| briefs(&s.log).iter().any(|b| b == "started 2#2 on None"));
+    sim.run_until(10_000, |s| briefs(&s.log).iter().any(|b| b == "started 2#2 on Some(4)"));
     assert_eq!(sim.now, failed_at + Duration::from_secs(2));
     sim.run_until(30_000, |s| s.svc().phase == ServicePhase::FailedOver);
     assert_eq!(sim.rejected, Vec::<String>::new());
@@ -982,4 +991,148 @@ fn a_verdict_arriving_after_the_site_came_back_is_ignored() {
     sim.engine.veto_result(SVC, Ok(()));
     sim.run(1_000);
     assert_eq!(briefs(&sim.log), ["start prod->dr auto=true"]);
+}
+
+#[test]
+fn a_self_fenced_active_site_is_reactivated_once_its_member_reports_back() {
+    let mut sim = Sim::new(&[]);
+    sim.fail_over_to_dr();
+    let before = sim.log.len();
+    // Nothing without a report, nor for reports that do not fit: another epoch, a member of
+    // a site that is not active, a witness.
+    sim.fenced = vec![(4, 1), (1, 2), (WITNESS, 2)];
+    sim.run(10_000);
+    assert_eq!(sim.log.len(), before, "{:?}", briefs(&sim.log[before..]));
+    // Nor while the reporting member is not reachable (yet) from the leader.
+    sim.fenced = vec![(4, 2)];
+    sim.reachable.remove(&4);
+    sim.run(5_000);
+    assert_eq!(sim.log.len(), before, "{:?}", briefs(&sim.log[before..]));
+    sim.reachable.insert(4);
+
+    // dr-2 self-fenced at epoch 2 and reaches the leader again.
+    sim.fenced = vec![(4, 2)];
+    sim.run_until(30_000, |s| s.svc().phase == ServicePhase::FailedOver && s.svc().epoch == 3);
+    assert_eq!(
+        briefs(&sim.log[before..]),
+        [
+            "reactivate dr from epoch 2",
+            "started 0#1 on None",
+            "finished 0#1 ok",
+            "started 1#1 on None",
+            "finished 1#1 ok",
+            "started 2#1 on None",
+            "finished 2#1 ok",
+            "started 3#1 on None",
+            "finished 3#1 ok",
+        ]
+    );
+    let s = sim.svc();
+    assert_eq!((s.active_site.as_str(), s.epoch), ("dr", 3));
+    assert_eq!(s.lease.as_ref().map(|l| (l.site.as_str(), l.epoch)), Some(("dr", 3)));
+    // The dr activate runbook ran again, with the new epoch as the fencing token.
+    let reruns: Vec<(&str, u64, &str)> = sim
+        .dispatched
+        .iter()
+        .filter(|d| d.workflow_id != sim.wf().id || d.epoch == 3)
+        .map(|d| (d.action.action.kind(), d.epoch, d.to_site.as_str()))
+        .filter(|(_, e, _)| *e == 3)
+        .collect();
+    assert_eq!(reruns, [("exec", 3, "dr"), ("haproxy", 3, "dr"), ("dns", 3, "dr")]);
+    assert!(sim.alerts.iter().any(|(_, m)| m.contains("reactivating dr for file-transfer")));
+    // The report of epoch 2 is spent: no second reactivation, no failover.
+    let len = sim.log.len();
+    sim.run(20_000);
+    assert_eq!(sim.log.len(), len);
+    assert_eq!(starts(&sim.log), 1);
+    assert_eq!(sim.rejected, Vec::<String>::new());
+}
+
+#[test]
+fn a_stale_fence_report_does_not_reactivate() {
+    let mut sim = Sim::new(&[]);
+    sim.fail_over_to_dr();
+    let before = sim.log.len();
+    // Reported once, 6s ago (stale after 5s), and never again.
+    sim.engine.fenced_report(4, SVC, 2, sim.now);
+    sim.advance(6_000);
+    sim.run(5_000);
+    assert_eq!(sim.log.len(), before);
+}
+
+#[test]
+fn a_reactivation_with_nobody_to_run_it_ends_failed_and_says_so() {
+    let mut sim = Sim::with_leader(&[], "witness");
+    sim.fail_over_to_dr();
+    let before = sim.log.len();
+    // dr-2 reports itself fenced; dr is unreachable from the leader right after the start.
+    sim.fenced = vec![(4, 2)];
+    sim.advance(ROUND_MS);
+    let commands = sim.tick();
+    assert!(matches!(proposals(&commands)[..], [ControlRequest::StartReactivation { .. }]));
+    sim.reachable = [1, 2, WITNESS].into();
+    sim.run(30_000);
+    assert_eq!(
+        briefs(&sim.log[before..]),
+        [
+            "reactivate dr from epoch 2",
+            "started 0#1 on None",
+            "finished 0#1 err",
+            "started 0#2 on None",
+            "finished 0#2 err",
+            "started 0#3 on None",
+            "finished 0#3 err",
+        ],
+        "attempts fail at once, without waiting for an executor"
+    );
+    let s = sim.svc();
+    assert_eq!((s.active_site.as_str(), s.epoch, s.phase), ("dr", 3, ServicePhase::FailedOver));
+    assert_eq!(s.active_workflow(), None);
+    assert!(
+        sim.alerts.iter().any(|(_, m)| m.starts_with(
+            "reactivation of file-transfer on dr failed: file-transfer epoch 3: step 1 (activate \
+             exec on dr) failed: no node of site dr is reachable"
+        )),
+        "{:?}",
+        sim.alerts
+    );
+    assert!(sim.dispatched.iter().all(|d| d.epoch != 3), "nothing ran");
+}
+
+#[test]
+fn a_failed_step_is_retried_on_another_executor_of_its_site() {
+    let mut sim = Sim::with_leader(&[FENCE_ON_PROD], "witness");
+    // start_all fails on dr-1, works elsewhere.
+    sim.answer = |d| {
+        Some(if d.step == 2 && d.executor == Some(3) {
+            Err("start_all: exit 1".to_string())
+        } else {
+            Ok("done".to_string())
+        })
+    };
+    sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
+    sim.run_until(60_000, |s| s.svc().phase == ServicePhase::FailedOver);
+    let step2: Vec<String> = briefs(&sim.log).into_iter().filter(|b| b.contains(" 2#")).collect();
+    assert_eq!(
+        step2,
+        ["started 2#1 on Some(3)", "finished 2#1 err", "started 2#2 on Some(4)", "finished 2#2 ok"]
+    );
+    // The next step starts on the first choice again.
+    assert!(briefs(&sim.log).contains(&"started 3#1 on Some(3)".to_string()));
+}
+
+#[test]
+fn a_failover_that_fails_after_fencing_alerts_that_nobody_is_serving() {
+    let mut sim = Sim::new(&[FENCE_ON_PROD]);
+    sim.answer = |d| {
+        Some(if d.step == 2 { Err("start_all: exit 1".to_string()) } else { Ok("done".into()) })
+    };
+    sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
+    sim.run_until(60_000, |s| s.svc().phase == ServicePhase::FailoverFailed);
+    sim.run(1_000);
+    let expected = "file-transfer: nobody is serving: prod was fenced and dr failed to activate \
+                    at step 3 (activate exec on dr): start_all: exit 1; fix the cause and run \
+                    'droverctl resume file-transfer'";
+    assert!(sim.alerts.iter().any(|(_, m)| m == expected), "{:?}", sim.alerts);
+    assert_eq!(sim.svc().nobody_serving(SVC).as_deref(), Some(expected));
 }

@@ -50,6 +50,8 @@ pub fn view_to_pb(view: &ClusterView) -> pb::StatusReply {
         history_seq: view.history_seq,
         spec_version: view.spec_version,
         services: view.services.iter().map(|(name, s)| service_to_pb(name, s, view)).collect(),
+        quorum: String::new(),
+        reachable: Vec::new(),
     }
 }
 
@@ -80,6 +82,8 @@ fn service_to_pb(name: &str, s: &ServiceState, view: &ClusterView) -> pb::Servic
         lease_site: s.lease.as_ref().map(|l| l.site.clone()).unwrap_or_default(),
         sites,
         workflow: s.workflow.as_ref().map(workflow_to_pb),
+        alert: s.nobody_serving(name).unwrap_or_default(),
+        own_sites: Vec::new(),
     }
 }
 
@@ -130,6 +134,7 @@ fn workflow_to_pb(w: &Workflow) -> pb::WorkflowStatus {
         state: state.to_string(),
         steps,
         started_at_unix_ms: w.started_at_unix_ms,
+        kind: w.kind.as_str().to_string(),
     }
 }
 

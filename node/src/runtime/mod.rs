@@ -317,6 +317,8 @@ pub async fn assemble(
         // Certificates are checked whenever there are any; without TLS (--insecure-dev, the
         // simulator) there is nothing to check them against.
         authz: Authorizer::new(raft.clone(), tls.is_some()),
+        own_health: Default::default(),
+        presence: Default::default(),
     };
     let fence_tester = fence_test::FenceTester::new(
         node.clone(),

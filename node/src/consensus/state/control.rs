@@ -6,6 +6,12 @@
 //!  StartFailover(A→B) ──▶ epoch+1, lease revoked, plan = fence(A) · lease_wait · activate(B) · verify(B)
 //!  StepStarted / StepFinished ──▶ steps run strictly in order; lease_wait's success grants B the lease
 //!  last step done ──▶ commit (auto) or pending_commit (manual) ──▶ Commit ──▶ failed_over, active = B
+//!
+//!  StartReactivation(A, e) ──▶ A self-fenced at epoch e and its members reach the cluster again:
+//!     epoch+1, lease to A at once (no other site is involved), plan = activate(A) · verify(A)
+//!  last step done ──▶ back to protecting / failed_over, A active at the new epoch
+//!  a step fails for good ──▶ the reactivation ends failed; the service is back in its phase
+//!     (so detection may fail it over) and A's members keep the lease at the new epoch
 //! ```
 //!
 //! Everything here is pure and deterministic. Entries that do not fit the current state (a
@@ -108,6 +114,9 @@ pub enum ServicePhase {
     FailedOver,
     /// A failover step failed with `on_failure = abort`; an operator must resume it.
     FailoverFailed,
+    /// The active site self-fenced while still recorded active; its activate runbook runs
+    /// again (a `reactivate` workflow) so it serves again.
+    Reactivating,
 }
 
 impl ServicePhase {
@@ -119,6 +128,7 @@ impl ServicePhase {
             ServicePhase::PendingCommit => "pending_commit",
             ServicePhase::FailedOver => "failed_over",
             ServicePhase::FailoverFailed => "failover_failed",
+            ServicePhase::Reactivating => "reactivating",
         }
     }
 }
@@ -282,9 +292,34 @@ pub enum WorkflowState {
     Committed,
 }
 
-/// A failover in progress (or the last one, kept for status).
+/// What a workflow does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowKind {
+    /// Move the service from one site to another: fence, lease wait, activate, verify.
+    #[default]
+    Failover,
+    /// Start the active site again after it self-fenced (`from == to`): activate, verify.
+    Reactivate,
+}
+
+impl WorkflowKind {
+    /// The name shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkflowKind::Failover => "failover",
+            WorkflowKind::Reactivate => "reactivate",
+        }
+    }
+}
+
+/// A workflow in progress (or the last one, kept for status).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workflow {
+    /// Failover (the default, for entries written before reactivations existed) or
+    /// reactivation.
+    #[serde(default)]
+    pub kind: WorkflowKind,
     /// The log index of the entry that started it: unique, never reused.
     pub id: u64,
     /// Started by the decision engine (true) or by an operator.
@@ -340,9 +375,47 @@ pub struct ServiceState {
 }
 
 impl ServiceState {
-    /// The workflow, if one is in progress (not yet committed).
+    /// The workflow, if one is in progress (not yet committed). A reactivation that ended
+    /// failed is not in progress: it leaves the service in its phase (see the module doc).
     pub fn active_workflow(&self) -> Option<&Workflow> {
-        self.workflow.as_ref().filter(|w| w.state != WorkflowState::Committed)
+        self.workflow.as_ref().filter(|w| match w.kind {
+            WorkflowKind::Failover => w.state != WorkflowState::Committed,
+            WorkflowKind::Reactivate => w.state == WorkflowState::Running,
+        })
+    }
+
+    /// When a failover stopped (failed or paused) after it revoked the old site's lease, so
+    /// that nobody serves the service until an operator acts: the alert that says exactly
+    /// that, the step it stopped at and what to do. None otherwise.
+    pub fn nobody_serving(&self, service: &str) -> Option<String> {
+        let wf = self.workflow.as_ref().filter(|w| w.kind == WorkflowKind::Failover)?;
+        let how = match &wf.state {
+            WorkflowState::Failed { .. } => "failed",
+            WorkflowState::Paused { .. } => "is paused",
+            _ => return None,
+        };
+        let i = wf.cursor()?;
+        let step = &wf.steps[i];
+        let error = match &step.status {
+            StepStatus::RetryWait { error, .. } | StepStatus::Failed { error, .. } => error.clone(),
+            _ => "unknown error".to_string(),
+        };
+        let (from, to) = (&wf.from, &wf.to);
+        let what = match step.stage {
+            Stage::Fence | Stage::LeaseWait => format!(
+                "{from}'s lease was revoked (its nodes stop serving) and the failover to {to} \
+                 {how} while fencing {from}"
+            ),
+            Stage::Activate | Stage::Verify => {
+                format!("{from} was fenced and {to} {how} to activate")
+            }
+        };
+        Some(format!(
+            "{service}: nobody is serving: {what} at step {} ({}): {error}; fix the cause and \
+             run 'droverctl resume {service}'",
+            i + 1,
+            step.describe()
+        ))
     }
 }
 
@@ -434,6 +507,23 @@ pub enum ControlRequest {
         /// Proposer's wall clock.
         at_unix_ms: i64,
     },
+    /// Start `site`'s activate runbook again after its nodes self-fenced at `expected_epoch`
+    /// while it stayed the active site (decided by the engine when they reach the cluster
+    /// again).
+    StartReactivation {
+        /// Service name.
+        service: String,
+        /// The active site, which self-fenced.
+        site: String,
+        /// Compare-and-set on the epoch: the one the site self-fenced at.
+        expected_epoch: u64,
+        /// Why, in words.
+        reason: String,
+        /// Who.
+        author: String,
+        /// Proposer's wall clock.
+        at_unix_ms: i64,
+    },
     /// `droverctl ack`: end a cooldown so automatic failover is armed again.
     Ack {
         /// Service name.
@@ -455,6 +545,7 @@ impl ControlRequest {
             | ControlRequest::StepFinished { author, .. }
             | ControlRequest::Commit { author, .. }
             | ControlRequest::Resume { author, .. }
+            | ControlRequest::StartReactivation { author, .. }
             | ControlRequest::Ack { author, .. } => author,
         }
     }
@@ -468,6 +559,7 @@ impl ControlRequest {
             | ControlRequest::StepFinished { at_unix_ms, .. }
             | ControlRequest::Commit { at_unix_ms, .. }
             | ControlRequest::Resume { at_unix_ms, .. }
+            | ControlRequest::StartReactivation { at_unix_ms, .. }
             | ControlRequest::Ack { at_unix_ms, .. } => *at_unix_ms,
         }
     }
@@ -490,6 +582,24 @@ fn rejected(why: impl Into<String>) -> Outcome {
 
 fn changed(kind: &'static str, text: impl Into<String>) -> Outcome {
     Outcome { rejected: None, record: Some((kind, text.into())), changed: true }
+}
+
+/// The phase of a service resting on `active`: protecting on its initial site, failed over
+/// elsewhere (as after a spec apply).
+fn phase_of(active: &str, initial_active: Option<&str>) -> ServicePhase {
+    if initial_active.is_none_or(|i| i == active) {
+        ServicePhase::Protecting
+    } else {
+        ServicePhase::FailedOver
+    }
+}
+
+/// Builds a reactivation plan: `site`'s activate runbook, then its verify runbook.
+pub fn plan_reactivation(spec: &ClusterSpec, service: &str, site: &str) -> Vec<WorkflowStep> {
+    plan_failover(spec, service, site, site)
+        .into_iter()
+        .filter(|s| matches!(s.stage, Stage::Activate | Stage::Verify))
+        .collect()
 }
 
 /// Builds a failover plan from the spec's runbooks.
@@ -567,6 +677,21 @@ impl ControlState {
                 self.commit(service, *at_unix_ms, true)
             }
             ControlRequest::Resume { service, .. } => self.resume(service),
+            ControlRequest::StartReactivation {
+                service,
+                site,
+                expected_epoch,
+                reason,
+                at_unix_ms,
+                ..
+            } => self.start_reactivation(
+                log_index,
+                service,
+                site,
+                *expected_epoch,
+                reason,
+                *at_unix_ms,
+            ),
             ControlRequest::Ack { service, .. } => self.ack(service),
         };
         for (name, before) in before_epochs {
@@ -714,6 +839,7 @@ impl ControlState {
         state.lease = None;
         state.phase = ServicePhase::FailingOver;
         state.workflow = Some(Workflow {
+            kind: WorkflowKind::Failover,
             id: log_index,
             automatic,
             from: from.to_string(),
@@ -732,6 +858,75 @@ impl ControlState {
                 "{how} failover of {service} from {from} to {to} started, epoch {}: {reason}",
                 state.epoch
             ),
+        )
+    }
+
+    /// Starts a reactivation of `site`, the active site, which self-fenced at
+    /// `expected_epoch`. The site keeps the lease, at a new epoch (S3: every activation gets a
+    /// new fencing token); no other site holds or is granted it, so one site serving (S1) and
+    /// fence before activate (S2: the site being activated is the one that fenced) still hold.
+    fn start_reactivation(
+        &mut self,
+        log_index: u64,
+        service: &str,
+        site: &str,
+        expected_epoch: u64,
+        reason: &str,
+        at_unix_ms: i64,
+    ) -> Outcome {
+        let Some(spec) = self.spec.as_ref().map(|s| &s.spec) else {
+            return rejected("no cluster spec applied yet");
+        };
+        let plan = plan_reactivation(spec, service, site);
+        let terms = spec.policy_for(service).map(|p| LeaseTerms::of(&p)).unwrap_or_default();
+        let Some(state) = self.services.get_mut(service) else {
+            return rejected(format!("no service named {service}"));
+        };
+        if state.epoch != expected_epoch {
+            return rejected(format!(
+                "service {service} is at epoch {}, not {expected_epoch}",
+                state.epoch
+            ));
+        }
+        if state.active_site != site
+            || state.lease.as_ref().is_none_or(|l| l.site != site || l.epoch != state.epoch)
+        {
+            return rejected(format!(
+                "service {service} is not active on {site} with its lease; only the active site \
+                 is reactivated"
+            ));
+        }
+        if !matches!(state.phase, ServicePhase::Protecting | ServicePhase::FailedOver)
+            || state.active_workflow().is_some()
+        {
+            return rejected(format!(
+                "service {service} is {}; a reactivation can start only from protecting or \
+                 failed_over",
+                state.phase.as_str()
+            ));
+        }
+        if plan.iter().all(|s| s.stage != Stage::Activate) {
+            return rejected(format!("site {site} has no activate runbook for {service}"));
+        }
+        state.epoch += 1;
+        state.lease = Some(Lease { site: site.to_string(), epoch: state.epoch, terms });
+        state.phase = ServicePhase::Reactivating;
+        state.workflow = Some(Workflow {
+            kind: WorkflowKind::Reactivate,
+            id: log_index,
+            automatic: true,
+            from: site.to_string(),
+            to: site.to_string(),
+            epoch: state.epoch,
+            reason: reason.to_string(),
+            started_at_unix_ms: at_unix_ms,
+            steps: plan,
+            revoked_terms: terms,
+            state: WorkflowState::Running,
+        });
+        changed(
+            "reactivate",
+            format!("reactivation of {service} on {site} started, epoch {}: {reason}", state.epoch),
         )
     }
 
@@ -804,6 +999,11 @@ impl ControlState {
     ) -> Outcome {
         let policy = self.spec.as_ref().and_then(|s| s.spec.policy_for(service));
         let commit_mode = policy.as_ref().map_or(CommitMode::Auto, |p| p.commit);
+        let initial_active = self
+            .spec
+            .as_ref()
+            .and_then(|s| s.spec.service(service))
+            .map(|s| s.initial_active.clone());
         let terms = policy.as_ref().map(LeaseTerms::of).unwrap_or_default();
         let state = match Self::running_workflow(&mut self.services, service, workflow_id) {
             Ok(s) => s,
@@ -843,6 +1043,24 @@ impl ControlState {
                 s.status = StepStatus::RetryWait { attempt, error: error.clone() };
                 format!("{label} attempt {attempt} failed, will retry: {error}")
             }
+            Err(error) if wf.kind == WorkflowKind::Reactivate => {
+                // A reactivation that cannot finish gives the service back to detection (and so
+                // to a failover when the site is down) instead of waiting for an operator.
+                let text = format!("{label} failed: {error}");
+                s.status = StepStatus::Failed { attempt, error: error.clone() };
+                if s.on_failure() != OnFailure::Continue {
+                    wf.state = WorkflowState::Failed { reason: text.clone() };
+                    state.phase = phase_of(&state.active_site, initial_active.as_deref());
+                    return changed(
+                        "step",
+                        format!(
+                            "{text}; reactivation of {service} on {} ended failed",
+                            state.active_site
+                        ),
+                    );
+                }
+                text
+            }
             Err(error) => {
                 let text = format!("{label} failed: {error}");
                 match s.on_failure() {
@@ -865,6 +1083,17 @@ impl ControlState {
             }
         };
         let done = wf.state == WorkflowState::Running && wf.cursor().is_none();
+        if done && wf.kind == WorkflowKind::Reactivate {
+            wf.state = WorkflowState::Committed;
+            state.phase = phase_of(&state.active_site, initial_active.as_deref());
+            return changed(
+                "step",
+                format!(
+                    "{record}; {} serves {service} again at epoch {}",
+                    state.active_site, state.epoch
+                ),
+            );
+        }
         if done {
             match commit_mode {
                 CommitMode::Auto => {
@@ -893,6 +1122,9 @@ impl ControlState {
         let Some(wf) = state.workflow.as_mut() else {
             return rejected(format!("service {service} has no failover to commit"));
         };
+        if wf.kind == WorkflowKind::Reactivate {
+            return rejected(format!("service {service} has no failover to commit"));
+        }
         let ready = match wf.state {
             WorkflowState::AwaitingCommit => true,
             WorkflowState::Running => !by_operator && wf.cursor().is_none(),
@@ -924,6 +1156,12 @@ impl ControlState {
         let Some(wf) = state.workflow.as_mut() else {
             return rejected(format!("service {service} has no workflow to resume"));
         };
+        if wf.kind == WorkflowKind::Reactivate {
+            return rejected(format!(
+                "the last workflow of {service} is a reactivation, which is not resumed: it \
+                 starts again when the site self-fences again"
+            ));
+        }
         match wf.state {
             WorkflowState::Paused { .. } | WorkflowState::Failed { .. } => {
                 wf.state = WorkflowState::Running;
@@ -973,7 +1211,17 @@ impl ControlState {
                         wf.epoch, s.epoch,
                         "{name}: workflow epoch differs from the service's"
                     );
-                    if let Some(lease) = &s.lease {
+                    if wf.kind == WorkflowKind::Reactivate {
+                        // A reactivation keeps the lease with the active site, at its epoch.
+                        assert_eq!(wf.from, wf.to, "{name}: reactivation moves the service");
+                        let lease = s.lease.as_ref().map(|l| l.site.as_str());
+                        assert_eq!(
+                            lease,
+                            Some(s.active_site.as_str()),
+                            "{name}: reactivated site without the lease"
+                        );
+                        assert_eq!(wf.to, s.active_site, "{name}: reactivates another site");
+                    } else if let Some(lease) = &s.lease {
                         // During a failover only the new site can hold the lease, and only
                         // after lease_wait succeeded.
                         assert_eq!(
@@ -1232,6 +1480,125 @@ mod tests {
         assert_eq!(c.apply(0, &ack).rejected, None);
         assert_eq!(svc(&c).mode, Automation::Auto);
         assert!(c.apply(0, &ack).rejected.is_some());
+    }
+
+    fn reactivate(c: &mut ControlState, index: u64, site: &str, epoch: u64) -> Outcome {
+        c.apply(
+            index,
+            &ControlRequest::StartReactivation {
+                service: SVC.into(),
+                site: site.into(),
+                expected_epoch: epoch,
+                reason: "self-fenced".into(),
+                author: "leader".into(),
+                at_unix_ms: 7000,
+            },
+        )
+    }
+
+    #[test]
+    fn a_self_fenced_active_site_is_reactivated_at_a_new_epoch_and_keeps_the_lease() {
+        let mut c = ControlState::default();
+        apply_spec(&mut c, spec_with("commit = \"auto\""), None);
+        // prod has no activate runbook: it cannot be reactivated.
+        let no_runbook = reactivate(&mut c, 5, "prod", 1).rejected.unwrap();
+        assert!(no_runbook.contains("no activate runbook"), "{no_runbook}");
+        start(&mut c, 10, 1);
+        run_all(&mut c, 10);
+        let mode = svc(&c).mode.clone();
+        assert!(reactivate(&mut c, 20, "dr", 1).rejected.unwrap().contains("epoch 2, not 1"));
+        assert!(reactivate(&mut c, 20, "prod", 2).rejected.unwrap().contains("not active on"));
+        assert_eq!(reactivate(&mut c, 20, "dr", 2).rejected, None);
+        let s = svc(&c);
+        assert_eq!(
+            (s.active_site.as_str(), s.epoch, s.phase),
+            ("dr", 3, ServicePhase::Reactivating)
+        );
+        assert_eq!(s.lease.as_ref().map(|l| (l.site.as_str(), l.epoch)), Some(("dr", 3)));
+        let wf = s.workflow.as_ref().unwrap();
+        assert_eq!(wf.kind, WorkflowKind::Reactivate);
+        let stages: Vec<Stage> = wf.steps.iter().map(|s| s.stage).collect();
+        assert_eq!(stages, [Stage::Activate, Stage::Activate, Stage::Activate, Stage::Verify]);
+        assert!(s.active_workflow().is_some());
+        // One workflow at a time: no failover (nor a second reactivation) while it runs.
+        assert!(reactivate(&mut c, 21, "dr", 3).rejected.is_some());
+        assert!(c
+            .apply(
+                22,
+                &ControlRequest::StartFailover {
+                    service: SVC.into(),
+                    from: "dr".into(),
+                    to: "prod".into(),
+                    expected_epoch: 3,
+                    automatic: false,
+                    reason: "op".into(),
+                    author: "op".into(),
+                    at_unix_ms: 0,
+                }
+            )
+            .rejected
+            .is_some());
+        run_all(&mut c, 20);
+        let s = svc(&c);
+        assert_eq!((s.active_site.as_str(), s.epoch, s.phase), ("dr", 3, ServicePhase::FailedOver));
+        assert_eq!(s.lease.as_ref().map(|l| (l.site.as_str(), l.epoch)), Some(("dr", 3)));
+        assert_eq!(s.active_workflow(), None);
+        assert_eq!(s.mode, mode, "a reactivation leaves the automation mode alone");
+        let commit =
+            ControlRequest::Commit { service: SVC.into(), author: "op".into(), at_unix_ms: 0 };
+        assert!(c.apply(0, &commit).rejected.is_some());
+    }
+
+    #[test]
+    fn a_failed_reactivation_gives_the_service_back_to_its_phase() {
+        let mut c = ControlState::default();
+        apply_spec(&mut c, spec_with("commit = \"auto\""), None);
+        start(&mut c, 10, 1);
+        run_all(&mut c, 10);
+        assert_eq!(reactivate(&mut c, 20, "dr", 2).rejected, None);
+        // dr.activate[0] has retries = 2: the third failure ends the reactivation.
+        for attempt in 1..=3 {
+            assert_eq!(started(&mut c, 20, 0, attempt).rejected, None);
+            let out = finished(&mut c, 20, 0, attempt, false);
+            assert_eq!(out.rejected, None);
+            if attempt == 3 {
+                assert!(out.record.unwrap().1.contains("ended failed"));
+            }
+        }
+        let s = svc(&c);
+        assert_eq!((s.active_site.as_str(), s.epoch, s.phase), ("dr", 3, ServicePhase::FailedOver));
+        assert!(matches!(s.workflow.as_ref().unwrap().state, WorkflowState::Failed { .. }));
+        assert_eq!(s.active_workflow(), None, "detection decides again");
+        assert_eq!(s.nobody_serving(SVC), None, "not a failover stopped after fencing");
+        let resume =
+            ControlRequest::Resume { service: SVC.into(), author: "op".into(), at_unix_ms: 0 };
+        assert!(c.apply(0, &resume).rejected.unwrap().contains("reactivation"));
+        // A new self-fence at the new epoch may start another one.
+        assert_eq!(reactivate(&mut c, 30, "dr", 3).rejected, None);
+        assert_eq!(svc(&c).epoch, 4);
+    }
+
+    #[test]
+    fn a_failover_stopped_after_fencing_says_nobody_is_serving_and_what_to_do() {
+        let mut c = ControlState::default();
+        apply_spec(&mut c, spec_with("commit = \"auto\""), None);
+        start(&mut c, 10, 1);
+        assert_eq!(svc(&c).nobody_serving(SVC), None, "running: a failover is under way");
+        run_until(&mut c, 10, 2);
+        for attempt in 1..=3 {
+            started(&mut c, 10, 2, attempt);
+            finished(&mut c, 10, 2, attempt, false);
+        }
+        assert_eq!(
+            svc(&c).nobody_serving(SVC).unwrap(),
+            "file-transfer: nobody is serving: prod was fenced and dr failed to activate at step \
+             3 (activate exec on dr): boom; fix the cause and run 'droverctl resume \
+             file-transfer'"
+        );
+        let resume =
+            ControlRequest::Resume { service: SVC.into(), author: "op".into(), at_unix_ms: 0 };
+        c.apply(0, &resume);
+        assert_eq!(svc(&c).nobody_serving(SVC), None);
     }
 
     #[test]

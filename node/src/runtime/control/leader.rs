@@ -64,7 +64,7 @@ pub(super) async fn controller_loop(
             Engine::new(EngineParams::new(ctx.node.name.clone()), ctx.clock.at(now))
         });
         match event {
-            Some(Event::Reports { observer, reports, received, relayed }) => {
+            Some(Event::Reports { observer, reports, fenced, received, relayed }) => {
                 // A relay cannot prove whose observation it carries: take relayed reports only
                 // for an observer the leader does not hear from itself, so a member can never
                 // speak for observers that reach the leader (a forged quorum).
@@ -75,6 +75,9 @@ pub(super) async fn controller_loop(
                     .is_some_and(|t| received.saturating_duration_since(*t) < DIRECT_FRESH)
                 {
                     continue;
+                }
+                for f in fenced {
+                    eng.fenced_report(observer, &f.service, f.epoch, ctx.clock.at(received));
                 }
                 for r in reports {
                     let at =
@@ -197,6 +200,7 @@ fn service_of(req: &ControlRequest) -> String {
         | ControlRequest::StepFinished { service, .. }
         | ControlRequest::Commit { service, .. }
         | ControlRequest::Resume { service, .. }
+        | ControlRequest::StartReactivation { service, .. }
         | ControlRequest::Ack { service, .. } => service.clone(),
     }
 }
@@ -208,6 +212,9 @@ fn propose(ctx: &ControlCtx, term: u64, req: ControlRequest) {
     tokio::spawn(async move {
         if let ControlRequest::StartFailover { from, to, reason, .. } = &req {
             warn!(service = %service, from = %from, to = %to, "starting automatic failover: {reason}");
+        }
+        if let ControlRequest::StartReactivation { site, reason, .. } = &req {
+            warn!(service = %service, site = %site, "reactivating the active site: {reason}");
         }
         match tokio::time::timeout(
             Duration::from_secs(10),

@@ -518,6 +518,11 @@ async fn self_fence(ctx: &ControlCtx, spec: &ClusterSpec, service: &str, epoch: 
             }
         }
     }
+    // Done (whatever its steps' outcome: the grace is over): the reporter tells the leader,
+    // which reactivates the site if it is still the active one at this epoch.
+    if let Ok(mut done) = ctx.fence_done.lock() {
+        done.insert(service.to_string(), epoch);
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 //! The engine decides; this module only carries out its commands and feeds it what happened.
 //! Every channel is bounded and every remote call has a deadline.
 //!
-//! - `report.rs`   probe reports to the leader
+//! - `report.rs`   probe reports (and finished self-fences) to the leader
 //! - `leader.rs`   the leader's loop: engine ticks, proposals, step dispatch, vetoes
 //! - `executor.rs` running a step on a node of its site (epoch, workflow and attempt checks)
 //! - `lease.rs`    the holder side: renewals, relays, expiry, self-fence; the leader's check
@@ -29,7 +29,7 @@ mod service;
 
 pub(crate) use report::parse_verdict;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,6 +89,9 @@ pub struct ControlCtx {
     steps_running: Arc<Mutex<HashSet<StepKey>>>,
     /// The leader's linearizable reads for lease confirmations, shared.
     reads: Arc<lease::ReadBarrier>,
+    /// Per service, the epoch at which this node's on_lease_lost runbook last finished: the
+    /// reporter tells the leader, which reactivates the site if it is still the active one.
+    fence_done: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 /// A step run: service, workflow id, step index, attempt.
@@ -99,6 +102,8 @@ enum Event {
     Reports {
         observer: NodeId,
         reports: Vec<pb::ProbeReport>,
+        /// Services the observer self-fenced, with the epoch.
+        fenced: Vec<pb::SelfFenced>,
         received: Instant,
         /// Passed on by another member for an observer that could not reach the leader.
         relayed: bool,
@@ -232,6 +237,7 @@ pub fn start(
         events: events_tx,
         steps_running: Default::default(),
         reads: Arc::default(),
+        fence_done: Arc::default(),
         node,
     };
     let probes: Arc<dyn ProbeSource> = match parts.probes {

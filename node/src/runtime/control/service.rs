@@ -63,6 +63,7 @@ impl Control for ControlService {
             .try_send(Event::Reports {
                 observer: r.observer,
                 reports: r.reports,
+                fenced: r.fenced,
                 received: Instant::now(),
                 relayed: r.relayed,
             })
