@@ -483,6 +483,13 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
+        // Served by the leader, whose state holds every write acknowledged to a client (a
+        // follower may not have applied the note just added); a node that knows no leader
+        // answers from its own state, the best there is.
+        let metrics = self.node.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader && metrics.current_leader.is_some() {
+            self.require_leader().await?;
+        }
         let req = req.into_inner();
         let limit = match req.limit {
             0 => MAX_HISTORY_PAGE,

@@ -31,7 +31,7 @@ pub struct RunArgs {
     /// member remove' of this node's old entry) instead of refusing to start; then add it
     /// with 'droverctl member add' and 'droverctl member promote'. Also the first start of a
     /// new member (a node.toml without initial_member). Ignored when the data dir holds state.
-    #[arg(long)]
+    #[arg(long, visible_alias = "join")]
     pub rejoin: bool,
 }
 

@@ -111,7 +111,7 @@ pub enum Refusal {
          its vote forgotten. If it was a member: 'droverctl member remove {id}' (if listed), then \
          start it with 'drover-node run --rejoin', then 'droverctl member add' and 'droverctl \
          member promote {id}' (see docs/operations.md, \"Recovering a node's data\"). If it is a \
-         new member: start it with --rejoin, then 'droverctl member add'"
+         new member: start it with --join (the same as --rejoin), then 'droverctl member add'"
     )]
     JoinWithoutRejoin {
         /// This node's id.
