@@ -171,6 +171,8 @@ pub struct Checker {
     max_epoch: u64,
     phase_seen: String,
     leader_seen: Option<(u64, u64)>,
+    /// Each node's last traced Raft view (state, term, leader, standing back).
+    views: BTreeMap<String, (ServerState, u64, Option<u64>, bool)>,
     ledger_checked: usize,
     ledger_epoch: u64,
     /// Since when prod has been continuously healthy from a quorum's view.
@@ -221,6 +223,7 @@ impl Checker {
             max_epoch: 0,
             phase_seen: String::new(),
             leader_seen: None,
+            views: BTreeMap::new(),
             ledger_checked: 0,
             ledger_epoch: 0,
             prod_healthy_since: None,
@@ -251,6 +254,24 @@ impl Checker {
             .map(|(h, n)| (h.clone(), look(n, self.last_applied.get(h).copied())))
             .collect();
 
+        // Each node's Raft view as it changes, for the trace.
+        for (h, s) in &seen {
+            let back = nodes
+                .get(h)
+                .is_some_and(|n| n.standing_back.load(std::sync::atomic::Ordering::Relaxed));
+            let view = (s.server_state, s.term, s.leader, back);
+            if self.views.get(h) != Some(&view) {
+                self.views.insert(h.clone(), view);
+                let line = format!(
+                    "{h} {:?} term {} leader {}{}",
+                    s.server_state,
+                    s.term,
+                    s.leader.map_or("-".to_string(), |l| l.to_string()),
+                    if back { ", standing back" } else { "" },
+                );
+                world.trace.event(now, "view", &line);
+            }
+        }
         // Leadership and phase changes, for the trace.
         let leader = seen
             .values()
@@ -521,12 +542,28 @@ impl Checker {
                     .filter(|(_, s)| s.server_state == ServerState::Leader)
                     .map(|(h, s)| format!("{h} (term {})", s.term))
                     .collect();
+                let views: Vec<String> = seen
+                    .iter()
+                    .map(|(h, s)| {
+                        let back = nodes.get(h).is_some_and(|n| {
+                            n.standing_back.load(std::sync::atomic::Ordering::Relaxed)
+                        });
+                        format!(
+                            "{h} {:?} term {} leader {}{}",
+                            s.server_state,
+                            s.term,
+                            s.leader.map_or("-".to_string(), |l| l.to_string()),
+                            if back { " standing back" } else { "" }
+                        )
+                    })
+                    .collect();
                 let detail = format!(
-                    "no leader followed by a majority for {:.1}s although a majority was connected ({}; bound {:.1}s = 3 x election_timeout_max + 1s); leaders: {}",
+                    "no leader followed by a majority for {:.1}s although a majority was connected ({}; bound {:.1}s = 3 x election_timeout_max + 1s); leaders: {}; views: {}",
                     now.saturating_sub(since).as_secs_f64(),
                     hosts.join(", "),
                     self.bounds.election.as_secs_f64(),
-                    if leaders.is_empty() { "none".to_string() } else { leaders.join(", ") }
+                    if leaders.is_empty() { "none".to_string() } else { leaders.join(", ") },
+                    views.join("; ")
                 );
                 self.violate(world, "A2", detail);
                 self.leaderless_since = None;

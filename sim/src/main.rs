@@ -90,10 +90,12 @@ fn parse_mutation(s: &str) -> Result<Mutation, String> {
     Mutation::parse(s).ok_or_else(|| format!("{s:?} is not {}", Mutation::NAMES))
 }
 
+/// The command that replays `o`. The scenario is the one asked for: under `mix` the seed's
+/// first draw picks the scenario, so naming the picked one instead would replay another run.
 fn replay(cli: &Cli, o: &Outcome) -> String {
     let mut cmd = format!(
         "drover-sim --seed {} --scenario {} --minutes {} --nodes {}",
-        o.seed, o.scenario, cli.minutes, cli.nodes
+        o.seed, cli.scenario, cli.minutes, cli.nodes
     );
     if Duration::from_millis(cli.tick_ms) != drover_sim::run::DEFAULT_TICK {
         cmd += &format!(" --tick-ms {}", cli.tick_ms);

@@ -167,8 +167,13 @@ fn call(r: &Rogue, method: &str, me: NodeId) -> Result<(), Status> {
             r.call(|ch| async move { C::new(ch).run_veto(req).await }).map(ok)
         }
         "/drover.v1.Raft/PreVote" => {
-            let req =
-                pb::PreVoteRequest { candidate: me, term: 1, last_log_term: 0, last_log_index: 0 };
+            let req = pb::PreVoteRequest {
+                candidate: me,
+                term: 1,
+                last_log_term: 0,
+                last_log_index: 0,
+                stood_back: false,
+            };
             r.call(|ch| async move { R::new(ch).pre_vote(req).await }).map(ok)
         }
         "/drover.v1.Control/ClusterPresence" => {

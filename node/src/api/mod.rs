@@ -38,6 +38,10 @@ pub struct NodeHandle {
     /// it then neither decides failovers nor confirms leases (a read would send the
     /// heartbeats that keep its last followers from electing a leader a majority can reach).
     pub standing_back: Arc<std::sync::atomic::AtomicBool>,
+    /// The last stand-back notice of the leader this node followed (a PreVote with
+    /// `stood_back`, checked against the node's vote): the election guard campaigns on it, and
+    /// the Raft service refuses that leader's AppendEntries for a while.
+    pub stood_back_notice: raft::StandBackNotice,
     /// The applied replicated state.
     pub state: StateHandle,
     /// The leader's view of each service's sites (service -> site -> health), for status.

@@ -2,7 +2,12 @@
 //! the local openraft instance, and encodes the answer (or openraft's refusal) back.
 //! AppendEntries and snapshots accepted from a leader are noted as leader contact; `PreVote`
 //! is drover's own (openraft 0.9 has none) and is answered here by
-//! `decide::election::pre_vote_refusal`.
+//! `decide::election::pre_vote_refusal`; a PreVote with `stood_back` is the notice of a leader
+//! that stood back, noted ([`StandBackNotice`]) when it comes from the leader this node
+//! follows, in that leader's term. From then on, for `ElectionTimings::notice_refusal`, that
+//! leader's AppendEntries and snapshots are refused before openraft sees them: openraft would
+//! count them as the leader's lease (and refuse every vote), though that leader cannot reach
+//! a quorum.
 //!
 //! Checks before openraft sees anything (openraft trusts its peers; a term near `u64::MAX`
 //! makes it panic on overflow and persists the vote first):
@@ -19,6 +24,9 @@ use openraft::raft::{
 };
 use openraft::ServerState;
 use openraft::{LogId, RaftLogId, Vote};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
@@ -40,6 +48,29 @@ pub const MAX_TERM_AHEAD: u64 = 1000;
 /// where openraft's term arithmetic overflows.
 pub const MAX_TERM: u64 = 1 << 48;
 
+/// The last stand-back notice this node noted: from which leader, in which term, when (on the
+/// node's monotonic clock).
+#[derive(Debug, Clone, Default)]
+pub struct StandBackNotice(Arc<Mutex<Option<(NodeId, u64, tokio::time::Instant)>>>);
+
+impl StandBackNotice {
+    fn note(&self, leader: NodeId, term: u64) {
+        let now = tokio::time::Instant::now();
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((leader, term, now));
+    }
+
+    /// Age of the last notice, if any.
+    pub fn since(&self) -> Option<Duration> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).map(|(_, _, t)| t.elapsed())
+    }
+
+    /// Age of the last notice if it came from `leader` in `term`.
+    pub fn since_from(&self, leader: NodeId, term: u64) -> Option<Duration> {
+        let notice = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        notice.filter(|(l, t, _)| (*l, *t) == (leader, term)).map(|(_, _, at)| at.elapsed())
+    }
+}
+
 /// gRPC service for append-entries, vote and install-snapshot from peers.
 pub struct RaftService {
     node: NodeHandle,
@@ -59,6 +90,23 @@ impl RaftService {
         let body = serde_json::from_slice(&req.into_inner().payload)
             .map_err(|e| Status::invalid_argument(format!("undecodable Raft request: {e}")))?;
         Ok((caller, body))
+    }
+
+    /// Refuses the AppendEntries or snapshot of a leader (`vote`) that told this node it stood
+    /// back, for `notice_refusal` after the notice.
+    fn refuse_stood_back(&self, method: &str, vote: &Vote<NodeId>) -> Result<(), Status> {
+        let leader = vote.leader_id.node_id;
+        let timings = &self.node.election;
+        match self.node.stood_back_notice.since_from(leader, vote.leader_id.term) {
+            Some(age) if age < timings.notice_refusal() => Err(Status::unavailable(format!(
+                "{method} refused: node {leader} stood back for lack of a quorum in term {} {} \
+                 ago; this member follows it again after {} unless it elects another leader",
+                vote.leader_id.term,
+                humantime::format_duration(Duration::from_millis(age.as_millis() as u64)),
+                humantime::format_duration(timings.notice_refusal())
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses a request whose vote is not the caller's or whose terms are out of bounds.
@@ -142,6 +190,7 @@ impl RaftRpc for RaftService {
             .map(log_term)
             .chain(r.entries.iter().map(|e| log_term(e.get_log_id())));
         self.admit(&caller, "/drover.v1.Raft/AppendEntries", &r.vote, logged.collect::<Vec<_>>())?;
+        self.refuse_stood_back("AppendEntries", &r.vote)?;
         let answer = self.node.raft.append_entries(r).await;
         if matches!(&answer, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
             self.node.leader_contact.touch();
@@ -163,6 +212,7 @@ impl RaftRpc for RaftService {
         let (caller, r): (_, InstallSnapshotRequest<TypeConfig>) = Self::decode(req)?;
         let logged = r.meta.last_log_id.as_ref().map(log_term);
         self.admit(&caller, "/drover.v1.Raft/InstallSnapshot", &r.vote, logged)?;
+        self.refuse_stood_back("InstallSnapshot", &r.vote)?;
         let answer = self.node.raft.install_snapshot(r).await;
         if answer.is_ok() {
             self.node.leader_contact.touch();
@@ -178,12 +228,33 @@ impl RaftRpc for RaftService {
         let r = req.into_inner();
         let node = &self.node;
         node.authz.same_member(&caller, "/drover.v1.Raft/PreVote", "candidate", r.candidate)?;
-        let (leading, voters) = {
+        let (leading, voters, vote) = {
             let metrics = node.raft.metrics();
             let m = metrics.borrow();
             let voters: Vec<_> = m.membership_config.membership().voter_ids().collect();
-            (m.state == ServerState::Leader, voters)
+            (m.state == ServerState::Leader, voters, m.vote)
         };
+        if r.stood_back {
+            let follows = vote.is_committed()
+                && vote.leader_id.node_id == r.candidate
+                && vote.leader_id.term == r.term
+                && r.candidate != node.id;
+            let reason = if follows {
+                node.stood_back_notice.note(r.candidate, r.term);
+                tracing::info!(
+                    leader = r.candidate,
+                    term = r.term,
+                    "the leader stood back for lack of a quorum: campaigning soon"
+                );
+                "noted: this member stops deferring to its leader".to_string()
+            } else {
+                format!(
+                    "ignored: this member does not follow node {} in term {} (its vote: {vote})",
+                    r.candidate, r.term
+                )
+            };
+            return Ok(Response::new(PreVoteReply { granted: false, reason }));
+        }
         if !voters.contains(&r.candidate) {
             return Ok(Response::new(PreVoteReply {
                 granted: false,

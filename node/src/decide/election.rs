@@ -9,10 +9,21 @@
 //!            ──▶ PreVote to every voter ──▶ a majority grants ──▶ openraft elect()
 //!  voter asked for a pre-vote: grant only if it has not heard a leader for
 //!            leader_lease + heartbeat and the asker's log is at least as up to date
-//!  leader:   no quorum acknowledged for leader_lease ──▶ heartbeats off (stand back), so the
-//!            members it still reaches stop deferring to it and a connected majority can
-//!            elect; one probe round every PROBE_EVERY to find out whether a quorum is back
+//!  leader:   no quorum acknowledged for leader_lease ──▶ stand back: heartbeats off, a
+//!            stand-back notice (PreVote with `stood_back`) to every other voter; one probe
+//!            round every probe_every to find out whether a quorum is back
+//!  voter with a notice from the leader it follows: refuses that leader's AppendEntries for
+//!            notice_refusal (openraft retries unacknowledged entries, and accepting them would
+//!            refresh the very lease that keeps this voter from electing anyone else); asks for
+//!            pre-votes itself after 2 × heartbeat + jitter (≤ heartbeat), once per heartbeat
+//!            while the notice holds (grant_after)
 //! ```
+//!
+//! The notice is what makes the bridge fast: a member that still hears the old leader (a
+//! witness on a "bridge") cannot grant anyone else's vote before openraft's lease runs out
+//! after that leader's last AppendEntries, but it can campaign itself at once, and the members
+//! cut from the old leader have been silent since the cut. It does not grant others' pre-votes
+//! any earlier than without a notice (their votes would meet its openraft lease).
 //!
 //! Why: without pre-vote, a member back from a stall or a cut raises its term and deposes a
 //! leader that a majority still follows (leader ping-pong); without check-quorum, a leader cut
@@ -28,11 +39,17 @@ use std::time::Duration;
 
 use super::time::MonoTime;
 
-/// How often a leader that stood back sends one round of heartbeats to look for a quorum.
-pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// Period of the election loop's tick (the runtime ticks the guard this often).
+pub const TICK: Duration = Duration::from_millis(50);
+/// The shortest interval between two probe rounds of a leader that stood back (see
+/// [`ElectionTimings::probe_every`]).
+pub const PROBE_EVERY_MIN: Duration = Duration::from_secs(5);
 /// How long such a probe round lasts (heartbeats on).
-pub const PROBE_FOR: Duration = Duration::from_millis(600);
-/// Allowance for the pre-vote round, the vote round and the first commit of a new leader.
+/// Long enough for openraft's replication to get past its 500 ms back-off after a failed
+/// send and reach a member that came back.
+pub const PROBE_FOR: Duration = Duration::from_secs(1);
+/// Allowance for the RPC rounds of a leader change: the stand-back notice, the pre-vote round,
+/// the vote round and the first commit of the new leader.
 const ELECTION_ROUNDS: Duration = Duration::from_millis(500);
 
 /// The Raft timings the guard works with (from node.toml `[raft]`).
@@ -63,12 +80,82 @@ impl ElectionTimings {
         self.election_max.saturating_sub(self.election_min)
     }
 
+    /// How long a member with a stand-back notice waits before it asks for pre-votes:
+    /// `2 × heartbeat`. The members cut from the old leader answered its last acknowledged
+    /// AppendEntries at most a heartbeat before the one it stood back for, so by then they
+    /// have been silent for `grant_after` and grant.
+    pub fn notice_wait(&self) -> Duration {
+        self.heartbeat * 2
+    }
+
     /// Worst case from the last AppendEntries of a leader that died to a new leader able to
     /// answer a linearizable read, when a majority is connected and no vote splits:
-    /// `grant_after + max_jitter + ELECTION_ROUNDS`, i.e. `2 × election_max − election_min +
-    /// heartbeat + 500 ms`. 4.5 s at the defaults (250 ms, 1.25–2.5 s).
-    pub fn max_leader_change(&self) -> Duration {
+    /// `grant_after + max_jitter + 500 ms`, i.e. `2 × election_max − election_min + heartbeat
+    /// + 500 ms`. 4.5 s at the defaults (250 ms, 1.25–2.5 s).
+    pub fn change_after_death(&self) -> Duration {
         self.grant_after() + self.max_jitter() + ELECTION_ROUNDS
+    }
+
+    /// Worst case from a cut that leaves a live leader on a "bridge" (cut from a connected
+    /// majority, still reaching some of its members) to a new leader of that majority able to
+    /// answer a linearizable read: the leader stands back `leader_lease` (plus a tick) after
+    /// its last quorum acknowledgement, which came no later than the cut; a member it still
+    /// reaches gets the notice and campaigns after `notice_wait` plus at most a heartbeat of
+    /// jitter; then the rounds: `election_max + 3 × heartbeat + 50 ms + 500 ms`. 3.8 s at the
+    /// defaults.
+    pub fn change_on_bridge(&self) -> Duration {
+        self.leader_lease() + TICK + self.notice_wait() + self.heartbeat + ELECTION_ROUNDS
+    }
+
+    /// How long a voter refuses the AppendEntries of a leader that told it it stood back,
+    /// counted from the notice: [`Self::change_after_death`], the time the members that got
+    /// the notice need to elect without it (a leader whose inbound traffic is cut keeps
+    /// sending, and every member got its notice). After that, a leader that is still there
+    /// (nobody could elect) is followed again, and its next probe finds its quorum.
+    pub fn notice_refusal(&self) -> Duration {
+        self.change_after_death()
+    }
+
+    /// The longest leader change with a connected majority and no split vote: the larger of
+    /// [`Self::change_after_death`] and [`Self::change_on_bridge`]. 4.5 s at the defaults;
+    /// 5.15 s with 150 ms heartbeats and 1.5–3 s election timeouts.
+    pub fn max_leader_change(&self) -> Duration {
+        self.change_after_death().max(self.change_on_bridge())
+    }
+
+    /// How often a leader that stood back probes for a quorum: [`PROBE_EVERY_MIN`], or longer
+    /// when the timings need it, so that between two probes (whose AppendEntries refresh the
+    /// followers' silence) a connected majority has the time of a whole leader change plus
+    /// 500 ms. 5 s at the defaults.
+    pub fn probe_every(&self) -> Duration {
+        PROBE_EVERY_MIN.max(self.max_leader_change() + Duration::from_millis(500))
+    }
+
+    /// Whether a member that is asking for pre-votes still has no leader: it has heard none for
+    /// `grant_after` (counted from its start when it never did), or the leader it follows sent
+    /// a stand-back notice that still holds (see [`GuardInput::stood_back_notice`]).
+    pub fn leaderless(
+        &self,
+        since_leader: Option<Duration>,
+        uptime: Duration,
+        stood_back_notice: Option<Duration>,
+    ) -> bool {
+        since_leader.unwrap_or(uptime) >= self.grant_after()
+            || self.valid_notice(since_leader, stood_back_notice).is_some()
+    }
+
+    /// The age of a stand-back notice that still holds: younger than `grant_after` (after that
+    /// the plain silence rule applies) and no AppendEntries accepted more than a heartbeat after
+    /// it (one the leader sent just before it stood back may arrive just after the notice; a
+    /// later one comes from a leader that leads again, or a new one).
+    fn valid_notice(
+        &self,
+        since_leader: Option<Duration>,
+        stood_back_notice: Option<Duration>,
+    ) -> Option<Duration> {
+        let age = stood_back_notice?;
+        let heard_after = since_leader.is_some_and(|s| s + self.heartbeat < age);
+        (age < self.grant_after() && !heard_after).then_some(age)
     }
 
     /// The shortest `lease_ttl` that outlasts a leader change. Renewals go out every
@@ -107,6 +194,9 @@ pub struct GuardInput {
     pub uptime: Duration,
     /// Number of voters in the membership.
     pub voters: usize,
+    /// Age of the last stand-back notice from the leader this member follows, in the term it
+    /// follows it (`None`: none received).
+    pub stood_back_notice: Option<Duration>,
 }
 
 /// What the guard asks the runtime to do.
@@ -118,6 +208,8 @@ pub enum GuardCommand {
     Elect,
     /// Turn the leader's heartbeats on or off.
     Heartbeats(bool),
+    /// Tell every other voter that this leader stood back (PreVote with `stood_back`).
+    AnnounceStandBack,
 }
 
 /// The election guard of one member.
@@ -126,6 +218,8 @@ pub struct ElectionGuard {
     timings: ElectionTimings,
     /// The random extra wait of the current round, in [0, max_jitter].
     jitter: Duration,
+    /// The random extra wait after a stand-back notice, in [0, heartbeat].
+    notice_jitter: Duration,
     /// When the last pre-vote round started.
     last_round: Option<MonoTime>,
     /// A pre-vote round is waiting for its result.
@@ -144,6 +238,7 @@ impl ElectionGuard {
         let mut g = ElectionGuard {
             timings,
             jitter: Duration::ZERO,
+            notice_jitter: Duration::ZERO,
             last_round: None,
             in_flight: false,
             stood_back: None,
@@ -165,8 +260,12 @@ impl ElectionGuard {
     }
 
     fn draw_jitter(&mut self, random: u64) {
-        let span = self.timings.max_jitter().as_millis() as u64;
-        self.jitter = Duration::from_millis(if span == 0 { 0 } else { random % (span + 1) });
+        let pick = |span: Duration| {
+            let span = span.as_millis() as u64;
+            Duration::from_millis(if span == 0 { 0 } else { random % (span + 1) })
+        };
+        self.jitter = pick(self.timings.max_jitter());
+        self.notice_jitter = pick(self.timings.heartbeat);
     }
 
     /// One tick; `random` is a fresh random number (drawn by the caller).
@@ -193,6 +292,13 @@ impl ElectionGuard {
         }
     }
 
+    /// The commands that make a leader stand back (again).
+    fn stand_back(&mut self, now: MonoTime) -> Vec<GuardCommand> {
+        self.stood_back = Some(now);
+        self.probing = None;
+        vec![GuardCommand::Heartbeats(false), GuardCommand::AnnounceStandBack]
+    }
+
     fn tick_leader(&mut self, input: &GuardInput, ack_age: Option<Duration>) -> Vec<GuardCommand> {
         self.in_flight = false;
         let lease = self.timings.leader_lease();
@@ -207,12 +313,10 @@ impl ElectionGuard {
                 if ack_age.is_none() && leading_for < lease {
                     return Vec::new();
                 }
-                self.stood_back = Some(now);
-                self.probing = None;
-                vec![GuardCommand::Heartbeats(false)]
+                self.stand_back(now)
             }
             (Some(_), true) => {
-                // A quorum answered (a probe round, or a replicated write): lead again.
+                // A quorum answered (a probe round): lead again.
                 self.stood_back = None;
                 match self.probing.take() {
                     Some(_) => Vec::new(),
@@ -220,13 +324,9 @@ impl ElectionGuard {
                 }
             }
             (Some(since), _) => match self.probing {
-                Some(p) if now.saturating_duration_since(p) >= PROBE_FOR => {
-                    self.probing = None;
-                    self.stood_back = Some(now);
-                    vec![GuardCommand::Heartbeats(false)]
-                }
+                Some(p) if now.saturating_duration_since(p) >= PROBE_FOR => self.stand_back(now),
                 Some(_) => Vec::new(),
-                None if now.saturating_duration_since(since) >= PROBE_EVERY => {
+                None if now.saturating_duration_since(since) >= self.timings.probe_every() => {
                     self.probing = Some(now);
                     vec![GuardCommand::Heartbeats(true)]
                 }
@@ -239,13 +339,24 @@ impl ElectionGuard {
         if self.in_flight {
             return Vec::new();
         }
-        let silent = input.since_leader.unwrap_or(input.uptime);
-        if silent < self.timings.grant_after() + self.jitter {
-            return Vec::new();
-        }
-        // One round per election_min at most, each with a fresh jitter (no lock-step).
-        if let Some(last) = self.last_round {
-            if input.now.saturating_duration_since(last) < self.timings.election_min + self.jitter {
+        let since_last = self.last_round.map(|last| input.now.saturating_duration_since(last));
+        let t = self.timings;
+        let noticed = t.valid_notice(input.since_leader, input.stood_back_notice);
+        if let Some(age) = noticed {
+            // The leader stood back: campaign soon, and retry each heartbeat while the members
+            // cut from it are not yet silent for long enough to grant.
+            if age < t.notice_wait() + self.notice_jitter
+                || since_last.is_some_and(|d| d < t.heartbeat)
+            {
+                return Vec::new();
+            }
+        } else {
+            let silent = input.since_leader.unwrap_or(input.uptime);
+            if silent < t.grant_after() + self.jitter {
+                return Vec::new();
+            }
+            // One round per election_min at most, each with a fresh jitter (no lock-step).
+            if since_last.is_some_and(|d| d < t.election_min + self.jitter) {
                 return Vec::new();
             }
         }
@@ -320,8 +431,20 @@ mod tests {
             since_leader: since_leader.map(Duration::from_millis),
             uptime: Duration::from_millis(now),
             voters: 5,
+            stood_back_notice: None,
         }
     }
+
+    fn noticed(now: u64, since_leader: u64, notice_age: u64) -> GuardInput {
+        GuardInput {
+            stood_back_notice: Some(Duration::from_millis(notice_age)),
+            ..voter(now, Some(since_leader))
+        }
+    }
+
+    const STAND_BACK: [GuardCommand; 2] =
+        [GuardCommand::Heartbeats(false), GuardCommand::AnnounceStandBack];
+    const LEAD_AGAIN: [GuardCommand; 1] = [GuardCommand::Heartbeats(true)];
 
     fn leader(now: u64, ack: Option<u64>) -> GuardInput {
         GuardInput {
@@ -330,14 +453,82 @@ mod tests {
             since_leader: None,
             uptime: Duration::from_millis(now + 10_000),
             voters: 5,
+            stood_back_notice: None,
         }
     }
 
     #[test]
-    fn bounds_at_the_defaults() {
-        assert_eq!(timings().grant_after(), Duration::from_millis(2100));
-        assert_eq!(timings().max_leader_change(), Duration::from_millis(3600));
-        assert_eq!(timings().min_lease_ttl(), Duration::from_millis(6150));
+    fn bounds() {
+        let t = timings();
+        assert_eq!(t.grant_after(), Duration::from_millis(2100));
+        assert_eq!(t.change_after_death(), Duration::from_millis(3600));
+        // lease 2000 + tick 50 + notice wait 200 + jitter 100 + rounds 500
+        assert_eq!(t.change_on_bridge(), Duration::from_millis(2850));
+        assert_eq!(t.max_leader_change(), Duration::from_millis(3600));
+        assert_eq!(t.min_lease_ttl(), Duration::from_millis(6150));
+        assert_eq!(t.probe_every(), PROBE_EVERY_MIN);
+        assert_eq!(t.notice_refusal(), Duration::from_millis(3600));
+        let defaults = ElectionTimings {
+            heartbeat: Duration::from_millis(250),
+            election_min: Duration::from_millis(1250),
+            election_max: Duration::from_millis(2500),
+        };
+        assert_eq!(defaults.change_after_death(), Duration::from_millis(4500));
+        assert_eq!(defaults.change_on_bridge(), Duration::from_millis(3800));
+        assert_eq!(defaults.min_lease_ttl(), Duration::from_millis(7500));
+        assert_eq!(defaults.probe_every(), Duration::from_secs(5));
+        // Timeouts close together: the bridge is the longer change, and sets the floor.
+        let narrow = ElectionTimings { election_min: Duration::from_millis(2400), ..defaults };
+        assert_eq!(narrow.change_after_death(), Duration::from_millis(3350));
+        assert_eq!(narrow.max_leader_change(), Duration::from_millis(3800));
+        // Slow timings: probes wait for a whole leader change.
+        let slow = ElectionTimings {
+            heartbeat: Duration::from_secs(1),
+            election_min: Duration::from_secs(5),
+            election_max: Duration::from_secs(10),
+        };
+        assert_eq!(slow.max_leader_change(), Duration::from_millis(16_500));
+        assert_eq!(slow.probe_every(), Duration::from_secs(17));
+    }
+
+    #[test]
+    fn a_stand_back_notice_campaigns_after_two_heartbeats_and_retries_each_heartbeat() {
+        // jitter 0 (random 0): notice wait 200 ms
+        let mut g = ElectionGuard::new(timings(), 0);
+        assert!(g.tick(&noticed(10_000, 150, 150), 0).is_empty());
+        assert_eq!(g.tick(&noticed(10_050, 200, 200), 7), vec![GuardCommand::PreVote]);
+        assert!(g.tick(&noticed(10_100, 250, 250), 0).is_empty(), "in flight");
+        assert_eq!(g.pre_vote_result(2, 5), None);
+        // the next round a heartbeat after the last one, not election_min later
+        assert!(g.tick(&noticed(10_140, 290, 290), 0).is_empty());
+        assert_eq!(g.tick(&noticed(10_150, 300, 300), 0), vec![GuardCommand::PreVote]);
+        assert_eq!(g.pre_vote_result(3, 5), Some(GuardCommand::Elect));
+    }
+
+    #[test]
+    fn a_notice_does_not_hold_once_a_leader_is_heard_again_or_it_is_old() {
+        let t = timings();
+        let long = Duration::from_secs(60);
+        let ms = Duration::from_millis;
+        assert!(t.leaderless(Some(ms(300)), long, Some(ms(300))));
+        // an AppendEntries sent just before the notice, arriving just after it
+        assert!(t.leaderless(Some(ms(250)), long, Some(ms(300))));
+        // a heartbeat after the notice: the leader leads again (a probe), or a new one does
+        assert!(!t.leaderless(Some(ms(150)), long, Some(ms(300))));
+        // older than grant_after: plain silence decides (and it is long by then)
+        assert!(!t.leaderless(Some(ms(2000)), long, Some(ms(2100))));
+        assert!(t.leaderless(Some(ms(2100)), long, Some(ms(2100))));
+        assert!(!t.leaderless(Some(ms(300)), long, None));
+        let mut g = ElectionGuard::new(t, 0);
+        assert!(g.tick(&noticed(10_000, 100, 1000), 0).is_empty());
+    }
+
+    #[test]
+    fn a_notice_wait_has_its_own_jitter_of_at_most_a_heartbeat() {
+        // random 75: notice jitter 75 ms (of 0..=100), round jitter 75 ms (of 0..=1000)
+        let mut g = ElectionGuard::new(timings(), 75);
+        assert!(g.tick(&noticed(10_000, 274, 274), 0).is_empty());
+        assert_eq!(g.tick(&noticed(10_001, 275, 275), 0), vec![GuardCommand::PreVote]);
     }
 
     #[test]
@@ -376,16 +567,17 @@ mod tests {
         assert!(g.tick(&leader(0, None), 0).is_empty(), "a new leader gets the lease");
         assert!(g.tick(&leader(0, Some(100)), 0).is_empty());
         assert!(g.tick(&leader(1000, Some(2000)), 0).is_empty(), "within the lease");
-        assert_eq!(g.tick(&leader(1100, Some(2001)), 0), vec![GuardCommand::Heartbeats(false)]);
+        assert_eq!(g.tick(&leader(1100, Some(2001)), 0), STAND_BACK);
         assert!(g.standing_back());
         assert!(g.tick(&leader(3000, Some(4000)), 0).is_empty());
-        assert_eq!(g.tick(&leader(6100, Some(7000)), 0), vec![GuardCommand::Heartbeats(true)]);
-        // the probe finds no quorum: back off again after PROBE_FOR
-        assert!(g.tick(&leader(6300, Some(7200)), 0).is_empty());
-        assert_eq!(g.tick(&leader(6700, Some(7600)), 0), vec![GuardCommand::Heartbeats(false)]);
+        assert_eq!(g.tick(&leader(6100, Some(7000)), 0), LEAD_AGAIN);
+        assert!(g.standing_back(), "probing");
+        // the probe finds no quorum: back off (and announce it) again after PROBE_FOR
+        assert!(g.tick(&leader(6700, Some(7600)), 0).is_empty());
+        assert_eq!(g.tick(&leader(7100, Some(8000)), 0), STAND_BACK);
         // next probe finds a quorum: leads again, heartbeats stay on
-        assert_eq!(g.tick(&leader(11_700, Some(12_600)), 0), vec![GuardCommand::Heartbeats(true)]);
-        assert!(g.tick(&leader(11_800, Some(50)), 0).is_empty());
+        assert_eq!(g.tick(&leader(12_100, Some(13_000)), 0), LEAD_AGAIN);
+        assert!(g.tick(&leader(12_200, Some(50)), 0).is_empty());
         assert!(!g.standing_back());
         assert!(g.tick(&leader(20_000, Some(50)), 0).is_empty());
     }
@@ -394,8 +586,8 @@ mod tests {
     fn a_deposed_leader_turns_heartbeats_back_on() {
         let mut g = ElectionGuard::new(timings(), 0);
         assert!(g.tick(&leader(8_000, Some(100)), 0).is_empty());
-        assert_eq!(g.tick(&leader(10_000, Some(5000)), 0), vec![GuardCommand::Heartbeats(false)]);
-        assert_eq!(g.tick(&voter(10_100, Some(0)), 0), vec![GuardCommand::Heartbeats(true)]);
+        assert_eq!(g.tick(&leader(10_000, Some(5000)), 0), STAND_BACK);
+        assert_eq!(g.tick(&voter(10_100, Some(0)), 0), LEAD_AGAIN);
         assert!(g.tick(&voter(10_200, Some(0)), 0).is_empty());
     }
 

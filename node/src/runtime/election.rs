@@ -1,11 +1,11 @@
 //! The election loop: ticks the pure [`ElectionGuard`] every `TICK` and carries out its
 //! commands on openraft (whose own election timer is off, see `config::RaftTimings`):
 //! pre-vote rounds to every other voter in parallel, `trigger().elect()` after a majority
-//! granted, and the leader's heartbeats off and on while it stands back without a quorum.
+//! granted, and, while a leader stands back without a quorum, its heartbeats off and its
+//! stand-back notice to every other voter.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use drover_proto::v1 as pb;
 use drover_proto::v1::raft_client::RaftClient;
@@ -19,11 +19,9 @@ use crate::api::NodeHandle;
 use crate::consensus::network::{endpoint, Dialer};
 use crate::consensus::runtime::DroverRuntime;
 use crate::consensus::types::{Member, NodeId};
+use crate::decide::election::TICK;
 use crate::decide::{ElectionGuard, GuardCommand, GuardInput, MonoTime, RaftRole};
 use crate::tls::TlsMaterial;
-
-/// Period of the election loop.
-const TICK: Duration = Duration::from_millis(50);
 
 /// Starts the election loop of a voter; it stops when `stop` turns true.
 pub fn start(
@@ -80,10 +78,11 @@ async fn election_loop(
                 // Still leaderless and in the term the pre-vote was asked in: a leader elected
                 // meanwhile (its AppendEntries reached us) must not be deposed.
                 let current = node.raft.metrics().borrow().current_term;
-                let quiet = node
-                    .leader_contact
-                    .since()
-                    .is_none_or(|d| d >= timings.grant_after());
+                let quiet = timings.leaderless(
+                    node.leader_contact.since(),
+                    node.started.elapsed(),
+                    node.stood_back_notice.since(),
+                );
                 match elect {
                     Some(cmd) if current == asked_in && quiet => commands.push(cmd),
                     Some(_) => debug!("pre-vote granted, but a leader appeared meanwhile"),
@@ -116,6 +115,7 @@ async fn election_loop(
             since_leader: node.leader_contact.since(),
             uptime: now.saturating_duration_since(origin),
             voters: voters.len(),
+            stood_back_notice: node.stood_back_notice.since(),
         };
         commands.extend(guard.tick(&input, random()));
         node.standing_back.store(guard.standing_back(), std::sync::atomic::Ordering::Relaxed);
@@ -126,13 +126,44 @@ async fn election_loop(
                         info!("heartbeats on");
                     } else {
                         warn!(
-                            "leader without a quorum for {}: standing back (heartbeats off) so a \
-                             connected majority can elect; probing for a quorum every {}s",
+                            "leader without a quorum for {}: standing back (heartbeats off, \
+                             notice to every voter) so a connected majority can elect; probing \
+                             for a quorum every {}",
                             humantime::format_duration(timings.leader_lease()),
-                            crate::decide::election::PROBE_EVERY.as_secs()
+                            humantime::format_duration(timings.probe_every())
                         );
                     }
                     node.raft.runtime_config().heartbeat(on);
+                }
+                GuardCommand::AnnounceStandBack => {
+                    let last_log = crate::api::raft::last_log_of(&node);
+                    let notice = pb::PreVoteRequest {
+                        candidate: node.id,
+                        term,
+                        last_log_term: last_log.0,
+                        last_log_index: last_log.1,
+                        stood_back: true,
+                    };
+                    let deadline = timings.election_min / 2;
+                    for (id, mut client) in voters
+                        .iter()
+                        .filter(|v| **v != node.id)
+                        .filter_map(|v| Some((*v, clients.client(*v, members.get(v)?)?)))
+                    {
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(deadline, client.pre_vote(notice)).await {
+                                Ok(Ok(r)) => {
+                                    debug!(voter = id, "stand-back notice: {}", r.get_ref().reason)
+                                }
+                                Ok(Err(e)) => {
+                                    debug!(voter = id, cause = %e, "stand-back notice not delivered")
+                                }
+                                Err(_) => {
+                                    debug!(voter = id, "stand-back notice: no answer in time")
+                                }
+                            }
+                        });
+                    }
                 }
                 GuardCommand::Elect => {
                     info!(term, "pre-vote granted by a majority: starting an election");
@@ -147,6 +178,7 @@ async fn election_loop(
                         term: term + 1,
                         last_log_term: last_log.0,
                         last_log_index: last_log.1,
+                        stood_back: false,
                     };
                     let peers: Vec<(NodeId, RaftClient<Channel>)> = voters
                         .iter()

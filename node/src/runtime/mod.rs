@@ -310,6 +310,7 @@ pub async fn assemble(
         election,
         started: tokio::time::Instant::now(),
         standing_back: Default::default(),
+        stood_back_notice: Default::default(),
         state,
         health: Default::default(),
         fenced: Default::default(),
