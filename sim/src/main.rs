@@ -43,7 +43,7 @@ struct Cli {
     /// coarser runs faster.
     #[arg(long, default_value_t = 10, value_parser = parse_tick)]
     tick_ms: u64,
-    /// Print every event of the run (one seed).
+    /// Print every event of the run (one seed; ignored with several).
     #[arg(long)]
     trace: bool,
     /// Run each seed twice and fail if the two traces differ.
@@ -53,11 +53,12 @@ struct Cli {
     /// no-lease-wait or no-reactivate.
     #[arg(long, value_parser = parse_mutation)]
     mutate: Option<Mutation>,
-    /// Run seeds in N worker processes at once (one run per process at a time: the clock
-    /// overrides are process-wide). Results are reported in seed order, as with one.
+    /// Run seeds in N worker processes at once (a fresh process per run: the clock overrides
+    /// are process-wide, and a run is deterministic as the first in its process). Results are
+    /// reported in seed order, as with one.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
     jobs: u64,
-    /// Internal: run the seeds read from stdin, one JSON outcome per line on stdout.
+    /// Internal: run the seed read from stdin, its JSON outcome on stdout.
     #[arg(long, hide = true)]
     worker: bool,
 }
@@ -151,7 +152,7 @@ fn main() -> ExitCode {
     let started = det::wall_now();
     let mut outcomes = Vec::new();
     let mut nondeterministic = Vec::new();
-    if cli.jobs > 1 && !single {
+    if !single {
         let done = parallel(&cli, &seeds);
         for (o, twin) in done {
             if twin.is_some_and(|(h, _)| h != o.trace_hash) {
@@ -165,39 +166,27 @@ fn main() -> ExitCode {
             outcomes.push(o);
         }
     } else {
-        for (i, seed) in seeds.iter().enumerate() {
-            let (o, twin) = run_seed(&cli, *seed, single);
-            if twin.is_some_and(|(h, _)| h != o.trace_hash) {
-                nondeterministic.push(*seed);
-                report_nondeterminism(&o, twin);
-            }
-            if !o.violations.is_empty() {
-                if !single {
-                    eprintln!();
-                }
-                report_violation(&cli, &o);
-            }
-            if single {
-                println!(
-                    "seed {} scenario {}: {} violation(s), {} failover(s), recovery {}, {:.0}s simulated in {:.1}s ({:.0}x), trace {:016x}",
-                    o.seed,
-                    o.scenario,
-                    o.violations.len(),
-                    o.failovers,
-                    o.recovery.map_or("-".into(), |r| format!("{:.1}s", r.as_secs_f64())),
-                    o.simulated.as_secs_f64(),
-                    o.wall.as_secs_f64(),
-                    o.simulated.as_secs_f64() / o.wall.as_secs_f64().max(1e-9),
-                    o.trace_hash
-                );
-            } else {
-                let bad = outcomes.iter().filter(|o: &&Outcome| !o.violations.is_empty()).count()
-                    + usize::from(!o.violations.is_empty());
-                eprint!("\r{}/{} runs, {} with violations", i + 1, seeds.len(), bad);
-                let _ = std::io::stderr().flush();
-            }
-            outcomes.push(o);
+        let (o, twin) = run_seed(&cli, seeds[0]);
+        if twin.is_some_and(|(h, _)| h != o.trace_hash) {
+            nondeterministic.push(o.seed);
+            report_nondeterminism(&o, twin);
         }
+        if !o.violations.is_empty() {
+            report_violation(&cli, &o);
+        }
+        println!(
+            "seed {} scenario {}: {} violation(s), {} failover(s), recovery {}, {:.0}s simulated in {:.1}s ({:.0}x), trace {:016x}",
+            o.seed,
+            o.scenario,
+            o.violations.len(),
+            o.failovers,
+            o.recovery.map_or("-".into(), |r| format!("{:.1}s", r.as_secs_f64())),
+            o.simulated.as_secs_f64(),
+            o.wall.as_secs_f64(),
+            o.simulated.as_secs_f64() / o.wall.as_secs_f64().max(1e-9),
+            o.trace_hash
+        );
+        outcomes.push(o);
     }
     if !single {
         eprintln!();
@@ -223,12 +212,13 @@ fn config(cli: &Cli, seed: u64, print_trace: bool) -> RunConfig {
     }
 }
 
-/// One seed; with `--check-determinism`, the second run's (trace hash, events) too.
-fn run_seed(cli: &Cli, seed: u64, single: bool) -> (Outcome, Option<(u64, u64)>) {
-    let o = drover_sim::run(&config(cli, seed, cli.trace && single));
+/// One seed, in this process; with `--check-determinism`, the (trace hash, events) of a second
+/// run in a fresh process.
+fn run_seed(cli: &Cli, seed: u64) -> (Outcome, Option<(u64, u64)>) {
+    let o = drover_sim::run(&config(cli, seed, cli.trace));
     let twin = cli.check_determinism.then(|| {
-        let again = drover_sim::run(&config(cli, seed, false));
-        (again.trace_hash, again.events)
+        let exe = std::env::current_exe().expect("the simulator's own path");
+        run_in_process(cli, &exe, seed).map_or((0, 0), |again| (again.trace_hash, again.events))
     });
     (o, twin)
 }
@@ -241,84 +231,84 @@ fn report_nondeterminism(o: &Outcome, twin: Option<(u64, u64)>) {
     );
 }
 
-/// `--worker`: seeds from stdin, one JSON line per outcome on stdout.
+/// `--worker`: the seed read from stdin, its JSON outcome on stdout. One run per process: a run
+/// is deterministic as the first in its process (tokio numbers its runtimes process-wide and
+/// seeds their schedulers from that count), so every run of `--runs` starts a process of its
+/// own and replays exactly with `--seed`.
 fn worker(cli: &Cli) -> ExitCode {
-    let stdout = std::io::stdout();
-    for line in std::io::stdin().lock().lines() {
-        let Ok(line) = line else { break };
-        let Ok(seed) = line.trim().parse::<u64>() else { continue };
-        let (o, twin) = run_seed(cli, seed, false);
-        let json = outcome_to_json(&o, twin);
-        let mut out = stdout.lock();
-        if writeln!(out, "{json}").and_then(|_| out.flush()).is_err() {
-            return ExitCode::FAILURE;
-        }
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return ExitCode::FAILURE;
+    }
+    let Ok(seed) = line.trim().parse::<u64>() else { return ExitCode::FAILURE };
+    let o = drover_sim::run(&config(cli, seed, false));
+    let json = outcome_to_json(&o, None);
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{json}").and_then(|_| out.flush()).is_err() {
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }
 
-/// Runs `seeds` in `--jobs` worker processes, each fed one seed at a time; returns the
-/// outcomes in seed order.
+/// Runs `seed` in a fresh worker process; `None` when the worker died or answered nonsense.
+fn run_in_process(cli: &Cli, exe: &std::path::Path, seed: u64) -> Option<Outcome> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("--worker")
+        .args(["--scenario", &cli.scenario])
+        .args(["--minutes", &cli.minutes.to_string()])
+        .args(["--nodes", &cli.nodes.to_string()])
+        .args(["--tick-ms", &cli.tick_ms.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(m) = cli.mutate {
+        cmd.args(["--mutate", m.name()]);
+    }
+    let mut child = cmd.spawn().ok()?;
+    let mut stdin = child.stdin.take()?;
+    let asked = writeln!(stdin, "{seed}").and_then(|_| stdin.flush()).is_ok();
+    drop(stdin);
+    let mut line = String::new();
+    let answered =
+        asked && BufReader::new(child.stdout.take()?).read_line(&mut line).is_ok_and(|n| n > 0);
+    let _ = child.wait();
+    if answered {
+        outcome_from_json(&line).map(|(o, _)| o)
+    } else {
+        None
+    }
+}
+
+/// Runs `seeds` in `--jobs` worker processes at once, a fresh one per run (two with
+/// `--check-determinism`, whose hashes must agree); returns the outcomes in seed order.
 fn parallel(cli: &Cli, seeds: &[u64]) -> Vec<(Outcome, Option<(u64, u64)>)> {
     let exe = std::env::current_exe().expect("the simulator's own path");
     let queue =
         Arc::new(Mutex::new(seeds.iter().copied().collect::<std::collections::VecDeque<u64>>()));
     let results = Arc::new(Mutex::new(BTreeMap::new()));
     let total = seeds.len();
-    let mut workers = Vec::new();
-    for _ in 0..cli.jobs.min(seeds.len() as u64) {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("--worker")
-            .args(["--scenario", &cli.scenario])
-            .args(["--minutes", &cli.minutes.to_string()])
-            .args(["--nodes", &cli.nodes.to_string()])
-            .args(["--tick-ms", &cli.tick_ms.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(m) = cli.mutate {
-            cmd.args(["--mutate", m.name()]);
-        }
-        if cli.check_determinism {
-            cmd.arg("--check-determinism");
-        }
-        let (queue, results) = (queue.clone(), results.clone());
-        workers.push(std::thread::spawn(move || {
-            let mut child = cmd.spawn().expect("a worker process starts");
-            let mut stdin = child.stdin.take().expect("piped");
-            let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
-            loop {
+    std::thread::scope(|scope| {
+        for _ in 0..cli.jobs.min(seeds.len() as u64) {
+            let (queue, results, exe) = (queue.clone(), results.clone(), exe.clone());
+            scope.spawn(move || loop {
                 let Some(seed) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
                     break;
                 };
-                let mut line = String::new();
-                let answered = writeln!(stdin, "{seed}").and_then(|_| stdin.flush()).is_ok()
-                    && stdout.read_line(&mut line).is_ok_and(|n| n > 0);
-                let result = if answered { outcome_from_json(&line) } else { None };
-                let result = result.unwrap_or_else(|| (crashed_worker(seed), None));
+                let o = run_in_process(cli, &exe, seed).unwrap_or_else(|| crashed_worker(seed));
+                let twin = cli.check_determinism.then(|| {
+                    run_in_process(cli, &exe, seed)
+                        .map_or((0, 0), |again| (again.trace_hash, again.events))
+                });
                 let mut r = results.lock().unwrap_or_else(|p| p.into_inner());
-                r.insert(seed, result);
+                r.insert(seed, (o, twin));
                 let bad =
                     r.values().filter(|(o, _): &&(Outcome, _)| !o.violations.is_empty()).count();
                 eprint!("\r{}/{} runs, {} with violations", r.len(), total, bad);
                 let _ = std::io::stderr().flush();
-                if !answered {
-                    break;
-                }
-            }
-            drop(stdin);
-            let _ = child.wait();
-        }));
-    }
-    for w in workers {
-        let _ = w.join();
-    }
+            });
+        }
+    });
     let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
-    // A worker that died leaves its queue to the others; anything left is run here.
-    let left: Vec<u64> = seeds.iter().copied().filter(|s| !results.contains_key(s)).collect();
-    for seed in left {
-        results.insert(seed, run_seed(cli, seed, false));
-    }
     std::mem::take(&mut *results).into_values().collect()
 }
 

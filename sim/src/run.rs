@@ -71,6 +71,9 @@ pub struct Outcome {
     pub lost_writes: u64,
 }
 
+/// Stack of the thread a run executes on.
+const RUN_STACK: usize = 16 << 20;
+
 /// Runs one seed. Panics only for an unknown scenario name (checked by the CLI first).
 pub fn run(cfg: &RunConfig) -> Outcome {
     // The clock and randomness overrides are process-wide: one run at a time.
@@ -83,7 +86,18 @@ pub fn run(cfg: &RunConfig) -> Outcome {
     drover::decide::engine::mutation::set_no_reactivate(
         cfg.mutation == Some(Mutation::NoReactivate),
     );
-    let result = catch_unwind(AssertUnwindSafe(|| simulate(cfg)));
+    // A fresh thread per run: std seeds every HashMap from per-thread keys, drawn once per
+    // thread (from the seeded generator, while the run is active) and then advanced by each
+    // map made. On a reused thread a second run of a seed would iterate its maps in another
+    // order than the first, and two runs of one seed in one process would differ.
+    let result = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name(format!("sim-seed-{}", cfg.seed))
+            .stack_size(RUN_STACK)
+            .spawn_scoped(scope, || catch_unwind(AssertUnwindSafe(|| simulate(cfg))))
+            .map(|handle| handle.join().unwrap_or_else(Err))
+            .unwrap_or_else(|err| Err(Box::new(format!("cannot start the run's thread: {err}"))))
+    });
     drover::decide::lease::mutation::set_no_lease_wait(false);
     drover::decide::engine::mutation::set_no_reactivate(false);
     det::deactivate();
