@@ -9,6 +9,9 @@
 //!              │                                     │                (admin API reads)
 //!    tables: log, log_meta             tables: sm_meta, history, snapshot
 //!              └───────────── Arc<redb::Database> ───┘
+//!                                 │
+//!              DurabilityProbe (table durability_probe: one record, rewritten each second
+//!              by runtime::durability to learn whether the disk still takes writes)
 //! ```
 //!
 //! Every mutation is a single redb write transaction committed with redb's default
