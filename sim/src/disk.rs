@@ -86,6 +86,11 @@ impl SimDisk {
         self.lock().full = full;
     }
 
+    /// True while the disk is full.
+    pub fn is_full(&self) -> bool {
+        self.lock().full
+    }
+
     /// Writes dropped by crashes so far.
     pub fn lost_writes(&self) -> u64 {
         self.lock().lost_writes
@@ -223,5 +228,23 @@ mod tests {
         let table = txn.open_table(t).unwrap();
         assert_eq!(table.get(1).unwrap().map(|v| v.value()), Some(10));
         assert_eq!(table.get(2).unwrap().map(|v| v.value()), None);
+    }
+
+    #[test]
+    fn the_durability_probe_fails_on_a_store_whose_disk_is_full() {
+        let disk = SimDisk::new();
+        let (log, _sm) = drover::consensus::store::open_backend(
+            disk.backend(),
+            "sim-disk",
+            drover::consensus::store::StoreOptions::default(),
+        )
+        .unwrap();
+        let probe = log.durability_probe();
+        probe.write(1).expect("a disk with room takes the probe");
+        disk.set_full(true);
+        let err = probe.write(2).expect_err("a full disk took the probe");
+        let text = err.to_string();
+        assert!(text.contains("sim-disk"), "{text}");
+        assert!(text.contains("No space left on device"), "{text}");
     }
 }

@@ -13,6 +13,7 @@ use drover::consensus::state::control::ControlRequest;
 use drover::consensus::store::{self, StoreOptions};
 use drover::consensus::types::{Member, Request};
 use drover::runtime::control::{DriverParts, LeaseClock, ProbeSupply};
+use drover::runtime::durability::DiskWrites;
 use drover::runtime::{assemble, initialize_if_new, Assembled, Identity};
 use drover::spec::ClusterSpec;
 use openraft::ServerState;
@@ -21,7 +22,7 @@ use tokio::sync::watch;
 use crate::disk::SimDisk;
 use crate::fakes::{SimActuator, SimProbes};
 use crate::net::{self, GRPC_PORT};
-use crate::world::{Shared, SimNode, Topology};
+use crate::world::{lock, Shared, SimNode, Topology};
 
 /// The nodes' handles while their software runs, by host; the checkers read them.
 pub type Registry = Arc<Mutex<BTreeMap<String, NodeHandle>>>;
@@ -53,10 +54,27 @@ pub fn raft_config() -> Arc<openraft::Config> {
     Arc::new(RaftTimings::default().to_openraft("drover-sim"))
 }
 
-/// Runs a node until the host is crashed.
+/// How long the supervisor waits before restarting a node that exited (systemd's `RestartSec`
+/// in the shipped unit).
+pub const RESTART_DELAY: Duration = Duration::from_secs(2);
+
+/// Runs a node until the host is crashed, or until the node stops itself the way a real one
+/// exits non-zero ([`drover::runtime::fatal`]: Raft stopped, or the store takes no writes;
+/// or the store cannot be opened on a full disk). The host's software then returns, and the
+/// run restarts it after [`RESTART_DELAY`], as a supervisor would.
 pub async fn run(boot: Boot) -> turmoil::Result {
-    let stores = store::open_backend(boot.disk.backend(), "sim-disk", StoreOptions::default())?;
-    let (_stop_tx, stop_rx) = watch::channel(false);
+    let stores = match store::open_backend(boot.disk.backend(), "sim-disk", StoreOptions::default())
+    {
+        Ok(stores) => stores,
+        // A real node exits here and is restarted; anything else is a bug worth a failed run.
+        Err(e) if boot.disk.is_full() => {
+            lock(&boot.world)
+                .event("exit", &format!("{} cannot open its store: {e}", boot.node.host));
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
     let parts = DriverParts {
         actuator: Arc::new(SimActuator { world: boot.world.clone(), node: boot.node.clone() }),
         probes: ProbeSupply::Given(Arc::new(SimProbes {
@@ -65,6 +83,7 @@ pub async fn run(boot: Boot) -> turmoil::Result {
         })),
         dialer: net::dialer(),
         clock: LeaseClock::new(boot.drift_ppm),
+        disk_writes: DiskWrites::Inline,
     };
     let identity = Identity {
         id: boot.node.id,
@@ -94,8 +113,26 @@ pub async fn run(boot: Boot) -> turmoil::Result {
             (n.id, member)
         })
         .collect();
+    let fatal = {
+        let node = node.clone();
+        async move { drover::runtime::fatal(&node).await }
+    };
+    tokio::select! {
+        why = fatal => {
+            lock(&boot.world).event("exit", &format!("{} stops: {why}", boot.node.host));
+            boot.registry.lock().unwrap_or_else(|p| p.into_inner()).remove(&boot.node.host);
+            let _ = stop_tx.send(true);
+            let _ = node.raft.shutdown().await;
+            Ok(())
+        }
+        () = work(&boot, &node, &members) => Ok(()),
+    }
+}
+
+/// What the node does besides its own loops: forms the cluster, applies the spec.
+async fn work(boot: &Boot, node: &NodeHandle, members: &[(u64, Member)]) {
     if boot.initializer {
-        initialize_if_new(&node.raft, boot.node.id, &members).await;
+        initialize_if_new(&node.raft, boot.node.id, members).await;
     }
     // The operator's first `droverctl config apply`, done by whichever node leads first.
     loop {

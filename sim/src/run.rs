@@ -214,6 +214,8 @@ fn simulate(cfg: &RunConfig) -> Outcome {
     let mut leader_crash: Option<Duration> = None;
     let mut executor_crash: Option<Duration> = None;
     let mut pending_restarts: Vec<(Duration, String)> = Vec::new();
+    // Nodes that exited by themselves, restarted by their supervisor at the given time.
+    let mut supervised: Vec<(Duration, String)> = Vec::new();
     let mut later: Vec<(Duration, Fault)> = Vec::new();
     let mut crashed: Vec<String> = Vec::new();
     let mut steps: u64 = 0;
@@ -310,6 +312,30 @@ fn simulate(cfg: &RunConfig) -> Outcome {
             });
             break;
         }
+        // A node that stopped itself (the real one exits non-zero) is restarted by its
+        // supervisor after a delay; a crashed one waits for the scenario.
+        for n in &topology.nodes {
+            if !crashed.contains(&n.host) && !sim.is_host_running(n.host.as_str()) {
+                let mut w = lock(&world);
+                w.event(
+                    "exit",
+                    &format!("{} exited; restart in {:?}", n.host, node::RESTART_DELAY),
+                );
+                w.exited.insert(n.host.clone());
+                crashed.push(n.host.clone());
+                supervised.push((now + node::RESTART_DELAY, n.host.clone()));
+            }
+        }
+        supervised.retain(|(at, host)| {
+            if *at > now {
+                return true;
+            }
+            // Still down only because it exited (not crashed or powered off since).
+            if lock(&world).exited.remove(host) {
+                restart(&mut sim, &world, &mut crashed, host);
+            }
+            false
+        });
         steps += 1;
         now = sim.elapsed();
         det::set_sim_time(now);
@@ -429,6 +455,14 @@ fn crash(
     host: &str,
 ) {
     if crashed.iter().any(|h| h == host) {
+        // A node that had exited by itself loses power now: it waits for the scenario's
+        // restart, not its supervisor's, and loses what it had not synced.
+        if lock(world).exited.remove(host) {
+            if let Some(disk) = disks.get(host) {
+                disk.crash();
+            }
+            lock(world).event("fault", &format!("{host} crashed"));
+        }
         return;
     }
     sim.crash(host);

@@ -193,6 +193,8 @@ pub struct World {
     pub stalled: BTreeSet<String>,
     /// Hosts whose disk is full: every write fails.
     pub disk_full: BTreeSet<String>,
+    /// Hosts whose node exited by itself (a storage fault) and awaits its supervisor's restart.
+    pub exited: BTreeSet<String>,
     /// Random message loss rate in force (0: none).
     pub message_loss: f64,
     /// The DNS zone: (epoch of the last accepted update, site it points at).
@@ -236,6 +238,7 @@ impl World {
             link_cuts: BTreeSet::new(),
             stalled: BTreeSet::new(),
             disk_full: BTreeSet::new(),
+            exited: BTreeSet::new(),
             message_loss: 0.0,
             dns: (1, PROD.to_string()),
             fence: FenceMode::Works,

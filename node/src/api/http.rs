@@ -1,5 +1,5 @@
 //! Plain HTTP on each node: `/healthz` (the process runs), `/readyz` (member of a cluster with
-//! a known leader), `/metrics` (Prometheus text format).
+//! a known leader, Raft running and the store taking writes), `/metrics` (Prometheus text format).
 //!
 //! Plain HTTP on purpose: load balancers and Prometheus scrape it; it exposes no control.
 //!
@@ -121,6 +121,15 @@ async fn readyz(State(node): State<NodeHandle>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "not ready: Raft stopped on this node ({fatal}); the node exits to be restarted\n"
+            ),
+        );
+    }
+    if let Some(why) = node.storage_fault.borrow().clone() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: this node cannot persist ({why}); free space or check the disk of \
+                 its data store; the node exits to be restarted\n"
             ),
         );
     }

@@ -58,6 +58,9 @@ pub struct NodeHandle {
     /// When each member last answered this node's presence check (sent while it hears no
     /// leader), for `status` on a member without a quorum.
     pub presence: PresenceView,
+    /// Why this node can no longer persist (its durability probe failed), once it cannot:
+    /// `/readyz` answers 503 with it and the node stops (`runtime::fatal`).
+    pub storage_fault: crate::runtime::durability::StorageFault,
 }
 
 /// Leader-side health of each (service, site) as the detector sees it.

@@ -22,6 +22,9 @@
 //! the same code, and its tests are synchronous. Iteration orders are fixed (`BTreeMap`), so the
 //! same inputs always give the same outputs in the same order.
 //!
+//! [`durability`] schedules each member's check that its disk still takes writes and judges
+//! the outcome (a node that cannot persist must stop before a failover needs it).
+//!
 //! [`election`] decides when a member may start a Raft election (pre-vote) and when a leader
 //! without a quorum stands back.
 //!
@@ -35,6 +38,7 @@
 //! change), emitting [`Command`]s for the runtime to carry out (DESIGN.md 5).
 
 pub mod detect;
+pub mod durability;
 pub mod election;
 pub mod engine;
 pub mod lease;
@@ -43,6 +47,7 @@ pub mod time;
 pub use detect::{
     DetectEvent, DetectPolicy, DetectPolicyError, Detector, QuorumRule, SiteHealth, Tally, Verdict,
 };
+pub use durability::{DurabilityCheck, DurabilityParams, DurabilityVerdict, ProbeOutcome};
 pub use election::{ElectionGuard, ElectionTimings, GuardCommand, GuardInput, RaftRole};
 pub use engine::{Command, Engine, EngineParams, Observation, StepDispatch};
 pub use lease::{HolderLease, LeaseParams, LeaseParamsError};

@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod durability;
 pub mod election;
 pub mod fence_test;
 pub mod presence;
@@ -63,6 +64,10 @@ pub enum RuntimeError {
     /// openraft refused to start.
     #[error("cannot start Raft: {0}")]
     Raft(String),
+    /// The node ran but can no longer work (Raft stopped, or the store takes no writes): it
+    /// exits non-zero so that its supervisor restarts it.
+    #[error("{0}; exited so that the supervisor restarts the node")]
+    Stopped(String),
     /// The data dir is empty but the node must not bootstrap (or cannot rejoin yet).
     #[error("{config}: {refusal}")]
     Refused {
@@ -157,6 +162,7 @@ pub async fn run(
         probes: ProbeSupply::Real(ProbeLimits::default()),
         dialer: Dialer::default(),
         clock: LeaseClock::new(0),
+        disk_writes: durability::DiskWrites::Blocking,
     };
     let identity =
         Identity { id: cfg.id, name: cfg.name.clone(), site: cfg.site.clone(), role: cfg.role };
@@ -208,30 +214,14 @@ pub async fn run(
         ),
     }
 
-    // A Raft core that stopped (a storage write failed: full disk, I/O error) leaves a process
-    // that still answers but can neither vote nor persist: exit, so that the supervisor
-    // restarts it and the leader stops counting on it, instead of lingering half alive.
-    let fatal = {
-        let mut metrics = raft.metrics();
-        async move {
-            loop {
-                if let Err(fatal) = &metrics.borrow().running_state {
-                    return fatal.to_string();
-                }
-                if metrics.changed().await.is_err() {
-                    return "Raft metrics closed".to_string();
-                }
-            }
-        }
-    };
     let stopped = tokio::select! {
         _ = shutdown => None,
-        why = fatal => Some(why),
+        why = fatal(&node) => Some(why),
     };
     if let Some(why) = &stopped {
         error!(
-            "Raft stopped on this node: {why}; exiting so the node can be restarted (free disk \
-             space or fix the data dir {} first if storage failed)",
+            "this node stopped being able to work: {why}; exiting so the node can be restarted \
+             (free disk space or fix the data dir {} first if storage failed)",
             cfg.data_dir.display()
         );
     }
@@ -248,8 +238,35 @@ pub async fn run(
         Err(_) => warn!("listeners did not stop within {SHUTDOWN_GRACE:?}; exiting anyway"),
     }
     match stopped {
-        Some(why) => Err(RuntimeError::Raft(format!("Raft stopped: {why}"))),
+        Some(why) => Err(RuntimeError::Stopped(why)),
         None => Ok(()),
+    }
+}
+
+/// Resolves, with the reason, once the node can no longer work and must exit (its supervisor
+/// restarts it): its Raft core stopped (a storage write failed: full disk, I/O error), or its
+/// durability probe found that the store no longer takes writes ([`durability`]). A process
+/// that lingers in either state still answers but can neither persist nor, as a leader, commit:
+/// exiting lets the leader role move at once instead of in the middle of the next failover.
+/// The simulator calls this too, and "exits" the node the same way.
+pub async fn fatal(node: &NodeHandle) -> String {
+    let mut metrics = node.raft.metrics();
+    let mut fault = node.storage_fault.subscribe();
+    loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return format!("Raft stopped on this node: {fatal}");
+        }
+        if let Some(why) = fault.borrow().clone() {
+            return why;
+        }
+        tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return "Raft metrics closed".to_string();
+                }
+            }
+            _ = fault.changed() => {}
+        }
     }
 }
 
@@ -290,6 +307,7 @@ pub async fn assemble(
     stop: watch::Receiver<bool>,
 ) -> Result<Assembled, RuntimeError> {
     let state = state_machine.state_handle();
+    let durability_probe = log_store.durability_probe();
     let contacts = PeerContacts::default();
     let network = Network::new(identity.id, tls.clone(), contacts.clone(), parts.dialer.clone());
     let raft = Raft::new(identity.id, raft_config.clone(), network, log_store, state_machine)
@@ -320,12 +338,20 @@ pub async fn assemble(
         authz: Authorizer::new(raft.clone(), tls.is_some()),
         own_health: Default::default(),
         presence: Default::default(),
+        storage_fault: durability::no_fault(),
     };
     let fence_tester = fence_test::FenceTester::new(
         node.clone(),
         identity.role,
         parts.actuator.clone(),
         control::PeerChannels::new(tls.clone(), parts.dialer.clone()),
+    );
+    durability::start(
+        durability_probe,
+        crate::decide::DurabilityParams::default(),
+        parts.disk_writes,
+        node.storage_fault.clone(),
+        stop.clone(),
     );
     election::start(node.clone(), tls.clone(), parts.dialer.clone(), stop.clone());
     let control_service =

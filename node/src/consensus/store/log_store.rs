@@ -81,6 +81,10 @@ impl LogStore {
         &self.reader.db
     }
 
+    pub(super) fn reader_db(&self) -> Arc<Database> {
+        Arc::clone(&self.reader.db)
+    }
+
     fn log_state(&self) -> Result<LogState<TypeConfig>, DbError> {
         let txn = self.db().begin_read()?;
         let meta = txn.open_table(LOG_META)?;

@@ -9,6 +9,9 @@
 //!              │                                     │                (admin API reads)
 //!    tables: log, log_meta             tables: sm_meta, history, snapshot
 //!              └───────────── Arc<redb::Database> ───┘
+//!                                 │
+//!              DurabilityProbe (table durability_probe: one record, rewritten each second
+//!              by runtime::durability to learn whether the disk still takes writes)
 //! ```
 //!
 //! Every mutation is a single redb write transaction committed with redb's default
@@ -57,6 +60,9 @@ const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 /// The current snapshot: [`KEY_SNAPSHOT_META`], [`KEY_SNAPSHOT_DATA`],
 /// [`KEY_SNAPSHOT_COUNTER`].
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+/// The durability probe's one record ([`KEY_PROBE`] -> a counter), overwritten by every probe.
+/// Nothing reads it: it exists to be written (see [`DurabilityProbe`]).
+const PROBE: TableDefinition<&str, u64> = TableDefinition::new("durability_probe");
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
@@ -69,6 +75,7 @@ const KEY_CONTROL: &str = "control";
 const KEY_SNAPSHOT_META: &str = "meta";
 const KEY_SNAPSHOT_DATA: &str = "data";
 const KEY_SNAPSHOT_COUNTER: &str = "counter";
+const KEY_PROBE: &str = "probe";
 
 /// Tuning for the data store. Log purge thresholds are not here: openraft's `Config`
 /// (`snapshot_policy`, `max_in_snapshot_log_to_keep`) decides when to snapshot and purge.
@@ -279,8 +286,57 @@ fn create_tables(db: &Database) -> Result<(), DbError> {
     txn.open_table(SM_META)?;
     txn.open_table(HISTORY)?;
     txn.open_table(SNAPSHOT)?;
+    txn.open_table(PROBE)?;
     txn.commit()?;
     Ok(())
+}
+
+/// Writes one tiny record in the store, the way every store write is made (one redb write
+/// transaction, committed with `Durability::Immediate`, so fsynced), to learn whether the disk
+/// still takes writes while Raft has nothing to write. Cheap to clone; see
+/// `decide::durability` for why and `runtime::durability` for the schedule.
+#[derive(Clone)]
+pub struct DurabilityProbe {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+/// A probe write that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to the data store {}: {cause}", path.display())]
+pub struct ProbeError {
+    /// The database file (or the simulator's label).
+    pub path: PathBuf,
+    /// What the storage engine said.
+    pub cause: String,
+}
+
+impl DurabilityProbe {
+    /// Overwrites the probe record with `counter` and commits it; returns once it is synced.
+    /// Blocks the calling thread for the write (a few milliseconds on a healthy disk, as long
+    /// as the disk takes on a failing one): callers that must bound it run it off the async
+    /// threads.
+    pub fn write(&self, counter: u64) -> Result<(), ProbeError> {
+        let write = || -> Result<(), DbError> {
+            let txn = self.db.begin_write()?;
+            txn.open_table(PROBE)?.insert(KEY_PROBE, counter)?;
+            txn.commit()?;
+            Ok(())
+        };
+        write().map_err(|e| ProbeError { path: self.path.clone(), cause: e.to_string() })
+    }
+
+    /// The database file this probe writes to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl LogStore {
+    /// A probe of this store's disk.
+    pub fn durability_probe(&self) -> DurabilityProbe {
+        DurabilityProbe { db: self.reader_db(), path: self.path().to_path_buf() }
+    }
 }
 
 /// What went wrong inside the store; converted to openraft's [`StorageError`] at the trait

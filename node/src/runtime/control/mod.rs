@@ -212,6 +212,8 @@ pub struct DriverParts {
     pub dialer: Dialer,
     /// The clock lease arithmetic runs on.
     pub clock: LeaseClock,
+    /// How the durability probe writes (see `runtime::durability`).
+    pub disk_writes: crate::runtime::durability::DiskWrites,
 }
 
 fn unix_now_ms() -> i64 {
