@@ -46,7 +46,12 @@ impl Rig {
     /// A started 2+2+1 cluster on loopback with a leader and an application per site (none
     /// running yet).
     pub fn loopback(test: &str) -> Rig {
-        let mut c = Cluster::builder(test).two_sites_and_witness().build();
+        Rig::start_loopback(Cluster::builder(test).two_sites_and_witness().build())
+    }
+
+    /// [`Rig::loopback`] of a built, not yet started cluster (prepared by the test first, e.g.
+    /// its data dirs mounted): adds an application per site, starts it and waits for a leader.
+    pub fn start_loopback(mut c: Cluster) -> Rig {
         let sites = vec![
             AppSite { site: "prod".into(), addr: c.loopback_addr(100), netns: None },
             AppSite { site: "dr".into(), addr: c.loopback_addr(101), netns: None },

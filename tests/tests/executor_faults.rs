@@ -12,9 +12,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use drover_tests::{
-    skip, step, steps, unix_ms, AppSite, Apps, Cluster, NodeId, Rig, LEADER_TIMEOUT,
-};
+use drover_tests::{skip, step, steps, unix_ms, Cluster, NodeId, Rig, LEADER_TIMEOUT};
 
 const PROTECTING_TIMEOUT: Duration = Duration::from_secs(30);
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -137,7 +135,7 @@ fn a_leader_whose_disk_is_full_gives_way_and_the_failover_completes() {
         skip(&format!("skipped: {test} needs root to mount a small tmpfs as a data dir"));
         return;
     }
-    let mut c = Cluster::builder(test).two_sites_and_witness().build();
+    let c = Cluster::builder(test).two_sites_and_witness().build();
     // Every member's data dir is a 64 MiB tmpfs, so whichever member leads can be filled.
     let mut mounts = Tmpfs(Vec::new());
     for id in c.ids() {
@@ -151,14 +149,7 @@ fn a_leader_whose_disk_is_full_gives_way_and_the_failover_completes() {
         assert!(ok, "mount a tmpfs on {}", dir.display());
         mounts.0.push(dir);
     }
-    let sites = vec![
-        AppSite { site: "prod".into(), addr: c.loopback_addr(100), netns: None },
-        AppSite { site: "dr".into(), addr: c.loopback_addr(101), netns: None },
-    ];
-    let apps = Apps::new(&c.root().join("apps"), &c.bins().node, sites, None);
-    c.start();
-    c.wait_for_leader(LEADER_TIMEOUT);
-    let mut r = Rig::new(c, apps);
+    let mut r = Rig::start_loopback(c);
     r.start_app("prod", "initial deployment");
     r.apply_failover_spec();
     r.wait_protecting_with_prod_up(PROTECTING_TIMEOUT);

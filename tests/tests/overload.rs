@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use drover_tests::{unix_ms, AppSite, Apps, Cluster, Rig, LEADER_TIMEOUT};
+use drover_tests::{unix_ms, Apps, Cluster, Rig};
 use serde_json::Value;
 
 /// Services protected at once (see the module doc).
@@ -116,15 +116,9 @@ fn all_protecting_in_prod(status: &Value, n: usize) -> Result<(), String> {
 #[test]
 fn many_services_overloading_the_observers_do_not_fail_over() {
     let n = services();
-    let mut c = Cluster::builder("many_services_overload").two_sites_and_witness().build();
-    let sites = vec![
-        AppSite { site: "prod".into(), addr: c.loopback_addr(100), netns: None },
-        AppSite { site: "dr".into(), addr: c.loopback_addr(101), netns: None },
-    ];
-    let apps = Apps::new(&c.root().join("apps"), &c.bins().node, sites, None);
-    c.start();
-    c.wait_for_leader(LEADER_TIMEOUT);
-    let mut r = Rig::new(c, apps);
+    let mut r = Rig::start_loopback(
+        Cluster::builder("many_services_overload").two_sites_and_witness().build(),
+    );
     r.start_app("prod", "initial deployment");
     r.start_app("dr", "standby warm");
 
