@@ -93,6 +93,16 @@ impl AdminService {
         }
     }
 
+    /// Whether this node, in `state` with `leader` known, follows a leader it has heard from
+    /// within an election's silence (election_timeout_max + heartbeat): then reads that must
+    /// show the leader's state go there; otherwise this node answers from its own.
+    fn follows_a_leader(&self, state: ServerState, leader: Option<NodeId>) -> bool {
+        let silence = self.node.election.election_max + self.node.election.heartbeat;
+        state != ServerState::Leader
+            && leader.is_some()
+            && self.node.leader_contact.since().is_some_and(|d| d < silence)
+    }
+
     /// Refuses unless this node leads; used by calls that read the leader's view.
     async fn require_leader(&self) -> Result<(), Status> {
         let m = self.node.raft.metrics().borrow().clone();
@@ -252,11 +262,7 @@ impl Admin for AdminService {
         let view = self.node.view().await;
         let standing_back = self.node.standing_back.load(std::sync::atomic::Ordering::Relaxed);
         let leads = view.state == ServerState::Leader && !standing_back;
-        // A leader this node has heard from within an election's silence is one it follows.
-        let silence = self.node.election.election_max + self.node.election.heartbeat;
-        let follows = view.state != ServerState::Leader
-            && view.leader_id.is_some()
-            && self.node.leader_contact.since().is_some_and(|d| d < silence);
+        let follows = self.follows_a_leader(view.state, view.leader_id);
         // Only the leader knows replication progress; send the caller there unless it asked
         // for this node's own view. A node that neither leads with a quorum nor follows a
         // leader it hears answers alone, and says so.
@@ -484,10 +490,14 @@ impl Admin for AdminService {
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
         // Served by the leader, whose state holds every write acknowledged to a client (a
-        // follower may not have applied the note just added); a node that knows no leader
+        // follower may not have applied the note just added); a node that hears no leader
         // answers from its own state, the best there is.
-        let metrics = self.node.raft.metrics().borrow().clone();
-        if metrics.state != ServerState::Leader && metrics.current_leader.is_some() {
+        let (state, leader) = {
+            let m = self.node.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_leader)
+        };
+        if self.follows_a_leader(state, leader) {
             self.require_leader().await?;
         }
         let req = req.into_inner();
