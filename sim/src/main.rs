@@ -63,6 +63,29 @@ struct Cli {
     worker: bool,
 }
 
+/// `DROVER_SIM_LOG=<filter>` (tracing's env-filter syntax, e.g. `info` or
+/// `drover::runtime::election=debug`) prints the nodes' log lines to stderr, each with the
+/// simulated time and its host: for reading one seed's run next to its `--trace`.
+fn log_from_env() {
+    let Ok(filter) = std::env::var("DROVER_SIM_LOG") else { return };
+    struct SimTime;
+    impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+        fn format_time(
+            &self,
+            w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+        ) -> std::fmt::Result {
+            let t = if turmoil::in_simulation() { turmoil::sim_elapsed() } else { None };
+            write!(w, "{:>10.3}s", t.unwrap_or_default().as_secs_f64())
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_timer(SimTime)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
     let (a, b) = s.split_once("..").ok_or("expected A..B, e.g. 1..200")?;
     let a: u64 = a.trim().parse().map_err(|_| format!("{a:?} is not a seed"))?;
@@ -127,6 +150,7 @@ fn report_violation(cli: &Cli, o: &Outcome) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    log_from_env();
     if cli.scenario != scenario::MIX && !scenario::names().any(|n| n == cli.scenario) {
         eprintln!(
             "error: unknown scenario {:?}; choose mix or one of: {}",

@@ -199,7 +199,13 @@ fn simulate(cfg: &RunConfig) -> Outcome {
             drift_ppm: drift,
             initializer: n.host == plan.first_leader,
         };
-        sim.host(n.host.as_str(), move || node::run(boot.clone()));
+        let host = n.host.clone();
+        sim.host(n.host.as_str(), move || {
+            tracing::Instrument::instrument(
+                node::run(boot.clone()),
+                tracing::info_span!("host", name = %host),
+            )
+        });
     }
 
     let election_timeout_max = Duration::from_millis(node::raft_config().election_timeout_max);

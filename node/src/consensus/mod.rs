@@ -7,6 +7,7 @@
 //!                      network ◀──┘  └──apply──▶ store::StateMachine ──▶ state::ClusterState
 //! ```
 
+pub mod channel;
 pub mod network;
 pub mod runtime;
 pub mod state;

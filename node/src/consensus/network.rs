@@ -41,8 +41,8 @@ use openraft::raft::{
 use openraft::RPCTypes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
 
+use super::channel::{endpoint, Dialer, PeerChannel};
 use super::types::{LogId, Member, NodeId, TypeConfig};
 use crate::tls::TlsMaterial;
 
@@ -56,9 +56,6 @@ pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
 const MIN_APPEND_BYTES_PER_SEC: u64 = 256 * 1024;
 /// Longest deadline of one AppendEntries with entries.
 const MAX_APPEND_DEADLINE: Duration = Duration::from_secs(30);
-
-/// How long establishing a connection to a peer may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// When each peer last answered a Raft RPC, on this node's monotonic clock.
 #[derive(Debug, Clone, Default)]
@@ -113,46 +110,6 @@ impl LeaderContact {
     }
 }
 
-/// Builds a gRPC endpoint for a member's `host:port`, over mutual TLS unless `tls` is `None`
-/// (the `--insecure-dev` mode). The peer's certificate must carry `server_name`.
-pub fn endpoint(
-    address: &str,
-    server_name: &str,
-    tls: Option<&TlsMaterial>,
-) -> Result<Endpoint, tonic::transport::Error> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut ep = Endpoint::from_shared(format!("{scheme}://{address}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
-    if let Some(tls) = tls {
-        ep = ep.tls_config(tls.client_tls(server_name))?;
-    }
-    Ok(ep)
-}
-
-/// Turns an [`Endpoint`] into a lazily connecting [`Channel`]: over the operating system's
-/// TCP on a real node, over the simulator's network in `drover-sim`.
-#[derive(Clone, Default)]
-pub struct Dialer(Option<Arc<dyn Fn(Endpoint) -> Channel + Send + Sync>>);
-
-impl Dialer {
-    /// Dials with `connect`, e.g. an `Endpoint::connect_with_connector_lazy` over a simulated
-    /// TCP stack.
-    pub fn custom(connect: impl Fn(Endpoint) -> Channel + Send + Sync + 'static) -> Dialer {
-        Dialer(Some(Arc::new(connect)))
-    }
-
-    /// A channel that connects on first use (and reconnects after a failure).
-    pub fn channel(&self, ep: Endpoint) -> Channel {
-        match &self.0 {
-            Some(connect) => connect(ep),
-            None => ep.connect_lazy(),
-        }
-    }
-}
-
 /// Creates a [`PeerClient`] per replication target; shared by openraft's tasks.
 #[derive(Clone)]
 pub struct Network {
@@ -181,7 +138,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
         let client = endpoint(&node.address, &node.name, self.tls.as_deref())
             .map(|ep| {
-                RaftClient::new(self.dialer.channel(ep))
+                RaftClient::new(PeerChannel::new(ep, self.dialer.clone()))
                     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             })
@@ -200,7 +157,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     own_id: NodeId,
     target: NodeId,
-    client: Result<RaftClient<Channel>, String>,
+    client: Result<RaftClient<PeerChannel>, String>,
     contacts: PeerContacts,
     /// The AppendEntries with entries still on its way, if any.
     in_flight: Option<InFlight>,
@@ -322,7 +279,7 @@ impl PeerClient {
 
 /// One Raft RPC to `target`, bounded by `ttl`.
 async fn send<Resp, E>(
-    client: Result<RaftClient<Channel>, String>,
+    client: Result<RaftClient<PeerChannel>, String>,
     own_id: NodeId,
     target: NodeId,
     contacts: PeerContacts,

@@ -12,11 +12,10 @@ use drover_proto::v1::raft_client::RaftClient;
 use openraft::{AsyncRuntime, ServerState};
 use rand::RngCore;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::api::NodeHandle;
-use crate::consensus::network::{endpoint, Dialer};
+use crate::consensus::channel::{endpoint, Dialer, PeerChannel};
 use crate::consensus::runtime::DroverRuntime;
 use crate::consensus::types::{Member, NodeId};
 use crate::decide::election::TICK;
@@ -37,18 +36,18 @@ pub fn start(
 struct PreVoteClients {
     tls: Option<Arc<TlsMaterial>>,
     dialer: Dialer,
-    cache: BTreeMap<NodeId, (String, RaftClient<Channel>)>,
+    cache: BTreeMap<NodeId, (String, RaftClient<PeerChannel>)>,
 }
 
 impl PreVoteClients {
-    fn client(&mut self, id: NodeId, member: &Member) -> Option<RaftClient<Channel>> {
+    fn client(&mut self, id: NodeId, member: &Member) -> Option<RaftClient<PeerChannel>> {
         if let Some((addr, c)) = self.cache.get(&id) {
             if *addr == member.address {
                 return Some(c.clone());
             }
         }
         let ep = endpoint(&member.address, &member.name, self.tls.as_deref()).ok()?;
-        let client = RaftClient::new(self.dialer.channel(ep));
+        let client = RaftClient::new(PeerChannel::new(ep, self.dialer.clone()));
         self.cache.insert(id, (member.address.clone(), client.clone()));
         Some(client)
     }
@@ -180,7 +179,7 @@ async fn election_loop(
                         last_log_index: last_log.1,
                         stood_back: false,
                     };
-                    let peers: Vec<(NodeId, RaftClient<Channel>)> = voters
+                    let peers: Vec<(NodeId, RaftClient<PeerChannel>)> = voters
                         .iter()
                         .filter(|v| **v != node.id)
                         .filter_map(|v| Some((*v, clients.client(*v, members.get(v)?)?)))

@@ -35,7 +35,7 @@ use drover_proto::v1 as pb;
 use drover_proto::v1::control_client::ControlClient;
 use futures::future::join_all;
 
-use crate::consensus::network::endpoint;
+use crate::consensus::channel::endpoint;
 use crate::consensus::types::{Member, NodeId};
 use crate::tls::TlsMaterial;
 

@@ -38,12 +38,11 @@ use drover_proto::v1::control_client::ControlClient;
 use drover_proto::v1::control_server::ControlServer;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tracing::info;
 
 use crate::actuate::Actuator;
 use crate::api::NodeHandle;
-use crate::consensus::network::{endpoint, Dialer};
+use crate::consensus::channel::{endpoint, Dialer, PeerChannel};
 use crate::consensus::types::{Member, NodeId, Role};
 use crate::decide::MonoTime;
 use crate::probe::{ProbeLimits, ProbeSource, Prober};
@@ -131,12 +130,12 @@ enum Event {
     },
 }
 
-/// Cached lazy gRPC channels to members.
+/// Cached gRPC channels to members (each redialed when its member stops answering on it).
 #[derive(Clone)]
 pub struct PeerChannels {
     tls: Option<Arc<TlsMaterial>>,
     dialer: Dialer,
-    cache: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    cache: Arc<Mutex<HashMap<NodeId, (String, PeerChannel)>>>,
 }
 
 impl PeerChannels {
@@ -150,7 +149,7 @@ impl PeerChannels {
         &self,
         id: NodeId,
         member: &Member,
-    ) -> Result<ControlClient<Channel>, String> {
+    ) -> Result<ControlClient<PeerChannel>, String> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((addr, ch)) = cache.get(&id) {
             if *addr == member.address {
@@ -159,7 +158,7 @@ impl PeerChannels {
         }
         let ep = endpoint(&member.address, &member.name, self.tls.as_deref())
             .map_err(|e| format!("bad address {} for {}: {e}", member.address, member.name))?;
-        let ch = self.dialer.channel(ep);
+        let ch = PeerChannel::new(ep, self.dialer.clone());
         cache.insert(id, (member.address.clone(), ch.clone()));
         Ok(ControlClient::new(ch))
     }
