@@ -33,9 +33,9 @@
 //!   epoch was judged legitimate by (a).
 //! - A2 a connected majority has a leader: (a) whenever some majority of sound members is
 //!   connected pairwise, a leader followed by a majority (sound members linked both ways to it
-//!   that name it leader in its term) appears within [`Bounds::election`]; (b) no ping-pong: a
-//!   leader followed by a majority that is still sound and connected to a majority is never
-//!   replaced.
+//!   that name it leader in its term; a leader that stood back for lack of a quorum leads
+//!   nobody) appears within [`Bounds::election`]; (b) no ping-pong: a leader followed by a
+//!   majority that is still sound and connected to a majority is never replaced.
 //! - A3 a service always has a serving site (an application running, with power) or a
 //!   running failover workflow. Nobody serving and no workflow running (none, failed or
 //!   paused) for [`Bounds::unserved`] while a connected majority exists and dr has power is a
@@ -510,10 +510,17 @@ impl Checker {
         });
         let top = seen.values().max_by_key(|s| (s.epoch, s.applied));
 
-        // A2 (a): a leader followed by a majority, within the election bound.
+        // A2 (a): a leader followed by a majority, within the election bound. A leader that
+        // stood back for lack of a quorum (heartbeats off, every voter told) leads nobody: a
+        // connected majority may elect another (not ping-pong), and must have one in time.
+        let standing_back = |host: &str| {
+            nodes
+                .get(host)
+                .is_some_and(|n| n.standing_back.load(std::sync::atomic::Ordering::Relaxed))
+        };
         let followed = all.iter().enumerate().find_map(|(i, l)| {
             let s = seen.get(&l.host)?;
-            if s.server_state != ServerState::Leader || !sound[i] {
+            if s.server_state != ServerState::Leader || !sound[i] || standing_back(&l.host) {
                 return None;
             }
             let followers = all
@@ -545,9 +552,7 @@ impl Checker {
                 let views: Vec<String> = seen
                     .iter()
                     .map(|(h, s)| {
-                        let back = nodes.get(h).is_some_and(|n| {
-                            n.standing_back.load(std::sync::atomic::Ordering::Relaxed)
-                        });
+                        let back = standing_back(h);
                         format!(
                             "{h} {:?} term {} leader {}{}",
                             s.server_state,
