@@ -37,24 +37,45 @@ pub fn bins() -> &'static Bins {
         if let Some(dir) = env::var_os("DROVER_BIN_DIR") {
             return in_dir(Path::new(&dir));
         }
-        let exe = env::current_exe().expect("current_exe of the test binary");
-        // <target>/<profile>/deps/<test-exe>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or_else(|| {
-                panic!("test binary {} is not in <target>/<profile>/deps", exe.display())
-            })
-            .to_path_buf();
-        let profile =
-            profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
-        let target_dir = match env::var_os("CARGO_TARGET_DIR") {
-            Some(dir) => workspace_root().join(dir), // join keeps an absolute dir as is
-            None => profile_dir.parent().expect("target dir above the profile dir").to_path_buf(),
-        };
+        let (target_dir, profile) = target_and_profile();
         build(&target_dir, &profile);
         in_dir(&target_dir.join(&profile))
     })
+}
+
+/// The binaries of the release profile, built once per process into the same target dir: for
+/// the tests whose load is only meaningful on the build operators deploy (megabyte log
+/// entries on a loaded machine; a debug build spends most of its time encoding them).
+/// `DROVER_BIN_DIR` overrides it as it does [`bins`].
+pub fn release_bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        if let Some(dir) = env::var_os("DROVER_BIN_DIR") {
+            return in_dir(Path::new(&dir));
+        }
+        let (target_dir, _) = target_and_profile();
+        build(&target_dir, "release");
+        in_dir(&target_dir.join("release"))
+    })
+}
+
+/// The target dir and profile of the running test executable.
+fn target_and_profile() -> (PathBuf, String) {
+    let exe = env::current_exe().expect("current_exe of the test binary");
+    // <target>/<profile>/deps/<test-exe>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| {
+            panic!("test binary {} is not in <target>/<profile>/deps", exe.display())
+        })
+        .to_path_buf();
+    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
+    let target_dir = match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir), // join keeps an absolute dir as is
+        None => profile_dir.parent().expect("target dir above the profile dir").to_path_buf(),
+    };
+    (target_dir, profile)
 }
 
 /// The checkout the tests run in (the workspace's root directory).

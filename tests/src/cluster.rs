@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::bins::{bins, Bins};
+use crate::bins::{bins, release_bins, Bins};
 use crate::http::{http_get, parse_metrics, Metrics};
 use crate::netns::{command_in, in_netns};
 use crate::process::{run_with_deadline, CmdOutput};
@@ -114,6 +114,7 @@ pub struct ClusterBuilder {
     test_name: String,
     nodes: Vec<NodeDecl>,
     ctl_netns: Option<String>,
+    release: bool,
 }
 
 impl ClusterBuilder {
@@ -162,6 +163,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs the release build of the binaries ([`crate::bins::release_bins`]) instead of the
+    /// test's own profile.
+    pub fn release_binaries(mut self) -> Self {
+        self.release = true;
+        self
+    }
+
     /// The five-node layout most tests use: prod-1, prod-2, dr-1, dr-2 and a witness (ids 1..=5).
     pub fn two_sites_and_witness(self) -> Self {
         self.node("prod-1", "prod", Role::Controller)
@@ -174,7 +182,7 @@ impl ClusterBuilder {
     /// Creates the temp dir, issues certificates with `droverctl certs init` and writes each
     /// node's node.toml. Starts nothing.
     pub fn build(self) -> Cluster {
-        let bins = bins().clone();
+        let bins = if self.release { release_bins().clone() } else { bins().clone() };
         let dir = tempfile::Builder::new()
             .prefix(&format!("drover-{}-", self.test_name))
             .tempdir()
@@ -294,7 +302,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts declaring a cluster; `test_name` names the temp dir and seeds the loopback addresses.
     pub fn builder(test_name: &str) -> ClusterBuilder {
-        ClusterBuilder { test_name: test_name.into(), nodes: Vec::new(), ctl_netns: None }
+        ClusterBuilder {
+            test_name: test_name.into(),
+            nodes: Vec::new(),
+            ctl_netns: None,
+            release: false,
+        }
     }
 
     // ---- layout -------------------------------------------------------------------------
