@@ -108,7 +108,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("bridge", "issue 9 case 3: one prod node down, the other leads and reaches only the witness: a connected majority must elect and keep the service served"),
     ("member-stalls", "issue 9 case 4: prod's nodes pause for 6s every 20s while its app fails for the same 6s (down_after 10s, lease_ttl 15s): no failover, no ping-pong"),
     ("dead-executor", "issue 9 case 5: prod's app fails; the dr node running the 4s first activate step dies: the failover must still end with dr serving"),
-    ("dr-self-fence", "issue 9 case 9: prod's app fails and drover fails over to dr; later dr's nodes are cut off for longer than the lease and self-fence (stopping dr's app), then heal: drover must start dr again (A3)"),
+    ("dr-self-fence", "issue 9 case 9: prod's app fails and drover fails over to dr; later dr's nodes are cut off for longer than the lease and self-fence (stopping dr's app), in half the runs restart, then heal: drover must start dr again (A3)"),
     ("link-faults", "random per-link cuts (one way and both ways), stalls of members and of the leader, a full disk: availability and safety"),
 ];
 
@@ -316,8 +316,15 @@ pub fn plan(
             // would not stop the application), self-fence, and come back.
             let at = start + secs(rng, 45, 55);
             let cut = policy.lease_ttl + secs(rng, 3, 8);
+            // In half the runs dr's nodes also restart after they self-fenced (an operator
+            // rebooting them, a crash): they must still know they fenced.
+            let restart = rng.chance(0.5);
             for host in hosts_of(DR) {
                 faults.push((at, Fault::Isolate(host.clone())));
+                if restart {
+                    faults.push((at + cut - Duration::from_secs(1), Fault::Crash(host.clone())));
+                    faults.push((at + cut + Duration::from_secs(1), Fault::Restart(host.clone())));
+                }
                 faults.push((at + cut, Fault::Rejoin(host)));
             }
         }

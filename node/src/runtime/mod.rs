@@ -309,6 +309,16 @@ pub async fn assemble(
 ) -> Result<Assembled, RuntimeError> {
     let state = state_machine.state_handle();
     let durability_probe = log_store.durability_probe();
+    let fence_marks = log_store.fence_marks();
+    // A node restarted after it self-fenced keeps its marks: it neither renews nor serves at
+    // that epoch, and reports itself fenced so the leader reactivates its site.
+    let fenced = fence_marks.load().unwrap_or_else(|e| {
+        warn!("cannot read this node's self-fence marks ({e}); starting without them");
+        BTreeMap::new()
+    });
+    if !fenced.is_empty() {
+        info!(?fenced, "this node self-fenced these services before it restarted");
+    }
     let contacts = PeerContacts::default();
     let network = Network::new(identity.id, tls.clone(), contacts.clone(), parts.dialer.clone());
     let raft = Raft::new(identity.id, raft_config.clone(), network, log_store, state_machine)
@@ -332,7 +342,7 @@ pub async fn assemble(
         stood_back_notice: Default::default(),
         state,
         health: Default::default(),
-        fenced: Default::default(),
+        fenced: Arc::new(std::sync::Mutex::new(fenced.clone())),
         leases: Default::default(),
         // Certificates are checked whenever there are any; without TLS (--insecure-dev, the
         // simulator) there is nothing to check them against.
@@ -355,8 +365,15 @@ pub async fn assemble(
         stop.clone(),
     );
     election::start(node.clone(), tls.clone(), parts.dialer.clone(), stop.clone());
-    let control_service =
-        control::start(node.clone(), identity.site, identity.role, parts, tls, stop);
+    let control_service = control::start(
+        node.clone(),
+        identity.site,
+        identity.role,
+        parts,
+        control::FenceRecord { marks: fence_marks, done: fenced },
+        tls,
+        stop,
+    );
     let router = tonic::transport::Server::builder()
         // Long enough for the longest step a spec allows (RunStep); every client call carries
         // its own, shorter deadline.

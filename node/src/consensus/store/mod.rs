@@ -33,6 +33,7 @@ mod state_machine;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,6 +77,9 @@ const KEY_SNAPSHOT_META: &str = "meta";
 const KEY_SNAPSHOT_DATA: &str = "data";
 const KEY_SNAPSHOT_COUNTER: &str = "counter";
 const KEY_PROBE: &str = "probe";
+/// This node's self-fence marks (service -> the epoch it self-fenced at): a local record, never
+/// replicated, so a node restarted after it self-fenced still knows it did (see [`FenceMarks`]).
+const SELF_FENCED: TableDefinition<&str, u64> = TableDefinition::new("self_fenced");
 
 /// Tuning for the data store. Log purge thresholds are not here: openraft's `Config`
 /// (`snapshot_policy`, `max_in_snapshot_log_to_keep`) decides when to snapshot and purge.
@@ -209,10 +213,30 @@ fn open_file(path: &Path, opts: StoreOptions) -> Result<(LogStore, StateMachine)
                 DatabaseError::DatabaseAlreadyOpen => {
                     StoreError::AlreadyOpen { path: path.clone() }
                 }
+                source if damaged_file(&source) => StoreError::Corrupt {
+                    path: path.clone(),
+                    detail: format!("the storage engine cannot read its header ({source})"),
+                },
                 source => StoreError::Open { path: path.clone(), source },
             }
         })?;
     finish_open(db, path)
+}
+
+/// Whether redb refused to open an existing file because of its content (a damaged or
+/// truncated header, an unknown format version) rather than because of the file system
+/// (permissions, a full disk, a lock): the first needs a re-sync, the second a fix of the
+/// data dir.
+fn damaged_file(e: &DatabaseError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        DatabaseError::UpgradeRequired(_) => true,
+        DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
+        DatabaseError::Storage(redb::StorageError::Io(io)) => {
+            matches!(io.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof)
+        }
+        _ => false,
+    }
 }
 
 /// Opens the store on a redb storage backend other than a file: the simulator's disk, which
@@ -287,6 +311,7 @@ fn create_tables(db: &Database) -> Result<(), DbError> {
     txn.open_table(HISTORY)?;
     txn.open_table(SNAPSHOT)?;
     txn.open_table(PROBE)?;
+    txn.open_table(SELF_FENCED)?;
     txn.commit()?;
     Ok(())
 }
@@ -301,10 +326,11 @@ pub struct DurabilityProbe {
     path: PathBuf,
 }
 
-/// A probe write that failed.
+/// A write of one of this node's local records (the durability probe, a self-fence mark) that
+/// failed.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write to the data store {}: {cause}", path.display())]
-pub struct ProbeError {
+pub struct LocalWriteError {
     /// The database file (or the simulator's label).
     pub path: PathBuf,
     /// What the storage engine said.
@@ -316,14 +342,14 @@ impl DurabilityProbe {
     /// Blocks the calling thread for the write (a few milliseconds on a healthy disk, as long
     /// as the disk takes on a failing one): callers that must bound it run it off the async
     /// threads.
-    pub fn write(&self, counter: u64) -> Result<(), ProbeError> {
+    pub fn write(&self, counter: u64) -> Result<(), LocalWriteError> {
         let write = || -> Result<(), DbError> {
             let txn = self.db.begin_write()?;
             txn.open_table(PROBE)?.insert(KEY_PROBE, counter)?;
             txn.commit()?;
             Ok(())
         };
-        write().map_err(|e| ProbeError { path: self.path.clone(), cause: e.to_string() })
+        write().map_err(|e| LocalWriteError { path: self.path.clone(), cause: e.to_string() })
     }
 
     /// The database file this probe writes to.
@@ -332,7 +358,53 @@ impl DurabilityProbe {
     }
 }
 
+/// The services this node self-fenced, with the epoch, kept in its store: without them a node
+/// restarted after it self-fenced (its application stopped by on_lease_lost) would renew its
+/// site's lease at that epoch again, answer `/active` 200 for an application it stopped, and
+/// never tell the leader, which reactivates a self-fenced active site only when told. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct FenceMarks {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl FenceMarks {
+    /// Every mark: service -> the epoch this node self-fenced it at.
+    pub fn load(&self) -> Result<BTreeMap<String, u64>, LocalWriteError> {
+        let read = || -> Result<BTreeMap<String, u64>, DbError> {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(SELF_FENCED)?;
+            let mut marks = BTreeMap::new();
+            for row in table.iter()? {
+                let (service, epoch) = row?;
+                marks.insert(service.value().to_string(), epoch.value());
+            }
+            Ok(marks)
+        };
+        read().map_err(|e| LocalWriteError { path: self.path.clone(), cause: e.to_string() })
+    }
+
+    /// Marks `service` self-fenced at `epoch` (replacing an older mark) and commits it; returns
+    /// once it is synced. Blocks the calling thread for the write, like
+    /// [`DurabilityProbe::write`].
+    pub fn record(&self, service: &str, epoch: u64) -> Result<(), LocalWriteError> {
+        let write = || -> Result<(), DbError> {
+            let txn = self.db.begin_write()?;
+            txn.open_table(SELF_FENCED)?.insert(service, epoch)?;
+            txn.commit()?;
+            Ok(())
+        };
+        write().map_err(|e| LocalWriteError { path: self.path.clone(), cause: e.to_string() })
+    }
+}
+
 impl LogStore {
+    /// This node's self-fence marks.
+    pub fn fence_marks(&self) -> FenceMarks {
+        FenceMarks { db: self.reader_db(), path: self.path().to_path_buf() }
+    }
+
     /// A probe of this store's disk.
     pub fn durability_probe(&self) -> DurabilityProbe {
         DurabilityProbe { db: self.reader_db(), path: self.path().to_path_buf() }

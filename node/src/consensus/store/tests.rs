@@ -366,6 +366,48 @@ async fn a_truncated_file_is_an_error_never_a_panic() {
 }
 
 #[tokio::test]
+async fn a_damaged_header_is_a_damaged_store_not_a_permission_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store_with_note(&dir, "header").await;
+    let full = std::fs::read(&path).expect("read");
+    // Byte 0 (the magic number), byte 64 (the format version), a file cut inside its header.
+    for (what, bytes) in [
+        ("byte 0 changed", {
+            let mut b = full.clone();
+            b[0] ^= 0xff;
+            b
+        }),
+        ("byte 64 changed", {
+            let mut b = full.clone();
+            b[64] = 90;
+            b
+        }),
+        ("100 bytes kept", full[..100].to_vec()),
+    ] {
+        std::fs::write(&path, &bytes).expect("write");
+        let msg = expect_corrupt(&dir, what);
+        assert!(!msg.contains("permissions"), "{what}: {msg}");
+    }
+}
+
+#[test]
+fn self_fence_marks_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (log, _sm) = open_dir(&dir);
+        let marks = log.fence_marks();
+        assert!(marks.load().expect("load").is_empty());
+        marks.record("app", 3).expect("record");
+        marks.record("db", 1).expect("record");
+        marks.record("app", 5).expect("a newer epoch replaces the mark");
+    }
+    let (log, _sm) = open_dir(&dir);
+    let loaded = log.fence_marks().load().expect("load");
+    assert_eq!(loaded, [("app".to_string(), 5), ("db".to_string(), 1)].into_iter().collect());
+    assert!(is_pristine(&log).expect("read"), "marks are not Raft state");
+}
+
+#[tokio::test]
 async fn a_store_is_pristine_until_it_holds_raft_state() -> Result<(), StorageError> {
     let dir = tempfile::tempdir().expect("tempdir");
     {

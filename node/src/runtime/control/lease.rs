@@ -476,6 +476,14 @@ fn spawn_self_fence(ctx: &ControlCtx, service: &str, epoch: u64, why: String) {
     if let Ok(mut leases) = ctx.node.leases.lock() {
         leases.remove(service);
     }
+    // Kept in the store, so a restart does not forget it; written beside the runbook, never
+    // before it: a disk that does not take the write must not delay stopping the site.
+    let (marks, name) = (ctx.fence_marks.clone(), service.to_string());
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = marks.record(&name, epoch) {
+            warn!(service = %name, epoch, "cannot record the self-fence: {e}; a restart of this node would forget it");
+        }
+    });
     let spec = ctx.node.state.read(|s| s.control.spec.as_ref().map(|v| v.spec.clone()));
     let Some(spec) = spec else { return };
     let (ctx, service) = (ctx.clone(), service.to_string());

@@ -43,6 +43,7 @@ use tracing::info;
 use crate::actuate::Actuator;
 use crate::api::NodeHandle;
 use crate::consensus::channel::{endpoint, Dialer, PeerChannel};
+use crate::consensus::store;
 use crate::consensus::types::{Member, NodeId, Role};
 use crate::decide::MonoTime;
 use crate::probe::{ProbeLimits, ProbeSource, Prober};
@@ -91,6 +92,17 @@ pub struct ControlCtx {
     /// Per service, the epoch at which this node's on_lease_lost runbook last finished: the
     /// reporter tells the leader, which reactivates the site if it is still the active one.
     fence_done: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Where this node's self-fences are recorded, so they outlive a restart.
+    fence_marks: store::FenceMarks,
+}
+
+/// This node's self-fences as its store kept them: where to record new ones, and the ones made
+/// before it restarted (their on_lease_lost is over: it finished or the process died in it).
+pub struct FenceRecord {
+    /// The store's record.
+    pub marks: store::FenceMarks,
+    /// The marks read at startup.
+    pub done: BTreeMap<String, u64>,
 }
 
 /// A step run: service, workflow id, step index, attempt.
@@ -225,6 +237,7 @@ pub fn start(
     site: String,
     role: Role,
     parts: DriverParts,
+    fences: FenceRecord,
     tls: Option<Arc<TlsMaterial>>,
     stop: watch::Receiver<bool>,
 ) -> ControlServer<ControlService> {
@@ -238,7 +251,8 @@ pub fn start(
         events: events_tx,
         steps_running: Default::default(),
         reads: Arc::default(),
-        fence_done: Arc::default(),
+        fence_done: Arc::new(Mutex::new(fences.done)),
+        fence_marks: fences.marks,
         node,
     };
     let probes: Arc<dyn ProbeSource> = match parts.probes {
