@@ -518,20 +518,21 @@ fn droverctl_with_a_node_certificate_or_another_author_is_refused() {
             ));
         }
     }
-    // A node certificate administers nothing.
-    for args in [
-        &["status"][..],
-        &["history"][..],
-        &["note", "add", "from a node certificate"][..],
-        &["config", "apply", "-f", &spec][..],
-        &["ack", "webshop"][..],
+    // A node certificate administers nothing; each refusal names the role the command needs
+    // (config apply reads the current version first, and still names admin).
+    for (args, needs) in [
+        (&["status"][..], "role viewer"),
+        (&["history"][..], "role viewer"),
+        (&["note", "add", "from a node certificate"][..], "role operator"),
+        (&["config", "apply", "-f", &spec][..], "role admin"),
+        (&["ack", "webshop"][..], "admin certificate"),
     ] {
         let out = as_cert(&c, "prod-1", args);
         expect_refused(
             &mut problems,
             &format!("droverctl {} with prod-1's node certificate", args.join(" ")),
             &out,
-            "admin certificate",
+            needs,
         );
     }
     // Roles: a viewer reads but does not write; an operator writes notes but does not apply.

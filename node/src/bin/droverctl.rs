@@ -364,6 +364,17 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
                 match shown {
                     Ok(s) => Some(s.version),
                     Err(ClientError::Refused(m)) if m.contains("no cluster spec") => Some(0),
+                    // The version read is refused to a certificate that is no admin at all;
+                    // say what the apply itself needs, not what the read needed.
+                    Err(ClientError::Refused(m))
+                        if m.contains("/drover.v1.Admin/ConfigShow needs") =>
+                    {
+                        return Err(ClientError::Refused(format!(
+                            "config apply needs an admin certificate with role admin \
+                             (drover://role/admin); this certificate may not even read the \
+                             current spec: {m}"
+                        )))
+                    }
                     Err(e) => return Err(e),
                 }
             };

@@ -199,7 +199,7 @@ impl Client {
                         return Err(Attempt::Down(format!(
                             "{address}: no connection within --timeout {} (TCP connect and TLS \
                              handshake); the node is overloaded, or something else listens \
-                             there; trying the next endpoint",
+                             there",
                             humantime::format_duration(self.cfg.timeout)
                         )))
                     }
