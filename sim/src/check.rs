@@ -26,7 +26,10 @@
 //!   cluster still grants the site the lease at that epoch, the site's application is healthy
 //!   and powered, and the fencing node had been connected to a majority for the renewal bound
 //!   [`Bounds::renewal`] without a break: with a majority around it, a leader is elected
-//!   within the election bound and a renewal gets through within two RPC deadlines. (b) A
+//!   within the election bound and a renewal gets through within two RPC deadlines; and some
+//!   leader was followed by a majority for [`RENEWAL_CHANCE`] in the last two thirds of the
+//!   lease (the lease outlasts one leader change: two leaders lost in a row, the second before
+//!   anyone could renew with it, may legitimately cost the lease). (b) A
 //!   failover is wrong when, for `down_after` + 1 s before it started, prod's application was
 //!   healthy and powered (whether or not drover had stopped it), reachable from a majority of
 //!   the voters' positions, a prod node was connected to a majority, and no self-fence at that
@@ -35,7 +38,9 @@
 //!   connected pairwise, a leader followed by a majority (sound members linked both ways to it
 //!   that name it leader in its term; a leader that stood back for lack of a quorum leads
 //!   nobody) appears within [`Bounds::election`]; (b) no ping-pong: a leader followed by a
-//!   majority that is still sound and connected to a majority is never replaced.
+//!   majority that is still sound and connected to a majority is never replaced, and never
+//!   stands back while it has been connected to a majority for the leader lease plus 1.5 s
+//!   (once it stood back after losing its majority, another may take its place).
 //! - A3 a service always has a serving site (an application running, with power) or a
 //!   running failover workflow. Nobody serving and no workflow running (none, failed or
 //!   paused) for [`Bounds::unserved`] while a connected majority exists and dr has power is a
@@ -70,15 +75,27 @@ pub struct Bounds {
     pub down_after: Duration,
     /// The Raft timing: the longest a follower waits for a leader before campaigning.
     pub election_timeout_max: Duration,
+    /// The policy's `lease_ttl`.
+    pub lease_ttl: Duration,
 }
 
+/// A1: a leader followed by a majority for less than this gives a holder no dependable chance
+/// to renew: a retry round (250 ms), the new leader's first commit and its read barrier (a
+/// heartbeat round trip each, 250 ms), and the renewal's own round trip, with slack.
+pub const RENEWAL_CHANCE: Duration = Duration::from_secs(1);
+
 impl Bounds {
-    /// The bounds for a cluster with `election_timeout_max` and a policy with `down_after`.
-    pub fn new(election_timeout_max: Duration, down_after: Duration) -> Bounds {
+    /// The bounds for a cluster with `election_timeout_max` and a policy with `down_after`
+    /// and `lease_ttl`.
+    pub fn new(
+        election_timeout_max: Duration,
+        down_after: Duration,
+        lease_ttl: Duration,
+    ) -> Bounds {
         let election = election_timeout_max * 3 + Duration::from_secs(1);
         let renewal = election + Duration::from_secs(4);
         let unserved = down_after + Duration::from_secs(2) + election + renewal;
-        Bounds { election, renewal, unserved, down_after, election_timeout_max }
+        Bounds { election, renewal, unserved, down_after, election_timeout_max, lease_ttl }
     }
 }
 
@@ -189,6 +206,9 @@ pub struct Checker {
     leaderless_since: Option<Duration>,
     /// The leader followed by a majority at the last look: (term, id, since).
     followed: Option<(u64, u64, Duration)>,
+    /// The spans during which one leader was followed by a majority: (term, id, from, until;
+    /// None while it lasts), the last two minutes of them.
+    led: Vec<(u64, u64, Duration, Option<Duration>)>,
     /// Self-fences seen, (host, epoch).
     fences_seen: std::collections::BTreeSet<(String, u64)>,
     /// Epochs at which a self-fence was judged legitimate.
@@ -234,6 +254,7 @@ impl Checker {
             connected_since: BTreeMap::new(),
             leaderless_since: None,
             followed: None,
+            led: Vec::new(),
             fences_seen: Default::default(),
             legit_fence_epochs: Default::default(),
             prod_fine_since: None,
@@ -579,6 +600,25 @@ impl Checker {
         // A2 (b): no ping-pong. The leader a majority followed is replaced by a newer one while
         // it stayed sound and connected to a majority all along (a leader that was stalled,
         // crashed or cut off in between may lose its place).
+        // A leader that stands back gives up its place (replacing it is no ping-pong), but only
+        // once it had lost its majority: standing back while connected to one for the leader
+        // lease plus slack (a tick, a round trip, and a redial of a connection stuck by the
+        // fault just healed: 1.5 s) is itself a violation.
+        if let Some((term, id, _)) = self.followed {
+            if let Some(old) = all.iter().position(|n| n.id == id && standing_back(&n.host)) {
+                let host = all[old].host.clone();
+                let for_ = connected_for(self, &host);
+                let slack = Duration::from_millis(1500);
+                if to_majority(old) && for_ >= self.bounds.election_timeout_max + slack {
+                    let detail = format!(
+                        "{host} (leader in term {term}) stood back although connected to a majority for {:.1}s",
+                        for_.as_secs_f64()
+                    );
+                    self.violate(world, "A2", detail);
+                }
+                self.followed = None;
+            }
+        }
         if let Some((_, id, since)) = self.followed {
             let old = all.iter().position(|n| n.id == id);
             let all_along = old.is_some_and(|i| {
@@ -612,6 +652,19 @@ impl Checker {
                 self.followed = Some((term, id, now));
             }
         }
+        let current = followed.map(|(term, id, _)| (term, id));
+        let last = self.led.last_mut().filter(|l| l.3.is_none());
+        if last.as_ref().map(|l| (l.0, l.1)) != current {
+            if let Some(l) = last {
+                l.3 = Some(now);
+            }
+            if let Some((term, id)) = current {
+                self.led.push((term, id, now, None));
+            }
+        }
+        self.led.retain(|l| {
+            l.3.is_none_or(|until| now.saturating_sub(until) < Duration::from_secs(120))
+        });
 
         // A1 (a): self-fences.
         let granted = top.and_then(|t| t.lease.clone());
@@ -624,7 +677,15 @@ impl Checker {
                 && world.powered.get(&n.site).copied().unwrap_or(false);
             let still_granted = granted.as_ref() == Some(&(n.site.clone(), epoch));
             let for_ = connected_for(self, &n.host);
-            if app_fine && still_granted && to_majority(i) && for_ >= self.bounds.renewal {
+            // The lease outlasts one leader change, not a series: from a third of the lease on
+            // a holder renews every 250 ms, so some leader must have lasted RENEWAL_CHANCE in
+            // the last two thirds for a renewal to be owed.
+            let since = now.saturating_sub(self.bounds.lease_ttl * 2 / 3);
+            let chance = self.led.iter().any(|&(_, _, from, until)| {
+                until.unwrap_or(now).min(now).saturating_sub(from.max(since)) >= RENEWAL_CHANCE
+            });
+            if app_fine && still_granted && to_majority(i) && for_ >= self.bounds.renewal && chance
+            {
                 let detail = format!(
                     "{} self-fenced at epoch {epoch} although the cluster still granted {} the lease, its application was healthy and {} had been connected to a majority for {:.1}s (renewal bound {:.1}s)",
                     n.host, n.site, n.host, for_.as_secs_f64(), self.bounds.renewal.as_secs_f64()

@@ -211,7 +211,7 @@ fn simulate(cfg: &RunConfig) -> Outcome {
     let election_timeout_max = Duration::from_millis(node::raft_config().election_timeout_max);
     let mut checker = Checker::new(
         topology.clone(),
-        Bounds::new(election_timeout_max, policy.down_after),
+        Bounds::new(election_timeout_max, policy.down_after, policy.lease_ttl),
         spec::recovery_bound(&spec.0),
         plan.loss_at,
         plan.quiet_from,

@@ -195,10 +195,20 @@ initial_active = "prod"
 /// The parsed spec for `policy`, and its text.
 pub fn load(policy: &SimPolicy) -> (ClusterSpec, String) {
     let text = text(policy);
-    match spec::parse(&text, "drover-sim spec") {
-        Ok(s) => (s, text),
+    let parsed = match spec::parse(&text, "drover-sim spec") {
+        Ok(s) => s,
         Err(errors) => panic!("the simulator's own spec is invalid ({policy:?}): {errors}"),
-    }
+    };
+    // What `config apply` refuses with the simulated cluster's Raft timings is never run.
+    let raft = crate::node::raft_config();
+    let timings = drover::decide::ElectionTimings {
+        heartbeat: Duration::from_millis(raft.heartbeat_interval),
+        election_min: Duration::from_millis(raft.election_timeout_min),
+        election_max: Duration::from_millis(raft.election_timeout_max),
+    };
+    let refused = spec::check_against_raft_timings(&parsed, &timings);
+    assert!(refused.is_empty(), "the simulator's spec would be refused ({policy:?}): {refused:?}");
+    (parsed, text)
 }
 
 /// Longest a failover may take once the active site is lost with a majority alive and

@@ -48,6 +48,9 @@ pub const PROBE_EVERY_MIN: Duration = Duration::from_secs(5);
 /// Long enough for openraft's replication to get past its 500 ms back-off after a failed
 /// send and reach a member that came back.
 pub const PROBE_FOR: Duration = Duration::from_secs(1);
+/// A gap between two ticks at least this long means this process was paused (SIGSTOP, a VM
+/// freeze, swapping): ten ticks.
+pub const PAUSED_AFTER: Duration = Duration::from_millis(500);
 /// Allowance for the RPC rounds of a leader change: the stand-back notice, the pre-vote round,
 /// the vote round and the first commit of the new leader.
 const ELECTION_ROUNDS: Duration = Duration::from_millis(500);
@@ -230,6 +233,10 @@ pub struct ElectionGuard {
     probing: Option<MonoTime>,
     /// When this member was first seen leading in its current leadership.
     leading_since: Option<MonoTime>,
+    /// The last tick.
+    last_tick: Option<MonoTime>,
+    /// When this process last came back from a pause (see [`PAUSED_AFTER`]).
+    resumed: Option<MonoTime>,
 }
 
 impl ElectionGuard {
@@ -244,6 +251,8 @@ impl ElectionGuard {
             stood_back: None,
             probing: None,
             leading_since: None,
+            last_tick: None,
+            resumed: None,
         };
         g.draw_jitter(random);
         g
@@ -270,6 +279,10 @@ impl ElectionGuard {
 
     /// One tick; `random` is a fresh random number (drawn by the caller).
     pub fn tick(&mut self, input: &GuardInput, random: u64) -> Vec<GuardCommand> {
+        if self.last_tick.is_some_and(|t| input.now.saturating_duration_since(t) >= PAUSED_AFTER) {
+            self.resumed = Some(input.now);
+        }
+        self.last_tick = Some(input.now);
         match input.role {
             RaftRole::Leader { quorum_ack_age } => self.tick_leader(input, quorum_ack_age),
             RaftRole::Voter => {
@@ -311,6 +324,12 @@ impl ElectionGuard {
             (None, false) => {
                 // A new leader gets the lease to gather its first acknowledgements.
                 if ack_age.is_none() && leading_for < lease {
+                    return Vec::new();
+                }
+                // A leader that was itself paused measured its followers' silence across its
+                // own pause: their answers are still on their way. It waits PROBE_FOR (past
+                // openraft's 500 ms back-off) for fresh ones before judging.
+                if self.resumed.is_some_and(|r| now.saturating_duration_since(r) < PROBE_FOR) {
                     return Vec::new();
                 }
                 self.stand_back(now)
@@ -566,6 +585,9 @@ mod tests {
         let mut g = ElectionGuard::new(timings(), 0);
         assert!(g.tick(&leader(0, None), 0).is_empty(), "a new leader gets the lease");
         assert!(g.tick(&leader(0, Some(100)), 0).is_empty());
+        // Ticks closer than PAUSED_AFTER: this leader is not coming back from a pause.
+        assert!(g.tick(&leader(400, Some(500)), 0).is_empty());
+        assert!(g.tick(&leader(800, Some(900)), 0).is_empty());
         assert!(g.tick(&leader(1000, Some(2000)), 0).is_empty(), "within the lease");
         assert_eq!(g.tick(&leader(1100, Some(2001)), 0), STAND_BACK);
         assert!(g.standing_back());
@@ -583,9 +605,23 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_back_from_a_pause_waits_for_fresh_acknowledgements() {
+        let mut g = ElectionGuard::new(timings(), 0);
+        assert_eq!(g.tick(&leader(1000, Some(0)), 0), vec![]);
+        // Paused from 1000 to 3500 ms: every acknowledgement it holds is from before.
+        for now in [3500, 3900, 4300, 4450] {
+            assert_eq!(g.tick(&leader(now, Some(now)), 0), vec![], "at {now} ms");
+        }
+        // Still none a second after it resumed: it has no quorum, and stands back.
+        assert_eq!(g.tick(&leader(4500, Some(4500)), 0), STAND_BACK);
+    }
+
+    #[test]
     fn a_deposed_leader_turns_heartbeats_back_on() {
         let mut g = ElectionGuard::new(timings(), 0);
-        assert!(g.tick(&leader(8_000, Some(100)), 0).is_empty());
+        for now in (8_000..10_000).step_by(400) {
+            assert!(g.tick(&leader(now, Some(100)), 0).is_empty());
+        }
         assert_eq!(g.tick(&leader(10_000, Some(5000)), 0), STAND_BACK);
         assert_eq!(g.tick(&voter(10_100, Some(0)), 0), LEAD_AGAIN);
         assert!(g.tick(&voter(10_200, Some(0)), 0).is_empty());
