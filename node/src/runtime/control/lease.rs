@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use drover_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::executor::run_local;
 use super::{leader_of, ControlCtx, LEASE_TICK, RPC_TIMEOUT};
@@ -91,6 +91,12 @@ impl Holding {
 /// Keeps the lease of this node's site while it is active, and self-fences when it cannot.
 pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>) {
     let mut holdings: BTreeMap<String, Holding> = BTreeMap::new();
+    // The leader this node last knew: when another one is known, the rounds still waiting on
+    // the old one (up to MAX_RENEWALS_IN_FLIGHT, each up to two RPC deadlines) no longer count,
+    // and a round goes to the new leader at once. Without this, a leader that died or froze
+    // held every renewal slot for 4 s past the election, and a holder could lose its lease
+    // to a second leader change it would otherwise have outlived.
+    let mut known_leader: Option<NodeId> = None;
     let (tx, mut rx) = mpsc::channel::<Round>(64);
     let mut tick = tokio::time::interval(LEASE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -148,6 +154,14 @@ pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>)
             Some(leases)
         });
         let Some(leases) = leases else { continue };
+        if let Some((leader, _)) = leader_of(&ctx.node) {
+            if known_leader.replace(leader).is_some_and(|old| old != leader) {
+                for h in holdings.values_mut() {
+                    h.in_flight = 0;
+                    h.last_sent = None;
+                }
+            }
+        }
         let mut believed = BTreeMap::new();
         // This round's renewals: every lease held (with room in flight), sent together as soon
         // as any one of them is due, so all of a node's leases keep one schedule.
@@ -324,8 +338,21 @@ pub(super) async fn ask_renewals(
     let limit = if req.relayed { RPC_TIMEOUT } else { RPC_TIMEOUT * 2 };
     let asked = req.leases.len();
     match tokio::time::timeout(limit, client.renew_leases(req)).await {
-        Ok(Ok(r)) => Batch::from_reply(r.into_inner(), asked),
-        _ => Batch::Unknown,
+        Ok(Ok(r)) => {
+            let r = r.into_inner();
+            if !r.confirmed {
+                debug!(to = %member.name, reason = %r.reason, "lease renewal not confirmed");
+            }
+            Batch::from_reply(r, asked)
+        }
+        Ok(Err(status)) => {
+            debug!(to = %member.name, %status, "lease renewal refused");
+            Batch::Unknown
+        }
+        Err(_) => {
+            debug!(to = %member.name, "lease renewal: no answer within {limit:?}");
+            Batch::Unknown
+        }
     }
 }
 
