@@ -33,14 +33,7 @@ const BUILD_DEADLINE: Duration = Duration::from_secs(1200);
 /// The binaries under test, built once per process (see the module docs).
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
-    BINS.get_or_init(|| {
-        if let Some(dir) = env::var_os("DROVER_BIN_DIR") {
-            return in_dir(Path::new(&dir));
-        }
-        let (target_dir, profile) = target_and_profile();
-        build(&target_dir, &profile);
-        in_dir(&target_dir.join(&profile))
-    })
+    BINS.get_or_init(|| locate(None))
 }
 
 /// The binaries of the release profile, built once per process into the same target dir: for
@@ -49,14 +42,18 @@ pub fn bins() -> &'static Bins {
 /// `DROVER_BIN_DIR` overrides it as it does [`bins`].
 pub fn release_bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
-    BINS.get_or_init(|| {
-        if let Some(dir) = env::var_os("DROVER_BIN_DIR") {
-            return in_dir(Path::new(&dir));
-        }
-        let (target_dir, _) = target_and_profile();
-        build(&target_dir, "release");
-        in_dir(&target_dir.join("release"))
-    })
+    BINS.get_or_init(|| locate(Some("release")))
+}
+
+/// The binaries in `DROVER_BIN_DIR`, or built for `profile` (the test's own when `None`).
+fn locate(profile: Option<&str>) -> Bins {
+    if let Some(dir) = env::var_os("DROVER_BIN_DIR") {
+        return in_dir(Path::new(&dir));
+    }
+    let (target_dir, own) = target_and_profile();
+    let profile = profile.unwrap_or(&own);
+    build(&target_dir, profile);
+    in_dir(&target_dir.join(profile))
 }
 
 /// The target dir and profile of the running test executable.

@@ -343,13 +343,10 @@ impl DurabilityProbe {
     /// as the disk takes on a failing one): callers that must bound it run it off the async
     /// threads.
     pub fn write(&self, counter: u64) -> Result<(), LocalWriteError> {
-        let write = || -> Result<(), DbError> {
-            let txn = self.db.begin_write()?;
+        commit_local(&self.db, &self.path, |txn| {
             txn.open_table(PROBE)?.insert(KEY_PROBE, counter)?;
-            txn.commit()?;
             Ok(())
-        };
-        write().map_err(|e| LocalWriteError { path: self.path.clone(), cause: e.to_string() })
+        })
     }
 
     /// The database file this probe writes to.
@@ -389,14 +386,26 @@ impl FenceMarks {
     /// once it is synced. Blocks the calling thread for the write, like
     /// [`DurabilityProbe::write`].
     pub fn record(&self, service: &str, epoch: u64) -> Result<(), LocalWriteError> {
-        let write = || -> Result<(), DbError> {
-            let txn = self.db.begin_write()?;
+        commit_local(&self.db, &self.path, |txn| {
             txn.open_table(SELF_FENCED)?.insert(service, epoch)?;
-            txn.commit()?;
             Ok(())
-        };
-        write().map_err(|e| LocalWriteError { path: self.path.clone(), cause: e.to_string() })
+        })
     }
+}
+
+/// One write transaction of this node's local records, committed (and so synced).
+fn commit_local(
+    db: &Database,
+    path: &Path,
+    write: impl FnOnce(&redb::WriteTransaction) -> Result<(), DbError>,
+) -> Result<(), LocalWriteError> {
+    let run = || -> Result<(), DbError> {
+        let txn = db.begin_write()?;
+        write(&txn)?;
+        txn.commit()?;
+        Ok(())
+    };
+    run().map_err(|e| LocalWriteError { path: path.to_path_buf(), cause: e.to_string() })
 }
 
 impl LogStore {
