@@ -308,6 +308,10 @@ impl Client {
 /// `HOST:PORT` with a port in 1..=65535; IPv6 hosts in brackets.
 fn check_endpoint(address: &str) -> Result<(), String> {
     let usage = "use HOST:PORT, e.g. 10.0.0.1:7400 or [fd00::1]:7400";
+    // A bracketed IPv6 address alone: its colons are not a port separator.
+    if address.starts_with('[') && address.ends_with(']') {
+        return Err(format!("endpoint {address:?} has no port; {usage}"));
+    }
     let Some((host, port)) = address.rsplit_once(':') else {
         return Err(format!("endpoint {address:?} has no port; {usage}"));
     };
@@ -393,7 +397,23 @@ fn certificate_expired(lower: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::certificate_expired;
+    use super::{certificate_expired, check_endpoint};
+
+    #[test]
+    fn endpoints_need_a_port_and_brackets_around_ipv6() {
+        for (address, needle) in [
+            ("10.0.0.1", "has no port"),
+            ("[fd00::1]", "has no port"),
+            ("fd00::1:7400", "unbracketed IPv6"),
+            ("10.0.0.1:70000", "out of range"),
+            ("10.0.0.1:x", "not a port number"),
+        ] {
+            let err = check_endpoint(address).expect_err(address);
+            assert!(err.contains(needle), "{address}: {err}");
+        }
+        assert!(check_endpoint("[fd00::1]:7400").is_ok());
+        assert!(check_endpoint("node-1.example:7400").is_ok());
+    }
 
     #[test]
     fn a_timeout_is_not_an_expired_certificate() {
