@@ -619,6 +619,19 @@ impl Checker {
                 self.followed = None;
             }
         }
+        // A leader that stepped down within its own term (openraft orders votes of one term by
+        // node id: a split vote's other candidate with a higher id wins that comparison) was
+        // not replaced while it led: the leaderless time that follows is A2 (a)'s to bound.
+        // One that moved to a higher term was deposed, and stays judged by the rule below.
+        if let Some((term, id, _)) = self.followed {
+            let host = all.iter().find(|n| n.id == id).map(|n| n.host.as_str());
+            let stepped_down = host
+                .and_then(|h| seen.get(h))
+                .is_some_and(|s| s.server_state != ServerState::Leader && s.term == term);
+            if stepped_down {
+                self.followed = None;
+            }
+        }
         if let Some((_, id, since)) = self.followed {
             let old = all.iter().position(|n| n.id == id);
             let all_along = old.is_some_and(|i| {

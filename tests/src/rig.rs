@@ -132,11 +132,22 @@ impl Rig {
     pub fn apply_spec(&mut self, text: &str, what: &str) -> u64 {
         let path = self.write("cluster.toml", text);
         let path = path.to_string_lossy().into_owned();
-        match self.ctl_json(&["config", "apply", "-f", &path]) {
-            Ok(v) => v["version"]
-                .as_u64()
-                .unwrap_or_else(|| self.fail(format!("`config apply` printed {v}, no version"))),
-            Err(e) => self.fail(format!("applying {what} failed: {e}")),
+        // As an operator would: "knows no leader right now ... retry in a few seconds" (a
+        // leader of the first election can step down to a same-term candidate with a higher
+        // id just after `status` named it) means nothing was written; retry that, nothing else.
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        loop {
+            match self.ctl_json(&["config", "apply", "-f", &path]) {
+                Ok(v) => {
+                    return v["version"].as_u64().unwrap_or_else(|| {
+                        self.fail(format!("`config apply` printed {v}, no version"))
+                    })
+                }
+                Err(e) if e.contains("knows no leader") && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => self.fail(format!("applying {what} failed: {e}")),
+            }
         }
     }
 

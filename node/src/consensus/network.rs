@@ -93,8 +93,9 @@ impl PeerContacts {
     }
 }
 
-/// When this member last accepted AppendEntries or a snapshot from a leader, on its monotonic
-/// clock: the election guard's measure of silence (`decide::election`).
+/// When this member last accepted AppendEntries or a snapshot from a leader, or last led
+/// itself, on its monotonic clock: the election guard's measure of silence
+/// (`decide::election`).
 #[derive(Debug, Clone, Default)]
 pub struct LeaderContact(Arc<Mutex<Option<Instant>>>);
 

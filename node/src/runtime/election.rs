@@ -100,6 +100,12 @@ async fn election_loop(
             (m.state, voters, members, m.current_term)
         };
         let is_voter = voters.contains(&node.id);
+        // Leading is hearing a leader: a leader deposed by a newer one waits the same silence
+        // as any follower before it asks for pre-votes (asked at once, it was granted by
+        // members still holding its own stand-back notice, and deposed the new leader).
+        if state == ServerState::Leader {
+            node.leader_contact.touch();
+        }
         let role = match state {
             ServerState::Leader => RaftRole::Leader {
                 quorum_ack_age: node.contacts.quorum_age(node.id, voters.iter().copied()),
