@@ -80,9 +80,29 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
+/// Prefixes of the variables cargo sets for a test process only.
+const TEST_PROCESS_VARS: &[&str] = &[
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_BIN_",
+];
+
 fn build(target_dir: &Path, profile: &str) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
+    // The variables cargo sets for this test process (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...)
+    // are not the ones of a build started from a shell; build scripts that watch them (ring's
+    // watches CARGO_MANIFEST_DIR) would make this build redo ring and everything above it, and
+    // the next shell build redo it again.
+    for (key, _) in env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if TEST_PROCESS_VARS.iter().any(|p| key.starts_with(p)) {
+            cmd.env_remove(&key);
+        }
+    }
     cmd.current_dir(workspace_root())
         .args(["build", "--bins", "-p", "drover-node", "-p", "drover-witness", "--target-dir"])
         .arg(target_dir);
