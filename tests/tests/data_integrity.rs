@@ -47,6 +47,14 @@ fn cluster_with_stopped_member(test: &str) -> (Cluster, NodeId) {
     if status.code() != Some(0) {
         c.fail(format!("dr-1 should exit 0 on SIGTERM, got {status}"));
     }
+    // dr-1 may have been the leader (the first election's choice): the others must elect
+    // another before an admin command can commit.
+    c.wait_for("a leader other than the stopped dr-1", LEADER_TIMEOUT, |c| {
+        match c.status_json()?["leader_id"].as_u64() {
+            Some(l) if l != dr => Ok(()),
+            other => Err(format!("status names leader {other:?}")),
+        }
+    });
     (c, dr)
 }
 
