@@ -3,7 +3,7 @@
 
 use super::*;
 
-const SPEC: &str = include_str!("../spec/testdata/cluster.toml");
+const SPEC: &str = include_str!("../../spec/testdata/cluster.toml");
 const SVC: &str = "file-transfer";
 /// prod-1, prod-2, dr-1, dr-2, witness.
 const ALL: [NodeId; 5] = [1, 2, 3, 4, 5];
