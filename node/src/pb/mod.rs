@@ -94,6 +94,7 @@ fn workflow_to_pb(w: &Workflow) -> pb::WorkflowStatus {
         WorkflowState::Failed { .. } => "failed",
         WorkflowState::AwaitingCommit => "awaiting_commit",
         WorkflowState::Committed => "committed",
+        WorkflowState::RolledBack { .. } => "rolled_back",
     };
     let steps = w
         .steps
@@ -107,6 +108,7 @@ fn workflow_to_pb(w: &Workflow) -> pb::WorkflowStatus {
                     ("succeeded", *attempt, detail.clone())
                 }
                 StepStatus::Failed { attempt, error } => ("failed", *attempt, error.clone()),
+                StepStatus::Skipped { reason } => ("skipped", 0, reason.clone()),
             };
             let finished_at_unix_ms = match &st.status {
                 StepStatus::Succeeded { finished_at_unix_ms, .. } => *finished_at_unix_ms,

@@ -101,6 +101,19 @@ pub struct Policy {
     pub auto_failover: bool,
     /// Whether a failover commits on its own or stops at `pending_commit`.
     pub commit: CommitMode,
+    /// How long a planned switchover waits, after the old site's deactivate runbook, for the
+    /// lag probe to report 0 before it gives up and returns the service to the old site.
+    #[serde(with = "humantime_serde", default = "default_catch_up_timeout")]
+    pub catch_up_timeout: Duration,
+}
+
+/// Default [`Policy::catch_up_timeout`]: 5 minutes.
+pub const DEFAULT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Longest [`Policy::catch_up_timeout`]: 24 hours.
+pub const MAX_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+fn default_catch_up_timeout() -> Duration {
+    DEFAULT_CATCH_UP_TIMEOUT
 }
 
 impl Default for Policy {
@@ -114,6 +127,7 @@ impl Default for Policy {
             cooldown: Duration::from_secs(30 * 60),
             auto_failover: true,
             commit: CommitMode::Auto,
+            catch_up_timeout: DEFAULT_CATCH_UP_TIMEOUT,
         }
     }
 }
@@ -145,6 +159,9 @@ pub struct PolicyOverride {
     /// Overrides [`Policy::commit`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<CommitMode>,
+    /// Overrides [`Policy::catch_up_timeout`].
+    #[serde(with = "humantime_serde::option", default, skip_serializing_if = "Option::is_none")]
+    pub catch_up_timeout: Option<Duration>,
 }
 
 impl PolicyOverride {
@@ -159,6 +176,7 @@ impl PolicyOverride {
             cooldown: self.cooldown.unwrap_or(base.cooldown),
             auto_failover: self.auto_failover.unwrap_or(base.auto_failover),
             commit: self.commit.unwrap_or(base.commit),
+            catch_up_timeout: self.catch_up_timeout.unwrap_or(base.catch_up_timeout),
         }
     }
 }

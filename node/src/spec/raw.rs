@@ -38,6 +38,7 @@ pub(super) struct Policy {
     pub cooldown: Option<String>,
     pub auto_failover: Option<bool>,
     pub commit: Option<String>,
+    pub catch_up_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -187,6 +187,7 @@ impl Validator {
             cooldown: dur(self, "cooldown", &p.cooldown),
             auto_failover: p.auto_failover,
             commit: p.commit.as_deref().and_then(|s| self.commit_mode(&k("commit"), s)),
+            catch_up_timeout: dur(self, "catch_up_timeout", &p.catch_up_timeout),
         }
     }
 
@@ -1145,6 +1146,7 @@ fn override_sets(p: &raw::Policy, key: &str) -> bool {
         "max_clock_drift" => p.max_clock_drift.is_some(),
         "self_fence_grace" => p.self_fence_grace.is_some(),
         "cooldown" => p.cooldown.is_some(),
+        "catch_up_timeout" => p.catch_up_timeout.is_some(),
         _ => false,
     }
 }
@@ -1183,6 +1185,13 @@ fn policy_rule_violations(p: &Policy) -> Vec<(&'static str, String, &'static [&'
                 fmt_d(p.down_after)
             ),
             &["up_after", "down_after"][..],
+        ));
+    }
+    if p.catch_up_timeout.is_zero() || p.catch_up_timeout > crate::spec::MAX_CATCH_UP_TIMEOUT {
+        v.push((
+            "catch_up_timeout",
+            format!("{} is outside (0s, 24h]", fmt_d(p.catch_up_timeout)),
+            &["catch_up_timeout"][..],
         ));
     }
     if p.self_fence_grace.is_zero() {

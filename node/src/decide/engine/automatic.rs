@@ -61,9 +61,7 @@ pub(super) fn decide_reactivation(
             sink.alert(name, "reactivate_failed", msg);
         }
     }
-    if !matches!(state.phase, ServicePhase::Protecting | ServicePhase::FailedOver) {
-        return false;
-    }
+    // At rest (no workflow in progress: the caller's condition) in any phase.
     let held = state.lease.as_ref().is_some_and(|l| l.site == active && l.epoch == state.epoch);
     if !held {
         return false;
@@ -121,7 +119,12 @@ pub(super) fn decide_failover(
 ) {
     let Inputs { lag, readiness, vetoes } = inputs;
     let (name, state, now) = (s.name, s.state, obs.now);
-    if state.phase != ServicePhase::Protecting {
+    let primary = state.primary_site(&s.svc.initial_active);
+    // Automatic failover protects the primary: while it is active and at rest (protecting,
+    // or back on it after a switchover that gave up).
+    let armed = state.phase == ServicePhase::Protecting
+        || (state.phase == ServicePhase::SwitchoverFailed && state.active_site == primary);
+    if !armed {
         return;
     }
     let Some(det) = s.det else { return };
@@ -145,11 +148,10 @@ pub(super) fn decide_failover(
             return sink.alert(name, "cooldown", msg);
         }
     }
-    if active != s.svc.initial_active {
+    if active != primary {
         let msg = format!(
-            "{active} is down for {name}; drover never fails back to {} automatically: an \
-             operator must decide",
-            s.svc.initial_active
+            "{active} is down for {name}; drover never fails back to {primary} automatically: \
+             an operator must decide ('droverctl failover {name} --to {primary}')"
         );
         return sink.alert(name, "no_failback", msg);
     }
@@ -234,6 +236,7 @@ pub(super) fn decide_failover(
         to: target.to_string(),
         expected_epoch: state.epoch,
         automatic: true,
+        force: false,
         reason,
         author: params.node_name.clone(),
         at_unix_ms: obs.now_unix_ms,
@@ -296,4 +299,27 @@ fn veto_passed(
     });
     vetoes.insert(name.to_string(), VetoRun { outage, state: VetoState::Running { deadline } });
     false
+}
+
+/// With no workflow in progress while an operator paused automatic action: no decision, but
+/// the outage an automatic failover would have answered is still alerted.
+pub(super) fn paused(s: &Svc, obs: &Observation, sink: &mut Sink) {
+    let (name, state) = (s.name, s.state);
+    let (Some(pause), Some(det)) = (&state.paused, s.det) else { return };
+    let active = state.active_site.as_str();
+    if let SiteHealth::Down { .. } = det.health(name, active) {
+        let until = match pause.until_unix_ms {
+            Some(u) => format!(
+                " for another {}",
+                secs(Duration::from_millis((u - obs.now_unix_ms).max(0) as u64))
+            ),
+            None => String::new(),
+        };
+        let msg = format!(
+            "{active} is down for {name}, but automatic action is paused{until} by {} ({}); \
+             'droverctl resume {name}' re-arms it, 'droverctl failover {name} --to SITE' moves it",
+            pause.by, pause.reason
+        );
+        sink.alert(name, "paused", msg);
+    }
 }

@@ -371,6 +371,8 @@ struct Svc<'a> {
     state: &'a ServiceState,
     spec: &'a ClusterSpec,
     det: Option<&'a Detector>,
+    /// The freshest replication lag report, and when it arrived.
+    lag: Option<(f64, MonoTime)>,
 }
 
 impl Engine {
@@ -564,7 +566,8 @@ impl Engine {
                 Some(Detection { detector: Ok(d), .. }) => Some(d),
                 _ => None,
             };
-            let s = Svc { name, svc, policy: &policy, state, spec, det };
+            let lag = self.lag.get(name.as_str()).copied();
+            let s = Svc { name, svc, policy: &policy, state, spec, det, lag };
             let mut sink = Sink {
                 out: &mut out,
                 outstanding: &mut self.outstanding,
@@ -572,7 +575,25 @@ impl Engine {
                 alert_every: self.params.alert_every,
                 now: obs.now,
             };
+            if let Some(pause) = &state.paused {
+                if let Some(until) = pause.until_unix_ms.filter(|u| *u <= obs.now_unix_ms) {
+                    if sink.can_propose(name) {
+                        let req = ControlRequest::PauseExpired {
+                            service: name.to_string(),
+                            until_unix_ms: until,
+                            author: self.params.node_name.clone(),
+                            at_unix_ms: obs.now_unix_ms,
+                        };
+                        sink.propose(name, req);
+                    }
+                }
+            }
             match state.active_workflow() {
+                None if state.paused.is_some() => {
+                    self.runs.remove(name);
+                    self.vetoes.remove(name.as_str());
+                    automatic::paused(&s, obs, &mut sink);
+                }
                 None => {
                     self.runs.remove(name);
                     let stale_after = self.params.detect.stale_after;
@@ -726,6 +747,19 @@ pub mod mutation {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     static NO_REACTIVATE: AtomicBool = AtomicBool::new(false);
+    static EARLY_ACTIVATE: AtomicBool = AtomicBool::new(false);
+
+    /// Switchovers activate the new site before deactivating the old one, and end the lease
+    /// wait at once (`drover-sim --mutate switchover-early-activate`). Process-wide; off by
+    /// default.
+    pub fn set_early_activate(on: bool) {
+        EARLY_ACTIVATE.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether switchovers activate early.
+    pub fn early_activate() -> bool {
+        EARLY_ACTIVATE.load(Ordering::SeqCst)
+    }
 
     /// Never reactivates a self-fenced active site (`drover-sim --mutate no-reactivate`).
     /// Process-wide; off by default.

@@ -338,6 +338,7 @@ fn prod_down_from_a_quorum_fails_over_once_and_the_workflow_runs_to_commit() {
         sim.advance(ROUND_MS);
         let commands = sim.tick();
         if let Some(ControlRequest::StartFailover {
+            force: false,
             from,
             to,
             expected_epoch,
@@ -494,6 +495,7 @@ fn cooldown_blocks_automatic_failover_until_it_ends() {
     // the plan is the lease wait alone).
     let epoch = sim.svc().epoch;
     sim.propose(ControlRequest::StartFailover {
+        force: false,
         service: SVC.into(),
         from: "dr".into(),
         to: "prod".into(),
@@ -503,11 +505,10 @@ fn cooldown_blocks_automatic_failover_until_it_ends() {
         author: "op".into(),
         at_unix_ms: sim.unix_ms,
     });
-    sim.run_until(30_000, |s| s.svc().phase == ServicePhase::FailedOver);
+    // Back on the primary, the service is protecting again; the cooldown is still on.
+    sim.run_until(30_000, |s| s.svc().phase == ServicePhase::Protecting);
     assert_eq!((sim.svc().active_site.as_str(), sim.svc().epoch), ("prod", 3));
     assert_eq!(sim.rejected, Vec::<String>::new());
-    // As if reprotected (not in the state machine yet); the cooldown is still on.
-    sim.control.services.get_mut(SVC).unwrap().phase = ServicePhase::Protecting;
 
     sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
     let before = sim.log.len();
@@ -635,7 +636,7 @@ fn unconfirmed_fencing_waits_out_the_lease_before_activating() {
     let waited = outcome_of(&sim.log, 1);
     assert_eq!(
         waited,
-        [Ok("lease of prod expired: waited 9.2s without fencing confirmation".to_string())]
+        [Ok("lease of prod expired: waited 9.2s without confirmation that it stopped".to_string())]
     );
     let activated_at = activated_at.expect("activation started");
     assert!(activated_at >= safe, "activated at {activated_at}, safe from {safe}");

@@ -19,11 +19,12 @@ pub(super) fn drive_workflow(
     if let StepStatus::RetryWait { attempt, .. } = step.status {
         run.retry_seen.entry((i, attempt)).or_insert(now);
     }
+    let kind = wf.kind.as_str();
     match &wf.state {
         WorkflowState::Running => {}
         WorkflowState::Paused { reason } => {
             let msg = format!(
-                "failover of {name} to {} is paused: {reason}; 'droverctl resume {name}' \
+                "{kind} of {name} to {} is paused: {reason}; 'droverctl resume {name}' \
                  retries the step",
                 wf.to
             );
@@ -32,14 +33,16 @@ pub(super) fn drive_workflow(
         WorkflowState::Failed { reason } => {
             let msg = s.state.nobody_serving(name).unwrap_or_else(|| {
                 format!(
-                    "failover of {name} to {} failed: {reason}; 'droverctl resume {name}' \
+                    "{kind} of {name} to {} failed: {reason}; 'droverctl resume {name}' \
                      retries the step",
                     wf.to
                 )
             });
             return sink.alert(name, "failed", msg);
         }
-        WorkflowState::AwaitingCommit | WorkflowState::Committed => return,
+        WorkflowState::AwaitingCommit
+        | WorkflowState::Committed
+        | WorkflowState::RolledBack { .. } => return,
     }
     match &step.status {
         StepStatus::Pending => start_step(params, s, wf, i, run, obs, sink),
@@ -82,7 +85,7 @@ pub(super) fn drive_workflow(
                 _ => start_step(params, s, wf, i, run, obs, sink),
             }
         }
-        StepStatus::Succeeded { .. } | StepStatus::Failed { .. } => {}
+        StepStatus::Succeeded { .. } | StepStatus::Failed { .. } | StepStatus::Skipped { .. } => {}
     }
 }
 
@@ -119,12 +122,16 @@ fn start_step(
         // No node can fence: record the attempt as failed, so retries and `on_failure` decide
         // (with "continue" the lease wait takes over). Nor can a reactivation wait: it must
         // not hold back a failover of a site that is gone.
-        Err(why) if step.stage == Stage::Fence || wf.kind == WorkflowKind::Reactivate => {
+        Err(why)
+            if matches!(step.stage, Stage::Fence | Stage::Deactivate)
+                || wf.kind == WorkflowKind::Reactivate =>
+        {
             (None, Some(Err(why)))
         }
         Err(why) => {
             let msg = format!(
-                "failover of {name} to {} waits at step {} ({}): {why}",
+                "{} of {name} to {} waits at step {} ({}): {why}",
+                wf.kind.as_str(),
                 wf.to,
                 i + 1,
                 step.describe()
@@ -170,14 +177,31 @@ fn advance(
     let (name, now) = (s.name, obs.now);
     let step = &wf.steps[mine.step];
     let Some(action) = &step.action else {
-        // The lease wait.
         if mine.progress == Progress::Started {
             mine.progress = Progress::Evaluating { since: now };
         }
+        let since = match mine.progress {
+            Progress::Evaluating { since } => since,
+            _ => now,
+        };
+        if step.stage == Stage::CatchUp {
+            mine.result = catch_up(s, since, now);
+            return;
+        }
+        // The lease wait.
+        #[cfg(feature = "sim-mutations")]
+        if wf.kind == WorkflowKind::Switchover && super::mutation::early_activate() {
+            mine.result = Some(Ok("released (planted defect: no wait)".to_string()));
+            return;
+        }
         if wf.fence_confirmed() {
-            let n = wf.steps.iter().filter(|s| s.stage == Stage::Fence).count();
+            let (stage, what) = match wf.kind {
+                WorkflowKind::Switchover => (Stage::Deactivate, "deactivation"),
+                _ => (Stage::Fence, "fencing"),
+            };
+            let n = wf.steps.iter().filter(|s| s.stage == stage).count();
             let plural = if n == 1 { "" } else { "s" };
-            mine.result = Some(Ok(format!("fencing confirmed by {n} step{plural}")));
+            mine.result = Some(Ok(format!("{what} confirmed by {n} step{plural}")));
             return;
         }
         // Wait by the longer of the revoked lease's own terms and the current policy's: the
@@ -188,11 +212,18 @@ fn advance(
             let msg = format!("the lease wait of {name} cannot end: {err}");
             return sink.alert(name, "lease_params", msg);
         }
-        if now >= lease.safe_activation_time(first_seen, term_started) {
+        // A failover revoked the lease when it started (the workflow's first sight is after
+        // that commit); a switchover releases it when this step starts (`since` is after the
+        // commit of that start, which this engine saw applied).
+        let revoked = match wf.kind {
+            WorkflowKind::Switchover => since,
+            _ => first_seen,
+        };
+        if now >= lease.safe_activation_time(revoked, term_started) {
             mine.result = Some(Ok(format!(
-                "lease of {} expired: waited {} without fencing confirmation",
+                "lease of {} expired: waited {} without confirmation that it stopped",
                 wf.from,
-                secs(now.saturating_duration_since(first_seen))
+                secs(now.saturating_duration_since(revoked))
             )));
         }
         return;
@@ -260,8 +291,13 @@ fn advance(
                 executor: mine.executor,
                 action: action.clone(),
                 epoch: wf.epoch,
-                from_site: wf.from.clone(),
-                to_site: wf.to.clone(),
+                // A restore activates the old site again: it is the site taking the service.
+                from_site: if step.stage == Stage::Restore {
+                    wf.to.clone()
+                } else {
+                    wf.from.clone()
+                },
+                to_site: if step.stage == Stage::Restore { wf.from.clone() } else { wf.to.clone() },
                 deadline,
             }));
         }
@@ -358,4 +394,34 @@ fn choose_executor_avoiding(
                 && !failed.contains(id)
         })
         .map(|(id, _)| Some(*id))
+}
+
+/// The catch-up step of a switchover, started at `since`: done when a lag report made after
+/// the start says 0; failed when none did within the policy's `catch_up_timeout`; None while
+/// it waits.
+fn catch_up(s: &Svc, since: MonoTime, now: MonoTime) -> Option<Result<String, String>> {
+    match s.lag {
+        Some((lag, at)) if at >= since && lag <= 0.0 => {
+            return Some(Ok(format!(
+                "replication caught up (lag 0) after {}",
+                secs(now.saturating_duration_since(since))
+            )))
+        }
+        _ => {}
+    }
+    let timeout = s.policy.catch_up_timeout;
+    if now < since + timeout {
+        return None;
+    }
+    let last = match s.lag {
+        Some((lag, at)) => format!(
+            "the newest lag report says {lag}, {} ago",
+            secs(now.saturating_duration_since(at))
+        ),
+        None => "no lag report arrived".to_string(),
+    };
+    Some(Err(format!(
+        "replication did not catch up within catch_up_timeout {}: {last}",
+        secs(timeout)
+    )))
 }

@@ -201,7 +201,11 @@ fn service_of(req: &ControlRequest) -> String {
         | ControlRequest::Commit { service, .. }
         | ControlRequest::Resume { service, .. }
         | ControlRequest::StartReactivation { service, .. }
-        | ControlRequest::Ack { service, .. } => service.clone(),
+        | ControlRequest::Ack { service, .. }
+        | ControlRequest::StartSwitchover { service, .. }
+        | ControlRequest::StartReprotect { service, .. }
+        | ControlRequest::Pause { service, .. }
+        | ControlRequest::PauseExpired { service, .. } => service.clone(),
     }
 }
 

@@ -117,6 +117,15 @@ pub enum ServicePhase {
     /// The active site self-fenced while still recorded active; its activate runbook runs
     /// again (a `reactivate` workflow) so it serves again.
     Reactivating,
+    /// A planned switchover runs: the active site is deactivated, the standby activated.
+    SwitchingOver,
+    /// A switchover stopped: before the old site's lease was released, the service went back
+    /// to the old site (its activate runbook ran again); after it, an operator must resume.
+    SwitchoverFailed,
+    /// The reprotect runbooks run (e.g. replication reversed); the active site serves.
+    Reprotecting,
+    /// A reprotect step failed; `droverctl resume` retries it. The active site serves.
+    ReprotectFailed,
 }
 
 impl ServicePhase {
@@ -129,6 +138,10 @@ impl ServicePhase {
             ServicePhase::FailedOver => "failed_over",
             ServicePhase::FailoverFailed => "failover_failed",
             ServicePhase::Reactivating => "reactivating",
+            ServicePhase::SwitchingOver => "switching_over",
+            ServicePhase::SwitchoverFailed => "switchover_failed",
+            ServicePhase::Reprotecting => "reprotecting",
+            ServicePhase::ReprotectFailed => "reprotect_failed",
         }
     }
 }
@@ -146,6 +159,22 @@ pub enum Automation {
     },
 }
 
+/// An operator's pause of automatic action for a service (`droverctl pause`): detection and
+/// alerts go on, no automatic failover or reactivation starts. A workflow already running is
+/// not stopped by it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    /// Why, in the operator's words.
+    pub reason: String,
+    /// Who paused it (the certificate's identity).
+    pub by: String,
+    /// Proposer's wall clock when it was paused (display only).
+    pub at_unix_ms: i64,
+    /// When it ends by itself (proposer's wall clock; the leader proposes the expiry); None:
+    /// until `droverctl resume`.
+    pub until_unix_ms: Option<i64>,
+}
+
 /// The stage a workflow step belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -159,6 +188,16 @@ pub enum Stage {
     Activate,
     /// The new site's verify runbook.
     Verify,
+    /// The active site's deactivate runbook (planned switchover: a graceful stop).
+    Deactivate,
+    /// Wait until the lag probe reports 0 after the deactivation (planned switchover);
+    /// evaluated by the leader, bounded by `catch_up_timeout`.
+    CatchUp,
+    /// The old site's activate and verify runbooks again, after a switchover gave up before
+    /// releasing its lease.
+    Restore,
+    /// A site's reprotect runbook (e.g. reverse the replication direction).
+    Reprotect,
 }
 
 impl Stage {
@@ -169,6 +208,10 @@ impl Stage {
             Stage::LeaseWait => "lease_wait",
             Stage::Activate => "activate",
             Stage::Verify => "verify",
+            Stage::Deactivate => "deactivate",
+            Stage::CatchUp => "catch_up",
+            Stage::Restore => "restore",
+            Stage::Reprotect => "reprotect",
         }
     }
 }
@@ -211,11 +254,19 @@ pub enum StepStatus {
         /// Why.
         error: String,
     },
+    /// Not run: the workflow took another path (a switchover that returned to its old site).
+    Skipped {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl StepStatus {
     fn terminal(&self) -> bool {
-        matches!(self, StepStatus::Succeeded { .. } | StepStatus::Failed { .. })
+        matches!(
+            self,
+            StepStatus::Succeeded { .. } | StepStatus::Failed { .. } | StepStatus::Skipped { .. }
+        )
     }
 }
 
@@ -248,9 +299,14 @@ impl WorkflowStep {
         self.action.as_ref().map_or(OnFailure::Abort, |s| s.on_failure)
     }
 
-    /// The step kind as written in the spec, or `lease_wait`.
+    /// The step kind as written in the spec, or `lease_wait` / `catch_up` for the steps the
+    /// leader evaluates itself.
     pub fn kind(&self) -> &'static str {
-        self.action.as_ref().map_or("lease_wait", |a| a.action.kind())
+        match &self.action {
+            Some(a) => a.action.kind(),
+            None if self.stage == Stage::CatchUp => "catch_up",
+            None => "lease_wait",
+        }
     }
 
     /// `activate exec on dr`: stage, kind and site, for messages.
@@ -261,7 +317,7 @@ impl WorkflowStep {
     /// The attempt number the next start must carry.
     pub fn next_attempt(&self) -> u32 {
         match &self.status {
-            StepStatus::Pending => self.attempt_base + 1,
+            StepStatus::Pending | StepStatus::Skipped { .. } => self.attempt_base + 1,
             StepStatus::Running { attempt, .. }
             | StepStatus::RetryWait { attempt, .. }
             | StepStatus::Succeeded { attempt, .. }
@@ -290,6 +346,12 @@ pub enum WorkflowState {
     AwaitingCommit,
     /// Committed.
     Committed,
+    /// A switchover that gave up before releasing the old site's lease and returned the
+    /// service to it (its activate runbook ran again). Ended.
+    RolledBack {
+        /// The failure that made it give up.
+        reason: String,
+    },
 }
 
 /// What a workflow does.
@@ -301,6 +363,11 @@ pub enum WorkflowKind {
     Failover,
     /// Start the active site again after it self-fenced (`from == to`): activate, verify.
     Reactivate,
+    /// Planned move: deactivate, catch up, release the lease, activate, verify.
+    Switchover,
+    /// After a move: the reprotect runbooks; the standby is protected again (`from == to`,
+    /// the active site).
+    Reprotect,
 }
 
 impl WorkflowKind {
@@ -309,6 +376,8 @@ impl WorkflowKind {
         match self {
             WorkflowKind::Failover => "failover",
             WorkflowKind::Reactivate => "reactivate",
+            WorkflowKind::Switchover => "switchover",
+            WorkflowKind::Reprotect => "reprotect",
         }
     }
 }
@@ -341,6 +410,13 @@ pub struct Workflow {
     pub revoked_terms: LeaseTerms,
     /// Where it stands.
     pub state: WorkflowState,
+    /// Who started it: the leader's name for automatic workflows, else the operator's
+    /// certificate identity.
+    #[serde(default)]
+    pub author: String,
+    /// An operator's failover that skipped the readiness and lag gates (`--force`).
+    #[serde(default)]
+    pub force: bool,
 }
 
 impl Workflow {
@@ -349,10 +425,54 @@ impl Workflow {
         self.steps.iter().position(|s| !s.status.terminal())
     }
 
-    /// True when every fence step ran and succeeded (and there was at least one).
+    /// True when the old site is confirmed stopped: every fence step (failover) or every
+    /// deactivate step (switchover) ran and succeeded, and there was at least one.
     pub fn fence_confirmed(&self) -> bool {
-        let mut fence = self.steps.iter().filter(|s| s.stage == Stage::Fence).peekable();
-        fence.peek().is_some() && fence.all(|s| matches!(s.status, StepStatus::Succeeded { .. }))
+        let stage = match self.kind {
+            WorkflowKind::Switchover => Stage::Deactivate,
+            _ => Stage::Fence,
+        };
+        let mut stop = self.steps.iter().filter(|s| s.stage == stage).peekable();
+        stop.peek().is_some() && stop.all(|s| matches!(s.status, StepStatus::Succeeded { .. }))
+    }
+
+    /// True once the lease wait succeeded (the new site was granted the lease).
+    pub fn lease_granted(&self) -> bool {
+        self.steps.iter().any(|s| {
+            s.stage == Stage::LeaseWait && matches!(s.status, StepStatus::Succeeded { .. })
+        })
+    }
+
+    /// "switchover of web to dr (workflow 42, started by alice) at step 2 of 5 (deactivate
+    /// exec on prod), running": what a conflicting request is told.
+    pub fn summary(&self, service: &str) -> String {
+        let total = self.steps.len();
+        let at = match self.cursor() {
+            Some(i) => format!("at step {} of {total} ({})", i + 1, self.steps[i].describe()),
+            None => format!("with all {total} steps done"),
+        };
+        let state = match &self.state {
+            WorkflowState::Running => "running",
+            WorkflowState::Paused { .. } => "paused",
+            WorkflowState::Failed { .. } => "failed",
+            WorkflowState::AwaitingCommit => "waiting for commit",
+            WorkflowState::Committed => "committed",
+            WorkflowState::RolledBack { .. } => "rolled back",
+        };
+        let by = if self.author.is_empty() {
+            String::new()
+        } else {
+            format!(", started by {}", self.author)
+        };
+        let target = match self.kind {
+            WorkflowKind::Reactivate | WorkflowKind::Reprotect => format!("on {}", self.to),
+            _ => format!("to {}", self.to),
+        };
+        format!(
+            "{} of {service} {target} (workflow {}{by}) {at}, {state}",
+            self.kind.as_str(),
+            self.id
+        )
     }
 }
 
@@ -372,23 +492,47 @@ pub struct ServiceState {
     pub mode: Automation,
     /// The workflow in progress, or the last one.
     pub workflow: Option<Workflow>,
+    /// An operator's pause of automatic action, if any.
+    #[serde(default)]
+    pub paused: Option<Pause>,
+    /// The site automatic failover protects: it fails the service over only away from it.
+    /// None: the spec's `initial_active`. A reprotect makes the active site the primary.
+    #[serde(default)]
+    pub primary: Option<String>,
 }
 
 impl ServiceState {
     /// The workflow, if one is in progress (not yet committed). A reactivation that ended
     /// failed is not in progress: it leaves the service in its phase (see the module doc).
+    ///
+    /// A failover or switchover is in progress until it is committed or rolled back (a stopped
+    /// one holds the service for `droverctl resume`); a reprotect while it runs or is stopped.
     pub fn active_workflow(&self) -> Option<&Workflow> {
         self.workflow.as_ref().filter(|w| match w.kind {
-            WorkflowKind::Failover => w.state != WorkflowState::Committed,
+            WorkflowKind::Failover | WorkflowKind::Switchover => {
+                !matches!(w.state, WorkflowState::Committed | WorkflowState::RolledBack { .. })
+            }
             WorkflowKind::Reactivate => w.state == WorkflowState::Running,
+            WorkflowKind::Reprotect => {
+                !matches!(w.state, WorkflowState::Committed | WorkflowState::Failed { .. })
+            }
         })
+    }
+
+    /// The site automatic failover protects (moves away from): the primary a reprotect set,
+    /// else the spec's `initial_active`.
+    pub fn primary_site<'a>(&'a self, initial_active: &'a str) -> &'a str {
+        self.primary.as_deref().unwrap_or(initial_active)
     }
 
     /// When a failover stopped (failed or paused) after it revoked the old site's lease, so
     /// that nobody serves the service until an operator acts: the alert that says exactly
     /// that, the step it stopped at and what to do. None otherwise.
     pub fn nobody_serving(&self, service: &str) -> Option<String> {
-        let wf = self.workflow.as_ref().filter(|w| w.kind == WorkflowKind::Failover)?;
+        let wf = self
+            .workflow
+            .as_ref()
+            .filter(|w| matches!(w.kind, WorkflowKind::Failover | WorkflowKind::Switchover))?;
         let how = match &wf.state {
             WorkflowState::Failed { .. } => "failed",
             WorkflowState::Paused { .. } => "is paused",
@@ -406,9 +550,19 @@ impl ServiceState {
                 "{from}'s lease was revoked (its nodes stop serving) and the failover to {to} \
                  {how} while fencing {from}"
             ),
+            Stage::Activate | Stage::Verify if wf.kind == WorkflowKind::Switchover => {
+                format!("{from} was deactivated and {to} {how} to activate")
+            }
             Stage::Activate | Stage::Verify => {
                 format!("{from} was fenced and {to} {how} to activate")
             }
+            Stage::Restore => format!(
+                "the switchover to {to} gave up after deactivating {from}, and restoring {from} {how}"
+            ),
+            Stage::Deactivate | Stage::CatchUp => format!(
+                "the switchover of {from} to {to} {how} while deactivating {from}"
+            ),
+            Stage::Reprotect => return None,
         };
         Some(format!(
             "{service}: nobody is serving: {what} at step {} ({}): {error}; fix the cause and \
@@ -451,6 +605,66 @@ pub enum ControlRequest {
         /// Why, in words.
         reason: String,
         /// Who.
+        author: String,
+        /// Proposer's wall clock.
+        at_unix_ms: i64,
+        /// An operator's failover that skipped the readiness and lag gates (recorded).
+        #[serde(default)]
+        force: bool,
+    },
+    /// `droverctl switchover`: a planned move of `service` from `from` to `to` if the epoch is
+    /// still `expected_epoch`: deactivate, catch up, release the lease, activate, verify.
+    StartSwitchover {
+        /// Service name.
+        service: String,
+        /// The active site now.
+        from: String,
+        /// The site to activate.
+        to: String,
+        /// Compare-and-set on the epoch.
+        expected_epoch: u64,
+        /// Why, in words.
+        reason: String,
+        /// Who.
+        author: String,
+        /// Proposer's wall clock.
+        at_unix_ms: i64,
+    },
+    /// `droverctl reprotect`: run the reprotect runbooks after a move, then protect the
+    /// standby from the active site again, if the epoch is still `expected_epoch`.
+    StartReprotect {
+        /// Service name.
+        service: String,
+        /// Compare-and-set on the epoch.
+        expected_epoch: u64,
+        /// Why, in words.
+        reason: String,
+        /// Who.
+        author: String,
+        /// Proposer's wall clock.
+        at_unix_ms: i64,
+    },
+    /// `droverctl pause`: no automatic action for `service` until resumed or `until_unix_ms`.
+    Pause {
+        /// Service name.
+        service: String,
+        /// Why, in words (required).
+        reason: String,
+        /// When it ends by itself (proposer's wall clock); None: until resumed.
+        until_unix_ms: Option<i64>,
+        /// Who.
+        author: String,
+        /// Proposer's wall clock.
+        at_unix_ms: i64,
+    },
+    /// The leader saw a pause's end pass: automatic action is armed again if the pause is
+    /// still the one that ends at `until_unix_ms`.
+    PauseExpired {
+        /// Service name.
+        service: String,
+        /// The end of the pause that expired.
+        until_unix_ms: i64,
+        /// Who proposed it (the leader's name).
         author: String,
         /// Proposer's wall clock.
         at_unix_ms: i64,
@@ -498,7 +712,8 @@ pub enum ControlRequest {
         /// Proposer's wall clock.
         at_unix_ms: i64,
     },
-    /// `droverctl resume`: retry the step a paused or failed workflow stopped at.
+    /// `droverctl resume`: end a pause of automatic action, and retry the step a paused or
+    /// failed workflow stopped at (whichever of the two applies; both when both do).
     Resume {
         /// Service name.
         service: String,
@@ -546,7 +761,11 @@ impl ControlRequest {
             | ControlRequest::Commit { author, .. }
             | ControlRequest::Resume { author, .. }
             | ControlRequest::StartReactivation { author, .. }
-            | ControlRequest::Ack { author, .. } => author,
+            | ControlRequest::Ack { author, .. }
+            | ControlRequest::StartSwitchover { author, .. }
+            | ControlRequest::StartReprotect { author, .. }
+            | ControlRequest::Pause { author, .. }
+            | ControlRequest::PauseExpired { author, .. } => author,
         }
     }
 
@@ -560,7 +779,11 @@ impl ControlRequest {
             | ControlRequest::Commit { at_unix_ms, .. }
             | ControlRequest::Resume { at_unix_ms, .. }
             | ControlRequest::StartReactivation { at_unix_ms, .. }
-            | ControlRequest::Ack { at_unix_ms, .. } => *at_unix_ms,
+            | ControlRequest::Ack { at_unix_ms, .. }
+            | ControlRequest::StartSwitchover { at_unix_ms, .. }
+            | ControlRequest::StartReprotect { at_unix_ms, .. }
+            | ControlRequest::Pause { at_unix_ms, .. }
+            | ControlRequest::PauseExpired { at_unix_ms, .. } => *at_unix_ms,
         }
     }
 }
@@ -585,10 +808,11 @@ fn changed(kind: &'static str, text: impl Into<String>) -> Outcome {
 }
 
 mod plan;
+mod start;
 mod workflow;
 
 use plan::phase_of;
-pub use plan::{plan_failover, plan_reactivation};
+pub use plan::{plan_failover, plan_reactivation, plan_reprotect, plan_restore, plan_switchover};
 
 impl ControlState {
     /// Applies one control request at `log_index`.
@@ -599,25 +823,14 @@ impl ControlState {
             ControlRequest::ApplySpec { expected_version, spec, text, author, at_unix_ms } => {
                 self.apply_spec(*expected_version, spec, text, author, *at_unix_ms)
             }
-            ControlRequest::StartFailover {
-                service,
-                from,
-                to,
-                expected_epoch,
-                automatic,
-                reason,
-                at_unix_ms,
-                ..
-            } => self.start_failover(
-                log_index,
-                service,
-                from,
-                to,
-                *expected_epoch,
-                *automatic,
-                reason,
-                *at_unix_ms,
-            ),
+            ControlRequest::StartFailover { .. } => self.start_failover(log_index, req),
+            ControlRequest::StartSwitchover { .. } => self.start_switchover(log_index, req),
+            ControlRequest::StartReprotect { .. } => self.start_reprotect(log_index, req),
+            ControlRequest::StartReactivation { .. } => self.start_reactivation(log_index, req),
+            ControlRequest::Pause { .. } => self.pause(req),
+            ControlRequest::PauseExpired { service, until_unix_ms, .. } => {
+                self.pause_expired(service, *until_unix_ms)
+            }
             ControlRequest::StepStarted {
                 service,
                 workflow_id,
@@ -640,21 +853,6 @@ impl ControlState {
                 self.commit(service, *at_unix_ms, true)
             }
             ControlRequest::Resume { service, .. } => self.resume(service),
-            ControlRequest::StartReactivation {
-                service,
-                site,
-                expected_epoch,
-                reason,
-                at_unix_ms,
-                ..
-            } => self.start_reactivation(
-                log_index,
-                service,
-                site,
-                *expected_epoch,
-                reason,
-                *at_unix_ms,
-            ),
             ControlRequest::Ack { service, .. } => self.ack(service),
         };
         for (name, before) in before_epochs {
@@ -738,6 +936,8 @@ impl ControlState {
                     phase,
                     mode: Automation::Auto,
                     workflow: None,
+                    paused: None,
+                    primary: None,
                 },
             );
         }

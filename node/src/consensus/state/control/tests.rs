@@ -25,6 +25,7 @@ fn start(c: &mut ControlState, index: u64, epoch: u64) -> Outcome {
     c.apply(
         index,
         &ControlRequest::StartFailover {
+            force: false,
             service: SVC.into(),
             from: "prod".into(),
             to: "dr".into(),
@@ -250,7 +251,7 @@ fn a_self_fenced_active_site_is_reactivated_at_a_new_epoch_and_keeps_the_lease()
     run_all(&mut c, 10);
     let mode = svc(&c).mode.clone();
     assert!(reactivate(&mut c, 20, "dr", 1).rejected.unwrap().contains("epoch 2, not 1"));
-    assert!(reactivate(&mut c, 20, "prod", 2).rejected.unwrap().contains("not active on"));
+    assert!(reactivate(&mut c, 20, "prod", 2).rejected.unwrap().contains("active on dr, not prod"));
     assert_eq!(reactivate(&mut c, 20, "dr", 2).rejected, None);
     let s = svc(&c);
     assert_eq!((s.active_site.as_str(), s.epoch, s.phase), ("dr", 3, ServicePhase::Reactivating));
@@ -266,6 +267,7 @@ fn a_self_fenced_active_site_is_reactivated_at_a_new_epoch_and_keeps_the_lease()
         .apply(
             22,
             &ControlRequest::StartFailover {
+                force: false,
                 service: SVC.into(),
                 from: "dr".into(),
                 to: "prod".into(),

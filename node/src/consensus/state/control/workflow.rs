@@ -1,146 +1,22 @@
-//! Starting workflows and moving them step by step: the entries that change a workflow.
+//! Moving a workflow step by step, and the operator's decisions on it: the entries that change
+//! a workflow in progress.
 
 use super::*;
 
+/// Whether the planted defect `switchover-early-activate` is on (feature `sim-mutations`):
+/// its plans deactivate the old site after the new one was activated, so the rule that the old
+/// site is acted on only while it holds the lease is not asserted (the checkers must find it).
+#[cfg(feature = "sim-mutations")]
+fn early_activate() -> bool {
+    crate::decide::engine::mutation::early_activate()
+}
+
+#[cfg(not(feature = "sim-mutations"))]
+fn early_activate() -> bool {
+    false
+}
+
 impl ControlState {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn start_failover(
-        &mut self,
-        log_index: u64,
-        service: &str,
-        from: &str,
-        to: &str,
-        expected_epoch: u64,
-        automatic: bool,
-        reason: &str,
-        at_unix_ms: i64,
-    ) -> Outcome {
-        let Some(spec) = self.spec.as_ref().map(|s| &s.spec) else {
-            return rejected(
-                "no cluster spec applied yet; run 'droverctl config apply -f cluster.toml'",
-            );
-        };
-        if spec.site(to).is_none_or(|s| s.witness) || to == from {
-            return rejected(format!("site {to} cannot take over service {service}"));
-        }
-        let plan = plan_failover(spec, service, from, to);
-        let Some(state) = self.services.get_mut(service) else {
-            return rejected(format!("no service named {service}"));
-        };
-        if state.epoch != expected_epoch {
-            return rejected(format!(
-                "service {service} is at epoch {}, not {expected_epoch}",
-                state.epoch
-            ));
-        }
-        if state.active_site != from {
-            return rejected(format!(
-                "service {service} is active on {}, not {from}",
-                state.active_site
-            ));
-        }
-        if !matches!(state.phase, ServicePhase::Protecting | ServicePhase::FailedOver) {
-            return rejected(format!(
-                "service {service} is {}; a failover can start only from protecting or failed_over",
-                state.phase.as_str()
-            ));
-        }
-        let revoked_terms = state.lease.as_ref().map(|l| l.terms).unwrap_or_default();
-        state.epoch += 1;
-        state.lease = None;
-        state.phase = ServicePhase::FailingOver;
-        state.workflow = Some(Workflow {
-            kind: WorkflowKind::Failover,
-            id: log_index,
-            automatic,
-            from: from.to_string(),
-            to: to.to_string(),
-            epoch: state.epoch,
-            reason: reason.to_string(),
-            started_at_unix_ms: at_unix_ms,
-            steps: plan,
-            state: WorkflowState::Running,
-            revoked_terms,
-        });
-        let how = if automatic { "automatic" } else { "manual" };
-        changed(
-            "failover",
-            format!(
-                "{how} failover of {service} from {from} to {to} started, epoch {}: {reason}",
-                state.epoch
-            ),
-        )
-    }
-
-    /// Starts a reactivation of `site`, the active site, which self-fenced at
-    /// `expected_epoch`. The site keeps the lease, at a new epoch (S3: every activation gets a
-    /// new fencing token); no other site holds or is granted it, so one site serving (S1) and
-    /// fence before activate (S2: the site being activated is the one that fenced) still hold.
-    pub(super) fn start_reactivation(
-        &mut self,
-        log_index: u64,
-        service: &str,
-        site: &str,
-        expected_epoch: u64,
-        reason: &str,
-        at_unix_ms: i64,
-    ) -> Outcome {
-        let Some(spec) = self.spec.as_ref().map(|s| &s.spec) else {
-            return rejected("no cluster spec applied yet");
-        };
-        let plan = plan_reactivation(spec, service, site);
-        let terms = spec.policy_for(service).map(|p| LeaseTerms::of(&p)).unwrap_or_default();
-        let Some(state) = self.services.get_mut(service) else {
-            return rejected(format!("no service named {service}"));
-        };
-        if state.epoch != expected_epoch {
-            return rejected(format!(
-                "service {service} is at epoch {}, not {expected_epoch}",
-                state.epoch
-            ));
-        }
-        if state.active_site != site
-            || state.lease.as_ref().is_none_or(|l| l.site != site || l.epoch != state.epoch)
-        {
-            return rejected(format!(
-                "service {service} is not active on {site} with its lease; only the active site \
-                 is reactivated"
-            ));
-        }
-        if !matches!(state.phase, ServicePhase::Protecting | ServicePhase::FailedOver)
-            || state.active_workflow().is_some()
-        {
-            return rejected(format!(
-                "service {service} is {}; a reactivation can start only from protecting or \
-                 failed_over",
-                state.phase.as_str()
-            ));
-        }
-        if plan.iter().all(|s| s.stage != Stage::Activate) {
-            return rejected(format!("site {site} has no activate runbook for {service}"));
-        }
-        state.epoch += 1;
-        state.lease = Some(Lease { site: site.to_string(), epoch: state.epoch, terms });
-        state.phase = ServicePhase::Reactivating;
-        state.workflow = Some(Workflow {
-            kind: WorkflowKind::Reactivate,
-            id: log_index,
-            automatic: true,
-            from: site.to_string(),
-            to: site.to_string(),
-            epoch: state.epoch,
-            reason: reason.to_string(),
-            started_at_unix_ms: at_unix_ms,
-            steps: plan,
-            revoked_terms: terms,
-            state: WorkflowState::Running,
-        });
-        changed(
-            "reactivate",
-            format!("reactivation of {service} on {site} started, epoch {}: {reason}", state.epoch),
-        )
-    }
-
     pub(super) fn running_workflow<'a>(
         services: &'a mut BTreeMap<String, ServiceState>,
         service: &str,
@@ -173,7 +49,6 @@ impl ControlState {
             Ok(s) => s,
             Err(o) => return o,
         };
-        let lease = state.lease.clone();
         let Some(wf) = state.workflow.as_mut() else { return rejected("no workflow") };
         if wf.cursor() != Some(step) {
             return rejected(format!("step {step} is not the next step of workflow {workflow_id}"));
@@ -185,14 +60,37 @@ impl ControlState {
                 s.next_attempt()
             ));
         }
-        if matches!(s.stage, Stage::Activate | Stage::Verify) {
-            // Fence before activate: the new site runs nothing before it holds the lease,
-            // which only lease_wait's success grants.
-            let held = lease.as_ref().is_some_and(|l| l.site == wf.to && l.epoch == wf.epoch);
-            assert!(
-                held,
-                "{service}: activate step {step} started before the new site holds the lease"
-            );
+        let holds = |site: &str| {
+            state.lease.as_ref().is_some_and(|l| l.site == site && l.epoch == wf.epoch)
+        };
+        match s.stage {
+            Stage::Activate | Stage::Verify => {
+                // Fence before activate: the new site runs nothing before it holds the lease,
+                // which only lease_wait's success grants.
+                assert!(
+                    holds(&wf.to),
+                    "{service}: activate step {step} started before the new site holds the lease"
+                );
+            }
+            Stage::Restore | Stage::Deactivate | Stage::CatchUp if !early_activate() => {
+                // The old site is acted on only while it still holds the lease.
+                assert!(
+                    holds(&wf.from),
+                    "{service}: {} step {step} without the old site's lease",
+                    s.stage.as_str()
+                );
+            }
+            Stage::LeaseWait if wf.kind == WorkflowKind::Switchover => {
+                // The release: this entry is the revocation commit the lease wait counts from.
+                if let Some(lease) = state.lease.take() {
+                    assert_eq!(
+                        lease.site, wf.from,
+                        "{service}: released a lease not the old site's"
+                    );
+                    wf.revoked_terms = wf.revoked_terms.max(lease.terms);
+                }
+            }
+            _ => {}
         }
         s.status = StepStatus::Running { attempt, executor, started_at_unix_ms: at_unix_ms };
         s.started_at_unix_ms = at_unix_ms;
@@ -208,18 +106,17 @@ impl ControlState {
         outcome: &Result<String, String>,
         at_unix_ms: i64,
     ) -> Outcome {
-        let policy = self.spec.as_ref().and_then(|s| s.spec.policy_for(service));
+        let spec = self.spec.as_ref().map(|s| &s.spec);
+        let policy = spec.and_then(|s| s.policy_for(service));
         let commit_mode = policy.as_ref().map_or(CommitMode::Auto, |p| p.commit);
-        let initial_active = self
-            .spec
-            .as_ref()
-            .and_then(|s| s.spec.service(service))
-            .map(|s| s.initial_active.clone());
+        let initial_active =
+            spec.and_then(|s| s.service(service)).map(|s| s.initial_active.clone());
         let terms = policy.as_ref().map(LeaseTerms::of).unwrap_or_default();
         let state = match Self::running_workflow(&mut self.services, service, workflow_id) {
             Ok(s) => s,
             Err(o) => return o,
         };
+        let primary = state.primary.clone().or(initial_active);
         let Some(wf) = state.workflow.as_mut() else { return rejected("no workflow") };
         let Some(s) = wf.steps.get_mut(step) else {
             return rejected(format!("workflow {workflow_id} has no step {step}"));
@@ -261,7 +158,7 @@ impl ControlState {
                 s.status = StepStatus::Failed { attempt, error: error.clone() };
                 if s.on_failure() != OnFailure::Continue {
                     wf.state = WorkflowState::Failed { reason: text.clone() };
-                    state.phase = phase_of(&state.active_site, initial_active.as_deref());
+                    state.phase = phase_of(&state.active_site, primary.as_deref());
                     return changed(
                         "step",
                         format!(
@@ -271,6 +168,37 @@ impl ControlState {
                     );
                 }
                 text
+            }
+            Err(error)
+                if wf.kind == WorkflowKind::Switchover
+                    && matches!(s.stage, Stage::Deactivate | Stage::CatchUp)
+                    && s.on_failure() == OnFailure::Abort =>
+            {
+                // Before the release the old site still holds the lease: give the service back
+                // to it (its activate and verify runbooks again) instead of stopping dark.
+                let text = format!("{label} failed: {error}");
+                s.status = StepStatus::Failed { attempt, error: error.clone() };
+                let skipped = format!("the switchover gave up at step {}", step + 1);
+                for later in wf.steps.iter_mut().skip(step + 1) {
+                    later.status = StepStatus::Skipped { reason: skipped.clone() };
+                }
+                let restore =
+                    spec.map(|sp| plan_restore(sp, service, &wf.from)).unwrap_or_default();
+                let from = wf.from.clone();
+                if restore.is_empty() {
+                    wf.state = WorkflowState::RolledBack { reason: text.clone() };
+                    state.phase = ServicePhase::SwitchoverFailed;
+                    return changed(
+                        "step",
+                        format!(
+                            "{text}; switchover of {service} abandoned; {from} has no activate \
+                             runbook to start it again: start it by hand if the deactivation \
+                             stopped it"
+                        ),
+                    );
+                }
+                wf.steps.extend(restore);
+                format!("{text}; switchover of {service} abandoned: restoring {from}")
             }
             Err(error) => {
                 let text = format!("{label} failed: {error}");
@@ -287,54 +215,96 @@ impl ControlState {
                         s.status = StepStatus::RetryWait { attempt, error: error.clone() };
                         s.attempt_base = attempt;
                         wf.state = WorkflowState::Failed { reason: text.clone() };
-                        state.phase = ServicePhase::FailoverFailed;
+                        state.phase = match wf.kind {
+                            WorkflowKind::Switchover => ServicePhase::SwitchoverFailed,
+                            WorkflowKind::Reprotect => ServicePhase::ReprotectFailed,
+                            _ => ServicePhase::FailoverFailed,
+                        };
                     }
                 }
                 text
             }
         };
         let done = wf.state == WorkflowState::Running && wf.cursor().is_none();
-        if done && wf.kind == WorkflowKind::Reactivate {
-            wf.state = WorkflowState::Committed;
-            state.phase = phase_of(&state.active_site, initial_active.as_deref());
-            return changed(
-                "step",
-                format!(
-                    "{record}; {} serves {service} again at epoch {}",
-                    state.active_site, state.epoch
-                ),
-            );
+        if !done {
+            return changed("step", record);
         }
-        if done {
-            match commit_mode {
+        match wf.kind {
+            WorkflowKind::Reactivate => {
+                wf.state = WorkflowState::Committed;
+                state.phase = phase_of(&state.active_site, primary.as_deref());
+                changed(
+                    "step",
+                    format!(
+                        "{record}; {} serves {service} again at epoch {}",
+                        state.active_site, state.epoch
+                    ),
+                )
+            }
+            WorkflowKind::Reprotect => {
+                wf.state = WorkflowState::Committed;
+                state.primary = Some(state.active_site.clone());
+                state.phase = ServicePhase::Protecting;
+                changed(
+                    "step",
+                    format!(
+                        "{record}; {service} is protecting from {} again (reprotected)",
+                        state.active_site
+                    ),
+                )
+            }
+            WorkflowKind::Switchover if wf.steps.iter().any(|s| s.stage == Stage::Restore) => {
+                let reason = wf
+                    .steps
+                    .iter()
+                    .find_map(|s| match &s.status {
+                        StepStatus::Failed { error, .. } if s.stage != Stage::Restore => {
+                            Some(error.clone())
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                wf.state = WorkflowState::RolledBack { reason: reason.clone() };
+                state.phase = ServicePhase::SwitchoverFailed;
+                changed(
+                    "step",
+                    format!(
+                        "{record}; switchover of {service} to {} failed ({reason}); {} serves \
+                         again at epoch {}",
+                        wf.to, wf.from, wf.epoch
+                    ),
+                )
+            }
+            WorkflowKind::Failover | WorkflowKind::Switchover => match commit_mode {
                 CommitMode::Auto => {
+                    let kind = wf.kind.as_str();
                     let _ = self.commit(service, at_unix_ms, false);
-                    return changed("step", format!("{record}; failover committed"));
+                    changed("step", format!("{record}; {kind} committed"))
                 }
                 CommitMode::Manual => {
                     wf.state = WorkflowState::AwaitingCommit;
                     state.phase = ServicePhase::PendingCommit;
-                    return changed(
+                    changed(
                         "step",
                         format!("{record}; verified, waiting for 'droverctl commit {service}'"),
-                    );
+                    )
                 }
-            }
+            },
         }
-        changed("step", record)
     }
 
     pub(super) fn commit(&mut self, service: &str, at_unix_ms: i64, by_operator: bool) -> Outcome {
-        let cooldown =
-            self.spec.as_ref().and_then(|s| s.spec.policy_for(service)).map(|p| p.cooldown);
+        let spec = self.spec.as_ref().map(|s| &s.spec);
+        let cooldown = spec.and_then(|s| s.policy_for(service)).map(|p| p.cooldown);
+        let initial = spec.and_then(|s| s.service(service)).map(|s| s.initial_active.clone());
         let Some(state) = self.services.get_mut(service) else {
             return rejected(format!("no service named {service}"));
         };
         let Some(wf) = state.workflow.as_mut() else {
             return rejected(format!("service {service} has no failover to commit"));
         };
-        if wf.kind == WorkflowKind::Reactivate {
-            return rejected(format!("service {service} has no failover to commit"));
+        if !matches!(wf.kind, WorkflowKind::Failover | WorkflowKind::Switchover) {
+            return rejected(format!("service {service} has no failover or switchover to commit"));
         }
         let ready = match wf.state {
             WorkflowState::AwaitingCommit => true,
@@ -343,50 +313,84 @@ impl ControlState {
         };
         if !ready {
             return rejected(format!(
-                "service {service} is {}; only a verified failover (pending_commit) can be committed",
+                "service {service} is {}; only a verified failover or switchover (pending_commit) \
+                 can be committed",
                 state.phase.as_str()
             ));
         }
         wf.state = WorkflowState::Committed;
         state.active_site = wf.to.clone();
-        state.phase = ServicePhase::FailedOver;
+        let primary = state.primary.clone().or(initial);
+        state.phase = phase_of(&state.active_site, primary.as_deref());
         if wf.automatic {
             let ms = cooldown.map_or(0, |c| c.as_millis() as i64);
             state.mode = Automation::Cooldown { until_unix_ms: at_unix_ms.saturating_add(ms) };
         }
+        let next = match state.phase {
+            ServicePhase::FailedOver => {
+                format!("; 'droverctl reprotect {service}' protects it from {} again", wf.to)
+            }
+            _ => String::new(),
+        };
         changed(
             "commit",
-            format!("failover of {service} to {} committed at epoch {}", wf.to, wf.epoch),
+            format!(
+                "{} of {service} to {} committed at epoch {}{next}",
+                wf.kind.as_str(),
+                wf.to,
+                wf.epoch
+            ),
         )
     }
 
+    /// Ends a pause of automatic action and restarts a stopped workflow at its step; either
+    /// or both, as they apply.
     pub(super) fn resume(&mut self, service: &str) -> Outcome {
         let Some(state) = self.services.get_mut(service) else {
             return rejected(format!("no service named {service}"));
         };
-        let Some(wf) = state.workflow.as_mut() else {
-            return rejected(format!("service {service} has no workflow to resume"));
-        };
-        if wf.kind == WorkflowKind::Reactivate {
-            return rejected(format!(
-                "the last workflow of {service} is a reactivation, which is not resumed: it \
-                 starts again when the site self-fences again"
+        let mut done = Vec::new();
+        if let Some(p) = state.paused.take() {
+            done.push(format!(
+                "automatic action for {service} resumed (paused by {}: {})",
+                p.by, p.reason
             ));
         }
-        match wf.state {
-            WorkflowState::Paused { .. } | WorkflowState::Failed { .. } => {
+        if let Some(wf) = state.workflow.as_mut() {
+            let stopped =
+                matches!(wf.state, WorkflowState::Paused { .. } | WorkflowState::Failed { .. });
+            let resumable = matches!(
+                wf.kind,
+                WorkflowKind::Failover | WorkflowKind::Switchover | WorkflowKind::Reprotect
+            );
+            if stopped && resumable {
                 wf.state = WorkflowState::Running;
-                state.phase = ServicePhase::FailingOver;
-                changed(
-                    "resume",
-                    format!(
-                        "failover of {service} resumed at step {}",
-                        wf.cursor().map_or(0, |c| c + 1)
-                    ),
-                )
+                state.phase = match wf.kind {
+                    WorkflowKind::Switchover => ServicePhase::SwitchingOver,
+                    WorkflowKind::Reprotect => ServicePhase::Reprotecting,
+                    _ => ServicePhase::FailingOver,
+                };
+                done.push(format!(
+                    "{} of {service} resumed at step {}",
+                    wf.kind.as_str(),
+                    wf.cursor().map_or(0, |c| c + 1)
+                ));
             }
-            _ => rejected(format!("the workflow of {service} is not paused or failed")),
         }
+        if done.is_empty() {
+            if state.workflow.as_ref().is_some_and(|w| w.kind == WorkflowKind::Reactivate) {
+                return rejected(format!(
+                    "nothing to resume for {service}: the last workflow is a reactivation, which \
+                     is not resumed (it starts again when the site self-fences again), and \
+                     automatic action is not paused"
+                ));
+            }
+            return rejected(format!(
+                "nothing to resume for {service}: automatic action is not paused and no \
+                 workflow is stopped"
+            ));
+        }
+        changed("resume", done.join("; "))
     }
 
     pub(super) fn ack(&mut self, service: &str) -> Outcome {
