@@ -1137,3 +1137,117 @@ fn a_failover_that_fails_after_fencing_alerts_that_nobody_is_serving() {
     assert!(sim.alerts.iter().any(|(_, m)| m == expected), "{:?}", sim.alerts);
     assert_eq!(sim.svc().nobody_serving(SVC).as_deref(), Some(expected));
 }
+
+fn switchover_request(sim: &Sim, from: &str, to: &str) -> ControlRequest {
+    ControlRequest::StartSwitchover {
+        service: SVC.into(),
+        from: from.into(),
+        to: to.into(),
+        expected_epoch: sim.svc().epoch,
+        reason: "maintenance".into(),
+        author: "alice".into(),
+        at_unix_ms: sim.unix_ms,
+    }
+}
+
+#[test]
+fn a_confirmed_deactivation_releases_at_once_and_catch_up_waits_for_lag_zero() {
+    let mut sim = Sim::new(&[]);
+    sim.lag = Some(12.0);
+    sim.propose(switchover_request(&sim, "prod", "dr"));
+    // Deactivated; catch-up waits while the standby lags.
+    sim.run(10_000);
+    assert!(matches!(sim.status(0), Some(StepStatus::Succeeded { .. })));
+    assert!(matches!(sim.status(1), Some(StepStatus::Running { .. })), "{:?}", sim.status(1));
+    assert_eq!(sim.svc().lease.as_ref().map(|l| l.site.as_str()), Some("prod"));
+    // Caught up: the lease is released and, the deactivation being confirmed, granted to dr
+    // without the safe wait.
+    sim.lag = Some(0.0);
+    sim.run_until(60_000, |s| s.svc().phase == ServicePhase::FailedOver);
+    let outcomes = outcome_of(&sim.log, 2);
+    assert_eq!(outcomes, [Ok("deactivation confirmed by 1 step".to_string())]);
+    assert_eq!(sim.svc().active_site, "dr");
+    assert_eq!(sim.rejected, Vec::<String>::new());
+}
+
+#[test]
+fn catch_up_gives_up_after_its_timeout_and_prod_is_restored() {
+    let mut sim = Sim::new(&[
+        ("cooldown = \"30m\"", "cooldown = \"30m\"\ncatch_up_timeout = \"20s\""),
+        (
+            "  [[service.runbook.dr.activate]]",
+            "  [[service.runbook.prod.activate]]\n  kind = \"exec\"\n  run_on = \"prod\"\n  command = [\"/opt/st/bin/start_all\"]\n  timeout = \"60s\"\n\n  [[service.runbook.dr.activate]]",
+        ),
+    ]);
+    sim.lag = Some(12.0);
+    sim.propose(switchover_request(&sim, "prod", "dr"));
+    sim.run_until(60_000, |s| s.svc().phase == ServicePhase::SwitchoverFailed);
+    let caught = outcome_of(&sim.log, 1);
+    assert_eq!(caught.len(), 1);
+    let err = caught[0].clone().unwrap_err();
+    assert!(err.contains("did not catch up within catch_up_timeout 20s"), "{err}");
+    assert_eq!(sim.svc().active_site, "prod");
+    assert_eq!(sim.svc().lease.as_ref().map(|l| l.site.as_str()), Some("prod"));
+    let wf = sim.wf();
+    assert!(matches!(wf.state, WorkflowState::RolledBack { .. }));
+    assert!(wf.steps.iter().any(|s| s.stage == Stage::Restore));
+    // Back on the primary: automatic failover protects it again.
+    sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
+    sim.run_until(60_000, |s| s.svc().phase == ServicePhase::FailingOver);
+}
+
+#[test]
+fn an_unconfirmed_deactivation_waits_out_the_lease_from_the_release() {
+    // The deactivate step is `continue` on failure: the switchover goes on without it, and the
+    // lease wait counts from the release (the lease wait's start), not from the switchover's.
+    let mut sim = Sim::new(&[(
+        "command = [\"/opt/st/bin/stop_all\"]\n  timeout = \"120s\"",
+        "command = [\"/opt/st/bin/stop_all\"]\n  timeout = \"120s\"\n  on_failure = \"continue\"",
+    )]);
+    sim.answer =
+        |d| Some(if d.step == 0 { Err("stop_all: exit 1".to_string()) } else { Ok("done".into()) });
+    sim.lag = Some(3.0);
+    sim.propose(switchover_request(&sim, "prod", "dr"));
+    sim.run(20_000);
+    assert!(matches!(sim.status(1), Some(StepStatus::Running { .. })));
+    sim.lag = Some(0.0);
+    let mut released = None;
+    let mut granted = None;
+    for _ in 0..60 {
+        sim.run(1_000);
+        if released.is_none() && sim.svc().lease.is_none() {
+            released = Some(sim.now);
+        }
+        if granted.is_none() && sim.svc().lease.as_ref().is_some_and(|l| l.site == "dr") {
+            granted = Some(sim.now);
+        }
+    }
+    let waited = granted.unwrap().saturating_duration_since(released.unwrap());
+    assert!(waited.as_millis() as u64 >= safe_wait_ms() - ROUND_MS, "{waited:?}");
+    let outcome = outcome_of(&sim.log, 2)[0].clone().unwrap();
+    assert!(outcome.contains("without confirmation that it stopped"), "{outcome}");
+}
+
+#[test]
+fn a_pause_suppresses_automatic_failover_until_it_expires() {
+    let mut sim = Sim::new(&[]);
+    let until = sim.unix_ms + 30_000;
+    sim.propose(ControlRequest::Pause {
+        service: SVC.into(),
+        reason: "network work".into(),
+        until_unix_ms: Some(until),
+        author: "alice".into(),
+        at_unix_ms: sim.unix_ms,
+    });
+    sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
+    sim.run(20_000);
+    assert_eq!(starts(&sim.log), 0);
+    assert!(
+        sim.alerts.iter().any(|(_, m)| m.contains("automatic action is paused for another")),
+        "{:?}",
+        sim.alerts
+    );
+    sim.run_until(30_000, |s| s.svc().phase == ServicePhase::FailingOver);
+    assert!(sim.log.iter().any(|r| matches!(r, ControlRequest::PauseExpired { .. })));
+    assert_eq!(sim.svc().paused, None);
+}

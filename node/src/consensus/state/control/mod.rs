@@ -972,28 +972,53 @@ impl ControlState {
                         wf.epoch, s.epoch,
                         "{name}: workflow epoch differs from the service's"
                     );
-                    if wf.kind == WorkflowKind::Reactivate {
-                        // A reactivation keeps the lease with the active site, at its epoch.
-                        assert_eq!(wf.from, wf.to, "{name}: reactivation moves the service");
-                        let lease = s.lease.as_ref().map(|l| l.site.as_str());
-                        assert_eq!(
-                            lease,
-                            Some(s.active_site.as_str()),
-                            "{name}: reactivated site without the lease"
-                        );
-                        assert_eq!(wf.to, s.active_site, "{name}: reactivates another site");
-                    } else if let Some(lease) = &s.lease {
-                        // During a failover only the new site can hold the lease, and only
-                        // after lease_wait succeeded.
-                        assert_eq!(
-                            lease.site, wf.to,
-                            "{name}: old site holds a lease mid-failover"
-                        );
-                        let waited = wf.steps.iter().any(|st| {
-                            st.stage == Stage::LeaseWait
-                                && matches!(st.status, StepStatus::Succeeded { .. })
-                        });
-                        assert!(waited, "{name}: new site holds the lease before lease_wait");
+                    let lease = s.lease.as_ref().map(|l| l.site.as_str());
+                    match wf.kind {
+                        WorkflowKind::Reactivate | WorkflowKind::Reprotect => {
+                            // Both keep the lease with the active site, at its epoch.
+                            assert_eq!(
+                                wf.from,
+                                wf.to,
+                                "{name}: {} moves the service",
+                                wf.kind.as_str()
+                            );
+                            assert_eq!(
+                                lease,
+                                Some(s.active_site.as_str()),
+                                "{name}: {} without the active site's lease",
+                                wf.kind.as_str()
+                            );
+                            assert_eq!(wf.to, s.active_site, "{name}: acts on another site");
+                        }
+                        // The old site may hold the lease only until the lease wait's start
+                        // released it (a switchover's), the new one only after it succeeded.
+                        _ if wf.lease_granted() => {
+                            assert_eq!(
+                                lease,
+                                Some(wf.to.as_str()),
+                                "{name}: new site without the lease after lease_wait"
+                            );
+                        }
+                        _ => {
+                            let released = wf.steps.iter().any(|st| {
+                                st.stage == Stage::LeaseWait
+                                    && !matches!(
+                                        st.status,
+                                        StepStatus::Pending | StepStatus::Skipped { .. }
+                                    )
+                            });
+                            let old_may_hold = wf.kind == WorkflowKind::Switchover && !released;
+                            match lease {
+                                None => {}
+                                Some(site) if site == wf.from && old_may_hold => {}
+                                Some(site) if site == wf.to => {
+                                    panic!("{name}: new site holds the lease before lease_wait")
+                                }
+                                Some(site) => {
+                                    panic!("{name}: {site} holds a lease mid-{}", wf.kind.as_str())
+                                }
+                            }
+                        }
                     }
                 }
                 None => {

@@ -353,3 +353,264 @@ fn activating_before_the_lease_wait_is_a_bug() {
     wf.steps[1].status = StepStatus::Failed { attempt: 1, error: "forged".into() };
     started(&mut c, 10, 2, 1);
 }
+
+/// The test spec plus an activate runbook for prod and reprotect runbooks for both sites.
+fn lifecycle_spec() -> ClusterSpec {
+    let extra = r#"
+  [[service.runbook.prod.activate]]
+  kind = "exec"
+  run_on = "prod"
+  command = ["/opt/st/bin/start_all"]
+  timeout = "60s"
+
+  [[service.runbook.prod.reprotect]]
+  kind = "exec"
+  run_on = "prod"
+  command = ["/opt/st/bin/replicate", "--from", "dr"]
+  timeout = "60s"
+
+  [[service.runbook.dr.reprotect]]
+  kind = "exec"
+  run_on = "dr"
+  command = ["/opt/st/bin/replicate", "--to", "prod"]
+  timeout = "60s"
+
+  [[service.runbook.dr.verify]]"#;
+    let text = SPEC.replacen("\n  [[service.runbook.dr.verify]]", extra, 1);
+    crate::spec::parse(&text, "test").expect("test spec is valid")
+}
+
+fn switchover(c: &mut ControlState, index: u64, from: &str, to: &str, epoch: u64) -> Outcome {
+    c.apply(
+        index,
+        &ControlRequest::StartSwitchover {
+            service: SVC.into(),
+            from: from.into(),
+            to: to.into(),
+            expected_epoch: epoch,
+            reason: "maintenance".into(),
+            author: "alice".into(),
+            at_unix_ms: 2000,
+        },
+    )
+}
+
+fn reprotect(c: &mut ControlState, index: u64, epoch: u64) -> Outcome {
+    c.apply(
+        index,
+        &ControlRequest::StartReprotect {
+            service: SVC.into(),
+            expected_epoch: epoch,
+            reason: "replication reversed".into(),
+            author: "alice".into(),
+            at_unix_ms: 3000,
+        },
+    )
+}
+
+fn lease_of(c: &ControlState) -> Option<(String, u64)> {
+    svc(c).lease.as_ref().map(|l| (l.site.clone(), l.epoch))
+}
+
+#[test]
+fn a_switchover_keeps_the_old_lease_until_the_release_then_moves_and_commits() {
+    let mut c = ControlState::default();
+    apply_spec(&mut c, lifecycle_spec(), None);
+    assert_eq!(switchover(&mut c, 10, "prod", "dr", 1).rejected, None);
+    let s = svc(&c);
+    assert_eq!((s.epoch, s.phase), (2, ServicePhase::SwitchingOver));
+    let stages: Vec<Stage> = s.workflow.as_ref().unwrap().steps.iter().map(|s| s.stage).collect();
+    assert_eq!(
+        stages,
+        [
+            Stage::Deactivate,
+            Stage::CatchUp,
+            Stage::LeaseWait,
+            Stage::Activate,
+            Stage::Activate,
+            Stage::Activate,
+            Stage::Verify
+        ]
+    );
+    // prod keeps the lease (at the new epoch) through deactivate and catch-up.
+    assert_eq!(lease_of(&c), Some(("prod".into(), 2)));
+    for step in 0..2 {
+        started(&mut c, 10, step, 1);
+        finished(&mut c, 10, step, 1, true);
+        assert_eq!(lease_of(&c), Some(("prod".into(), 2)));
+    }
+    // The lease wait's start releases it; its success grants it to dr.
+    started(&mut c, 10, 2, 1);
+    assert_eq!(lease_of(&c), None);
+    finished(&mut c, 10, 2, 1, true);
+    assert_eq!(lease_of(&c), Some(("dr".into(), 2)));
+    run_all(&mut c, 10);
+    let s = svc(&c);
+    assert_eq!((s.active_site.as_str(), s.epoch, s.phase), ("dr", 2, ServicePhase::FailedOver));
+    assert_eq!(s.mode, Automation::Auto, "an operator's switchover starts no cooldown");
+    assert_eq!(s.workflow.as_ref().unwrap().author, "alice");
+
+    // Failback: a switchover back to prod, the primary: protecting again, epoch 3.
+    assert_eq!(switchover(&mut c, 20, "dr", "prod", 2).rejected, None);
+    run_all(&mut c, 20);
+    let s = svc(&c);
+    assert_eq!((s.active_site.as_str(), s.epoch, s.phase), ("prod", 3, ServicePhase::Protecting));
+    assert_eq!(lease_of(&c), Some(("prod".into(), 3)));
+}
+
+#[test]
+fn a_switchover_that_fails_before_the_release_restores_the_old_site() {
+    let mut c = ControlState::default();
+    apply_spec(&mut c, lifecycle_spec(), None);
+    switchover(&mut c, 10, "prod", "dr", 1);
+    started(&mut c, 10, 0, 1);
+    let out = finished(&mut c, 10, 0, 1, false);
+    assert!(out.record.unwrap().1.contains("abandoned: restoring prod"));
+    let wf = svc(&c).workflow.clone().unwrap();
+    assert!(wf.steps[1..7].iter().all(|s| matches!(s.status, StepStatus::Skipped { .. })));
+    assert_eq!(wf.steps[7..].iter().map(|s| s.stage).collect::<Vec<_>>(), [Stage::Restore]);
+    assert_eq!(lease_of(&c), Some(("prod".into(), 2)));
+    assert!(svc(&c).active_workflow().is_some(), "restoring is still in progress");
+    started(&mut c, 10, 7, 1);
+    let out = finished(&mut c, 10, 7, 1, true);
+    assert!(out.record.unwrap().1.contains("prod serves again at epoch 2"));
+    let s = svc(&c);
+    assert_eq!((s.active_site.as_str(), s.phase), ("prod", ServicePhase::SwitchoverFailed));
+    assert!(matches!(s.workflow.as_ref().unwrap().state, WorkflowState::RolledBack { .. }));
+    assert_eq!(s.active_workflow(), None);
+    assert_eq!(s.nobody_serving(SVC), None);
+    // A new switchover may start from there.
+    assert_eq!(switchover(&mut c, 20, "prod", "dr", 2).rejected, None);
+}
+
+#[test]
+fn a_switchover_that_fails_after_the_release_stops_for_an_operator() {
+    let mut c = ControlState::default();
+    apply_spec(&mut c, lifecycle_spec(), None);
+    switchover(&mut c, 10, "prod", "dr", 1);
+    for step in 0..3 {
+        started(&mut c, 10, step, 1);
+        finished(&mut c, 10, step, 1, true);
+    }
+    // dr.activate[0] has retries = 2.
+    for attempt in 1..=3 {
+        started(&mut c, 10, 3, attempt);
+        finished(&mut c, 10, 3, attempt, false);
+    }
+    let s = svc(&c);
+    assert_eq!(s.phase, ServicePhase::SwitchoverFailed);
+    assert!(s.active_workflow().is_some());
+    let alert = s.nobody_serving(SVC).unwrap();
+    assert!(alert.contains("prod was deactivated and dr failed to activate"), "{alert}");
+    let resume = ControlRequest::Resume { service: SVC.into(), author: "op".into(), at_unix_ms: 0 };
+    assert_eq!(c.apply(0, &resume).rejected, None);
+    assert_eq!(svc(&c).phase, ServicePhase::SwitchingOver);
+}
+
+#[test]
+fn a_second_workflow_is_refused_naming_the_one_that_runs() {
+    let mut c = ControlState::default();
+    apply_spec(&mut c, lifecycle_spec(), None);
+    assert_eq!(switchover(&mut c, 10, "prod", "dr", 1).rejected, None);
+    let why = switchover(&mut c, 11, "prod", "dr", 2).rejected.unwrap();
+    assert!(
+        why.contains("switchover of file-transfer to dr (workflow 10, started by alice) at step 1"),
+        "{why}"
+    );
+    assert!(why.contains("droverctl watch file-transfer"), "{why}");
+    assert!(start(&mut c, 12, 2).rejected.unwrap().contains("cannot start a failover"));
+    assert!(reprotect(&mut c, 13, 2).rejected.unwrap().contains("cannot start a reprotect"));
+    // A stale epoch is refused too, once the service is at rest.
+    run_all(&mut c, 10);
+    assert!(switchover(&mut c, 14, "dr", "prod", 1).rejected.unwrap().contains("epoch 2, not 1"));
+}
+
+#[test]
+fn reprotect_makes_the_active_site_the_primary_and_rearms_failover_from_it() {
+    let mut c = ControlState::default();
+    apply_spec(&mut c, lifecycle_spec(), None);
+    assert!(reprotect(&mut c, 5, 1).rejected.unwrap().contains("already protecting from prod"));
+    start(&mut c, 10, 1);
+    run_all(&mut c, 10);
+    assert_eq!(svc(&c).phase, ServicePhase::FailedOver);
+    assert_eq!(reprotect(&mut c, 20, 2).rejected, None);
+    let s = svc(&c);
+    assert_eq!((s.epoch, s.phase), (2, ServicePhase::Reprotecting));
+    let wf = s.workflow.as_ref().unwrap();
+    let sites: Vec<&str> = wf.steps.iter().map(|s| s.site.as_str()).collect();
+    assert_eq!(sites, ["dr", "prod"], "the active site's reprotect runbook first");
+    assert_eq!(lease_of(&c), Some(("dr".into(), 2)), "the lease stays");
+    run_all(&mut c, 20);
+    let s = svc(&c);
+    assert_eq!((s.phase, s.primary.as_deref()), (ServicePhase::Protecting, Some("dr")));
+    assert_eq!(s.primary_site("prod"), "dr");
+    // A failover from dr is now a failover away from the primary.
+    let back = ControlRequest::StartFailover {
+        force: false,
+        service: SVC.into(),
+        from: "dr".into(),
+        to: "prod".into(),
+        expected_epoch: 2,
+        automatic: true,
+        reason: "dr down".into(),
+        author: "leader".into(),
+        at_unix_ms: 0,
+    };
+    assert_eq!(c.apply(30, &back).rejected, None);
+    run_all(&mut c, 30);
+    assert_eq!(svc(&c).phase, ServicePhase::FailedOver, "prod is not the primary any more");
+}
+
+#[test]
+fn a_failed_reprotect_is_resumed_and_never_blocks_other_workflows() {
+    let mut c = ControlState::default();
+    apply_spec(&mut c, lifecycle_spec(), None);
+    start(&mut c, 10, 1);
+    run_all(&mut c, 10);
+    reprotect(&mut c, 20, 2);
+    started(&mut c, 20, 0, 1);
+    finished(&mut c, 20, 0, 1, false);
+    let s = svc(&c);
+    assert_eq!(s.phase, ServicePhase::ReprotectFailed);
+    assert_eq!(s.active_workflow(), None, "a failed reprotect holds nothing");
+    assert_eq!(s.nobody_serving(SVC), None);
+    let resume = ControlRequest::Resume { service: SVC.into(), author: "op".into(), at_unix_ms: 0 };
+    assert_eq!(c.apply(0, &resume).rejected, None);
+    assert_eq!(svc(&c).phase, ServicePhase::Reprotecting);
+    run_all(&mut c, 20);
+    assert_eq!(svc(&c).phase, ServicePhase::Protecting);
+}
+
+#[test]
+fn a_pause_needs_a_reason_ends_by_resume_or_by_its_own_expiry() {
+    let mut c = ControlState::default();
+    apply_spec(&mut c, lifecycle_spec(), None);
+    let pause = |reason: &str, until: Option<i64>| ControlRequest::Pause {
+        service: SVC.into(),
+        reason: reason.into(),
+        until_unix_ms: until,
+        author: "alice".into(),
+        at_unix_ms: 1000,
+    };
+    assert!(c.apply(0, &pause(" ", None)).rejected.unwrap().contains("needs a reason"));
+    assert!(c.apply(0, &pause("x", Some(500))).rejected.unwrap().contains("future"));
+    let out = c.apply(0, &pause("db upgrade", Some(61_000)));
+    assert_eq!(
+        out.record.unwrap().1,
+        "automatic action for file-transfer paused for 60s: db upgrade"
+    );
+    let expired = |until| ControlRequest::PauseExpired {
+        service: SVC.into(),
+        until_unix_ms: until,
+        author: "leader".into(),
+        at_unix_ms: 61_000,
+    };
+    assert!(c.apply(0, &expired(99)).rejected.is_some(), "only the pause that ends then");
+    assert!(c.apply(0, &expired(61_000)).record.unwrap().1.contains("expired (db upgrade)"));
+    assert_eq!(svc(&c).paused, None);
+    c.apply(0, &pause("db upgrade", None));
+    let resume = ControlRequest::Resume { service: SVC.into(), author: "op".into(), at_unix_ms: 0 };
+    let out = c.apply(0, &resume);
+    assert!(out.record.unwrap().1.contains("resumed (paused by alice: db upgrade)"));
+    assert!(c.apply(0, &resume).rejected.unwrap().contains("nothing to resume"));
+}
