@@ -396,7 +396,7 @@ impl Admin for AdminService {
         }
         let old = self.node.state.read(|s| s.control.spec.as_ref().map(|v| v.spec.clone()));
         let changes = crate::spec::diff(old.as_ref(), &spec);
-        let (_, version) = self
+        let (_, applied) = self
             .propose_control(ControlRequest::ApplySpec {
                 expected_version: req.expected_version,
                 spec: Box::new(spec),
@@ -405,6 +405,7 @@ impl Admin for AdminService {
                 at_unix_ms: crate::pb::unix_now_ms(),
             })
             .await?;
+        let version = applied.spec_version;
         info!(version = ?version, changes = changes.len(), "cluster spec applied");
         Ok(Response::new(pb::ConfigApplyReply { version: version.unwrap_or(0), changes }))
     }
@@ -452,19 +453,43 @@ impl Admin for AdminService {
         let req = req.into_inner();
         let author = author(&caller, &req.author)?;
         let at_unix_ms = crate::pb::unix_now_ms();
-        let service = req.service;
-        let control = match req.action.as_str() {
-            "ack" => ControlRequest::Ack { service, author, at_unix_ms },
-            "commit" => ControlRequest::Commit { service, author, at_unix_ms },
-            "resume" => ControlRequest::Resume { service, author, at_unix_ms },
-            other => {
+        let services: Vec<String> = if req.all {
+            if !matches!(req.action.as_str(), "pause" | "resume") {
                 return Err(Status::invalid_argument(format!(
-                    "unknown action {other:?}; use ack, commit or resume"
-                )))
+                    "--all applies to pause and resume only, not {}",
+                    req.action
+                )));
             }
+            self.node.state.read(|s| s.control.services.keys().cloned().collect())
+        } else if req.service.is_empty() {
+            return Err(Status::invalid_argument("name a service (or --all for pause/resume)"));
+        } else {
+            vec![req.service.clone()]
         };
-        let (log_index, _) = self.propose_control(control).await?;
-        Ok(Response::new(pb::ServiceActionReply { log_index }))
+        let mut reply = pb::ServiceActionReply::default();
+        for service in services {
+            let control =
+                self.service_request(&req, service.clone(), author.clone(), at_unix_ms)?;
+            let starts = matches!(req.action.as_str(), "failover" | "switchover" | "reprotect");
+            let (log_index, applied) = match self.propose_control(control).await {
+                Ok(done) => done,
+                // With --all, a service with nothing to resume is not an error.
+                Err(e) if req.all && e.message().starts_with("nothing to resume") => continue,
+                Err(e) => return Err(e),
+            };
+            reply.log_index = log_index;
+            if starts {
+                reply.workflow_id = log_index;
+            }
+            if let Some(seq) = applied.history_seq {
+                let text = self
+                    .node
+                    .state
+                    .read(|s| s.history_after(seq - 1, 1).into_iter().next().map(|r| r.text));
+                reply.done.extend(text);
+            }
+        }
+        Ok(Response::new(reply))
     }
 
     async fn fence_test(
@@ -541,12 +566,131 @@ impl AdminService {
         Ok(Response::new(membership_reply(&resp)))
     }
 
-    async fn propose_control(&self, req: ControlRequest) -> Result<(u64, Option<u64>), Status> {
+    /// Commits a control request; a rejection is FAILED_PRECONDITION with its reason.
+    async fn propose_control(
+        &self,
+        req: ControlRequest,
+    ) -> Result<(u64, crate::consensus::types::Response), Status> {
         let resp = self.write(crate::consensus::types::Request::Control(req)).await?;
         if let Some(why) = resp.data.rejected {
             return Err(Status::failed_precondition(why));
         }
-        Ok((resp.log_id.index, resp.data.spec_version))
+        Ok((resp.log_id.index, resp.data))
+    }
+
+    /// The control request for one service of an operator's `ServiceAction`: for an
+    /// unforced failover, the leader's readiness and lag gates first.
+    fn service_request(
+        &self,
+        req: &pb::ServiceActionRequest,
+        service: String,
+        author: String,
+        at_unix_ms: i64,
+    ) -> Result<ControlRequest, Status> {
+        let (epoch, active) = self
+            .node
+            .state
+            .read(|s| s.control.services.get(&service).map(|st| (st.epoch, st.active_site.clone())))
+            .ok_or_else(|| {
+                Status::not_found(format!("no service named {service:?}; see 'droverctl status'"))
+            })?;
+        let reason = req.reason.trim().to_string();
+        let to = req.to.clone();
+        let need_to = || {
+            if to.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "{} needs the site to activate: --to SITE",
+                    req.action
+                )));
+            }
+            Ok(())
+        };
+        Ok(match req.action.as_str() {
+            "ack" => ControlRequest::Ack { service, author, at_unix_ms },
+            "commit" => ControlRequest::Commit { service, author, at_unix_ms },
+            "resume" => ControlRequest::Resume { service, author, at_unix_ms },
+            "failover" => {
+                need_to()?;
+                if reason.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "an operator's failover needs a reason: --reason TEXT (it goes in the history)",
+                    ));
+                }
+                if !req.force {
+                    let verdict = self
+                        .node
+                        .gates
+                        .read()
+                        .ok()
+                        .and_then(|g| g.get(&service).and_then(|by| by.get(&to)).cloned());
+                    match verdict {
+                        Some(Ok(())) => {}
+                        Some(Err(why)) => {
+                            return Err(Status::failed_precondition(format!(
+                                "failover of {service} to {to} blocked: {why}; fix it, or add \
+                                 --force to fail over anyway (fencing and the lease wait still run)"
+                            )))
+                        }
+                        None => {
+                            return Err(Status::failed_precondition(format!(
+                                "the leader has not evaluated the gates of a failover of {service} \
+                                 to {to} yet (is {to} another active-capable site? the leader may \
+                                 have just started); try again in a second, or add --force"
+                            )))
+                        }
+                    }
+                }
+                ControlRequest::StartFailover {
+                    service,
+                    from: active,
+                    to,
+                    expected_epoch: epoch,
+                    automatic: false,
+                    reason,
+                    author,
+                    at_unix_ms,
+                    force: req.force,
+                }
+            }
+            "switchover" => {
+                need_to()?;
+                let reason =
+                    if reason.is_empty() { "planned switchover".to_string() } else { reason };
+                ControlRequest::StartSwitchover {
+                    service,
+                    from: active,
+                    to,
+                    expected_epoch: epoch,
+                    reason,
+                    author,
+                    at_unix_ms,
+                }
+            }
+            "reprotect" => {
+                let reason = if reason.is_empty() { "reprotect".to_string() } else { reason };
+                ControlRequest::StartReprotect {
+                    service,
+                    expected_epoch: epoch,
+                    reason,
+                    author,
+                    at_unix_ms,
+                }
+            }
+            "pause" => {
+                if reason.is_empty() {
+                    return Err(Status::invalid_argument("a pause needs a reason: --reason TEXT"));
+                }
+                let until_unix_ms = (req.for_ms > 0)
+                    .then(|| at_unix_ms.saturating_add(req.for_ms.min(i64::MAX as u64) as i64));
+                ControlRequest::Pause { service, reason, until_unix_ms, author, at_unix_ms }
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action {other:?}; use ack, commit, resume, failover, switchover, \
+                     reprotect or pause"
+                )))
+            }
+        })
     }
 }
 

@@ -46,6 +46,9 @@ pub struct NodeHandle {
     pub state: StateHandle,
     /// The leader's view of each service's sites (service -> site -> health), for status.
     pub health: HealthView,
+    /// The leader's verdict of the readiness and lag gates of a failover of each service to
+    /// each site (service -> site -> Ok or why not), for operators' unforced failovers.
+    pub gates: GateView,
     /// Services this node self-fenced, with the epoch.
     pub fenced: FencedView,
     /// Services whose lease this node believes its site holds right now (by its own clock,
@@ -65,6 +68,8 @@ pub struct NodeHandle {
 
 /// Leader-side health of each (service, site) as the detector sees it.
 pub type HealthView = Arc<RwLock<BTreeMap<String, BTreeMap<String, String>>>>;
+/// Leader-side gate verdicts of a failover, per service and target site.
+pub type GateView = Arc<RwLock<BTreeMap<String, BTreeMap<String, Result<(), String>>>>>;
 /// Services this node has self-fenced, with the epoch it fenced at.
 pub type FencedView = Arc<Mutex<BTreeMap<String, u64>>>;
 /// When each member last answered this node's presence check.

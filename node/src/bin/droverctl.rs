@@ -115,8 +115,81 @@ enum Cmd {
     Ack { service: String },
     /// Commit a verified failover waiting in pending_commit (manual commit mode).
     Commit { service: String },
-    /// Retry the step a paused or failed failover stopped at.
-    Resume { service: String },
+    /// End a pause of automatic action, and retry the step a stopped workflow (failover,
+    /// switchover, reprotect) stopped at.
+    Resume {
+        /// The service (or --all).
+        service: Option<String>,
+        /// Every service.
+        #[arg(long, conflicts_with = "service")]
+        all: bool,
+        /// Follow the resumed workflow until it ends (exit 1 if it fails).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// An operator's unplanned failover: fence the active site (or wait out its lease),
+    /// activate SITE, verify. Needs the operator role.
+    Failover {
+        service: String,
+        /// The site to activate.
+        #[arg(long)]
+        to: String,
+        /// Why (recorded in the history).
+        #[arg(long)]
+        reason: String,
+        /// Skip the readiness and lag gates (never fencing or the lease wait); recorded.
+        #[arg(long)]
+        force: bool,
+        /// Follow the workflow until it ends (exit 1 if it fails).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A planned, graceful move: deactivate the active site, wait for replication to catch
+    /// up, release its lease, activate SITE, verify. Before the release, a failure returns the
+    /// service to the old site. Failback is a switchover back.
+    Switchover {
+        service: String,
+        /// The site to activate.
+        #[arg(long)]
+        to: String,
+        /// Why (recorded in the history).
+        #[arg(long, default_value = "planned switchover")]
+        reason: String,
+        /// Follow the workflow until it ends (exit 1 if it fails).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// After a failover or switchover: run the reprotect runbooks and protect the standby from
+    /// the active site again (automatic failover then moves away from it).
+    Reprotect {
+        service: String,
+        /// Why (recorded in the history).
+        #[arg(long, default_value = "reprotect")]
+        reason: String,
+        /// Follow the workflow until it ends (exit 1 if it fails).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// No automatic failover or reactivation (detection and alerts go on). A workflow
+    /// already running is not stopped.
+    Pause {
+        /// The service (or --all).
+        service: Option<String>,
+        /// Every service.
+        #[arg(long, conflicts_with = "service")]
+        all: bool,
+        /// Why (recorded in the history).
+        #[arg(long)]
+        reason: String,
+        /// End the pause by itself after this long (e.g. 30m, 2h); default: until resumed.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
+    /// Follow a service's workflow live until it ends; exit 0 on success, 1 on failure.
+    Watch {
+        /// The service; default: the first with a workflow in progress.
+        service: Option<String>,
+    },
     /// Check fencing without fencing anything.
     #[command(subcommand)]
     Fence(FenceCmd),
@@ -430,7 +503,55 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
         }
         Cmd::Ack { service } => service_action(client, service, "ack", cli.json).await?,
         Cmd::Commit { service } => service_action(client, service, "commit", cli.json).await?,
-        Cmd::Resume { service } => service_action(client, service, "resume", cli.json).await?,
+        Cmd::Resume { service, all, wait } => {
+            let req = action_req(service.as_deref(), "resume", *all)?;
+            service_action_req(client, req, cli.json).await?;
+            if *wait {
+                follow(client, service.clone(), None).await?;
+            }
+        }
+        Cmd::Failover { service, to, reason, force, wait } => {
+            let req = pb::ServiceActionRequest {
+                to: to.clone(),
+                reason: reason.clone(),
+                force: *force,
+                ..action_req(Some(service), "failover", false)?
+            };
+            let r = service_action_req(client, req, cli.json).await?;
+            if *wait {
+                follow(client, Some(service.clone()), Some(r.workflow_id)).await?;
+            }
+        }
+        Cmd::Switchover { service, to, reason, wait } => {
+            let req = pb::ServiceActionRequest {
+                to: to.clone(),
+                reason: reason.clone(),
+                ..action_req(Some(service), "switchover", false)?
+            };
+            let r = service_action_req(client, req, cli.json).await?;
+            if *wait {
+                follow(client, Some(service.clone()), Some(r.workflow_id)).await?;
+            }
+        }
+        Cmd::Reprotect { service, reason, wait } => {
+            let req = pb::ServiceActionRequest {
+                reason: reason.clone(),
+                ..action_req(Some(service), "reprotect", false)?
+            };
+            let r = service_action_req(client, req, cli.json).await?;
+            if *wait {
+                follow(client, Some(service.clone()), Some(r.workflow_id)).await?;
+            }
+        }
+        Cmd::Pause { service, all, reason, duration } => {
+            let req = pb::ServiceActionRequest {
+                reason: reason.clone(),
+                for_ms: duration.map_or(0, |d| d.as_millis() as u64),
+                ..action_req(service.as_deref(), "pause", *all)?
+            };
+            service_action_req(client, req, cli.json).await?;
+        }
+        Cmd::Watch { service } => follow(client, service.clone(), None).await?,
         Cmd::Fence(FenceCmd::Test { site }) => fence_test(client, site, cli.json).await?,
         Cmd::Certs(_) => unreachable!("handled before connecting"),
     }
@@ -586,22 +707,70 @@ async fn service_action(
     action: &str,
     as_json: bool,
 ) -> Result<(), ClientError> {
-    let req = pb::ServiceActionRequest {
-        service: service.to_string(),
+    service_action_req(client, action_req(Some(service), action, false)?, as_json).await?;
+    Ok(())
+}
+
+/// A `ServiceAction` for `service` (or every service with `all`); the node records the
+/// certificate's user as the author.
+fn action_req(
+    service: Option<&str>,
+    action: &str,
+    all: bool,
+) -> Result<pb::ServiceActionRequest, ClientError> {
+    if service.is_none() && !all {
+        return Err(ClientError::Setup(format!(
+            "{action}: name a service, or --all for every service"
+        )));
+    }
+    Ok(pb::ServiceActionRequest {
+        service: service.unwrap_or_default().to_string(),
         action: action.to_string(),
-        // The node records the certificate's user.
-        author: String::new(),
-    };
+        all,
+        ..Default::default()
+    })
+}
+
+async fn service_action_req(
+    client: &Client,
+    req: pb::ServiceActionRequest,
+    as_json: bool,
+) -> Result<pb::ServiceActionReply, ClientError> {
     let r = client
         .call(|mut c| {
             let req = req.clone();
             async move { c.service_action(req).await }
         })
         .await?;
+    let (service, action) = (&req.service, &req.action);
     if as_json {
-        out!("{}", json!({"service": service, "action": action, "log_index": r.log_index}));
+        out!(
+            "{}",
+            json!({"service": service, "all": req.all, "action": action, "log_index": r.log_index,
+                   "workflow_id": r.workflow_id, "done": r.done})
+        );
+    } else if r.done.is_empty() {
+        out!("{action}: nothing to do");
     } else {
-        out!("{action} of {service} committed at log index {}", r.log_index);
+        for line in &r.done {
+            out!("{line}");
+        }
     }
-    Ok(())
+    Ok(r)
+}
+
+/// `watch` and `--wait`: follows the workflow; a failed one is exit code 1.
+async fn follow(
+    client: &Client,
+    service: Option<String>,
+    workflow_id: Option<u64>,
+) -> Result<(), ClientError> {
+    let target = drover::client::watch::Target { service, workflow_id };
+    match drover::client::watch::watch(client, &target).await? {
+        drover::client::watch::Outcome::Succeeded(text) => {
+            out!("{text}");
+            Ok(())
+        }
+        drover::client::watch::Outcome::Failed(text) => Err(ClientError::Refused(text)),
+    }
 }

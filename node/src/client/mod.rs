@@ -4,6 +4,7 @@
 //! Errors are turned into one actionable line here, so every caller reports them alike.
 
 pub mod render;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -348,6 +348,7 @@ pub async fn assemble(
         // simulator) there is nothing to check them against.
         authz: Authorizer::new(raft.clone(), tls.is_some()),
         own_health: Default::default(),
+        gates: Default::default(),
         presence: Default::default(),
         storage_fault: durability::no_fault(),
     };

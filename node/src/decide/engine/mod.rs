@@ -527,6 +527,33 @@ impl Engine {
         self.outstanding.remove(service);
     }
 
+    /// Whether an operator's unforced failover of `service` to `target` passes the readiness
+    /// and lag gates now: `Err(why)` names the one that blocks it. The leader publishes it
+    /// for the admin API.
+    pub fn failover_gates(
+        &self,
+        spec: &ClusterSpec,
+        service: &str,
+        target: &str,
+        voters: &BTreeSet<NodeId>,
+        now: MonoTime,
+    ) -> Result<(), String> {
+        let Some(svc) = spec.service(service) else {
+            return Err(format!("no service named {service}"));
+        };
+        automatic::gates(
+            &self.params,
+            &self.readiness,
+            &self.lag,
+            svc,
+            service,
+            target,
+            voters,
+            now,
+        )
+        .map_err(|(_, why)| why)
+    }
+
     /// Detection's view of `site` for `service` (for status display); `Up` when unknown.
     pub fn site_health(&self, service: &str, site: &str) -> SiteHealth {
         match self.detection.get(service) {

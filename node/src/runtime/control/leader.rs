@@ -54,6 +54,9 @@ pub(super) async fn controller_loop(
                 if let Ok(mut h) = ctx.node.health.write() {
                     h.clear();
                 }
+                if let Ok(mut g) = ctx.node.gates.write() {
+                    g.clear();
+                }
             }
             continue;
         }
@@ -146,6 +149,7 @@ pub(super) async fn controller_loop(
             };
             let commands = eng.tick(&obs);
             publish_health(&ctx, eng, obs.now, &s.control);
+            publish_gates(&ctx, eng, &obs);
             commands
         });
         for cmd in commands {
@@ -189,6 +193,25 @@ fn publish_health(
     }
     if let Ok(mut h) = ctx.node.health.write() {
         *h = view;
+    }
+}
+
+/// The gates of a failover of every service to each of its other sites, for the admin API.
+fn publish_gates(ctx: &ControlCtx, eng: &Engine, obs: &Observation) {
+    let Some(spec) = obs.control.spec.as_ref().map(|v| &v.spec) else { return };
+    let mut view = BTreeMap::new();
+    for (name, state) in &obs.control.services {
+        let sites = spec
+            .active_capable_sites()
+            .filter(|site| *site != state.active_site)
+            .map(|site| {
+                (site.to_string(), eng.failover_gates(spec, name, site, obs.voters, obs.now))
+            })
+            .collect();
+        view.insert(name.clone(), sites);
+    }
+    if let Ok(mut g) = ctx.node.gates.write() {
+        *g = view;
     }
 }
 

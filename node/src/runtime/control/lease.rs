@@ -25,7 +25,7 @@ use super::executor::run_local;
 use super::{leader_of, ControlCtx, LEASE_TICK, RPC_TIMEOUT};
 use crate::actuate::StepContext;
 use crate::api::NodeHandle;
-use crate::consensus::state::control::LeaseTerms;
+use crate::consensus::state::control::{LeaseTerms, WorkflowKind};
 use crate::consensus::types::{Member, NodeId};
 use crate::decide::{HolderLease, LeaseParams, MonoTime};
 use crate::spec::{ClusterSpec, Phase, MAX_SERVICES};
@@ -120,6 +120,12 @@ pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>)
                         }
                         // The leader read the committed state and says this site does not
                         // hold the lease: stop serving now (DESIGN.md 6).
+                        Some(Err(_)) if released_by_switchover(&ctx, &service) => {
+                            holdings.remove(&service);
+                            if let Ok(mut leases) = ctx.node.leases.lock() {
+                                leases.remove(&service);
+                            }
+                        }
                         Some(Err(why)) => {
                             let why = format!("the cluster refused the lease renewal: {why}");
                             spawn_self_fence(&ctx, &service, epoch, why);
@@ -203,9 +209,12 @@ pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>)
                 }
                 None => {
                     // This site held it (renewed or not) and the cluster took it away: stop
-                    // serving at once.
+                    // serving at once. A planned switchover's release after this site's
+                    // deactivate runbook succeeded stopped it already: no self-fence.
                     if let Some(h) = holdings.remove(service) {
-                        if already_fenced != Some(h.epoch) {
+                        if released_by_switchover(&ctx, service) {
+                            info!(service, epoch = h.epoch, "lease released by a switchover after this site was deactivated; not serving");
+                        } else if already_fenced != Some(h.epoch) {
                             let why = "the cluster revoked this site's lease".to_string();
                             spawn_self_fence(&ctx, service, h.epoch, why);
                         }
@@ -489,6 +498,19 @@ pub(super) async fn confirm_leases(
             })
             .collect()
     }))
+}
+
+/// Whether this node's applied state shows `service`'s lease released by a planned
+/// switchover away from this site whose deactivate runbook succeeded: the site stopped
+/// serving through it, and on_lease_lost has nothing left to do (the issue's "stops through its
+/// deactivate runbook, not by self-fencing"). A node that has not applied that yet self-fences
+/// as usual, which only stops what is already stopped.
+fn released_by_switchover(ctx: &ControlCtx, service: &str) -> bool {
+    ctx.node.state.read(|s| {
+        s.control.services.get(service).and_then(|st| st.workflow.as_ref()).is_some_and(|wf| {
+            wf.kind == WorkflowKind::Switchover && wf.from == ctx.site && wf.fence_confirmed()
+        })
+    })
 }
 
 /// Starts this site's on_lease_lost runbook in its own task (once per service and epoch), so
