@@ -123,7 +123,7 @@ fn start_step(
         // (with "continue" the lease wait takes over). Nor can a reactivation wait: it must
         // not hold back a failover of a site that is gone.
         Err(why)
-            if matches!(step.stage, Stage::Fence | Stage::Deactivate)
+            if matches!(step.stage, Stage::Fence | Stage::Deactivate | Stage::Undo)
                 || wf.kind == WorkflowKind::Reactivate =>
         {
             (None, Some(Err(why)))
@@ -188,14 +188,17 @@ fn advance(
             mine.result = catch_up(s, since, now);
             return;
         }
-        // The lease wait.
+        // The lease wait (or, on a switchover's way back, the return of the lease).
+        let returning = step.stage == Stage::Return;
         #[cfg(feature = "sim-mutations")]
-        if wf.kind == WorkflowKind::Switchover && super::mutation::early_activate() {
+        if wf.kind == WorkflowKind::Switchover && !returning && super::mutation::early_activate() {
             mine.result = Some(Ok("released (planted defect: no wait)".to_string()));
             return;
         }
-        if wf.fence_confirmed() {
+        let confirmed = if returning { wf.undo_confirmed() } else { wf.fence_confirmed() };
+        if confirmed {
             let (stage, what) = match wf.kind {
+                _ if returning => (Stage::Undo, "deactivation"),
                 WorkflowKind::Switchover => (Stage::Deactivate, "deactivation"),
                 _ => (Stage::Fence, "fencing"),
             };
@@ -220,9 +223,9 @@ fn advance(
             _ => first_seen,
         };
         if now >= lease.safe_activation_time(revoked, term_started) {
+            let site = if returning { &wf.to } else { &wf.from };
             mine.result = Some(Ok(format!(
-                "lease of {} expired: waited {} without confirmation that it stopped",
-                wf.from,
+                "lease of {site} expired: waited {} without confirmation that it stopped",
                 secs(now.saturating_duration_since(revoked))
             )));
         }
@@ -281,6 +284,7 @@ fn advance(
     match mine.progress.clone() {
         Progress::Rerouting { .. } => {}
         Progress::Started | Progress::Evaluating { .. } => {
+            let back = matches!(step.stage, Stage::Restore | Stage::Undo);
             let deadline = now + action.timeout + params.step_result_grace;
             mine.progress = Progress::Dispatched { deadline };
             sink.out.push(Command::RunStep(StepDispatch {
@@ -291,13 +295,9 @@ fn advance(
                 executor: mine.executor,
                 action: action.clone(),
                 epoch: wf.epoch,
-                // A restore activates the old site again: it is the site taking the service.
-                from_site: if step.stage == Stage::Restore {
-                    wf.to.clone()
-                } else {
-                    wf.from.clone()
-                },
-                to_site: if step.stage == Stage::Restore { wf.from.clone() } else { wf.to.clone() },
+                // On a switchover's way back (undo, restore) the old site takes the service.
+                from_site: if back { wf.to.clone() } else { wf.from.clone() },
+                to_site: if back { wf.from.clone() } else { wf.to.clone() },
                 deadline,
             }));
         }

@@ -508,7 +508,9 @@ pub(super) async fn confirm_leases(
 fn released_by_switchover(ctx: &ControlCtx, service: &str) -> bool {
     ctx.node.state.read(|s| {
         s.control.services.get(service).and_then(|st| st.workflow.as_ref()).is_some_and(|wf| {
-            wf.kind == WorkflowKind::Switchover && wf.from == ctx.site && wf.fence_confirmed()
+            wf.kind == WorkflowKind::Switchover
+                && ((wf.from == ctx.site && wf.fence_confirmed())
+                    || (wf.to == ctx.site && wf.undo_confirmed()))
         })
     })
 }

@@ -193,9 +193,14 @@ pub enum Stage {
     /// Wait until the lag probe reports 0 after the deactivation (planned switchover);
     /// evaluated by the leader, bounded by `catch_up_timeout`.
     CatchUp,
-    /// The old site's activate and verify runbooks again, after a switchover gave up before
-    /// releasing its lease.
+    /// The old site's activate and verify runbooks again, after a switchover gave up.
     Restore,
+    /// The new site's deactivate runbook, after a switchover failed to activate or verify it
+    /// (it holds the lease): the way back to the old site starts here.
+    Undo,
+    /// The lease wait back: its start releases the new site's lease, its success grants the
+    /// old site the lease again (at once when every undo step succeeded).
+    Return,
     /// A site's reprotect runbook (e.g. reverse the replication direction).
     Reprotect,
 }
@@ -211,6 +216,8 @@ impl Stage {
             Stage::Deactivate => "deactivate",
             Stage::CatchUp => "catch_up",
             Stage::Restore => "restore",
+            Stage::Undo => "undo",
+            Stage::Return => "return",
             Stage::Reprotect => "reprotect",
         }
     }
@@ -305,6 +312,7 @@ impl WorkflowStep {
         match &self.action {
             Some(a) => a.action.kind(),
             None if self.stage == Stage::CatchUp => "catch_up",
+            None if self.stage == Stage::Return => "lease_return",
             None => "lease_wait",
         }
     }
@@ -443,6 +451,19 @@ impl Workflow {
         })
     }
 
+    /// A switchover's way back, once the new site failed to activate: where the return's
+    /// lease wait stands (None: no way back was taken).
+    pub fn returning(&self) -> Option<&StepStatus> {
+        self.steps.iter().find(|s| s.stage == Stage::Return).map(|s| &s.status)
+    }
+
+    /// True when every undo step (the new site's deactivation on the way back) succeeded and
+    /// there was at least one.
+    pub fn undo_confirmed(&self) -> bool {
+        let mut undo = self.steps.iter().filter(|s| s.stage == Stage::Undo).peekable();
+        undo.peek().is_some() && undo.all(|s| matches!(s.status, StepStatus::Succeeded { .. }))
+    }
+
     /// "switchover of web to dr (workflow 42, started by alice) at step 2 of 5 (deactivate
     /// exec on prod), running": what a conflicting request is told.
     pub fn summary(&self, service: &str) -> String {
@@ -561,6 +582,10 @@ impl ServiceState {
             ),
             Stage::Deactivate | Stage::CatchUp => format!(
                 "the switchover of {from} to {to} {how} while deactivating {from}"
+            ),
+            Stage::Undo | Stage::Return => format!(
+                "{to} failed to activate for a switchover from {from}, and the way back to \
+                 {from} {how} while deactivating {to}"
             ),
             Stage::Reprotect => return None,
         };
@@ -812,7 +837,9 @@ mod start;
 mod workflow;
 
 use plan::phase_of;
-pub use plan::{plan_failover, plan_reactivation, plan_reprotect, plan_restore, plan_switchover};
+pub use plan::{
+    plan_failover, plan_reactivation, plan_reprotect, plan_restore, plan_return, plan_switchover,
+};
 
 impl ControlState {
     /// Applies one control request at `log_index`.
@@ -989,6 +1016,14 @@ impl ControlState {
                                 wf.kind.as_str()
                             );
                             assert_eq!(wf.to, s.active_site, "{name}: acts on another site");
+                        }
+                        // On a switchover's way back: no lease from the return's start, the
+                        // old site's once it succeeded.
+                        _ if wf.returning().is_some_and(|r| !matches!(r, StepStatus::Pending)) => {
+                            let returned =
+                                matches!(wf.returning(), Some(StepStatus::Succeeded { .. }));
+                            let want = returned.then_some(wf.from.as_str());
+                            assert_eq!(lease, want, "{name}: lease on a switchover's way back");
                         }
                         // The old site may hold the lease only until the lease wait's start
                         // released it (a switchover's), the new one only after it succeeded.

@@ -4,6 +4,8 @@
 //!  failover     fence(from)* · lease_wait · activate(to)* · verify(to)*
 //!  switchover   deactivate(from)* · catch_up (with a lag probe) · lease_wait · activate(to)* · verify(to)*
 //!               gave up before lease_wait: the rest skipped, then restore = activate(from)* · verify(from)*
+//!               failed to activate or verify `to`: the rest skipped, then undo = deactivate(to)* ·
+//!               return (lease back to from) · restore
 //!  reactivate   activate(site)* · verify(site)*
 //!  reprotect    reprotect(active)* · reprotect(each other site)*
 //! ```
@@ -94,6 +96,17 @@ pub fn plan_restore(spec: &ClusterSpec, service: &str, site: &str) -> Vec<Workfl
     let Some(svc) = spec.service(service) else { return Vec::new() };
     let mut plan = runbook(svc, site, Phase::Activate, Stage::Restore);
     plan.extend(runbook(svc, site, Phase::Verify, Stage::Restore));
+    plan
+}
+
+/// The way back of a switchover whose new site `to` failed to activate: `to`'s deactivate
+/// runbook (undo), the return of the lease, then `from`'s activate and verify runbooks
+/// (restore).
+pub fn plan_return(spec: &ClusterSpec, service: &str, from: &str, to: &str) -> Vec<WorkflowStep> {
+    let Some(svc) = spec.service(service) else { return Vec::new() };
+    let mut plan = runbook(svc, to, Phase::Deactivate, Stage::Undo);
+    plan.push(step(Stage::Return, to, None));
+    plan.extend(plan_restore(spec, service, from));
     plan
 }
 

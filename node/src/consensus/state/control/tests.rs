@@ -484,7 +484,7 @@ fn a_switchover_that_fails_before_the_release_restores_the_old_site() {
 }
 
 #[test]
-fn a_switchover_that_fails_after_the_release_stops_for_an_operator() {
+fn a_switchover_whose_new_site_fails_to_activate_returns_to_the_old_site() {
     let mut c = ControlState::default();
     apply_spec(&mut c, lifecycle_spec(), None);
     switchover(&mut c, 10, "prod", "dr", 1);
@@ -492,19 +492,41 @@ fn a_switchover_that_fails_after_the_release_stops_for_an_operator() {
         started(&mut c, 10, step, 1);
         finished(&mut c, 10, step, 1, true);
     }
-    // dr.activate[0] has retries = 2.
+    assert_eq!(lease_of(&c), Some(("dr".into(), 2)));
+    // dr.activate[0] has retries = 2: the third failure takes the way back.
     for attempt in 1..=3 {
         started(&mut c, 10, 3, attempt);
-        finished(&mut c, 10, 3, attempt, false);
+        let out = finished(&mut c, 10, 3, attempt, false);
+        if attempt == 3 {
+            let text = out.record.unwrap().1;
+            assert!(text.contains("deactivating dr and returning to prod"), "{text}");
+        }
     }
+    let wf = svc(&c).workflow.clone().unwrap();
+    let tail: Vec<Stage> = wf.steps[7..].iter().map(|s| s.stage).collect();
+    // dr has no deactivate runbook in this spec: no undo step, the return waits out dr's lease.
+    assert_eq!(tail, [Stage::Return, Stage::Restore]);
+    assert!(wf.steps[4..7].iter().all(|s| matches!(s.status, StepStatus::Skipped { .. })));
+    assert_eq!(svc(&c).phase, ServicePhase::SwitchingOver);
+    started(&mut c, 10, 7, 1);
+    assert_eq!(lease_of(&c), None, "the return's start releases dr's lease");
+    finished(&mut c, 10, 7, 1, true);
+    assert_eq!(lease_of(&c), Some(("prod".into(), 2)), "its success gives prod the lease back");
+    // Restoring prod can fail too: then it stops for an operator, loudly.
+    started(&mut c, 10, 8, 1);
+    finished(&mut c, 10, 8, 1, false);
     let s = svc(&c);
     assert_eq!(s.phase, ServicePhase::SwitchoverFailed);
     assert!(s.active_workflow().is_some());
     let alert = s.nobody_serving(SVC).unwrap();
-    assert!(alert.contains("prod was deactivated and dr failed to activate"), "{alert}");
+    assert!(alert.contains("the switchover to dr gave up after deactivating prod"), "{alert}");
     let resume = ControlRequest::Resume { service: SVC.into(), author: "op".into(), at_unix_ms: 0 };
     assert_eq!(c.apply(0, &resume).rejected, None);
-    assert_eq!(svc(&c).phase, ServicePhase::SwitchingOver);
+    run_all(&mut c, 10);
+    let s = svc(&c);
+    assert_eq!((s.active_site.as_str(), s.phase), ("prod", ServicePhase::SwitchoverFailed));
+    assert!(matches!(s.workflow.as_ref().unwrap().state, WorkflowState::RolledBack { .. }));
+    assert_eq!(lease_of(&c), Some(("prod".into(), 2)));
 }
 
 #[test]

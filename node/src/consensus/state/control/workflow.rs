@@ -80,6 +80,17 @@ impl ControlState {
                     s.stage.as_str()
                 );
             }
+            Stage::Undo => {
+                // The new site is deactivated on the way back while it still holds the lease.
+                assert!(holds(&wf.to), "{service}: undo step {step} without the new site's lease");
+            }
+            Stage::Return => {
+                // The release of the new site's lease: the return's lease wait counts from here.
+                if let Some(lease) = state.lease.take() {
+                    assert_eq!(lease.site, wf.to, "{service}: returned a lease not the new site's");
+                    wf.revoked_terms = wf.revoked_terms.max(lease.terms);
+                }
+            }
             Stage::LeaseWait if wf.kind == WorkflowKind::Switchover => {
                 // The release: this entry is the revocation commit the lease wait counts from.
                 if let Some(lease) = state.lease.take() {
@@ -118,6 +129,8 @@ impl ControlState {
         };
         let primary = state.primary.clone().or(initial_active);
         let Some(wf) = state.workflow.as_mut() else { return rejected("no workflow") };
+        // A switchover already on its way back does not turn around again.
+        let turned_back = wf.steps.iter().any(|s| s.stage == Stage::Restore);
         let Some(s) = wf.steps.get_mut(step) else {
             return rejected(format!("workflow {workflow_id} has no step {step}"));
         };
@@ -144,6 +157,10 @@ impl ControlState {
                         "{service}: lease granted while another is held"
                     );
                     state.lease = Some(Lease { site: wf.to.clone(), epoch: wf.epoch, terms });
+                }
+                if s.stage == Stage::Return {
+                    assert!(state.lease.is_none(), "{service}: lease returned while one is held");
+                    state.lease = Some(Lease { site: wf.from.clone(), epoch: wf.epoch, terms });
                 }
                 format!("{label} succeeded: {detail}")
             }
@@ -199,6 +216,29 @@ impl ControlState {
                 }
                 wf.steps.extend(restore);
                 format!("{text}; switchover of {service} abandoned: restoring {from}")
+            }
+            Err(error)
+                if wf.kind == WorkflowKind::Switchover
+                    && matches!(s.stage, Stage::Activate | Stage::Verify)
+                    && s.on_failure() == OnFailure::Abort
+                    && !turned_back =>
+            {
+                // The new site holds the lease but does not serve: take the way back, as a
+                // switchover in reverse (the new site's deactivate runbook, the lease back to
+                // the old site, its activate runbook), instead of stopping dark.
+                let text = format!("{label} failed: {error}");
+                s.status = StepStatus::Failed { attempt, error: error.clone() };
+                let skipped = format!("the switchover gave up at step {}", step + 1);
+                for later in wf.steps.iter_mut().skip(step + 1) {
+                    later.status = StepStatus::Skipped { reason: skipped.clone() };
+                }
+                let back =
+                    spec.map(|sp| plan_return(sp, service, &wf.from, &wf.to)).unwrap_or_default();
+                wf.steps.extend(back);
+                format!(
+                    "{text}; switchover of {service} abandoned: deactivating {} and returning to {}",
+                    wf.to, wf.from
+                )
             }
             Err(error) => {
                 let text = format!("{label} failed: {error}");
