@@ -9,11 +9,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use drover_tests::{
-    run_with_deadline, Cluster, CmdOutput, NodeId, CATCH_UP_TIMEOUT, LEADER_TIMEOUT,
+    run_with_deadline, Cluster, CmdOutput, NodeId, Rig, CATCH_UP_TIMEOUT, LEADER_TIMEOUT,
 };
 use serde_json::Value;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Detection (down_after 2 s), the fence step, the lease wait (lease_ttl 8 s, drift, grace),
+/// activation and verification, on a loaded machine.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(20);
 /// `inspect` and `recover` open a store and print; nothing in them waits on the network.
 const OFFLINE_DEADLINE: Duration = Duration::from_secs(20);
@@ -59,6 +62,39 @@ fn member_names(status: &Value) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// On the stopped survivors: `inspect` on each, `recover` on the one with the highest last
+/// log id (after a `--dry-run`), `recover --follow` on the other. Returns (chosen, other).
+fn recover_from_the_most_advanced(c: &mut Cluster, survivors: [NodeId; 2]) -> (NodeId, NodeId) {
+    let mut seen = Vec::new();
+    for id in survivors {
+        let out = node_cmd(c, id, &["inspect"]);
+        match last_log_id(&out) {
+            Some(last) if out.success() => seen.push((last, id)),
+            _ => c.fail(format!("inspect on {}: {}", c.name(id), out.describe())),
+        }
+    }
+    seen.sort();
+    let (chosen, other) = (seen[1].1, seen[0].1);
+    let chosen_name = c.name(chosen).to_owned();
+    eprintln!("inspect: {seen:?}; recovering from {chosen_name}");
+
+    let flags = ["--survivors", "dr-1,dr-2", "--confirm-lost", "prod-1,prod-2,witness"];
+    let dry = node_cmd(c, chosen, &[&["recover", "--dry-run"][..], &flags].concat());
+    if !dry.success() || !dry.stdout.contains("RECOVERY WITHOUT QUORUM") {
+        c.fail(format!("recover --dry-run: {}", dry.describe()));
+    }
+    let out = node_cmd(c, chosen, &[&["recover"][..], &flags].concat());
+    if !out.success() || !out.stdout.contains("done: generation 1 written") {
+        c.fail(format!("recover on {chosen_name}: {}", out.describe()));
+    }
+    eprintln!("{}", out.stdout);
+    let out = node_cmd(c, other, &[&["recover"][..], &flags, &["--follow", &chosen_name]].concat());
+    if !out.success() || !out.stdout.contains("done: this node's old store is in") {
+        c.fail(format!("recover --follow on {}: {}", c.name(other), out.describe()));
+    }
+    (chosen, other)
 }
 
 #[test]
@@ -108,36 +144,8 @@ fn recover_without_quorum_from_the_most_advanced_survivor() {
         ));
     }
 
-    // Pick the survivor with the highest last log id.
-    let mut seen = Vec::new();
-    for id in [dr1, dr2] {
-        let out = node_cmd(&c, id, &["inspect"]);
-        match last_log_id(&out) {
-            Some(last) if out.success() => seen.push((last, id)),
-            _ => c.fail(format!("inspect on {}: {}", c.name(id), out.describe())),
-        }
-    }
-    seen.sort();
-    let (chosen, other) = (seen[1].1, seen[0].1);
+    let (chosen, other) = recover_from_the_most_advanced(&mut c, [dr1, dr2]);
     let chosen_name = c.name(chosen).to_owned();
-    eprintln!("inspect: {seen:?}; recovering from {chosen_name}");
-
-    let flags = ["--survivors", "dr-1,dr-2", "--confirm-lost", "prod-1,prod-2,witness"];
-    let dry = node_cmd(&c, chosen, &[&["recover", "--dry-run"][..], &flags].concat());
-    if !dry.success() || !dry.stdout.contains("RECOVERY WITHOUT QUORUM") {
-        c.fail(format!("recover --dry-run: {}", dry.describe()));
-    }
-    let out = node_cmd(&c, chosen, &[&["recover"][..], &flags].concat());
-    if !out.success() || !out.stdout.contains("done: generation 1 written") {
-        c.fail(format!("recover on {chosen_name}: {}", out.describe()));
-    }
-    eprintln!("{}", out.stdout);
-    let out =
-        node_cmd(&c, other, &[&["recover"][..], &flags, &["--follow", &chosen_name]].concat());
-    if !out.success() || !out.stdout.contains("done: this node's old store is in") {
-        c.fail(format!("recover --follow on {}: {}", c.name(other), out.describe()));
-    }
-
     c.start_node(chosen);
     c.start_node(other);
     c.wait_for("a note to commit in the new generation", WRITE_TIMEOUT, |c| {
@@ -235,4 +243,30 @@ fn recover_without_quorum_from_the_most_advanced_survivor() {
     c.wait_for("a note to commit with prod-1 back", WRITE_TIMEOUT, |c| {
         c.note_add("prod-1 is back")
     });
+}
+
+/// After the recovery the two dr nodes are a majority of the voters, so detection works again:
+/// with prod's application gone too, the service fails over to dr automatically.
+#[test]
+fn after_recovery_dr_fails_the_service_over_on_its_own() {
+    let mut r = Rig::loopback("after_recovery_dr_fails_the_service_over_on_its_own");
+    r.start_app("prod", "initial deployment");
+    r.apply_failover_spec();
+    r.wait_protecting_with_prod_up(Duration::from_secs(30));
+    let [prod1, prod2, dr1, dr2, witness] =
+        ["prod-1", "prod-2", "dr-1", "dr-2", "witness"].map(|n| r.c.id_of(n));
+    // The prod site (controllers and application) and the witness are lost together.
+    for id in [prod1, prod2, witness] {
+        r.c.kill_9(id);
+    }
+    r.apps.stop("prod", "the prod site is lost");
+    for id in [dr1, dr2] {
+        r.c.terminate(id);
+    }
+    let (chosen, other) = recover_from_the_most_advanced(&mut r.c, [dr1, dr2]);
+    r.c.start_node(chosen);
+    r.c.start_node(other);
+    r.talk_to(Some(vec![dr1, dr2]));
+    let v = r.wait_failed_over_to_dr(FAILOVER_TIMEOUT);
+    eprintln!("after recovery: {v}");
 }
