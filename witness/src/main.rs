@@ -22,6 +22,11 @@ enum Cmd {
     Run(cli::RunArgs),
     /// Check a node.toml and its TLS files without starting anything; exit code 2 if invalid.
     CheckConfig(cli::DaemonArgs),
+    /// Print what the stopped witness's data store holds (last log id, vote, membership).
+    Inspect(cli::DaemonArgs),
+    /// DANGER: on a stopped surviving witness of a cluster that lost its quorum for good,
+    /// start a new generation with only the survivors as voters (see drover-node recover).
+    Recover(cli::RecoverArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,5 +39,7 @@ fn main() -> ExitCode {
             Some(1),
         ),
         Cmd::CheckConfig(a) => cli::check_config(&a.config, a.insecure_dev, Some(Role::Witness)),
+        Cmd::Inspect(a) => drover::runtime::recover::inspect(&a, Some(Role::Witness)),
+        Cmd::Recover(a) => drover::runtime::recover::recover(&a, Some(Role::Witness)),
     }
 }

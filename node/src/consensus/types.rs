@@ -7,6 +7,7 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 pub use super::state::control::ControlRequest;
+pub use super::state::Recovery;
 
 /// A member's id: stable for the member's lifetime, never reused.
 pub type NodeId = u64;
@@ -107,6 +108,10 @@ pub enum Request {
     },
     /// A change to the failover machinery: spec, workflows, operator decisions.
     Control(ControlRequest),
+    /// A recovery without quorum (`drover-node recover`). Never proposed: the recover command
+    /// writes it into the chosen survivor's log right after the membership entry that starts
+    /// the new generation, and applying it records the recovery in the history.
+    Recovery(Recovery),
 }
 
 /// What applying an entry answers to its proposer.

@@ -35,6 +35,31 @@ pub struct RunArgs {
     pub rejoin: bool,
 }
 
+/// The arguments `recover` takes (see `runtime::recover` and docs/operations.md,
+/// "Recovering without quorum").
+#[derive(Debug, clap::Args)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// The members that survive, by name, comma-separated (e.g. dr-1,dr-2): the only voters
+    /// of the new generation. Must include this node.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub survivors: Vec<String>,
+    /// Every other voter of the current membership, by name, comma-separated. Naming them
+    /// confirms that each is fenced or gone for good: powered off or cut off, and its data dir
+    /// wiped before it ever starts again.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub confirm_lost: Vec<String>,
+    /// On every other survivor: the survivor 'recover' ran on without --follow. This node's
+    /// store is put aside and it starts empty (keeping its vote), to receive that survivor's
+    /// log.
+    #[arg(long)]
+    pub follow: Option<String>,
+    /// Check everything and print what would be done, but write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// Exit code for bad input: config, TLS files, flags.
 pub const EXIT_BAD_INPUT: u8 = 2;
 
@@ -170,7 +195,7 @@ pub fn check_config(path: &Path, insecure_dev: bool, required_role: Option<Role>
     ExitCode::SUCCESS
 }
 
-fn bad_input(msg: &str) -> ExitCode {
+pub(crate) fn bad_input(msg: &str) -> ExitCode {
     eprintln!("error: {msg}");
     ExitCode::from(EXIT_BAD_INPUT)
 }

@@ -23,6 +23,7 @@ pub mod durability;
 pub mod election;
 pub mod fence_test;
 pub mod presence;
+pub mod recover;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -20,6 +20,13 @@ enum Cmd {
     Run(cli::RunArgs),
     /// Check a node.toml and its TLS files without starting anything; exit code 2 if invalid.
     CheckConfig(cli::DaemonArgs),
+    /// Print what a stopped node's data store holds (last log id, vote, membership), to choose
+    /// the survivor to recover from.
+    Inspect(cli::DaemonArgs),
+    /// DANGER: on a stopped survivor of a cluster that lost its quorum for good, start a new
+    /// generation with only the survivors as voters (docs/operations.md, "Recovering without
+    /// quorum").
+    Recover(cli::RecoverArgs),
     /// Start a local 5-node cluster (2 prod, 2 dr, 1 witness) on 127.0.0.x with a small
     /// application per site, stop the prod application and watch drover fail it over to dr.
     Demo {
@@ -54,6 +61,8 @@ fn main() -> ExitCode {
             None,
         ),
         Cmd::CheckConfig(a) => cli::check_config(&a.config, a.insecure_dev, None),
+        Cmd::Inspect(a) => drover::runtime::recover::inspect(&a, None),
+        Cmd::Recover(a) => drover::runtime::recover::recover(&a, None),
         Cmd::Demo { keep, runs, default_policy } => demo::run(keep, runs, default_policy),
         Cmd::DemoApp { listen, site } => demo::app(listen, site),
     }

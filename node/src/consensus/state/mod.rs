@@ -5,7 +5,8 @@
 //! the result themselves.
 //!
 //! Two parts: the append-only history (here) and the failover control state ([`control`]):
-//! the spec, and per service its active site, epoch, lease, phase and workflow.
+//! the spec, and per service its active site, epoch, lease, phase and workflow. Beside them,
+//! the cluster's generation: how many times it was recovered without quorum ([`Recovery`]).
 
 pub mod control;
 
@@ -32,7 +33,7 @@ pub struct HistoryRecord {
     pub at_unix_ms: i64,
     /// Who: an operator name or a node name.
     pub author: String,
-    /// What kind of record: `note` so far.
+    /// What kind of record: `note`, `recovery`, or a failover record's kind.
     pub kind: String,
     /// What happened, in words.
     pub text: String,
@@ -48,6 +49,53 @@ pub struct ClusterState {
     /// The spec and the per-service failover state.
     #[serde(default)]
     pub control: control::ControlState,
+    /// How many times the cluster was recovered without quorum: 0 as bootstrapped, then the
+    /// generation of the newest applied [`Recovery`].
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// What `drover-node recover` did, as the history keeps it: a new generation of the cluster
+/// started from one survivor's log, with only the survivors as voters, after the operator
+/// confirmed the other voters lost. See `runtime::recover` for the procedure and why it is
+/// safe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// The new generation (1 for the first recovery).
+    pub generation: u64,
+    /// The term the new generation starts in.
+    pub term: u64,
+    /// Who ran the command (the operating-system user).
+    pub by: String,
+    /// The member it ran on, whose log the new generation continues.
+    pub node: String,
+    /// Where that log ended before the recovery, as `term-index` (`none` for an empty log).
+    pub from_log: String,
+    /// The voters of the new generation, by name.
+    pub survivors: Vec<String>,
+    /// The voters the operator confirmed lost (fenced or gone), removed from the membership.
+    pub lost: Vec<String>,
+    /// When it ran, ms since the Unix epoch (display only).
+    pub at_unix_ms: i64,
+}
+
+impl Recovery {
+    /// The history text.
+    pub fn describe(&self) -> String {
+        format!(
+            "recovered without quorum on {} by {}: generation {} continues {}'s log (which \
+             ended at {}) in term {}; voters now {}; confirmed lost and removed: {} (they rejoin \
+             with a wiped data dir: 'run --rejoin', then 'droverctl member add')",
+            self.node,
+            self.by,
+            self.generation,
+            self.node,
+            self.from_log,
+            self.term,
+            self.survivors.join(", "),
+            self.lost.join(", ")
+        )
+    }
 }
 
 /// What one apply did to the history, so a store can persist just the difference.
@@ -61,6 +109,8 @@ pub struct Applied {
     pub dropped_seqs: Vec<u64>,
     /// Whether [`ClusterState::control`] changed (the store then persists it).
     pub control_changed: bool,
+    /// Whether [`ClusterState::generation`] changed (the store then persists it).
+    pub generation_changed: bool,
 }
 
 impl ClusterState {
@@ -94,6 +144,17 @@ impl ClusterState {
                 applied.response.rejected = outcome.rejected;
                 applied.response.spec_version = self.control.spec.as_ref().map(|s| s.version);
                 applied.control_changed = outcome.changed;
+                applied
+            }
+            Request::Recovery(r) => {
+                let mut applied =
+                    self.record(log_index, r.at_unix_ms, &r.by, "recovery", &r.describe());
+                applied.response.history_seq = applied.appended.as_ref().map(|r| r.seq);
+                // Generations only grow; a record naming an older one still goes in the history.
+                if r.generation > self.generation {
+                    self.generation = r.generation;
+                    applied.generation_changed = true;
+                }
                 applied
             }
         }
@@ -131,6 +192,7 @@ impl ClusterState {
             appended: Some(record),
             dropped_seqs,
             control_changed: false,
+            generation_changed: false,
         }
     }
 
@@ -191,6 +253,33 @@ mod tests {
         let applied = s.apply(1, &note(&long));
         let text = applied.appended.unwrap().text;
         assert!(text.len() <= MAX_NOTE_BYTES);
+    }
+
+    #[test]
+    fn a_recovery_is_recorded_and_raises_the_generation() {
+        let mut s = ClusterState::default();
+        let recovery = Recovery {
+            generation: 1,
+            term: 2003,
+            by: "alice".into(),
+            node: "dr-1".into(),
+            from_log: "3-57".into(),
+            survivors: vec!["dr-1".into(), "dr-2".into()],
+            lost: vec!["prod-1".into(), "prod-2".into(), "witness".into()],
+            at_unix_ms: 1,
+        };
+        let applied = s.apply(59, &Request::Recovery(recovery.clone()));
+        let record = applied.appended.expect("a history record");
+        assert_eq!((record.kind.as_str(), record.author.as_str()), ("recovery", "alice"));
+        assert!(record.text.contains("on dr-1"), "{}", record.text);
+        assert!(record.text.contains("voters now dr-1, dr-2"), "{}", record.text);
+        assert!(record.text.contains("prod-1, prod-2, witness"), "{}", record.text);
+        assert!(applied.generation_changed);
+        assert_eq!(s.generation, 1);
+        // An older generation never lowers it.
+        let applied = s.apply(60, &Request::Recovery(Recovery { generation: 0, ..recovery }));
+        assert!(!applied.generation_changed);
+        assert_eq!(s.generation, 1);
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl LogReader {
 }
 
 /// Decodes the entry stored at `index`, checking it is the entry for that index.
-fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, DbError> {
+pub(super) fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, DbError> {
     let entry: Entry = decode(bytes, format_args!("log entry at index {index}"))?;
     if entry.log_id.index != index {
         return Err(DbError::Invalid(format!(

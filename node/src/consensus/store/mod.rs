@@ -29,6 +29,7 @@
 
 mod frame;
 mod log_store;
+pub mod offline;
 mod state_machine;
 #[cfg(test)]
 mod tests;
@@ -54,7 +55,8 @@ pub const DB_FILE_NAME: &str = "drover.redb";
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// Log-side metadata: [`KEY_VOTE`], [`KEY_COMMITTED`], [`KEY_LAST_PURGED`].
 const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("log_meta");
-/// State-machine metadata: [`KEY_LAST_APPLIED`], [`KEY_LAST_MEMBERSHIP`], [`KEY_LAST_SEQ`].
+/// State-machine metadata: [`KEY_LAST_APPLIED`], [`KEY_LAST_MEMBERSHIP`], [`KEY_LAST_SEQ`],
+/// [`KEY_CONTROL`], [`KEY_GENERATION`].
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 /// Replicated history: seq -> JSON `HistoryRecord`.
 const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
@@ -73,6 +75,8 @@ const KEY_LAST_MEMBERSHIP: &str = "last_membership";
 const KEY_LAST_SEQ: &str = "last_seq";
 /// The failover control state (spec, services), persisted whole: it is small.
 const KEY_CONTROL: &str = "control";
+/// The cluster's generation (how many recoveries without quorum it went through).
+const KEY_GENERATION: &str = "generation";
 const KEY_SNAPSHOT_META: &str = "meta";
 const KEY_SNAPSHOT_DATA: &str = "data";
 const KEY_SNAPSHOT_COUNTER: &str = "counter";

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     decode, decode_json, encode, frame, get_json, put_json, unframe, DbError, ToStorageError,
-    HISTORY, KEY_CONTROL, KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP, KEY_LAST_SEQ,
+    HISTORY, KEY_CONTROL, KEY_GENERATION, KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP, KEY_LAST_SEQ,
     KEY_SNAPSHOT_COUNTER, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SM_META, SNAPSHOT,
 };
 use crate::consensus::state::{ClusterState, HistoryRecord};
@@ -71,10 +71,11 @@ pub(super) fn load(db: &Database) -> Result<SmState, DbError> {
         history.push_back(record);
     }
     let control = get_json(&meta, KEY_CONTROL)?.unwrap_or_default();
+    let generation = get_json(&meta, KEY_GENERATION)?.unwrap_or(0);
     Ok(SmState {
         last_applied,
         last_membership,
-        cluster: ClusterState { history, last_seq, control },
+        cluster: ClusterState { history, last_seq, control, generation },
     })
 }
 
@@ -119,6 +120,8 @@ enum HistoryChange {
     Drop(u64),
     /// The control state changed; publish the working copy's.
     Control,
+    /// The generation changed; publish the working copy's.
+    Generation,
 }
 
 /// The durable state machine (openraft's `RaftStateMachine`).
@@ -173,6 +176,9 @@ impl StateMachine {
                         if applied.control_changed {
                             changes.push(HistoryChange::Control);
                         }
+                        if applied.generation_changed {
+                            changes.push(HistoryChange::Generation);
+                        }
                         applied.response
                     }
                     EntryPayload::Membership(m) => {
@@ -190,6 +196,9 @@ impl StateMachine {
             if changes.iter().any(|c| matches!(c, HistoryChange::Control)) {
                 put_json(&mut meta, KEY_CONTROL, &self.working.cluster.control)?;
             }
+            if changes.iter().any(|c| matches!(c, HistoryChange::Generation)) {
+                put_json(&mut meta, KEY_GENERATION, &self.working.cluster.generation)?;
+            }
         }
         txn.commit()?;
         Ok((responses, changes))
@@ -204,6 +213,9 @@ impl StateMachine {
                     HistoryChange::Append(record) => shared.cluster.history.push_back(record),
                     HistoryChange::Control => {
                         shared.cluster.control = working.cluster.control.clone();
+                    }
+                    HistoryChange::Generation => {
+                        shared.cluster.generation = working.cluster.generation;
                     }
                     HistoryChange::Drop(seq) => {
                         let dropped = shared.cluster.history.pop_front().map(|r| r.seq);
@@ -244,6 +256,7 @@ impl StateMachine {
             put_json(&mut sm_meta, KEY_LAST_MEMBERSHIP, &payload.last_membership)?;
             put_json(&mut sm_meta, KEY_LAST_SEQ, &payload.state.last_seq)?;
             put_json(&mut sm_meta, KEY_CONTROL, &payload.state.control)?;
+            put_json(&mut sm_meta, KEY_GENERATION, &payload.state.generation)?;
             let mut snapshot = txn.open_table(SNAPSHOT)?;
             put_json(&mut snapshot, KEY_SNAPSHOT_META, meta)?;
             snapshot.insert(KEY_SNAPSHOT_DATA, frame::seal(data).as_slice())?;

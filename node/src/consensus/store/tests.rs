@@ -420,3 +420,57 @@ async fn a_store_is_pristine_until_it_holds_raft_state() -> Result<(), StorageEr
     assert!(!is_pristine(&log).expect("read"), "the vote survives a restart");
     Ok(())
 }
+
+fn recovery(term: u64, index: u64, generation: u64) -> Entry {
+    let record = crate::consensus::state::Recovery {
+        generation,
+        term,
+        by: "op".into(),
+        node: "prod-1".into(),
+        from_log: "1-4".into(),
+        survivors: vec!["prod-1".into()],
+        lost: vec!["dr-1".into()],
+        at_unix_ms: 1,
+    };
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Request::Recovery(record)) }
+}
+
+#[tokio::test]
+async fn the_offline_summary_sees_what_the_log_holds_beyond_what_was_applied(
+) -> Result<(), StorageError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let entries = sample_entries();
+    {
+        let (mut log, mut sm) = open_dir(&dir);
+        log.blocking_append(entries.clone()).await?;
+        log.save_vote(&Vote::new_committed(2, 1)).await?;
+        sm.apply(entries[..4].to_vec()).await?;
+        let s = offline::summarize(&log).expect("summary");
+        assert_eq!(s.last_log_id, Some(log_id(2, 5)));
+        assert_eq!(s.last_applied, Some(log_id(1, 4)));
+        assert_eq!(s.vote, Some(Vote::new_committed(2, 1)));
+        assert_eq!(s.membership, StoredMembership::new(Some(log_id(1, 2)), members()));
+        assert_eq!(s.generation, 0);
+        // A recovery written offline: the new membership and the record count before they
+        // are applied, as openraft counts an unapplied membership entry.
+        let written = [membership(2002, 6), recovery(2002, 7, 1)];
+        offline::write_recovery(&log, &written, &Vote::new_committed(2002, 1)).expect("write");
+        let s = offline::summarize(&log).expect("summary");
+        assert_eq!(s.last_log_id, Some(log_id(2002, 7)));
+        assert_eq!(s.membership.log_id(), &Some(log_id(2002, 6)));
+        assert_eq!(s.generation, 1);
+        assert_eq!(log.read_vote().await?, Some(Vote::new_committed(2002, 1)));
+        let rest = log.try_get_log_entries(5..).await?;
+        assert_eq!(rest.len(), 3);
+        sm.apply(rest).await?;
+        assert_eq!(sm.state_handle().read(|s| s.generation), 1);
+    }
+    // Applied, the generation is persisted with the state.
+    let (log, sm) = open_dir(&dir);
+    assert_eq!(
+        sm.state_handle().read(|s| (s.generation, s.history.back().map(|r| r.kind.clone()))),
+        (1, Some("recovery".to_string()))
+    );
+    assert_eq!(offline::summarize(&log).expect("summary").generation, 1);
+    Ok(())
+}
