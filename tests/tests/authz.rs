@@ -215,6 +215,7 @@ fn call(r: &Rogue, method: &str, me: NodeId) -> Result<(), Status> {
                 service: "none".into(),
                 action: "no-such-action".into(),
                 author: String::new(),
+                ..Default::default()
             };
             r.call(|ch| async move { A::new(ch).service_action(req).await }).map(ok)
         }
