@@ -3,11 +3,13 @@
 //!
 //! ```text
 //! <dir>/app.sh start|stop SITE [WHY]     the runbook (idempotent, as steps must be)
+//! <dir>/app.sh note SITE WHY             a runbook step that only leaves a ledger line
 //! <dir>/ledger.txt                       one line per call:
 //!     <unix ms> <site> <start|stop>[ (<why>)] epoch=<DROVER_EPOCH|none> by=<node name|harness>
 //! <dir>/app-<site>.pid, app-<site>.log   the running application of a site
 //! <dir>/app-pids                         every application pid ever started (for cleanup)
 //! <dir>/slow-start-<site>                if present: `start` first sleeps this many seconds
+//! <dir>/fail-start-<site>                if present: `start` fails (exit 1, no ledger line)
 //! ```
 //!
 //! The application is `drover-node demo-app --listen ADDR --site SITE` (answers GET /healthz
@@ -112,6 +114,7 @@ running() {{
 case $action in
 start)
   if [ -f "$dir/slow-start-$site" ]; then sleep "$(cat "$dir/slow-start-$site")"; fi
+  if [ -f "$dir/fail-start-$site" ]; then echo "start of $site refused by fail-start-$site" >&2; exit 1; fi
   if ! running; then
     nohup '{exe}' demo-app --listen "$addr" --site "$site" >>"$dir/app-$site.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
@@ -124,7 +127,8 @@ stop)
     if running; then kill -9 "$(cat "$pidfile")"; fi
   fi
   rm -f "$pidfile" ;;
-*) echo "usage: app.sh start|stop SITE [WHY]" >&2; exit 2 ;;
+note) ;;
+*) echo "usage: app.sh start|stop|note SITE [WHY]" >&2; exit 2 ;;
 esac
 echo "$(date +%s%3N) $site $action${{why:+ ($why)}} epoch=${{DROVER_EPOCH:-none}} by=${{DROVER_TEST_NODE:-harness}}" >>"$dir/ledger.txt"
 "#,
@@ -350,6 +354,62 @@ name = "webshop"
 initial_active = "prod"
 {checks}"#
     )
+}
+
+/// The spec of the operator workflow tests: [`failover_spec`] plus, on both sites, the
+/// runbooks a pair needs to move both ways: prod activate and verify, a deactivate runbook
+/// per site (`stop SITE switchover`), dr fence and on_lease_lost, and a reprotect runbook per
+/// site (`note SITE reprotect`).
+pub fn lifecycle_spec(apps: &Apps) -> String {
+    let script = apps.script();
+    let script = script.display();
+    let mut text = failover_spec(apps);
+    for site in ["prod", "dr"] {
+        text += &format!(
+            r#"
+  [[service.runbook.{site}.deactivate]]
+  kind = "exec"
+  run_on = "{site}"
+  command = ["{script}", "stop", "{site}", "switchover"]
+  timeout = "10s"
+
+  [[service.runbook.{site}.reprotect]]
+  kind = "exec"
+  run_on = "{site}"
+  command = ["{script}", "note", "{site}", "reprotect"]
+  timeout = "5s"
+"#
+        );
+    }
+    text += &format!(
+        r#"
+  [[service.runbook.prod.activate]]
+  kind = "exec"
+  run_on = "prod"
+  command = ["{script}", "start", "prod"]
+  timeout = "10s"
+  retries = 1
+
+  [[service.runbook.prod.verify]]
+  kind = "probe"
+  checks = "prod"
+  timeout = "20s"
+
+  [[service.runbook.dr.fence]]
+  kind = "exec"
+  run_on = "dr"
+  command = ["{script}", "stop", "dr", "fence"]
+  timeout = "3s"
+  on_failure = "continue"
+
+  [[service.runbook.dr.on_lease_lost]]
+  kind = "exec"
+  run_on = "dr"
+  command = ["{script}", "stop", "dr", "lease lost"]
+  timeout = "2s"
+"#
+    );
+    text
 }
 
 /// The cluster spec of the failover tests: [`failover_spec_head`] and runbooks, all through

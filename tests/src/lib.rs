@@ -35,7 +35,7 @@ mod rig;
 pub mod rogue;
 pub mod servers;
 
-pub use app::{failover_spec, failover_spec_head, AppSite, Apps, LedgerLine};
+pub use app::{failover_spec, failover_spec_head, lifecycle_spec, AppSite, Apps, LedgerLine};
 pub use bins::{bins, workspace_root, Bins};
 pub use cluster::{Cluster, ClusterBuilder, NodeId, Role, NETNS_GRPC_PORT, NETNS_HTTP_PORT};
 pub use http::{http_get, parse_metrics, Metrics};

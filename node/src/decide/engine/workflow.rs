@@ -284,7 +284,7 @@ fn advance(
     match mine.progress.clone() {
         Progress::Rerouting { .. } => {}
         Progress::Started | Progress::Evaluating { .. } => {
-            let back = matches!(step.stage, Stage::Restore | Stage::Undo);
+            let (from, to) = wf.step_sites(mine.step);
             let deadline = now + action.timeout + params.step_result_grace;
             mine.progress = Progress::Dispatched { deadline };
             sink.out.push(Command::RunStep(StepDispatch {
@@ -295,9 +295,8 @@ fn advance(
                 executor: mine.executor,
                 action: action.clone(),
                 epoch: wf.epoch,
-                // On a switchover's way back (undo, restore) the old site takes the service.
-                from_site: if back { wf.to.clone() } else { wf.from.clone() },
-                to_site: if back { wf.from.clone() } else { wf.to.clone() },
+                from_site: from.to_string(),
+                to_site: to.to_string(),
                 deadline,
             }));
         }

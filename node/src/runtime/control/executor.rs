@@ -47,7 +47,8 @@ pub(super) async fn run_for_leader(ctx: &ControlCtx, r: pb::RunStepRequest) -> p
             let st = s.control.services.get(&r.service)?;
             let wf = st.workflow.as_ref().filter(|w| w.id == r.workflow_id)?;
             let step = wf.steps.get(r.step as usize);
-            let sites = (wf.from.clone(), wf.to.clone());
+            let (from, to) = wf.step_sites(r.step as usize);
+            let sites = (from.to_string(), to.to_string());
             Some((st.epoch, step.map(|x| (x.status.clone(), x.action.clone(), sites))))
         });
         let verdict = match seen {

@@ -444,6 +444,16 @@ impl Workflow {
         stop.peek().is_some() && stop.all(|s| matches!(s.status, StepStatus::Succeeded { .. }))
     }
 
+    /// The (from, to) sites step `i` runs with (`DROVER_FROM_SITE`, `DROVER_TO_SITE`): the
+    /// workflow's, except on a switchover's way back (undo, restore), where the old site is
+    /// the one taking the service.
+    pub fn step_sites(&self, i: usize) -> (&str, &str) {
+        match self.steps.get(i).map(|s| s.stage) {
+            Some(Stage::Undo | Stage::Restore) => (&self.to, &self.from),
+            _ => (&self.from, &self.to),
+        }
+    }
+
     /// True once the lease wait succeeded (the new site was granted the lease).
     pub fn lease_granted(&self) -> bool {
         self.steps.iter().any(|s| {
