@@ -94,7 +94,7 @@ const WHO: [Who; 7] = [
 fn allowed(method: &str, who: Who) -> bool {
     let peer = method.starts_with("/drover.v1.Raft/") || method.starts_with("/drover.v1.Control/");
     let need = match method.rsplit('/').next().unwrap_or_default() {
-        "Status" | "History" | "ConfigShow" | "ConfigDiff" => 1,
+        "Status" | "History" | "ConfigShow" | "ConfigDiff" | "Plan" => 1,
         "AddNote" | "ServiceAction" | "FenceTest" => 2,
         "ConfigApply" | "AddMember" | "PromoteMember" | "RemoveMember" => 3,
         _ => 0,
@@ -195,7 +195,9 @@ fn call(r: &Rogue, method: &str, me: NodeId) -> Result<(), Status> {
             .map(ok),
         "/drover.v1.Admin/History" => r
             .call(|ch| async move {
-                A::new(ch).history(pb::HistoryRequest { after_seq: 0, limit: 1 }).await
+                A::new(ch)
+                    .history(pb::HistoryRequest { after_seq: 0, limit: 1, ..Default::default() })
+                    .await
             })
             .map(ok),
         "/drover.v1.Admin/ConfigShow" => r
@@ -218,6 +220,11 @@ fn call(r: &Rogue, method: &str, me: NodeId) -> Result<(), Status> {
                 ..Default::default()
             };
             r.call(|ch| async move { A::new(ch).service_action(req).await }).map(ok)
+        }
+        "/drover.v1.Admin/Plan" => {
+            let req =
+                pb::PlanRequest { service: "none".into(), to: "dr".into(), switchover: false };
+            r.call(|ch| async move { A::new(ch).plan(req).await }).map(ok)
         }
         "/drover.v1.Admin/FenceTest" => {
             let req = pb::FenceTestRequest { site: "Not A Site".into() };
@@ -543,6 +550,22 @@ fn droverctl_with_a_node_certificate_or_another_author_is_refused() {
     }
     let out = as_cert(&c, "viewer", &["note", "add", "from a viewer"]);
     expect_refused(&mut problems, "note add as viewer", &out, "role operator");
+    // Every workflow a viewer might try names the operator role it needs.
+    for args in [
+        &["switchover", "webshop", "--to", "dr"][..],
+        &["failover", "webshop", "--to", "dr", "--reason", "viewer"][..],
+        &["reprotect", "webshop"][..],
+        &["pause", "webshop", "--reason", "viewer"][..],
+        &["resume", "webshop"][..],
+    ] {
+        let out = as_cert(&c, "viewer", args);
+        expect_refused(
+            &mut problems,
+            &format!("{} as viewer", args.join(" ")),
+            &out,
+            "role operator",
+        );
+    }
     let out = as_cert(&c, "operator", &["config", "apply", "-f", &spec]);
     expect_refused(&mut problems, "config apply as operator", &out, "role admin");
     // The author is the certificate's user: another name is refused, none is the user.

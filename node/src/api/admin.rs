@@ -492,6 +492,79 @@ impl Admin for AdminService {
         Ok(Response::new(reply))
     }
 
+    async fn plan(&self, req: Request<pb::PlanRequest>) -> Result<Response<pb::PlanReply>, Status> {
+        // The gates are the leader's (its detector and readiness reports).
+        self.require_leader().await?;
+        let req = req.into_inner();
+        let members: std::collections::BTreeMap<NodeId, Member> = {
+            let m = self.node.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().nodes().map(|(i, n)| (*i, n.clone())).collect()
+        };
+        let gates = self
+            .node
+            .gates
+            .read()
+            .ok()
+            .and_then(|g| g.get(&req.service).and_then(|by| by.get(&req.to)).cloned());
+        let run = self.node.state.read(|s| {
+            let spec = &s.control.spec.as_ref()?.spec;
+            let state = s.control.services.get(&req.service)?;
+            Some(crate::decide::dry_run::dry_run(
+                spec,
+                state,
+                &req.service,
+                &req.to,
+                req.switchover,
+                gates,
+                &members,
+            ))
+        });
+        let d = match run {
+            None => {
+                return Err(Status::not_found(format!(
+                    "no service named {:?}; see 'droverctl status'",
+                    req.service
+                )))
+            }
+            Some(Err(e)) => return Err(Status::invalid_argument(e)),
+            Some(Ok(d)) => d,
+        };
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        Ok(Response::new(pb::PlanReply {
+            kind: d.kind.to_string(),
+            from_site: d.from.clone(),
+            to_site: d.to.clone(),
+            epoch: d.epoch,
+            would_start: d.would_start(),
+            gates: d
+                .gates
+                .iter()
+                .map(|g| pb::PlanGate {
+                    name: g.name.clone(),
+                    passed: g.passed,
+                    detail: g.detail.clone(),
+                })
+                .collect(),
+            steps: d
+                .steps
+                .iter()
+                .map(|s| pb::PlanStep {
+                    stage: s.stage.clone(),
+                    site: s.site.clone(),
+                    kind: s.kind.clone(),
+                    runs_on: s.runs_on.clone(),
+                    timeout_ms: ms(s.timeout),
+                    retries: s.retries,
+                    on_failure: s.on_failure.clone(),
+                    worst_case_ms: ms(s.worst_case),
+                })
+                .collect(),
+            safe_wait_ms: ms(d.safe_wait),
+            worst_case_ms: ms(d.worst_case),
+        }))
+    }
+
     async fn fence_test(
         &self,
         req: Request<pb::FenceTestRequest>,
@@ -530,8 +603,15 @@ impl Admin for AdminService {
             0 => MAX_HISTORY_PAGE,
             n => (n as usize).min(MAX_HISTORY_PAGE),
         };
-        let (first_seq, records) =
-            self.node.state.read(|s| (s.first_seq(), s.history_after(req.after_seq, limit)));
+        let keep = |r: &crate::consensus::state::HistoryRecord| {
+            (req.service.is_empty() || r.service == req.service)
+                && r.at_unix_ms >= req.since_unix_ms
+                && (req.kinds.is_empty() || req.kinds.contains(&r.kind))
+        };
+        let (first_seq, records) = self
+            .node
+            .state
+            .read(|s| (s.first_seq(), s.history_matching(req.after_seq, limit, keep)));
         Ok(Response::new(pb::HistoryReply {
             records: records.iter().map(history_to_pb).collect(),
             first_seq,

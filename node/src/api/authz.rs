@@ -84,6 +84,7 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/drover.v1.Admin/History", Need::Role(AdminRole::Viewer)),
     ("/drover.v1.Admin/ConfigShow", Need::Role(AdminRole::Viewer)),
     ("/drover.v1.Admin/ConfigDiff", Need::Role(AdminRole::Viewer)),
+    ("/drover.v1.Admin/Plan", Need::Role(AdminRole::Viewer)),
     // Running workflows and deciding on them.
     ("/drover.v1.Admin/AddNote", Need::Role(AdminRole::Operator)),
     ("/drover.v1.Admin/ServiceAction", Need::Role(AdminRole::Operator)),

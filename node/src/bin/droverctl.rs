@@ -101,6 +101,15 @@ enum Cmd {
     Note(NoteCmd),
     /// The replicated history (oldest first).
     History {
+        /// Only the records of this service.
+        service: Option<String>,
+        /// Only records of the last DURATION (e.g. 1h, 30m, 2d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only records of these kinds (repeat or comma-separate: failover, switchover,
+        /// reprotect, step, commit, resume, pause, ack, reactivate, spec, note, recovery).
+        #[arg(long, value_delimiter = ',')]
+        kind: Vec<String>,
         /// Only records after this sequence number.
         #[arg(long, default_value_t = 0)]
         after: u64,
@@ -184,6 +193,18 @@ enum Cmd {
         /// End the pause by itself after this long (e.g. 30m, 2h); default: until resumed.
         #[arg(long = "for", value_parser = humantime::parse_duration)]
         duration: Option<std::time::Duration>,
+    },
+    /// A dry run: the gates of a failover (or switchover) to SITE with their verdicts now,
+    /// every step, where it runs, its timeout and retries, and the worst-case time. Changes
+    /// nothing.
+    Plan {
+        service: String,
+        /// The site to activate.
+        #[arg(long)]
+        to: String,
+        /// Plan a planned switchover instead of a failover.
+        #[arg(long)]
+        switchover: bool,
     },
     /// Follow a service's workflow live until it ends; exit 0 on success, 1 on failure.
     Watch {
@@ -414,9 +435,23 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
                 out!("note #{} committed at log index {}", r.seq, r.log_index);
             }
         }
-        Cmd::History { after, limit } => {
-            let req = pb::HistoryRequest { after_seq: *after, limit: *limit };
-            let r = client.call(|mut c| async move { c.history(req).await }).await?;
+        Cmd::History { service, since, kind, after, limit } => {
+            let since_unix_ms = since.map_or(0, |d| {
+                drover::pb::unix_now_ms().saturating_sub(d.as_millis().min(i64::MAX as u128) as i64)
+            });
+            let req = pb::HistoryRequest {
+                after_seq: *after,
+                limit: *limit,
+                service: service.clone().unwrap_or_default(),
+                since_unix_ms,
+                kinds: kind.clone(),
+            };
+            let r = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.history(req).await }
+                })
+                .await?;
             if cli.json {
                 out!("{}", render::history_json(&r));
             } else {
@@ -552,6 +587,24 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
             service_action_req(client, req, cli.json).await?;
         }
         Cmd::Watch { service } => follow(client, service.clone(), None).await?,
+        Cmd::Plan { service, to, switchover } => {
+            let req = pb::PlanRequest {
+                service: service.clone(),
+                to: to.clone(),
+                switchover: *switchover,
+            };
+            let r = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.plan(req).await }
+                })
+                .await?;
+            if cli.json {
+                out!("{}", render::plan_json(&r));
+            } else {
+                out_raw!("{}", render::plan_table(service, &r));
+            }
+        }
         Cmd::Fence(FenceCmd::Test { site }) => fence_test(client, site, cli.json).await?,
         Cmd::Certs(_) => unreachable!("handled before connecting"),
     }

@@ -217,7 +217,7 @@ pub fn history_json(r: &pb::HistoryReply) -> Value {
         .iter()
         .map(|h| {
             json!({"seq": h.seq, "log_index": h.log_index, "at_unix_ms": h.at_unix_ms,
-                        "author": h.author, "kind": h.kind, "text": h.text})
+                        "author": h.author, "kind": h.kind, "text": h.text, "service": h.service})
         })
         .collect();
     json!({"first_seq": r.first_seq, "records": records})
@@ -306,5 +306,82 @@ pub fn table(rows: &[Vec<String>]) -> String {
             row.iter().enumerate().map(|(i, cell)| format!("{cell:<w$}", w = widths[i])).collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
+    out
+}
+
+/// `plan --json`: the reply as it is, with durations in milliseconds.
+pub fn plan_json(r: &pb::PlanReply) -> Value {
+    json!({
+        "kind": r.kind,
+        "from_site": r.from_site,
+        "to_site": r.to_site,
+        "epoch": r.epoch,
+        "would_start": r.would_start,
+        "gates": r.gates.iter().map(|g| json!({
+            "name": g.name, "passed": g.passed, "detail": g.detail,
+        })).collect::<Vec<_>>(),
+        "steps": r.steps.iter().map(|s| json!({
+            "stage": s.stage, "site": s.site, "kind": s.kind, "runs_on": s.runs_on,
+            "timeout_ms": s.timeout_ms, "retries": s.retries, "on_failure": s.on_failure,
+            "worst_case_ms": s.worst_case_ms,
+        })).collect::<Vec<_>>(),
+        "safe_wait_ms": r.safe_wait_ms,
+        "worst_case_ms": r.worst_case_ms,
+    })
+}
+
+/// `plan`: the gates, then the steps, then the time bound.
+pub fn plan_table(service: &str, r: &pb::PlanReply) -> String {
+    let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
+    let mut out = format!(
+        "{} of {service} from {} to {} (would be epoch {}), a dry run: nothing changes\n\ngates:\n",
+        r.kind, r.from_site, r.to_site, r.epoch
+    );
+    let mut rows = vec![vec!["".to_string(), "GATE".into(), "VERDICT".into()]];
+    for g in &r.gates {
+        let mark = if g.passed { "ok" } else { "NO" };
+        rows.push(vec![mark.to_string(), g.name.clone(), g.detail.clone()]);
+    }
+    out.push_str(&table(&rows));
+    out.push_str("\nsteps:\n");
+    let mut rows = vec![vec![
+        "#".to_string(),
+        "STAGE".into(),
+        "KIND".into(),
+        "SITE".into(),
+        "TIMEOUT".into(),
+        "RETRIES".into(),
+        "ON FAILURE".into(),
+        "WORST".into(),
+        "RUNS ON".into(),
+    ]];
+    for (i, s) in r.steps.iter().enumerate() {
+        rows.push(vec![
+            (i + 1).to_string(),
+            s.stage.clone(),
+            s.kind.clone(),
+            s.site.clone(),
+            if s.timeout_ms == 0 { "-".into() } else { secs(s.timeout_ms) },
+            s.retries.to_string(),
+            s.on_failure.clone(),
+            secs(s.worst_case_ms),
+            s.runs_on.clone(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out.push_str(&format!(
+        "\nworst case {} (every attempt timing out, and the lease wait of {} in full when the \
+         old site's stop is not confirmed)\n{}\n",
+        secs(r.worst_case_ms),
+        secs(r.safe_wait_ms),
+        if r.would_start {
+            format!(
+                "every gate passes: 'droverctl {} {service} --to {}' would start now",
+                r.kind, r.to_site
+            )
+        } else {
+            format!("a gate says no: the {} would be refused now", r.kind)
+        }
+    ));
     out
 }

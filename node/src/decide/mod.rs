@@ -38,6 +38,7 @@
 //! change), emitting [`Command`]s for the runtime to carry out (DESIGN.md 5).
 
 pub mod detect;
+pub mod dry_run;
 pub mod durability;
 pub mod election;
 pub mod engine;

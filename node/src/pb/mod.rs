@@ -163,6 +163,7 @@ pub fn history_to_pb(r: &HistoryRecord) -> pb::HistoryRecord {
         author: r.author.clone(),
         kind: r.kind.clone(),
         text: r.text.clone(),
+        service: r.service.clone(),
     }
 }
 

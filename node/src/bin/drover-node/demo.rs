@@ -666,9 +666,9 @@ async fn script(demo: &mut Demo, verbose: bool) -> Result<Timings, String> {
     let ledger = fs::read_to_string(demo.dir.join("ledger.txt")).unwrap_or_default();
     say!(verbose, "\nledger written by the runbook steps (ms timestamps, one clock):\n{ledger}");
     let h = all
-        .call(
-            |mut a| async move { a.history(pb::HistoryRequest { after_seq: 0, limit: 100 }).await },
-        )
+        .call(|mut a| async move {
+            a.history(pb::HistoryRequest { after_seq: 0, limit: 100, ..Default::default() }).await
+        })
         .await
         .map_err(|e| e.to_string())?;
     say!(verbose, "replicated history:");

@@ -37,6 +37,9 @@ pub struct HistoryRecord {
     pub kind: String,
     /// What happened, in words.
     pub text: String,
+    /// The service it concerns; empty for cluster-wide records (notes, specs, recoveries).
+    #[serde(default)]
+    pub service: String,
 }
 
 /// The application state every node converges to.
@@ -128,7 +131,7 @@ impl ClusterState {
         }
         match req {
             Request::Note { author, text, at_unix_ms } => {
-                let mut applied = self.record(log_index, *at_unix_ms, author, "note", text);
+                let mut applied = self.record(log_index, *at_unix_ms, author, "note", text, "");
                 applied.response.history_seq = applied.appended.as_ref().map(|r| r.seq);
                 applied
             }
@@ -136,7 +139,8 @@ impl ClusterState {
                 let outcome = self.control.apply(log_index, c);
                 let mut applied = match &outcome.record {
                     Some((kind, text)) => {
-                        self.record(log_index, c.at_unix_ms(), c.author(), kind, text)
+                        let service = c.service().unwrap_or_default();
+                        self.record(log_index, c.at_unix_ms(), c.author(), kind, text, service)
                     }
                     None => Applied::default(),
                 };
@@ -148,7 +152,7 @@ impl ClusterState {
             }
             Request::Recovery(r) => {
                 let mut applied =
-                    self.record(log_index, r.at_unix_ms, &r.by, "recovery", &r.describe());
+                    self.record(log_index, r.at_unix_ms, &r.by, "recovery", &r.describe(), "");
                 applied.response.history_seq = applied.appended.as_ref().map(|r| r.seq);
                 // Generations only grow; a record naming an older one still goes in the history.
                 if r.generation > self.generation {
@@ -168,6 +172,7 @@ impl ClusterState {
         author: &str,
         kind: &str,
         text: &str,
+        service: &str,
     ) -> Applied {
         let mut text = text.to_string();
         truncate_utf8(&mut text, MAX_NOTE_BYTES);
@@ -178,6 +183,7 @@ impl ClusterState {
             author: author.to_string(),
             kind: kind.to_string(),
             text,
+            service: service.to_string(),
         };
         self.last_seq = record.seq;
         self.history.push_back(record.clone());
@@ -204,6 +210,17 @@ impl ClusterState {
     /// Records with `seq > after_seq`, oldest first, at most `limit`.
     pub fn history_after(&self, after_seq: u64, limit: usize) -> Vec<HistoryRecord> {
         self.history.iter().filter(|r| r.seq > after_seq).take(limit).cloned().collect()
+    }
+
+    /// Like [`ClusterState::history_after`], keeping only the records `keep` accepts (the
+    /// limit counts kept records).
+    pub fn history_matching(
+        &self,
+        after_seq: u64,
+        limit: usize,
+        keep: impl Fn(&HistoryRecord) -> bool,
+    ) -> Vec<HistoryRecord> {
+        self.history.iter().filter(|r| r.seq > after_seq && keep(r)).take(limit).cloned().collect()
     }
 }
 

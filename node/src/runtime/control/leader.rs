@@ -216,20 +216,7 @@ fn publish_gates(ctx: &ControlCtx, eng: &Engine, obs: &Observation) {
 }
 
 fn service_of(req: &ControlRequest) -> String {
-    match req {
-        ControlRequest::ApplySpec { .. } => String::new(),
-        ControlRequest::StartFailover { service, .. }
-        | ControlRequest::StepStarted { service, .. }
-        | ControlRequest::StepFinished { service, .. }
-        | ControlRequest::Commit { service, .. }
-        | ControlRequest::Resume { service, .. }
-        | ControlRequest::StartReactivation { service, .. }
-        | ControlRequest::Ack { service, .. }
-        | ControlRequest::StartSwitchover { service, .. }
-        | ControlRequest::StartReprotect { service, .. }
-        | ControlRequest::Pause { service, .. }
-        | ControlRequest::PauseExpired { service, .. } => service.clone(),
-    }
+    req.service().unwrap_or_default().to_string()
 }
 
 fn propose(ctx: &ControlCtx, term: u64, req: ControlRequest) {

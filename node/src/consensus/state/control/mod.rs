@@ -804,6 +804,24 @@ impl ControlRequest {
         }
     }
 
+    /// The service it concerns (None for a spec).
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            ControlRequest::ApplySpec { .. } => None,
+            ControlRequest::StartFailover { service, .. }
+            | ControlRequest::StepStarted { service, .. }
+            | ControlRequest::StepFinished { service, .. }
+            | ControlRequest::Commit { service, .. }
+            | ControlRequest::Resume { service, .. }
+            | ControlRequest::StartReactivation { service, .. }
+            | ControlRequest::Ack { service, .. }
+            | ControlRequest::StartSwitchover { service, .. }
+            | ControlRequest::StartReprotect { service, .. }
+            | ControlRequest::Pause { service, .. }
+            | ControlRequest::PauseExpired { service, .. } => Some(service),
+        }
+    }
+
     /// The proposer's wall clock.
     pub fn at_unix_ms(&self) -> i64 {
         match self {
