@@ -79,6 +79,17 @@ fn history(r: &mut Rig) -> Vec<(String, String)> {
 #[test]
 fn switchover_and_failback_round_trip() {
     let mut r = rig("switchover_and_failback_round_trip");
+    // The dry run first: the gates pass, and it shows the plan without changing anything.
+    let (code, out, err) = ctl(&mut r, &["plan", "webshop", "--to", "dr", "--switchover"]);
+    for want in ["deactivate", "lease_wait", "activate", "every gate passes"] {
+        if code != Some(0) || !out.contains(want) {
+            r.fail(format!("plan should show {want:?}; exit {code:?}\n{out}\n{err}"));
+        }
+    }
+    let v = r.service().unwrap_or_else(|e| r.fail(e));
+    if v["epoch"] != 1 || v["phase"] != "protecting" {
+        r.fail(format!("plan must change nothing: {v}"));
+    }
     let (code, out, err) = ctl(&mut r, &["switchover", "webshop", "--to", "dr", "--wait"]);
     if code != Some(0) {
         r.fail(format!("switchover --wait exited {code:?}\nstdout: {out}\nstderr: {err}"));
@@ -110,6 +121,16 @@ fn switchover_and_failback_round_trip() {
     let start = line(&mut r, "prod", "start", None, 3);
     if stop.unix_ms >= start.unix_ms {
         r.fail(format!("dr must stop before prod starts: {:?} then {:?}", stop.raw, start.raw));
+    }
+    // The history filtered to this service's switchovers: exactly the two starts.
+    let h = r
+        .ctl_json(&["history", "webshop", "--kind", "switchover", "--since", "10m"])
+        .unwrap_or_else(|e| r.fail(e));
+    let recs = h["records"].as_array().cloned().unwrap_or_default();
+    if recs.len() != 2
+        || recs.iter().any(|x| x["kind"] != "switchover" || x["service"] != "webshop")
+    {
+        r.fail(format!("history webshop --kind switchover: {h}"));
     }
     // Each move is in the history under the operator's identity, not a node's.
     let h = history(&mut r);
