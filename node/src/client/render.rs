@@ -50,7 +50,7 @@ fn service_json(s: &pb::ServiceStatus) -> Value {
         s.own_sites.iter().map(|h| (h.site.clone(), Value::String(h.health.clone()))).collect();
     json!({"name": s.name, "active_site": s.active_site, "epoch": s.epoch, "phase": s.phase, "mode": s.mode,
            "lease_site": s.lease_site, "sites": sites, "own_view": own, "workflow": workflow,
-           "alert": alert})
+           "alert": alert, "primary": if s.primary.is_empty() { None } else { Some(&s.primary) }})
 }
 
 /// The services part of `droverctl status`.

@@ -56,12 +56,18 @@ pub fn view_to_pb(view: &ClusterView) -> pb::StatusReply {
 }
 
 fn service_to_pb(name: &str, s: &ServiceState, view: &ClusterView) -> pb::ServiceStatus {
-    let mode = match &s.mode {
-        Automation::Auto => "auto".to_string(),
-        Automation::Cooldown { until_unix_ms } => {
-            let until =
-                UNIX_EPOCH + std::time::Duration::from_millis((*until_unix_ms).max(0) as u64);
-            format!("cooldown until {}", humantime::format_rfc3339_seconds(until))
+    let at = |ms: i64| {
+        let t = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    let mode = match (&s.paused, &s.mode) {
+        (Some(p), _) => {
+            let until = p.until_unix_ms.map(|u| format!(" until {}", at(u))).unwrap_or_default();
+            format!("paused{until} by {}: {}", p.by, p.reason)
+        }
+        (None, Automation::Auto) => "auto".to_string(),
+        (None, Automation::Cooldown { until_unix_ms }) => {
+            format!("cooldown until {}", at(*until_unix_ms))
         }
     };
     let sites = view
@@ -78,6 +84,7 @@ fn service_to_pb(name: &str, s: &ServiceState, view: &ClusterView) -> pb::Servic
         active_site: s.active_site.clone(),
         epoch: s.epoch,
         phase: s.phase.as_str().to_string(),
+        primary: s.primary.clone().unwrap_or_default(),
         mode,
         lease_site: s.lease.as_ref().map(|l| l.site.clone()).unwrap_or_default(),
         sites,
