@@ -253,14 +253,41 @@ fn a_pause_holds_automatic_failover_and_its_expiry_rearms_it() {
 fn a_switchover_whose_new_site_fails_to_start_returns_to_prod() {
     let mut r = rig("a_switchover_whose_new_site_fails_to_start_returns_to_prod");
     std::fs::write(r.apps.dir().join("fail-start-dr"), "").unwrap_or_else(|e| r.fail(e));
-    let (code, out, err) = ctl(&mut r, &["switchover", "webshop", "--to", "dr", "--wait"]);
-    if code != Some(1) {
-        r.fail(format!(
-            "a failed switchover --wait must exit 1, got {code:?}\nstdout: {out}\nstderr: {err}"
-        ));
+    // An operator watches before it starts: watch waits for the workflow, follows it, and
+    // exits 1 when it fails.
+    let endpoints = r.c.endpoints();
+    let certs = r.c.certs_dir().to_string_lossy().into_owned();
+    let watched = std::thread::scope(|s| {
+        let c = &r.c;
+        let args = ["--endpoint", &endpoints, "--tls-dir", &certs, "watch", "webshop"];
+        let watch = s.spawn(move || c.ctl_raw(&args));
+        std::thread::sleep(Duration::from_secs(1));
+        let switch = c.ctl_raw(&[
+            "--endpoint",
+            &endpoints,
+            "--tls-dir",
+            &certs,
+            "switchover",
+            "webshop",
+            "--to",
+            "dr",
+        ]);
+        (switch, watch.join().expect("watch thread"))
+    });
+    let (switch, watch) = watched;
+    if !switch.success() {
+        r.fail(format!("the switchover was not accepted: {switch:?}"));
     }
-    if !err.contains("rolled back") {
-        r.fail(format!("the failure should say it was rolled back:\nstdout: {out}\nstderr: {err}"));
+    if watch.code != Some(1) || !watch.stderr.contains("rolled back") {
+        r.fail(format!("watch of a switchover that rolls back must exit 1 and say so: {watch:?}"));
+    }
+    if !watch.stdout.contains("waiting for one of webshop to start")
+        || !watch.stdout.contains("undo exec on dr")
+    {
+        r.fail(format!(
+            "watch should wait for the workflow and show the way back: {}",
+            watch.stdout
+        ));
     }
     let v = wait_state(&mut r, "switchover_failed", "prod", 2);
     // prod was deactivated, dr failed to start, dr was deactivated, prod started again.
@@ -281,11 +308,6 @@ fn a_switchover_whose_new_site_fails_to_start_returns_to_prod() {
             (code, body) => Err(format!("{code} {body}")),
         }
     });
-    // watch on the ended workflow says the same and exits 1.
-    let (code, out, _) = ctl(&mut r, &["watch", "webshop"]);
-    if code != Some(1) {
-        r.fail(format!("watch of a rolled-back switchover must exit 1, got {code:?}: {out}"));
-    }
 }
 
 #[test]

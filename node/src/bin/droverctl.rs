@@ -540,9 +540,14 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
         Cmd::Commit { service } => service_action(client, service, "commit", cli.json).await?,
         Cmd::Resume { service, all, wait } => {
             let req = action_req(service.as_deref(), "resume", *all)?;
-            service_action_req(client, req, cli.json).await?;
+            let r = service_action_req(client, req, cli.json).await?;
             if *wait {
-                follow(client, service.clone(), None).await?;
+                if r.done.iter().any(|d| d.contains("resumed at step")) {
+                    // The resumed workflow (the newest of the service, id >= 0).
+                    follow(client, service.clone(), Some(0)).await?;
+                } else {
+                    out!("--wait: no workflow was resumed, nothing to follow");
+                }
             }
         }
         Cmd::Failover { service, to, reason, force, wait } => {

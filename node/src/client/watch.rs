@@ -1,5 +1,6 @@
 //! `droverctl watch` and `--wait`: follows a service's workflow through `Status` polls (two a
-//! second) and prints each step's progress until the workflow ends.
+//! second) and prints each step's progress until the workflow ends. With none in progress,
+//! `watch` waits for the next one to start (an outage the operator is watching for).
 //!
 //! On a terminal a progress bar shows step i of n, the elapsed time and a spinner; otherwise
 //! (a pipe, a log) one plain line per change. The outcome decides the exit code: committed, or
@@ -31,9 +32,10 @@ pub enum Outcome {
 /// What to follow.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The service; None: the first service with a workflow in progress.
+    /// The service; None: the first service with a workflow in progress (or starting).
     pub service: Option<String>,
-    /// Follow this workflow (id = the log index that started it); None: whatever runs.
+    /// Follow this workflow (id = the log index that started it) or a later one; None: the
+    /// one in progress, else the next to start.
     pub workflow_id: Option<u64>,
 }
 
@@ -76,38 +78,51 @@ pub async fn watch(client: &Client, target: &Target) -> Result<Outcome, ClientEr
     let mut last: Vec<String> = Vec::new();
     let mut followed: Option<(String, u64)> = None;
     let mut last_phase = String::new();
+    // With no workflow asked for: the newest workflow id of each service at the first look;
+    // one in progress then is followed, else the next one to start.
+    let mut baseline: Option<std::collections::BTreeMap<String, u64>> = None;
     loop {
         let s = client
             .call(|mut c| async move { c.status(pb::StatusRequest { local: false }).await })
             .await?;
-        let found = s.services.iter().find(|svc| match (&followed, &target.service) {
-            (Some((name, _)), _) => svc.name == *name,
-            (None, Some(name)) => svc.name == *name,
-            (None, None) => svc.workflow.as_ref().is_some_and(|w| ended(&w.state).is_none()),
-        });
-        let Some(svc) = found else {
-            if let Some(name) = &target.service {
+        if let Some(name) = &target.service {
+            if !s.services.iter().any(|svc| svc.name == *name) {
                 return Err(ClientError::Refused(format!(
                     "no service named {name}; see 'droverctl status'"
                 )));
             }
-            return Ok(Outcome::Succeeded("no workflow in progress".to_string()));
-        };
-        let wf = svc.workflow.as_ref().filter(|w| {
-            target.workflow_id.is_none_or(|id| w.id >= id)
-                && followed.as_ref().is_none_or(|(_, id)| w.id == *id)
+        }
+        let first = baseline.is_none();
+        let base = baseline.get_or_insert_with(|| {
+            s.services
+                .iter()
+                .map(|svc| (svc.name.clone(), svc.workflow.as_ref().map_or(0, |w| w.id)))
+                .collect()
         });
-        let Some(wf) = wf else {
-            if target.workflow_id.is_none() && followed.is_none() {
-                return Ok(Outcome::Succeeded(format!(
-                    "{}: no workflow in progress ({}, active on {})",
-                    svc.name, svc.phase, svc.active_site
-                )));
+        let wanted =
+            |svc: &pb::ServiceStatus, w: &pb::WorkflowStatus| match (&followed, target.workflow_id)
+            {
+                (Some((name, id)), _) => svc.name == *name && w.id == *id,
+                (None, Some(id)) => w.id >= id,
+                // In progress at the first look, or started since.
+                (None, None) => {
+                    let since = base.get(&svc.name).copied().unwrap_or(0);
+                    w.id > since || (w.id == since && ended(&w.state).is_none())
+                }
+            };
+        let found = s.services.iter().find_map(|svc| {
+            let named = target.service.as_ref().is_none_or(|n| svc.name == *n);
+            let wf = svc.workflow.as_ref().filter(|w| named && wanted(svc, w))?;
+            Some((svc, wf))
+        });
+        let Some((svc, wf)) = found else {
+            if first && target.workflow_id.is_none() {
+                let what = target.service.as_deref().unwrap_or("any service");
+                say(format!("no workflow in progress; waiting for one of {what} to start"));
             }
-            if started.elapsed() > APPEAR_WITHIN {
+            if target.workflow_id.is_some() && started.elapsed() > APPEAR_WITHIN {
                 return Err(ClientError::Refused(format!(
-                    "the workflow of {} did not show up within {}s",
-                    svc.name,
+                    "the workflow did not show up within {}s",
                     APPEAR_WITHIN.as_secs()
                 )));
             }
@@ -116,14 +131,15 @@ pub async fn watch(client: &Client, target: &Target) -> Result<Outcome, ClientEr
         };
         if followed.is_none() {
             followed = Some((svc.name.clone(), wf.id));
+            let sites = if wf.from_site == wf.to_site {
+                format!("on {}", wf.to_site)
+            } else {
+                format!("from {} to {}", wf.from_site, wf.to_site)
+            };
             say(format!(
-                "{} of {} from {} to {} (workflow {}, epoch {}): {}",
-                wf.kind, svc.name, wf.from_site, wf.to_site, wf.id, wf.epoch, wf.reason
+                "{} of {} {sites} (workflow {}, epoch {}): {}",
+                wf.kind, svc.name, wf.id, wf.epoch, wf.reason
             ));
-        }
-        if svc.phase != last_phase {
-            say(format!("phase: {}", svc.phase));
-            last_phase = svc.phase.clone();
         }
         let n = wf.steps.len();
         for (i, st) in wf.steps.iter().enumerate() {
@@ -136,6 +152,10 @@ pub async fn watch(client: &Client, target: &Target) -> Result<Outcome, ClientEr
             } else {
                 last.push(line);
             }
+        }
+        if svc.phase != last_phase {
+            say(format!("phase: {}", svc.phase));
+            last_phase = svc.phase.clone();
         }
         if let Some(b) = &bar {
             let done = wf

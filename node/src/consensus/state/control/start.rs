@@ -151,7 +151,10 @@ impl ControlState {
                 "no cluster spec applied yet; run 'droverctl config apply -f cluster.toml'",
             );
         };
-        if spec.site(to).is_none_or(|s| s.witness) || to == from {
+        if to == from {
+            return rejected(format!("{to} is already the active site of {service}"));
+        }
+        if spec.site(to).is_none_or(|s| s.witness) {
             return rejected(format!("site {to} cannot take over service {service}"));
         }
         let Some(svc) = spec.service(service) else {
@@ -360,7 +363,12 @@ impl ControlState {
             until_unix_ms: *until_unix_ms,
         });
         let until = match until_unix_ms {
-            Some(u) => format!(" for {}s", (u - at_unix_ms) / 1000),
+            Some(u) => format!(
+                " for {}",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    ((u - at_unix_ms) / 1000).max(0) as u64
+                ))
+            ),
             None => " until 'droverctl resume'".to_string(),
         };
         let running = match state.active_workflow() {

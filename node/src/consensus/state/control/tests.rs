@@ -619,7 +619,7 @@ fn a_pause_needs_a_reason_ends_by_resume_or_by_its_own_expiry() {
     let out = c.apply(0, &pause("db upgrade", Some(61_000)));
     assert_eq!(
         out.record.unwrap().1,
-        "automatic action for file-transfer paused for 60s: db upgrade"
+        "automatic action for file-transfer paused for 1m: db upgrade"
     );
     let expired = |until| ControlRequest::PauseExpired {
         service: SVC.into(),
