@@ -12,7 +12,7 @@ use super::{ControlCtx, StepKey, EPOCH_CATCH_UP};
 /// How an executor's refusal to run a step starts (the leader then asks another executor).
 pub(super) const REFUSED: &str = "refused:";
 use crate::actuate::StepContext;
-use crate::consensus::state::control::StepStatus;
+use crate::consensus::state::control::{Stage, StepStatus};
 use crate::spec::Step;
 
 pub(super) async fn run_local(
@@ -47,7 +47,14 @@ pub(super) async fn run_for_leader(ctx: &ControlCtx, r: pb::RunStepRequest) -> p
             let st = s.control.services.get(&r.service)?;
             let wf = st.workflow.as_ref().filter(|w| w.id == r.workflow_id)?;
             let step = wf.steps.get(r.step as usize);
-            let sites = (wf.from.clone(), wf.to.clone());
+            // On a switchover's way back (undo, restore) the leader sends the sites swapped:
+            // the old site takes the service (see `StepDispatch`).
+            let back = step.is_some_and(|x| matches!(x.stage, Stage::Restore | Stage::Undo));
+            let sites = if back {
+                (wf.to.clone(), wf.from.clone())
+            } else {
+                (wf.from.clone(), wf.to.clone())
+            };
             Some((st.epoch, step.map(|x| (x.status.clone(), x.action.clone(), sites))))
         });
         let verdict = match seen {
