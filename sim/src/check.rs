@@ -10,6 +10,8 @@
 //! - S4 nothing committed is lost: every node that applied log index i applied the same entry
 //!   (term) and reached the same state there.
 //! - S5 no failover while the active site was healthy from a quorum's view for `down_after`.
+//!   Only what drover starts by itself counts: an operator's switchover (and its way back, which
+//!   keeps its epoch) or manual failover moves a healthy site on purpose.
 //! - L1 once the active site is lost with a majority alive and connected, traffic is on the
 //!   standby within the bound of `spec::recovery_bound`.
 //! - L2 after the quiet period's healing, the cluster converges: one leader, all nodes at the
@@ -33,7 +35,7 @@
 //!   failover is wrong when, for `down_after` + 1 s before it started, prod's application was
 //!   healthy and powered (whether or not drover had stopped it), reachable from a majority of
 //!   the voters' positions, a prod node was connected to a majority, and no self-fence at that
-//!   epoch was judged legitimate by (a).
+//!   epoch was judged legitimate by (a). An operator's workflow is no such failover (S5).
 //! - A2 a connected majority has a leader: (a) whenever some majority of sound members is
 //!   connected pairwise, a leader followed by a majority (sound members linked both ways to it
 //!   that name it leader in its term; a leader that stood back for lack of a quorum leads
@@ -42,7 +44,7 @@
 //!   stands back while it has been connected to a majority for the leader lease plus 1.5 s
 //!   (once it stood back after losing its majority, another may take its place).
 //! - A3 a service always has a serving site (an application running, with power) or a
-//!   running failover workflow. Nobody serving and no workflow running (none, failed or
+//!   running workflow (a failover, a reactivation, a switchover in any of its stages). Nobody serving and no workflow running (none, failed or
 //!   paused) for [`Bounds::unserved`] while a connected majority exists and dr has power is a
 //!   violation: a workflow that cannot finish must not leave the service dark.
 
@@ -52,6 +54,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover::api::NodeHandle;
+use drover::consensus::state::control::{WorkflowKind, WorkflowState};
 use openraft::ServerState;
 
 use crate::world::{Topology, World, DR, PROD, SERVICE};
@@ -129,10 +132,23 @@ struct Seen {
     fenced: Option<u64>,
     workflow_running: bool,
     lease: Option<(String, u64)>,
+    /// The service's workflow (in progress, or the last one).
+    workflow: Option<SeenWorkflow>,
+}
+
+/// What the checkers need of a workflow.
+#[derive(Debug, Clone, PartialEq)]
+struct SeenWorkflow {
+    id: u64,
+    kind: WorkflowKind,
+    /// Started by the engine by itself (a failover, a reactivation), not by an operator.
+    automatic: bool,
+    epoch: u64,
+    state: WorkflowState,
 }
 
 fn look(node: &NodeHandle, last_index: Option<u64>) -> Seen {
-    let (applied, state_hash, epoch, phase, workflow_running, lease) =
+    let (applied, state_hash, epoch, phase, workflow_running, lease, workflow) =
         node.state.read_applied(|applied, cluster| {
             let svc = cluster.control.services.get(SERVICE);
             let moved = applied.map(|l| l.index) != last_index;
@@ -147,10 +163,16 @@ fn look(node: &NodeHandle, last_index: Option<u64>) -> Seen {
                 state_hash,
                 svc.map_or(0, |s| s.epoch),
                 svc.map_or(String::new(), |s| s.phase.as_str().to_string()),
-                svc.and_then(|s| s.active_workflow()).is_some_and(|w| {
-                    w.state == drover::consensus::state::control::WorkflowState::Running
-                }),
+                svc.and_then(|s| s.active_workflow())
+                    .is_some_and(|w| w.state == WorkflowState::Running),
                 svc.and_then(|s| s.lease.as_ref()).map(|l| (l.site.clone(), l.epoch)),
+                svc.and_then(|s| s.workflow.as_ref()).map(|w| SeenWorkflow {
+                    id: w.id,
+                    kind: w.kind,
+                    automatic: w.automatic,
+                    epoch: w.epoch,
+                    state: w.state.clone(),
+                }),
             )
         });
     let fenced = node.fenced.lock().ok().and_then(|f| f.get(SERVICE).copied());
@@ -169,6 +191,7 @@ fn look(node: &NodeHandle, last_index: Option<u64>) -> Seen {
         fenced,
         workflow_running,
         lease,
+        workflow,
     }
 }
 
@@ -196,6 +219,12 @@ pub struct Checker {
     prod_healthy_since: Option<Duration>,
     /// Failovers that committed.
     pub failovers: u32,
+    /// Operators' switchovers that committed.
+    pub switchovers: u32,
+    /// Operators' switchovers that gave up and gave the service back to the old site.
+    pub rolled_back: u32,
+    /// Switchovers counted already, by workflow id.
+    switchovers_seen: std::collections::BTreeSet<u64>,
     /// Time from the loss to traffic on dr, once it happened.
     pub recovery: Option<Duration>,
     converged: bool,
@@ -248,6 +277,9 @@ impl Checker {
             ledger_epoch: 0,
             prod_healthy_since: None,
             failovers: 0,
+            switchovers: 0,
+            rolled_back: 0,
+            switchovers_seen: Default::default(),
             recovery: None,
             converged: false,
             bounds,
@@ -336,9 +368,26 @@ impl Checker {
             }
         }
 
-        // Workflow starts (S5) and commits, from the most advanced node.
+        // Workflow starts (S5) and commits, from the most advanced node. An operator's
+        // workflow (a switchover, its way back, a manual failover) is no false failover: S5
+        // and A1 (b) judge only what drover starts by itself.
         let mut failover_from_epoch = None;
         if let Some(top) = seen.values().max_by_key(|s| (s.epoch, s.applied)) {
+            let by_operator = top
+                .workflow
+                .as_ref()
+                .filter(|w| !w.automatic && w.epoch == top.epoch)
+                .map(|w| w.kind.as_str());
+            if top.epoch > self.max_epoch && self.max_epoch > 0 {
+                if let Some(kind) = by_operator {
+                    world.trace.event(
+                        now,
+                        "state",
+                        &format!("operator's {kind} started: epoch {}", top.epoch),
+                    );
+                    self.max_epoch = top.epoch;
+                }
+            }
             if top.epoch > self.max_epoch {
                 if self.max_epoch > 0 {
                     failover_from_epoch = Some(self.max_epoch);
@@ -368,10 +417,27 @@ impl Checker {
                     "state",
                     &format!("{SERVICE} is {} (epoch {})", top.phase, top.epoch),
                 );
-                if top.phase == "failed_over" {
+                let kind = top.workflow.as_ref().map(|w| w.kind);
+                if top.phase == "failed_over" && kind != Some(WorkflowKind::Switchover) {
                     self.failovers += 1;
                 }
                 self.phase_seen = top.phase.clone();
+            }
+            if let Some(w) = top.workflow.as_ref().filter(|w| w.kind == WorkflowKind::Switchover) {
+                let ended = match w.state {
+                    WorkflowState::Committed => Some(true),
+                    WorkflowState::RolledBack { .. } => Some(false),
+                    _ => None,
+                };
+                if let Some(committed) = ended {
+                    if self.switchovers_seen.insert(w.id) {
+                        if committed {
+                            self.switchovers += 1;
+                        } else {
+                            self.rolled_back += 1;
+                        }
+                    }
+                }
             }
         }
 

@@ -4,7 +4,10 @@
 //!
 //! Step conventions of the simulator's spec:
 //! - `exec` `["sim-app", "start" | "stop"]` starts or stops the application of the executor's
-//!   own site;
+//!   own site; a stop in a self-fence (`on_lease_lost`: no target site) takes it down, a stop
+//!   in a workflow (a switchover's deactivate or undo step) leaves it a healthy standby, as a
+//!   graceful stop would; [`World::app_refuses`](crate::world::World) makes a workflow's start
+//!   or stop fail on a site;
 //! - `fence_agent` with `params.target = <site>` powers that site's application off, if the
 //!   executor's site can reach it (out-of-band fencing needs a path) and it has power;
 //! - `dns` points the zone at the workflow's target site, refusing an epoch older than the
@@ -68,9 +71,14 @@ impl SimActuator {
                     return Err(failed(format!("site {site} has no power")));
                 }
                 let start = verb == "start";
+                if !self_fence && w.app_refuses.contains(&(site.clone(), verb.to_string())) {
+                    return Err(failed(format!("sim-app {verb}: {site}'s application exited 1")));
+                }
                 if let Some(app) = w.apps.get_mut(&site) {
                     app.running = start;
-                    app.stopped = !start;
+                    // A graceful stop (deactivate) leaves a standby that can start again; only
+                    // a self-fence takes the site down.
+                    app.stopped = !start && self_fence;
                 }
                 let activates = (start && !self_fence).then(|| site.clone());
                 w.record(Action {

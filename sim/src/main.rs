@@ -50,7 +50,7 @@ struct Cli {
     #[arg(long)]
     check_determinism: bool,
     /// Plant a defect the checkers must catch: lying-fence, clock-beyond-drift, lying-disk,
-    /// no-lease-wait or no-reactivate.
+    /// no-lease-wait, no-reactivate or switchover-early-activate.
     #[arg(long, value_parser = parse_mutation)]
     mutate: Option<Mutation>,
     /// Run seeds in N worker processes at once (a fresh process per run: the clock overrides
@@ -199,11 +199,13 @@ fn main() -> ExitCode {
             report_violation(&cli, &o);
         }
         println!(
-            "seed {} scenario {}: {} violation(s), {} failover(s), recovery {}, {:.0}s simulated in {:.1}s ({:.0}x), trace {:016x}",
+            "seed {} scenario {}: {} violation(s), {} failover(s), {} switchover(s) ({} rolled back), recovery {}, {:.0}s simulated in {:.1}s ({:.0}x), trace {:016x}",
             o.seed,
             o.scenario,
             o.violations.len(),
             o.failovers,
+            o.switchovers,
+            o.rolled_back,
             o.recovery.map_or("-".into(), |r| format!("{:.1}s", r.as_secs_f64())),
             o.simulated.as_secs_f64(),
             o.wall.as_secs_f64(),
@@ -346,6 +348,8 @@ fn crashed_worker(seed: u64) -> Outcome {
             detail: "the worker process running this seed died".into(),
         }],
         failovers: 0,
+        switchovers: 0,
+        rolled_back: 0,
         recovery: None,
         simulated: Duration::ZERO,
         wall: Duration::ZERO,
@@ -364,6 +368,8 @@ fn outcome_to_json(o: &Outcome, twin: Option<(u64, u64)>) -> String {
             "invariant": v.invariant, "at_ns": v.at.as_nanos() as u64, "detail": v.detail,
         })).collect::<Vec<_>>(),
         "failovers": o.failovers,
+        "switchovers": o.switchovers,
+        "rolled_back": o.rolled_back,
         "recovery_ns": o.recovery.map(|r| r.as_nanos() as u64),
         "simulated_ns": o.simulated.as_nanos() as u64,
         "wall_ns": o.wall.as_nanos() as u64,
@@ -404,6 +410,8 @@ fn outcome_from_json(line: &str) -> Option<(Outcome, Option<(u64, u64)>)> {
             scenario,
             violations,
             failovers: v["failovers"].as_u64()? as u32,
+            switchovers: v["switchovers"].as_u64()? as u32,
+            rolled_back: v["rolled_back"].as_u64()? as u32,
             recovery: ns(&v["recovery_ns"]),
             simulated: ns(&v["simulated_ns"])?,
             wall: ns(&v["wall_ns"])?,
@@ -433,6 +441,11 @@ fn summary(outcomes: &[Outcome], wall: Duration, jobs: u64) {
         outcomes.iter().filter(|o| !o.violations.is_empty()).count()
     );
     println!("failovers performed  {}", outcomes.iter().map(|o| o.failovers).sum::<u32>());
+    println!(
+        "switchovers          {} committed, {} rolled back",
+        outcomes.iter().map(|o| o.switchovers).sum::<u32>(),
+        outcomes.iter().map(|o| o.rolled_back).sum::<u32>()
+    );
     println!(
         "time to recovery     median {} max {} (simulated, {} runs with a loss)",
         fmt(recoveries.get(recoveries.len() / 2)),

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::disk::SimDisk;
 use crate::fakes::{SimActuator, SimProbes};
 use crate::net::{self, GRPC_PORT};
-use crate::world::{lock, Shared, SimNode, Topology};
+use crate::world::{lock, Shared, SimNode, Topology, SERVICE};
 
 /// The nodes' handles while their software runs, by host; the checkers read them.
 pub type Registry = Arc<Mutex<BTreeMap<String, NodeHandle>>>;
@@ -129,7 +129,8 @@ pub async fn run(boot: Boot) -> turmoil::Result {
     }
 }
 
-/// What the node does besides its own loops: forms the cluster, applies the spec.
+/// What the node does besides its own loops: forms the cluster, applies the spec, and, while
+/// it leads, carries out the operator's orders.
 async fn work(boot: &Boot, node: &NodeHandle, members: &[(u64, Member)]) {
     if boot.initializer {
         initialize_if_new(&node.raft, boot.node.id, members).await;
@@ -139,6 +140,9 @@ async fn work(boot: &Boot, node: &NodeHandle, members: &[(u64, Member)]) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let leading = node.raft.metrics().borrow().state == ServerState::Leader;
         let has_spec = node.state.read(|s| s.control.spec.is_some());
+        if leading && has_spec {
+            operator(boot, node).await;
+        }
         if leading && !has_spec {
             let request = ControlRequest::ApplySpec {
                 expected_version: Some(0),
@@ -153,5 +157,66 @@ async fn work(boot: &Boot, node: &NodeHandle, members: &[(u64, Member)]) {
             )
             .await;
         }
+    }
+}
+
+/// The operator's next order, as `droverctl switchover` would carry it out on the leader: read
+/// the service's epoch and active site from this node's applied state, propose the switchover
+/// with them, and try again later when the cluster rejects it or does not answer (an order is
+/// proposed again only when no workflow of it is found: a start whose answer was lost counts).
+async fn operator(boot: &Boot, node: &NodeHandle) {
+    let Some(order) = lock(&boot.world).orders.iter().find(|o| !o.done).cloned() else { return };
+    let reason = order.reason();
+    let seen = node.state.read(|s| {
+        let svc = s.control.services.get(SERVICE)?;
+        let started = svc.workflow.as_ref().is_some_and(|w| w.reason == reason);
+        Some((svc.epoch, svc.active_site.clone(), svc.active_workflow().is_some(), started))
+    });
+    let Some((epoch, active, busy, started)) = seen else { return };
+    let finish = |what: String| {
+        let mut w = lock(&boot.world);
+        if let Some(o) = w.orders.iter_mut().find(|o| o.number == order.number) {
+            o.done = true;
+        }
+        w.event("operator", &what);
+    };
+    if started {
+        return finish(format!(
+            "order {}: the switchover to {} was started",
+            order.number, order.to
+        ));
+    }
+    // An operator waits for the workflow in progress (`droverctl watch`) before asking.
+    if busy {
+        return;
+    }
+    if active == order.to {
+        return finish(format!("order {}: {SERVICE} is already on {active}", order.number));
+    }
+    let request = ControlRequest::StartSwitchover {
+        service: SERVICE.to_string(),
+        from: active.clone(),
+        to: order.to.clone(),
+        expected_epoch: epoch,
+        reason,
+        author: "operator".into(),
+        at_unix_ms: drover::pb::unix_now_ms(),
+    };
+    let asked = format!(
+        "order {}: switchover of {SERVICE} from {active} to {} at epoch {epoch} through {}",
+        order.number, order.to, boot.node.host
+    );
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        node.raft.client_write(Request::Control(request)),
+    )
+    .await;
+    match answer {
+        Ok(Ok(resp)) => match resp.data.rejected {
+            None => finish(format!("{asked}: accepted")),
+            Some(why) => lock(&boot.world).event("operator", &format!("{asked}: rejected: {why}")),
+        },
+        Ok(Err(e)) => lock(&boot.world).event("operator", &format!("{asked}: failed: {e}")),
+        Err(_) => lock(&boot.world).event("operator", &format!("{asked}: no answer within 5s")),
     }
 }

@@ -12,7 +12,7 @@ use crate::node::{self, Boot, Registry};
 use crate::rng::SimRng;
 use crate::scenario::{self, Fault};
 use crate::trace::Trace;
-use crate::world::{lock, FenceMode, Mutation, Shared, Topology, World, PROD};
+use crate::world::{lock, FenceMode, Mutation, Order, Shared, Topology, World, PROD};
 use crate::{det, spec};
 
 /// Simulated time per step, by default: every timer and message delivery of a node lands on
@@ -55,6 +55,10 @@ pub struct Outcome {
     pub violations: Vec<Violation>,
     /// Failovers that committed.
     pub failovers: u32,
+    /// Operators' switchovers that committed.
+    pub switchovers: u32,
+    /// Operators' switchovers that gave up and gave the service back to the old site.
+    pub rolled_back: u32,
     /// From the loss of the active site to traffic on the standby.
     pub recovery: Option<Duration>,
     /// Simulated time covered.
@@ -86,6 +90,9 @@ pub fn run(cfg: &RunConfig) -> Outcome {
     drover::decide::engine::mutation::set_no_reactivate(
         cfg.mutation == Some(Mutation::NoReactivate),
     );
+    drover::decide::engine::mutation::set_early_activate(
+        cfg.mutation == Some(Mutation::SwitchoverEarlyActivate),
+    );
     // A fresh thread per run: std seeds every HashMap from per-thread keys, drawn once per
     // thread (from the seeded generator, while the run is active) and then advanced by each
     // map made. On a reused thread a second run of a seed would iterate its maps in another
@@ -100,6 +107,7 @@ pub fn run(cfg: &RunConfig) -> Outcome {
     });
     drover::decide::lease::mutation::set_no_lease_wait(false);
     drover::decide::engine::mutation::set_no_reactivate(false);
+    drover::decide::engine::mutation::set_early_activate(false);
     det::deactivate();
     let wall = det::wall_now().saturating_sub(wall_start);
     match result {
@@ -122,6 +130,8 @@ pub fn run(cfg: &RunConfig) -> Outcome {
                     detail: format!("the node code panicked (an invariant assertion?): {what}"),
                 }],
                 failovers: 0,
+                switchovers: 0,
+                rolled_back: 0,
                 recovery: None,
                 simulated: Duration::ZERO,
                 wall,
@@ -362,6 +372,8 @@ fn simulate(cfg: &RunConfig) -> Outcome {
         scenario: plan.scenario,
         violations: checker.violations.clone(),
         failovers: checker.failovers,
+        switchovers: checker.switchovers,
+        rolled_back: checker.rolled_back,
         recovery: checker.recovery,
         simulated: now,
         wall: Duration::ZERO,
@@ -562,6 +574,20 @@ fn apply(
             lock(world).stalled.remove(&host);
             sync_links(sim, world);
         }
+        Fault::Switchover { to } => {
+            let mut w = lock(world);
+            let number = w.orders.len() as u32 + 1;
+            w.orders.push(Order { number, to: to.to_string(), done: false });
+        }
+        Fault::AppRefuses { site, verb, refuses } => {
+            let key = (site.to_string(), verb.to_string());
+            let mut w = lock(world);
+            if refuses {
+                w.app_refuses.insert(key);
+            } else {
+                w.app_refuses.remove(&key);
+            }
+        }
         Fault::DiskFull { host, full } => {
             if let Some(disk) = disks.get(&host) {
                 disk.set_full(full);
@@ -593,6 +619,7 @@ fn apply(
                 }
                 w.fence = FenceMode::Works;
                 w.dns_refuses = false;
+                w.app_refuses.clear();
                 w.actuator_slowdown = 1;
                 for p in w.powered.values_mut() {
                     *p = true;

@@ -60,8 +60,15 @@ pub enum Fault {
     /// Once a workflow step runs on a controller of dr, that executor crashes mid-step; it
     /// restarts after the delay.
     CrashExecutorInStep { restart_after: Duration },
+    /// The operator asks for a planned switchover of the service to `to` (`droverctl
+    /// switchover app --to <to>`): whichever node leads proposes it, at the epoch and from the
+    /// active site it reads, and again after a rejection until the cluster accepts it.
+    Switchover { to: &'static str },
+    /// A workflow's `sim-app <verb>` on `site` fails (`refuses`) or works again: an
+    /// application that will not start, a stop script that fails.
+    AppRefuses { site: &'static str, verb: &'static str, refuses: bool },
     /// Everything back to normal but the applications' health: cuts, isolation, stalls,
-    /// power, crashed hosts, full disks, actuators, loss.
+    /// power, crashed hosts, full disks, actuators, refusing applications, loss.
     HealAll,
 }
 
@@ -110,6 +117,9 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("dead-executor", "issue 9 case 5: prod's app fails; the dr node running the 4s first activate step dies: the failover must still end with dr serving"),
     ("dr-self-fence", "issue 9 case 9: prod's app fails and drover fails over to dr; later dr's nodes are cut off for longer than the lease and self-fence (stopping dr's app), in half the runs restart, then heal: drover must start dr again (A3)"),
     ("link-faults", "random per-link cuts (one way and both ways), stalls of members and of the leader, a full disk: availability and safety"),
+    ("switchover", "an operator's planned switchover prod -> dr at a random time, with prod's members stalled or cut off, the leader crashed or stalled, members stalled or links cut around it: safety and availability"),
+    ("failback", "a planned switchover prod -> dr, then back dr -> prod, each with a fault around it"),
+    ("switchover-fails", "a planned switchover prod -> dr whose prod deactivation fails (restore prod), or whose dr activation or verification fails (the way back: undo dr, return the lease, restore prod)"),
 ];
 
 /// The scenario names, for `--scenario`.
@@ -134,8 +144,13 @@ pub fn plan(
 ) -> Option<Plan> {
     let name: &'static str =
         if scenario == MIX { rng.pick(SCENARIOS).0 } else { names().find(|n| *n == scenario)? };
-    // dr-self-fence needs a failover, a stall longer than the lease and the A3 bound after it.
-    let least = if name == "dr-self-fence" { 180 } else { 60 };
+    // dr-self-fence needs a failover, a stall longer than the lease and the A3 bound after it;
+    // failback two switchovers with faults around each.
+    let least = match name {
+        "dr-self-fence" => 180,
+        "failback" => 120,
+        _ => 60,
+    };
     let length = length.max(Duration::from_secs(least));
     let quiet_from = length - Duration::from_secs(30).min(length / 3);
     // The cluster forms and applies its spec within the first ~10 s.
@@ -367,6 +382,65 @@ pub fn plan(
                 faults.push((at_random(rng), Fault::AppHealth { site: PROD, healthy: false }));
             }
         }
+        "switchover" => {
+            let at = start + secs(rng, 0, 20).min(window);
+            faults.push((at, Fault::Switchover { to: DR }));
+            for _ in 0..rng.range(1, 2) {
+                faults.extend(around_switchover(rng, at, PROD, topology));
+            }
+        }
+        "failback" => {
+            let at = start + secs(rng, 0, 10);
+            faults.push((at, Fault::Switchover { to: DR }));
+            faults.extend(around_switchover(rng, at, PROD, topology));
+            // The next order waits for the first switchover to end; the operator gives it
+            // half a minute or more.
+            let back = at + secs(rng, 30, 45);
+            faults.push((back, Fault::Switchover { to: PROD }));
+            faults.extend(around_switchover(rng, back, DR, topology));
+        }
+        "switchover-fails" => {
+            let at = start + secs(rng, 0, 15).min(window);
+            let before = at.saturating_sub(Duration::from_secs(1));
+            faults.push((at, Fault::Switchover { to: DR }));
+            match rng.range(0, 2) {
+                // prod's deactivation fails: the switchover gives up before the release and
+                // restores prod (which never stopped).
+                0 => {
+                    faults.push((
+                        before,
+                        Fault::AppRefuses { site: PROD, verb: "stop", refuses: true },
+                    ));
+                    faults.push((
+                        at + secs(rng, 15, 25),
+                        Fault::AppRefuses { site: PROD, verb: "stop", refuses: false },
+                    ));
+                }
+                // dr's application will not start: after the release, the way back.
+                1 => {
+                    faults.push((
+                        before,
+                        Fault::AppRefuses { site: DR, verb: "start", refuses: true },
+                    ));
+                    faults.push((
+                        at + secs(rng, 20, 30),
+                        Fault::AppRefuses { site: DR, verb: "start", refuses: false },
+                    ));
+                }
+                // dr starts (and DNS moves to it) but never passes its checks: verification
+                // times out, then the way back moves DNS to prod again.
+                _ => {
+                    faults.push((before, Fault::AppHealth { site: DR, healthy: false }));
+                    faults.push((
+                        at + secs(rng, 40, 50),
+                        Fault::AppHealth { site: DR, healthy: true },
+                    ));
+                }
+            }
+            if rng.chance(0.3) {
+                faults.extend(around_switchover(rng, at, PROD, topology));
+            }
+        }
         _ => return None,
     }
     faults.push((quiet_from, Fault::HealAll));
@@ -382,4 +456,68 @@ pub fn plan(
         policy,
         first_leader,
     })
+}
+
+/// One fault around an operator's switchover at `at` away from `from`: `from`'s members
+/// stalled (their messages held: a member that has not heard of the release still believes
+/// its lease) or cut from the other sites just before the order, the leader crashed while the
+/// switchover runs or stalled just after the order, a member stalled, or a link cut both ways
+/// near it.
+fn around_switchover(
+    rng: &mut SimRng,
+    at: Duration,
+    from: &'static str,
+    topology: &Topology,
+) -> Vec<(Duration, Fault)> {
+    let hosts: Vec<String> = topology.nodes.iter().map(|n| n.host.clone()).collect();
+    let site_hosts: Vec<String> = topology.site_nodes(from).map(|n| n.host.clone()).collect();
+    let near = |rng: &mut SimRng| {
+        (at + Duration::from_millis(rng.range(0, 7000))).saturating_sub(Duration::from_secs(2))
+    };
+    let mut faults = Vec::new();
+    match rng.range(0, 5) {
+        0 => {
+            let from_t = at.saturating_sub(Duration::from_millis(rng.range(0, 1000)));
+            let until = from_t + secs(rng, 4, 10);
+            for host in site_hosts {
+                faults.push((from_t, Fault::Stall(host.clone())));
+                faults.push((until, Fault::Resume(host)));
+            }
+        }
+        1 => {
+            let from_t = at.saturating_sub(Duration::from_millis(rng.range(0, 1000)));
+            let until = from_t + secs(rng, 3, 15);
+            for other in [PROD, DR, WITNESS].into_iter().filter(|s| *s != from) {
+                faults.push((from_t, Fault::Cut { from, to: other }));
+                faults.push((from_t, Fault::Cut { from: other, to: from }));
+                faults.push((until, Fault::Heal { from, to: other }));
+                faults.push((until, Fault::Heal { from: other, to: from }));
+            }
+        }
+        // Once the switchover runs (it takes about a second without faults).
+        2 => faults.push((at, Fault::CrashLeaderInWorkflow { restart_after: secs(rng, 2, 15) })),
+        3 => {
+            let when = at + Duration::from_millis(rng.range(0, 800));
+            faults.push((when, Fault::StallLeader { stall_for: secs(rng, 1, 8) }));
+        }
+        4 => {
+            let when = near(rng);
+            let host = rng.pick(&hosts).clone();
+            faults.push((when, Fault::Stall(host.clone())));
+            faults.push((when + secs(rng, 1, 8), Fault::Resume(host)));
+        }
+        _ => {
+            let when = near(rng);
+            let until = when + secs(rng, 2, 15);
+            let a = rng.pick(&hosts).clone();
+            let b = rng.pick(&hosts).clone();
+            if a != b {
+                faults.push((when, Fault::CutLink { from: a.clone(), to: b.clone() }));
+                faults.push((when, Fault::CutLink { from: b.clone(), to: a.clone() }));
+                faults.push((until, Fault::HealLink { from: a.clone(), to: b.clone() }));
+                faults.push((until, Fault::HealLink { from: b, to: a }));
+            }
+        }
+    }
+    faults
 }

@@ -1,6 +1,8 @@
 //! The cluster spec every simulated cluster runs: one service, active in prod, protected by
 //! dr, with a fence agent, a self-fence, an activation, a DNS move and a verification, the
-//! shape of a real DR runbook (see the step conventions in `fakes`). The policy's timings are
+//! shape of a real DR runbook (see the step conventions in `fakes`). Both sites also have a
+//! deactivate runbook (a graceful stop) and an activate and verify runbook, so an operator's
+//! switchover works both ways. The policy's timings are
 //! chosen by the seed ([`SimPolicy::choose`]) or fixed by a scenario.
 
 use std::time::Duration;
@@ -169,6 +171,44 @@ initial_active = "prod"
   command = ["sim-app", "stop"]
   timeout = "1s"
 
+  [[service.runbook.prod.deactivate]]
+  kind = "exec"
+  run_on = "prod"
+  command = ["sim-app", "stop"]
+  timeout = "3s"
+  retries = 1
+  backoff = "500ms"
+
+  [[service.runbook.prod.activate]]
+  kind = "exec"
+  run_on = "prod"
+  command = ["sim-app", "start"]
+  timeout = "5s"
+  retries = 2
+  backoff = "1s"
+
+  [[service.runbook.prod.activate]]
+  kind = "dns"
+  server = "ns.sim:53"
+  zone = "sim.test."
+  records = [{ name = "app.sim.test.", type = "A", value = "198.18.1.10", ttl = 30 }]
+  timeout = "3s"
+  retries = 2
+  backoff = "1s"
+
+  [[service.runbook.prod.verify]]
+  kind = "probe"
+  checks = "prod"
+  timeout = "20s"
+
+  [[service.runbook.dr.deactivate]]
+  kind = "exec"
+  run_on = "dr"
+  command = ["sim-app", "stop"]
+  timeout = "3s"
+  retries = 1
+  backoff = "500ms"
+
   [[service.runbook.dr.activate]]
   kind = "exec"
   run_on = "dr"
@@ -250,6 +290,12 @@ mod tests {
             assert_eq!((p.down_after, p.lease_ttl), (policy.down_after, policy.lease_ttl));
             let activate = spec.service(SERVICE).unwrap().runbook(DR, Phase::Activate).len();
             assert_eq!(activate, 2 + usize::from(policy.activate_warmup.is_some()));
+            // A switchover either way: each site has a deactivate and an activate runbook.
+            for site in [PROD, DR] {
+                let svc = spec.service(SERVICE).unwrap();
+                assert!(!svc.runbook(site, Phase::Deactivate).is_empty(), "{site} deactivate");
+                assert!(!svc.runbook(site, Phase::Activate).is_empty(), "{site} activate");
+            }
         }
     }
 }

@@ -86,11 +86,12 @@ impl Topology {
 pub struct App {
     /// Its health check passes (when the site has power and the prober can reach it).
     pub healthy: bool,
-    /// It runs as the active instance (started by an activation, stopped by a fence or a
-    /// self-fence).
+    /// It runs as the active instance (started by an activation, stopped by a fence, a
+    /// self-fence or a deactivation).
     pub running: bool,
     /// It was stopped (fenced or self-fenced) and not started since: its health check fails,
-    /// as a stopped application's would. A standby that never ran is not stopped.
+    /// as a stopped application's would. A standby that never ran, or that a switchover
+    /// deactivated gracefully, is not stopped.
     pub stopped: bool,
 }
 
@@ -126,12 +127,16 @@ pub enum Mutation {
     /// A self-fenced active site is never reactivated (node feature `sim-mutations`): the
     /// behaviour before reactivations existed, which A3 must find (issue 9 case 9).
     NoReactivate,
+    /// Switchovers activate the new site first and deactivate the old one last, and their
+    /// lease wait ends at once (node feature `sim-mutations`): a member of the old site that
+    /// has not heard of the release still believes its lease while its application runs.
+    SwitchoverEarlyActivate,
 }
 
 impl Mutation {
     /// Every mutation's `--mutate` name.
-    pub const NAMES: &'static str =
-        "lying-fence, clock-beyond-drift, lying-disk, no-lease-wait or no-reactivate";
+    pub const NAMES: &'static str = "lying-fence, clock-beyond-drift, lying-disk, \
+        no-lease-wait, no-reactivate or switchover-early-activate";
 
     /// Parses a `--mutate` value.
     pub fn parse(s: &str) -> Option<Mutation> {
@@ -141,6 +146,7 @@ impl Mutation {
             "lying-disk" => Some(Mutation::LyingDisk),
             "no-lease-wait" => Some(Mutation::NoLeaseWait),
             "no-reactivate" => Some(Mutation::NoReactivate),
+            "switchover-early-activate" => Some(Mutation::SwitchoverEarlyActivate),
             _ => None,
         }
     }
@@ -153,7 +159,28 @@ impl Mutation {
             Mutation::LyingDisk => "lying-disk",
             Mutation::NoLeaseWait => "no-lease-wait",
             Mutation::NoReactivate => "no-reactivate",
+            Mutation::SwitchoverEarlyActivate => "switchover-early-activate",
         }
+    }
+}
+
+/// An operator's order (`droverctl switchover app --to <site>`), carried out through
+/// whichever node leads when it is due (see `node::operator`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    /// Its number in the run, from 1: the switchover's reason names it, so a node that finds
+    /// it started (its answer lost to a leader change) does not ask again.
+    pub number: u32,
+    /// The site to switch over to.
+    pub to: String,
+    /// Carried out: the cluster accepted it, or it had nothing to do.
+    pub done: bool,
+}
+
+impl Order {
+    /// The reason the switchover carries, which names the order.
+    pub fn reason(&self) -> String {
+        format!("operator order {}: planned switchover to {}", self.number, self.to)
     }
 }
 
@@ -203,6 +230,12 @@ pub struct World {
     pub fence: FenceMode,
     /// Whether the DNS server refuses updates.
     pub dns_refuses: bool,
+    /// (site, `start` | `stop`): a workflow's `sim-app` command on that site exits non-zero
+    /// (an application that will not start, a stop script that fails); a self-fence's stop
+    /// still works.
+    pub app_refuses: BTreeSet<(String, String)>,
+    /// The operator's orders, in the order given.
+    pub orders: Vec<Order>,
     /// Actuator run times are multiplied by this.
     pub actuator_slowdown: u64,
     /// The defect under test, if any.
@@ -243,6 +276,8 @@ impl World {
             dns: (1, PROD.to_string()),
             fence: FenceMode::Works,
             dns_refuses: false,
+            app_refuses: BTreeSet::new(),
+            orders: Vec::new(),
             actuator_slowdown: 1,
             mutation: None,
             ledger: Vec::new(),
