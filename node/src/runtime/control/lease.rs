@@ -34,6 +34,10 @@ use crate::spec::{ClusterSpec, Phase, MAX_SERVICES};
 const RENEW_RETRY: Duration = Duration::from_millis(250);
 /// Renewals of one service waiting for an answer at most.
 const MAX_RENEWALS_IN_FLIGHT: usize = 4;
+/// After a refused renewal, how long this node's applied state may take to show the lease
+/// still with its site at a newer epoch before it self-fences: the refusal was a linearizable
+/// read at the leader, which this node applies within a round trip or so.
+const REFUSAL_SETTLE: Duration = Duration::from_millis(500);
 /// A leader heard from (AppendEntries) within this is asked alone first.
 const LEADER_HEARD_LATELY: Duration = Duration::from_secs(1);
 /// Leases one `RenewLeases` request carries at most: one per service of the largest spec.
@@ -59,6 +63,11 @@ struct Holding {
     /// The newest answered renewal was not confirmed (no answer, no leader, not confirmed):
     /// the next one goes out after `RENEW_RETRY` instead of `lease_ttl / 3`.
     unconfirmed: bool,
+    /// The leader refused a renewal at this epoch (when, and why): the site no longer serves
+    /// on it, and it self-fences unless this node's own state shows the lease still with its
+    /// site at a newer epoch within `REFUSAL_SETTLE` (a switchover or reactivation moved the
+    /// epoch on while this node was cut off).
+    refused: Option<(MonoTime, String)>,
 }
 
 impl Holding {
@@ -71,6 +80,7 @@ impl Holding {
             last_sent: None,
             in_flight: 0,
             unconfirmed: false,
+            refused: None,
         }
     }
 
@@ -127,8 +137,13 @@ pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>)
                             }
                         }
                         Some(Err(why)) => {
+                            // Stop serving now; the self-fence follows at the next tick unless
+                            // the refusal only says the epoch moved on with the lease kept.
                             let why = format!("the cluster refused the lease renewal: {why}");
-                            spawn_self_fence(&ctx, &service, epoch, why);
+                            h.refused.get_or_insert((ctx.clock.now(), why));
+                            if let Ok(mut leases) = ctx.node.leases.lock() {
+                                leases.remove(&service);
+                            }
                         }
                         None => {}
                     }
@@ -186,6 +201,15 @@ pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>)
                         *h = Holding::new(epoch, params, now);
                     }
                     if already_fenced == Some(epoch) {
+                        continue;
+                    }
+                    // A refused renewal at this epoch (a newer epoch of this site's lease
+                    // replaced the holding above): no serving, no renewal; self-fence once the
+                    // state had time to show the newer epoch and did not.
+                    if let Some((at, why)) = &h.refused {
+                        if now.saturating_duration_since(*at) >= REFUSAL_SETTLE {
+                            spawn_self_fence(&ctx, service, epoch, why.clone());
+                        }
                         continue;
                     }
                     round_due |= h.renewal_due(now);
