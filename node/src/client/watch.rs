@@ -141,6 +141,12 @@ pub async fn watch(client: &Client, target: &Target) -> Result<Outcome, ClientEr
                 wf.kind, svc.name, wf.id, wf.epoch, wf.reason
             ));
         }
+        // The phase the workflow started in comes before its first steps; later phases follow
+        // the steps that changed them.
+        if last_phase.is_empty() {
+            say(format!("phase: {}", svc.phase));
+            last_phase = svc.phase.clone();
+        }
         let n = wf.steps.len();
         for (i, st) in wf.steps.iter().enumerate() {
             let line = step_line(i, n, st);
