@@ -245,13 +245,17 @@ fn recover_without_quorum_from_the_most_advanced_survivor() {
     });
 }
 
-/// After the recovery the two dr nodes are a majority of the voters, so detection works again:
-/// with prod's application gone too, the service fails over to dr automatically.
+/// After the recovery the two dr nodes are a majority of the voters, so the cluster decides
+/// again: an operator fails the service over to dr (automatic failover is off in this spec,
+/// so the operator's `failover` is what moves it).
 #[test]
-fn after_recovery_dr_fails_the_service_over_on_its_own() {
-    let mut r = Rig::loopback("after_recovery_dr_fails_the_service_over_on_its_own");
+fn after_recovery_an_operator_fails_the_service_over_to_dr() {
+    let mut r = Rig::loopback("after_recovery_an_operator_fails_the_service_over_to_dr");
     r.start_app("prod", "initial deployment");
-    r.apply_failover_spec();
+    let text = drover_tests::failover_spec(&r.apps)
+        .replace("auto_failover = true", "auto_failover = false");
+    assert!(text.contains("auto_failover = false"), "the spec did not change");
+    r.apply_spec(&text, "the failover spec without automatic failover");
     r.wait_protecting_with_prod_up(Duration::from_secs(30));
     let [prod1, prod2, dr1, dr2, witness] =
         ["prod-1", "prod-2", "dr-1", "dr-2", "witness"].map(|n| r.c.id_of(n));
@@ -267,6 +271,20 @@ fn after_recovery_dr_fails_the_service_over_on_its_own() {
     r.c.start_node(chosen);
     r.c.start_node(other);
     r.talk_to(Some(vec![dr1, dr2]));
+    let started =
+        r.wait("the recovered cluster to take an operator's failover", FAILOVER_TIMEOUT, |r| {
+            r.ctl_json(&[
+                "failover",
+                "webshop",
+                "--to",
+                "dr",
+                "--reason",
+                "prod site and witness lost",
+            ])
+        });
+    if started["workflow_id"].as_u64().unwrap_or(0) == 0 {
+        r.fail(format!("failover printed no workflow id: {started}"));
+    }
     let v = r.wait_failed_over_to_dr(FAILOVER_TIMEOUT);
     eprintln!("after recovery: {v}");
 }
