@@ -454,6 +454,16 @@ impl Workflow {
         }
     }
 
+    /// A switchover gives up at `step`: the steps after it are skipped, and `then` (the
+    /// restore, or the way back) is appended.
+    fn give_up_after(&mut self, step: usize, then: Vec<WorkflowStep>) {
+        let reason = format!("the switchover gave up at step {}", step + 1);
+        for later in self.steps.iter_mut().skip(step + 1) {
+            later.status = StepStatus::Skipped { reason: reason.clone() };
+        }
+        self.steps.extend(then);
+    }
+
     /// True once the lease wait succeeded (the new site was granted the lease).
     pub fn lease_granted(&self) -> bool {
         self.steps.iter().any(|s| {

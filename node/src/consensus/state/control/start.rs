@@ -18,6 +18,28 @@ struct Expect<'a> {
     at_unix_ms: i64,
 }
 
+/// The spec, when a move of `service` from `from` to `to` can be planned at all: a spec is
+/// applied and `to` is another site that can be active.
+fn move_spec<'a>(
+    spec: Option<&'a VersionedSpec>,
+    service: &str,
+    from: &str,
+    to: &str,
+) -> Result<&'a ClusterSpec, Outcome> {
+    let Some(spec) = spec.map(|s| &s.spec) else {
+        return Err(rejected(
+            "no cluster spec applied yet; run 'droverctl config apply -f cluster.toml'",
+        ));
+    };
+    if to == from {
+        return Err(rejected(format!("{to} is already the active site of {service}")));
+    }
+    if spec.site(to).is_none_or(|s| s.witness) {
+        return Err(rejected(format!("site {to} cannot take over service {service}")));
+    }
+    Ok(spec)
+}
+
 /// Rejects the start when the service does not exist, is busy, or moved on since the
 /// requester looked (epoch, active site).
 fn check_start<'a>(
@@ -70,14 +92,10 @@ impl ControlState {
         else {
             return rejected("not a failover request");
         };
-        let Some(spec) = self.spec.as_ref().map(|s| &s.spec) else {
-            return rejected(
-                "no cluster spec applied yet; run 'droverctl config apply -f cluster.toml'",
-            );
+        let spec = match move_spec(self.spec.as_ref(), service, from, to) {
+            Ok(spec) => spec,
+            Err(o) => return o,
         };
-        if spec.site(to).is_none_or(|s| s.witness) || to == from {
-            return rejected(format!("site {to} cannot take over service {service}"));
-        }
         let plan = plan_failover(spec, service, from, to);
         let e = Expect {
             service,
@@ -146,17 +164,10 @@ impl ControlState {
         else {
             return rejected("not a switchover request");
         };
-        let Some(spec) = self.spec.as_ref().map(|s| &s.spec) else {
-            return rejected(
-                "no cluster spec applied yet; run 'droverctl config apply -f cluster.toml'",
-            );
+        let spec = match move_spec(self.spec.as_ref(), service, from, to) {
+            Ok(spec) => spec,
+            Err(o) => return o,
         };
-        if to == from {
-            return rejected(format!("{to} is already the active site of {service}"));
-        }
-        if spec.site(to).is_none_or(|s| s.witness) {
-            return rejected(format!("site {to} cannot take over service {service}"));
-        }
         let Some(svc) = spec.service(service) else {
             return rejected(format!("no service named {service}"));
         };

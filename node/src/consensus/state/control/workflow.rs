@@ -195,14 +195,12 @@ impl ControlState {
                 // to it (its activate and verify runbooks again) instead of stopping dark.
                 let text = format!("{label} failed: {error}");
                 s.status = StepStatus::Failed { attempt, error: error.clone() };
-                let skipped = format!("the switchover gave up at step {}", step + 1);
-                for later in wf.steps.iter_mut().skip(step + 1) {
-                    later.status = StepStatus::Skipped { reason: skipped.clone() };
-                }
                 let restore =
                     spec.map(|sp| plan_restore(sp, service, &wf.from)).unwrap_or_default();
                 let from = wf.from.clone();
-                if restore.is_empty() {
+                let empty = restore.is_empty();
+                wf.give_up_after(step, restore);
+                if empty {
                     wf.state = WorkflowState::RolledBack { reason: text.clone() };
                     state.phase = ServicePhase::SwitchoverFailed;
                     return changed(
@@ -214,7 +212,6 @@ impl ControlState {
                         ),
                     );
                 }
-                wf.steps.extend(restore);
                 format!("{text}; switchover of {service} abandoned: restoring {from}")
             }
             Err(error)
@@ -228,13 +225,9 @@ impl ControlState {
                 // the old site, its activate runbook), instead of stopping dark.
                 let text = format!("{label} failed: {error}");
                 s.status = StepStatus::Failed { attempt, error: error.clone() };
-                let skipped = format!("the switchover gave up at step {}", step + 1);
-                for later in wf.steps.iter_mut().skip(step + 1) {
-                    later.status = StepStatus::Skipped { reason: skipped.clone() };
-                }
                 let back =
                     spec.map(|sp| plan_return(sp, service, &wf.from, &wf.to)).unwrap_or_default();
-                wf.steps.extend(back);
+                wf.give_up_after(step, back);
                 format!(
                     "{text}; switchover of {service} abandoned: deactivating {} and returning to {}",
                     wf.to, wf.from
