@@ -562,6 +562,8 @@ impl Admin for AdminService {
                 .collect(),
             safe_wait_ms: ms(d.safe_wait),
             worst_case_ms: ms(d.worst_case),
+            best_case_ms: ms(d.best_case),
+            detection_ms: ms(d.detection),
         }))
     }
 

@@ -327,6 +327,8 @@ pub fn plan_json(r: &pb::PlanReply) -> Value {
         })).collect::<Vec<_>>(),
         "safe_wait_ms": r.safe_wait_ms,
         "worst_case_ms": r.worst_case_ms,
+        "best_case_ms": r.best_case_ms,
+        "detection_ms": r.detection_ms,
     })
 }
 
@@ -370,10 +372,14 @@ pub fn plan_table(service: &str, r: &pb::PlanReply) -> String {
     }
     out.push_str(&table(&rows));
     out.push_str(&format!(
-        "\nworst case {} (every attempt timing out, and the lease wait of {} in full when the \
-         old site's stop is not confirmed)\n{}\n",
+        "\ntime to recovery: at least {} plus the runbooks' own time (the lease wait when nothing \
+         confirms the old site's stop, a check interval per probe step), at most {} (every \
+         attempt timing out, and the lease wait of {} in full)\nan automatic failover starts \
+         about {} after the outage (down_after, a check interval, a report)\n{}\n",
+        secs(r.best_case_ms),
         secs(r.worst_case_ms),
         secs(r.safe_wait_ms),
+        secs(r.detection_ms),
         if r.would_start {
             format!(
                 "every gate passes: 'droverctl {} {service} --to {}' would start now",

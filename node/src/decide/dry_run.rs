@@ -72,6 +72,13 @@ pub struct DryRun {
     /// Upper bound of the workflow's duration: the steps' worst cases, the lease wait at its
     /// full length (a stop that is not confirmed).
     pub worst_case: Duration,
+    /// Lower bound of the workflow's duration when every step succeeds: the lease wait when
+    /// nothing can confirm the old site's stop, and one check interval of the new site per
+    /// `probe` step (verification needs fresh reports); runbook steps' own time comes on top.
+    pub best_case: Duration,
+    /// For an automatic failover, detection before the workflow starts: `down_after` plus the
+    /// slowest check interval of the active site and a 500 ms report period.
+    pub detection: Duration,
 }
 
 impl DryRun {
@@ -185,6 +192,13 @@ pub fn dry_run(
     };
     let steps: Vec<PlanLine> = plan.iter().map(|st| plan_line(st, members, safe_wait)).collect();
     let worst_case = steps.iter().map(|s| s.worst_case).sum();
+    let interval = |site: &str| svc.checks_for(site).map(|c| c.interval).max().unwrap_or_default();
+    let probes = plan
+        .iter()
+        .filter(|st| st.action.as_ref().is_some_and(|a| matches!(a.action, StepAction::Probe(_))))
+        .count() as u32;
+    let best_case = if stoppers == 0 { safe_wait } else { Duration::ZERO } + interval(to) * probes;
+    let detection = policy.down_after + interval(&from) + Duration::from_millis(500);
     Ok(DryRun {
         kind,
         from,
@@ -194,6 +208,8 @@ pub fn dry_run(
         steps,
         safe_wait,
         worst_case,
+        best_case,
+        detection,
     })
 }
 
@@ -292,6 +308,9 @@ mod tests {
         let sum: Duration = d.steps.iter().map(|s| s.worst_case).sum();
         assert_eq!(d.worst_case, sum);
         assert!(d.worst_case > d.safe_wait);
+        // prod has a fence step: no lease wait when it succeeds; one probe step on dr.
+        assert!(d.best_case < d.safe_wait, "{:?}", d.best_case);
+        assert!(d.detection > spec.policy_for("file-transfer").unwrap().down_after);
         let ok = dry_run(&spec, s, "file-transfer", "dr", false, Some(Ok(())), &BTreeMap::new());
         assert!(ok.unwrap().would_start());
     }
