@@ -28,6 +28,9 @@ use crate::runtime::fence_test::{FenceTestError, FenceTester};
 pub const LEADER_ID_KEY: &str = "drover-leader-id";
 /// Metadata key carrying the leader's gRPC address on a not-leader refusal.
 pub const LEADER_ADDR_KEY: &str = "drover-leader-addr";
+/// Metadata key set (to "1") on a refusal given before anything was proposed: the client may
+/// send the same request again (an election in progress), nothing can be applied twice.
+pub const NOTHING_WRITTEN_KEY: &str = "drover-nothing-written";
 /// Most history records returned by one call.
 pub const MAX_HISTORY_PAGE: usize = 1000;
 /// Longest an admin write waits for its entry to commit.
@@ -113,7 +116,11 @@ impl AdminService {
             let member = m.membership_config.membership().get_node(&id).cloned();
             (id, member)
         });
-        Err(self.not_leader(leader))
+        let mut refusal = self.not_leader(leader);
+        if let Ok(v) = "1".parse() {
+            refusal.metadata_mut().insert(NOTHING_WRITTEN_KEY, v);
+        }
+        Err(refusal)
     }
 }
 

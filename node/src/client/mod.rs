@@ -16,11 +16,16 @@ use drover_proto::v1::admin_client::AdminClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use crate::api::admin::LEADER_ADDR_KEY;
+use crate::api::admin::{LEADER_ADDR_KEY, NOTHING_WRITTEN_KEY};
 use crate::consensus::network::describe_status;
 
 /// Most leader hints followed by one call (a leader change during the call costs one hop).
 const MAX_LEADER_HOPS: usize = 3;
+/// While every node answers that it knows no leader (and wrote nothing), a call is sent again
+/// every `NO_LEADER_RETRY` for at most this long: an election takes a few seconds.
+const NO_LEADER_WAIT: Duration = Duration::from_secs(10);
+/// See [`NO_LEADER_WAIT`].
+const NO_LEADER_RETRY: Duration = Duration::from_millis(500);
 
 /// How to reach and authenticate to the cluster.
 #[derive(Debug, Clone)]
@@ -153,18 +158,45 @@ impl Client {
         Ok(ep)
     }
 
-    /// Runs `op` against the first endpoint that answers, following leader hints.
+    /// Runs `op` against the first endpoint that answers, following leader hints. When every
+    /// node that answered knows no leader and wrote nothing (an election in progress), the
+    /// call is sent again for up to [`NO_LEADER_WAIT`].
     pub async fn call<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
     where
         F: Fn(AdminClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.call_each(&op).await {
+                Err((_, true)) if started.elapsed() + NO_LEADER_RETRY < NO_LEADER_WAIT => {
+                    tokio::time::sleep(NO_LEADER_RETRY).await;
+                }
+                Err((e, _)) => return Err(e),
+                Ok(v) => return Ok(v),
+            }
+        }
+    }
+
+    /// One pass over the endpoints; the error says whether every answer was "no leader,
+    /// nothing written".
+    async fn call_each<T, F, Fut>(&self, op: &F) -> Result<T, (ClientError, bool)>
+    where
+        F: Fn(AdminClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let mut failures = Vec::new();
+        let mut leaderless = 0;
         for address in &self.cfg.endpoints {
             let mut target = address.clone();
             for _hop in 0..=MAX_LEADER_HOPS {
-                match self.call_one(&target, &op).await {
+                match self.call_one(&target, op).await {
                     Ok(v) => return Ok(v),
+                    Err(Attempt::NoLeader(msg)) => {
+                        leaderless += 1;
+                        failures.push(msg);
+                        break;
+                    }
                     Err(Attempt::Redirect(leader)) if leader != target => target = leader,
                     Err(Attempt::Redirect(_)) => {
                         failures.push(format!("{target}: keeps naming itself as leader"));
@@ -174,11 +206,14 @@ impl Client {
                         failures.push(msg);
                         break;
                     }
-                    Err(Attempt::Final(e)) => return Err(e),
+                    Err(Attempt::Final(e)) => return Err((e, false)),
                 }
             }
         }
-        Err(ClientError::Unreachable(format!("no drover node answered: {}", failures.join("; "))))
+        let retry = leaderless > 0 && leaderless == failures.len();
+        let e =
+            ClientError::Unreachable(format!("no drover node answered: {}", failures.join("; ")));
+        Err((e, retry))
     }
 
     async fn call_one<T, F, Fut>(&self, address: &str, op: &F) -> Result<T, Attempt>
@@ -245,6 +280,11 @@ impl Client {
             }
         }
         let detail = describe_status(&status);
+        if status.code() == Code::Unavailable
+            && status.metadata().get(NOTHING_WRITTEN_KEY).is_some()
+        {
+            return Attempt::NoLeader(format!("{address}: {}", status.message()));
+        }
         match status.code() {
             Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
                 Attempt::Down(format!("{address}: {}", self.explain_text(&detail)))
@@ -384,6 +424,8 @@ fn check_identity(
 enum Attempt {
     Redirect(String),
     Down(String),
+    /// The node knows no leader and wrote nothing: the call may be sent again.
+    NoLeader(String),
     Final(ClientError),
 }
 
