@@ -371,15 +371,22 @@ pub fn plan_table(service: &str, r: &pb::PlanReply) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    let detection = if r.kind == "failover" {
+        format!(
+            "an automatic failover starts about {} after the outage (down_after, a check \
+             interval, a report)\n",
+            secs(r.detection_ms)
+        )
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
         "\ntime to recovery: at least {} plus the runbooks' own time (the lease wait when nothing \
          confirms the old site's stop, a check interval per probe step), at most {} (every \
-         attempt timing out, and the lease wait of {} in full)\nan automatic failover starts \
-         about {} after the outage (down_after, a check interval, a report)\n{}\n",
+         attempt timing out, and the lease wait of {} in full)\n{detection}{}\n",
         secs(r.best_case_ms),
         secs(r.worst_case_ms),
         secs(r.safe_wait_ms),
-        secs(r.detection_ms),
         if r.would_start {
             format!(
                 "every gate passes: 'droverctl {} {service} --to {}' would start now",
