@@ -378,6 +378,22 @@ fn client_config(c: &Conn) -> ClientConfig {
     }
 }
 
+/// The kinds of history records (`history --kind`).
+const HISTORY_KINDS: &[&str] = &[
+    "note",
+    "spec",
+    "failover",
+    "switchover",
+    "reprotect",
+    "reactivate",
+    "step",
+    "commit",
+    "resume",
+    "pause",
+    "ack",
+    "recovery",
+];
+
 async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
     match &cli.cmd {
         Cmd::Status { local } => {
@@ -436,6 +452,12 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
             }
         }
         Cmd::History { service, since, kind, after, limit } => {
+            if let Some(bad) = kind.iter().find(|k| !HISTORY_KINDS.contains(&k.as_str())) {
+                return Err(ClientError::Setup(format!(
+                    "--kind {bad:?} is not a history kind; use one or more of {}",
+                    HISTORY_KINDS.join(", ")
+                )));
+            }
             let since_unix_ms = since.map_or(0, |d| {
                 drover::pb::unix_now_ms().saturating_sub(d.as_millis().min(i64::MAX as u128) as i64)
             });
@@ -544,7 +566,7 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
             if *wait {
                 if r.done.iter().any(|d| d.contains("resumed at step")) {
                     // The resumed workflow (the newest of the service, id >= 0).
-                    follow(client, service.clone(), Some(0)).await?;
+                    follow(client, service.clone(), Some(0), cli.json).await?;
                 } else {
                     out!("--wait: no workflow was resumed, nothing to follow");
                 }
@@ -559,7 +581,7 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
             };
             let r = service_action_req(client, req, cli.json).await?;
             if *wait {
-                follow(client, Some(service.clone()), Some(r.workflow_id)).await?;
+                follow(client, Some(service.clone()), Some(r.workflow_id), cli.json).await?;
             }
         }
         Cmd::Switchover { service, to, reason, wait } => {
@@ -570,7 +592,7 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
             };
             let r = service_action_req(client, req, cli.json).await?;
             if *wait {
-                follow(client, Some(service.clone()), Some(r.workflow_id)).await?;
+                follow(client, Some(service.clone()), Some(r.workflow_id), cli.json).await?;
             }
         }
         Cmd::Reprotect { service, reason, wait } => {
@@ -580,10 +602,17 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
             };
             let r = service_action_req(client, req, cli.json).await?;
             if *wait {
-                follow(client, Some(service.clone()), Some(r.workflow_id)).await?;
+                follow(client, Some(service.clone()), Some(r.workflow_id), cli.json).await?;
             }
         }
         Cmd::Pause { service, all, reason, duration } => {
+            if duration.is_some_and(|d| d.is_zero()) {
+                return Err(ClientError::Setup(
+                    "--for 0s would end the pause at once; give a duration, or leave --for out \
+                     to pause until 'droverctl resume'"
+                        .into(),
+                ));
+            }
             let req = pb::ServiceActionRequest {
                 reason: reason.clone(),
                 for_ms: duration.map_or(0, |d| d.as_millis() as u64),
@@ -591,7 +620,7 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
             };
             service_action_req(client, req, cli.json).await?;
         }
-        Cmd::Watch { service } => follow(client, service.clone(), None).await?,
+        Cmd::Watch { service } => follow(client, service.clone(), None, cli.json).await?,
         Cmd::Plan { service, to, switchover } => {
             let req = pb::PlanRequest {
                 service: service.clone(),
@@ -817,18 +846,28 @@ async fn service_action_req(
     Ok(r)
 }
 
-/// `watch` and `--wait`: follows the workflow; a failed one is exit code 1.
+/// `watch` and `--wait`: follows the workflow; a failed one is exit code 1. With `--json`,
+/// nothing is printed as it goes and the outcome is one JSON object.
 async fn follow(
     client: &Client,
     service: Option<String>,
     workflow_id: Option<u64>,
+    json: bool,
 ) -> Result<(), ClientError> {
-    let target = drover::client::watch::Target { service, workflow_id };
-    match drover::client::watch::watch(client, &target).await? {
-        drover::client::watch::Outcome::Succeeded(text) => {
-            out!("{text}");
-            Ok(())
-        }
-        drover::client::watch::Outcome::Failed(text) => Err(ClientError::Refused(text)),
+    use drover::client::watch::{watch, Outcome, Target};
+    let target = Target { service, workflow_id, quiet: json };
+    let (ok, text) = match watch(client, &target).await? {
+        Outcome::Succeeded(text) => (true, text),
+        Outcome::Failed(text) => (false, text),
+    };
+    if json {
+        out!("{}", json!({"outcome": if ok { "succeeded" } else { "failed" }, "text": text}));
+    } else if ok {
+        out!("{text}");
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(ClientError::Refused(text))
     }
 }

@@ -55,19 +55,31 @@ fn service_json(s: &pb::ServiceStatus) -> Value {
 
 /// The services part of `droverctl status`.
 pub fn services_table(s: &pb::StatusReply) -> String {
+    let mut out = alerts(s);
+    out.push_str(&services_only(s));
+    out
+}
+
+/// The `ALERT:` lines (nobody serving, what to do), then a blank line; empty without any.
+fn alerts(s: &pb::StatusReply) -> String {
+    let mut out = String::new();
+    for svc in s.services.iter().filter(|svc| !svc.alert.is_empty()) {
+        let _ = writeln!(out, "ALERT: {}", svc.alert);
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
+/// The services table without the alerts.
+fn services_only(s: &pb::StatusReply) -> String {
     let mut out = String::new();
     if s.services.is_empty() {
         if s.spec_version == 0 {
             out.push_str("no cluster spec yet: 'droverctl config apply -f cluster.toml'\n");
         }
         return out;
-    }
-    // What an operator must act on comes first.
-    for svc in s.services.iter().filter(|svc| !svc.alert.is_empty()) {
-        let _ = writeln!(out, "ALERT: {}", svc.alert);
-    }
-    if s.services.iter().any(|svc| !svc.alert.is_empty()) {
-        out.push('\n');
     }
     let _ = writeln!(out, "services (spec version {}):", s.spec_version);
     let mut rows = vec![vec![
@@ -142,7 +154,8 @@ pub fn services_table(s: &pb::StatusReply) -> String {
 
 /// `droverctl status`.
 pub fn status_table(s: &pb::StatusReply) -> String {
-    let mut out = String::new();
+    // What an operator must act on comes first of all.
+    let mut out = alerts(s);
     if !s.quorum.is_empty() {
         let reached: Vec<&str> = s
             .reachable
@@ -195,7 +208,7 @@ pub fn status_table(s: &pb::StatusReply) -> String {
         ]);
     }
     out.push_str(&table(&rows));
-    let services = services_table(s);
+    let services = services_only(s);
     if !services.is_empty() {
         out.push('\n');
         out.push_str(&services);
@@ -389,8 +402,10 @@ pub fn plan_table(service: &str, r: &pb::PlanReply) -> String {
         secs(r.safe_wait_ms),
         if r.would_start {
             format!(
-                "every gate passes: 'droverctl {} {service} --to {}' would start now",
-                r.kind, r.to_site
+                "every gate passes: 'droverctl {} {service} --to {}{}' would start now",
+                r.kind,
+                r.to_site,
+                if r.kind == "failover" { " --reason TEXT" } else { "" }
             )
         } else {
             format!("a gate says no: the {} would be refused now", r.kind)

@@ -37,6 +37,8 @@ pub struct Target {
     /// Follow this workflow (id = the log index that started it) or a later one; None: the
     /// one in progress, else the next to start.
     pub workflow_id: Option<u64>,
+    /// Print nothing as it goes (`--json`: only the outcome is printed, by the caller).
+    pub quiet: bool,
 }
 
 fn ended(state: &str) -> Option<bool> {
@@ -47,10 +49,12 @@ fn ended(state: &str) -> Option<bool> {
     }
 }
 
-fn step_line(i: usize, n: usize, st: &pb::WorkflowStepStatus) -> String {
+fn step_line(i: usize, n: usize, st: &pb::WorkflowStepStatus, stopped: bool) -> String {
     let what = format!("step {}/{n} {} {} on {}", i + 1, st.stage, st.kind, st.site);
     match st.status.as_str() {
         "running" => format!("{what}: running (attempt {})", st.attempt),
+        // A stopped workflow keeps its step waiting for `resume`, not for a retry.
+        "retry_wait" if stopped => format!("{what}: attempt {} FAILED: {}", st.attempt, st.detail),
         "retry_wait" => format!("{what}: attempt {} failed, retrying: {}", st.attempt, st.detail),
         "succeeded" => format!("{what}: done: {}", st.detail),
         "failed" => format!("{what}: FAILED: {}", st.detail),
@@ -63,7 +67,7 @@ fn step_line(i: usize, n: usize, st: &pb::WorkflowStepStatus) -> String {
 pub async fn watch(client: &Client, target: &Target) -> Result<Outcome, ClientError> {
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();
-    let bar = tty.then(|| {
+    let bar = (tty && !target.quiet).then(|| {
         let bar = ProgressBar::new(0);
         let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
@@ -72,6 +76,7 @@ pub async fn watch(client: &Client, target: &Target) -> Result<Outcome, ClientEr
         bar
     });
     let say = |line: String| match &bar {
+        _ if target.quiet => {}
         Some(b) => b.println(line),
         None => println!("{line}"),
     };
@@ -149,7 +154,7 @@ pub async fn watch(client: &Client, target: &Target) -> Result<Outcome, ClientEr
         }
         let n = wf.steps.len();
         for (i, st) in wf.steps.iter().enumerate() {
-            let line = step_line(i, n, st);
+            let line = step_line(i, n, st, ended(&wf.state) == Some(false));
             if last.get(i) != Some(&line) && st.status != "pending" {
                 say(line.clone());
             }
@@ -191,10 +196,15 @@ pub async fn watch(client: &Client, target: &Target) -> Result<Outcome, ClientEr
                     wf.kind, svc.name, svc.name
                 ),
                 state => {
-                    let why = if svc.alert.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", svc.alert)
+                    // Why it stopped: the alert when nobody serves, else the step that failed.
+                    let failed = wf.steps.iter().find(|st| st.status == "failed");
+                    let why = match (svc.alert.is_empty(), failed) {
+                        (false, _) => format!(": {}", svc.alert),
+                        (true, Some(st)) => format!(
+                            ": {} {} on {} failed: {}; {} serves (fix the cause, then try again)",
+                            st.stage, st.kind, st.site, st.detail, svc.active_site
+                        ),
+                        (true, None) => String::new(),
                     };
                     format!(
                         "{} of {} {} after {secs:.1}s ({} active, epoch {}){why}",

@@ -278,10 +278,17 @@ impl ControlState {
                 wf.state = WorkflowState::Committed;
                 state.primary = Some(state.active_site.clone());
                 state.phase = ServicePhase::Protecting;
+                let cooldown = match state.mode {
+                    Automation::Cooldown { .. } => format!(
+                        "; the cooldown of the last automatic failover still holds: 'droverctl \
+                         ack {service}' arms automatic failover now"
+                    ),
+                    Automation::Auto => String::new(),
+                };
                 changed(
                     "step",
                     format!(
-                        "{record}; {service} is protecting from {} again (reprotected)",
+                        "{record}; {service} is protecting from {} again (reprotected){cooldown}",
                         state.active_site
                     ),
                 )
