@@ -700,6 +700,11 @@ impl AdminService {
             "resume" => ControlRequest::Resume { service, author, at_unix_ms },
             "failover" => {
                 need_to()?;
+                if to == active {
+                    return Err(Status::failed_precondition(format!(
+                        "{to} is already the active site of {service}"
+                    )));
+                }
                 if reason.is_empty() {
                     return Err(Status::invalid_argument(
                         "an operator's failover needs a reason: --reason TEXT (it goes in the history)",

@@ -106,6 +106,12 @@ pub fn dry_run(
         return Err(format!("no site named {to}; the spec's sites: {}", site_names(spec)));
     }
     let from = state.active_site.clone();
+    if to == from {
+        return Err(format!("{to} is already the active site of {service}"));
+    }
+    if spec.site(to).is_some_and(|s| s.witness) {
+        return Err(format!("{to} is the witness site: it never runs a service"));
+    }
     let kind = if switchover { "switchover" } else { "failover" };
     let mut lines = Vec::new();
     let mut gate = |name: &str, passed: bool, detail: String| {
@@ -117,13 +123,10 @@ pub fn dry_run(
         }
         Some(wf) => gate("at rest", false, wf.summary(service)),
     }
-    let capable = spec.site(to).is_some_and(|s| !s.witness) && to != from;
-    let activate = svc.runbook(to, Phase::Activate).len();
-    let target = match (capable, activate) {
-        (false, _) => (false, format!("{to} cannot take {service} over (active: {from})")),
-        (true, 0) if switchover => (false, format!("{to} has no activate runbook")),
-        (true, 0) => (true, format!("{to} has no activate runbook: nothing will start there")),
-        (true, n) => (true, format!("{to} has an activate runbook of {n} step(s)")),
+    let target = match svc.runbook(to, Phase::Activate).len() {
+        0 if switchover => (false, format!("{to} has no activate runbook")),
+        0 => (true, format!("{to} has no activate runbook: nothing will start there")),
+        n => (true, format!("{to} has an activate runbook of {n} step(s)")),
     };
     gate("target", target.0, target.1);
     let stop = if switchover { Phase::Deactivate } else { Phase::Fence };
@@ -327,6 +330,6 @@ mod tests {
             dry_run(&spec, s, "file-transfer", "nowhere", true, None, &BTreeMap::new()).is_err()
         );
         let to_self = dry_run(&spec, s, "file-transfer", "prod", true, None, &BTreeMap::new());
-        assert!(!to_self.unwrap().would_start());
+        assert!(to_self.unwrap_err().contains("already the active site"));
     }
 }

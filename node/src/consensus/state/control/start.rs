@@ -18,9 +18,9 @@ struct Expect<'a> {
     at_unix_ms: i64,
 }
 
-/// The spec, when a move of `service` from `from` to `to` can be planned at all: a spec is
-/// applied and `to` is another site that can be active.
-fn move_spec<'a>(
+/// The spec, when `to` can take `service` over from `from`: a spec is applied and `to` is
+/// another site that can be active.
+fn move_target<'a>(
     spec: Option<&'a VersionedSpec>,
     service: &str,
     from: &str,
@@ -40,6 +40,36 @@ fn move_spec<'a>(
     Ok(spec)
 }
 
+/// The refusal of a `kind` start while `wf` holds the service: what holds it, and what to do.
+fn busy(service: &str, wf: &Workflow, kind: &str, at_unix_ms: i64) -> Outcome {
+    let age = (at_unix_ms - wf.started_at_unix_ms).max(0) / 1000;
+    let next = match wf.state {
+        WorkflowState::Running => format!("wait for it ('droverctl watch {service}')"),
+        WorkflowState::AwaitingCommit => format!("commit it first ('droverctl commit {service}')"),
+        _ => format!("resume it first ('droverctl resume {service}')"),
+    };
+    rejected(format!(
+        "cannot start a {kind} of {service}: {} (started {age}s ago); {next}",
+        wf.summary(service)
+    ))
+}
+
+/// The spec, when a move of `service` from `from` to `to` can be planned at all: a spec is
+/// applied, no workflow holds the service, and `to` is another site that can be active.
+fn move_spec<'a>(
+    control: &'a ControlState,
+    service: &str,
+    from: &str,
+    to: &str,
+    kind: &str,
+    at_unix_ms: i64,
+) -> Result<&'a ClusterSpec, Outcome> {
+    if let Some(wf) = control.services.get(service).and_then(|s| s.active_workflow()) {
+        return Err(busy(service, wf, kind, at_unix_ms));
+    }
+    move_target(control.spec.as_ref(), service, from, to)
+}
+
 /// Rejects the start when the service does not exist, is busy, or moved on since the
 /// requester looked (epoch, active site).
 fn check_start<'a>(
@@ -50,13 +80,7 @@ fn check_start<'a>(
     let state =
         services.get_mut(service).ok_or_else(|| rejected(format!("no service named {service}")))?;
     if let Some(wf) = state.active_workflow() {
-        let age = (e.at_unix_ms - wf.started_at_unix_ms).max(0) / 1000;
-        return Err(rejected(format!(
-            "cannot start a {} of {service}: {} (started {age}s ago); follow it with 'droverctl \
-             watch {service}', or resume or commit it first",
-            e.kind,
-            wf.summary(service)
-        )));
+        return Err(busy(service, wf, e.kind, e.at_unix_ms));
     }
     if state.epoch != e.epoch {
         return Err(rejected(format!(
@@ -92,7 +116,7 @@ impl ControlState {
         else {
             return rejected("not a failover request");
         };
-        let spec = match move_spec(self.spec.as_ref(), service, from, to) {
+        let spec = match move_spec(self, service, from, to, "failover", *at_unix_ms) {
             Ok(spec) => spec,
             Err(o) => return o,
         };
@@ -164,7 +188,7 @@ impl ControlState {
         else {
             return rejected("not a switchover request");
         };
-        let spec = match move_spec(self.spec.as_ref(), service, from, to) {
+        let spec = match move_spec(self, service, from, to, "switchover", *at_unix_ms) {
             Ok(spec) => spec,
             Err(o) => return o,
         };

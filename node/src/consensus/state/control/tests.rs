@@ -540,6 +540,9 @@ fn a_second_workflow_is_refused_naming_the_one_that_runs() {
         "{why}"
     );
     assert!(why.contains("droverctl watch file-transfer"), "{why}");
+    // Busy comes first, whatever else is wrong with the request.
+    let to_self = switchover(&mut c, 11, "prod", "prod", 2).rejected.unwrap();
+    assert!(to_self.contains("cannot start a switchover"), "{to_self}");
     assert!(start(&mut c, 12, 2).rejected.unwrap().contains("cannot start a failover"));
     assert!(reprotect(&mut c, 13, 2).rejected.unwrap().contains("cannot start a reprotect"));
     // A stale epoch is refused too, once the service is at rest.
