@@ -215,14 +215,10 @@ fn publish_gates(ctx: &ControlCtx, eng: &Engine, obs: &Observation) {
     }
 }
 
-fn service_of(req: &ControlRequest) -> String {
-    req.service().unwrap_or_default().to_string()
-}
-
 fn propose(ctx: &ControlCtx, term: u64, req: ControlRequest) {
     let raft = ctx.node.raft.clone();
     let events = ctx.events.clone();
-    let service = service_of(&req);
+    let service = req.service().unwrap_or_default().to_string();
     tokio::spawn(async move {
         if let ControlRequest::StartFailover { from, to, reason, .. } = &req {
             warn!(service = %service, from = %from, to = %to, "starting automatic failover: {reason}");

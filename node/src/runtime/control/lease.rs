@@ -130,15 +130,11 @@ pub(super) async fn lease_loop(ctx: ControlCtx, mut stop: watch::Receiver<bool>)
                         }
                         // The leader read the committed state and says this site does not
                         // hold the lease: stop serving now (DESIGN.md 6).
-                        Some(Err(_)) if released_by_switchover(&ctx, &service) => {
-                            holdings.remove(&service);
-                            if let Ok(mut leases) = ctx.node.leases.lock() {
-                                leases.remove(&service);
-                            }
-                        }
                         Some(Err(why)) => {
-                            // Stop serving now; the self-fence follows at the next tick unless
-                            // the refusal only says the epoch moved on with the lease kept.
+                            // Stop serving now; the tick decides the rest from this node's own
+                            // state: the lease kept at a newer epoch (no self-fence), released by
+                            // a switchover after this site's deactivation (none either), or else
+                            // a self-fence once REFUSAL_SETTLE passed.
                             let why = format!("the cluster refused the lease renewal: {why}");
                             h.refused.get_or_insert((ctx.clock.now(), why));
                             if let Ok(mut leases) = ctx.node.leases.lock() {
@@ -525,10 +521,10 @@ pub(super) async fn confirm_leases(
 }
 
 /// Whether this node's applied state shows `service`'s lease released by a planned
-/// switchover away from this site whose deactivate runbook succeeded: the site stopped
-/// serving through it, and on_lease_lost has nothing left to do (the issue's "stops through its
-/// deactivate runbook, not by self-fencing"). A node that has not applied that yet self-fences
-/// as usual, which only stops what is already stopped.
+/// switchover away from this site after its deactivate (or, on the way back, undo) runbook
+/// succeeded: the site stopped serving through that runbook, and on_lease_lost has nothing
+/// left to do. A node that has not applied that yet self-fences as usual, which only stops
+/// what is already stopped.
 fn released_by_switchover(ctx: &ControlCtx, service: &str) -> bool {
     ctx.node.state.read(|s| {
         s.control.services.get(service).and_then(|st| st.workflow.as_ref()).is_some_and(|wf| {
