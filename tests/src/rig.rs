@@ -210,22 +210,27 @@ impl Rig {
     /// that it stays so for [`STEADY`] (longer than down_after): the starting point of every
     /// failover test, free of start-up transients.
     pub fn wait_protecting_with_prod_up(&mut self, timeout: Duration) -> Value {
-        let steady = |r: &mut Rig| -> Result<Value, String> {
+        // `unknown_ok`: a leader elected a moment ago has no health reports yet and shows no
+        // site state (`"sites": {}`); that is not a fault, but prod seen as anything but up is.
+        let steady = |r: &mut Rig, unknown_ok: bool| -> Result<Value, String> {
             let v = r.service()?;
+            let prod = &v["sites"]["prod"];
             let ok = v["phase"] == "protecting"
                 && v["active_site"] == "prod"
                 && v["epoch"] == 1
-                && v["sites"]["prod"] == "up";
+                && (prod == "up" || (unknown_ok && prod.is_null()));
             if ok {
                 Ok(v)
             } else {
                 Err(format!("service {v}"))
             }
         };
-        self.wait("webshop protecting, active prod, epoch 1, prod up", timeout, steady);
+        self.wait("webshop protecting, active prod, epoch 1, prod up", timeout, |r| {
+            steady(r, false)
+        });
         let since = Instant::now();
         loop {
-            match steady(self) {
+            match steady(self, true) {
                 Ok(v) if since.elapsed() >= STEADY => return v,
                 Ok(_) => thread::sleep(POLL),
                 Err(e) => self.fail(format!(
