@@ -36,7 +36,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::spec::Step;
+use crate::spec::{Step, StepAction};
 
 pub use fence::{fence_status_power, is_secret_key};
 pub use real::RealActuator;
@@ -192,4 +192,19 @@ pub trait Actuator: Send + Sync {
     /// Runs one attempt of `step` for `ctx`, bounded by `step.timeout`. Dropping the future
     /// cancels the attempt (a child process is killed).
     fn run<'a>(&'a self, step: &'a Step, ctx: &'a StepContext) -> StepFuture<'a>;
+
+    /// Reads back whether the effect of `step`, as run for `ctx`, still holds, changing
+    /// nothing: `Ok` with one line of what was found when it does; [`StepError::Failed`]
+    /// naming what differs (drift) when it does not; [`StepError::Unsupported`] for a step
+    /// whose effect cannot be read back (see [`verifiable`]). Bounded by `step.timeout`.
+    fn verify<'a>(&'a self, step: &'a Step, _ctx: &'a StepContext) -> StepFuture<'a> {
+        let kind = step.action.kind();
+        Box::pin(async move { Err(StepError::Unsupported { kind }) })
+    }
+}
+
+/// Whether the effect of a step of this kind can be read back ([`Actuator::verify`]): the
+/// traffic steps, `dns` (records and epoch) and `haproxy` (server states and weights).
+pub fn verifiable(action: &StepAction) -> bool {
+    matches!(action, StepAction::Dns(_) | StepAction::Haproxy(_))
 }
