@@ -167,6 +167,33 @@ impl DnsServer {
         DnsServer::launch(test, "knotd", &knotd, &["-c"], config, zone, records)
     }
 
+    /// Starts knotd as a secondary of `primary`'s zone: it starts from the primary's zone as
+    /// it was given (`records`), transfers the zone with [`OUTSIDER_KEY`] and asks the primary
+    /// for a newer serial every 2 s (the least knotd allows; no NOTIFY needed). `None` (after a skip message) when
+    /// knotd or kdig is not installed.
+    pub fn knot_secondary(
+        test: &str,
+        primary: &DnsServer,
+        records: &[(&str, &str, &str)],
+    ) -> Option<DnsServer> {
+        let knotd = crate::require_program(test, "knotd", "knot")?;
+        let zone = primary.kdig.zone.clone();
+        let primary_port = primary.kdig.port;
+        let config = |root: &str, port: u16| {
+            format!(
+                "server:\n  rundir: \"{root}\"\n  listen: 127.0.0.1@{port}\n\
+                 log:\n  - target: stderr\n    any: info\n\
+                 database:\n  storage: \"{root}\"\n\
+                 key:\n  - id: {OUTSIDER_KEY}\n    algorithm: hmac-sha256\n    secret: {OUTSIDER_SECRET}\n\
+                 remote:\n  - id: primary\n    address: 127.0.0.1@{primary_port}\n    key: {OUTSIDER_KEY}\n\
+                 template:\n  - id: default\n    storage: \"{root}\"\n    zonefile-sync: -1\n\
+                 zone:\n  - domain: {zone}\n    file: zone.txt\n    master: primary\n\
+                 \x20   refresh-min-interval: 2\n    refresh-max-interval: 2\n"
+            )
+        };
+        DnsServer::launch(test, "knotd", &knotd, &["-c"], config, &zone, records)
+    }
+
     /// Starts `named -g` for `zone` holding `records`; `None` (after a skip message) when named
     /// or kdig is not installed.
     pub fn bind(test: &str, zone: &str, records: &[(&str, &str, &str)]) -> Option<DnsServer> {

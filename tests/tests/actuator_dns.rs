@@ -60,6 +60,8 @@ on_both_servers!(
     a_wrong_or_unauthorised_key_is_refused_by_the_server,
     a_stale_epoch_is_refused_by_the_check_and_by_the_server,
     udp_works_and_an_unreachable_server_is_reported,
+    every_server_must_answer_the_new_records_before_the_step_succeeds,
+    drift_is_read_back_and_a_newer_epoch_is_not_drift_to_repair,
 );
 
 /// A `dns` step setting `records` (name relative to the zone, type, value) with `key`.
@@ -82,6 +84,7 @@ fn dns_step(
             })
             .collect(),
         protocol: DnsProtocol::Tcp,
+        verify_servers: Vec::new(),
     }
 }
 
@@ -262,10 +265,12 @@ async fn a_stale_epoch_is_refused_by_the_check_and_by_the_server(srv: &DnsServer
     );
     assert!(why.contains("it now holds epoch 3"), "{why}");
 
-    // A newer epoch whose read is out of date is told to read again, not that it is stale.
-    let why = failed_reason(dns::update(&stale, STEP_TIMEOUT, &ctx(4), Expected::Epoch(2)).await);
+    // A newer epoch whose read is out of date is refused too: another writer changed the
+    // records between its read and its update, and a blind retry must not overwrite them.
+    let why = refused_reason(dns::update(&stale, STEP_TIMEOUT, &ctx(4), Expected::Epoch(2)).await);
     assert!(why.contains("NXRRSET") && why.contains("it now holds epoch 3"), "{why}");
-    let why = failed_reason(dns::update(&stale, STEP_TIMEOUT, &ctx(4), Expected::Absent).await);
+    assert!(why.contains("another writer changed it since it was read"), "{why}");
+    let why = refused_reason(dns::update(&stale, STEP_TIMEOUT, &ctx(4), Expected::Absent).await);
     assert!(why.contains("answered YXRRSET"), "{why}");
     assert!(
         why.contains("prerequisite that _drover.www.drover.test. does not exist failed"),
@@ -310,4 +315,80 @@ async fn udp_works_and_an_unreachable_server_is_reported(srv: &DnsServer, _: Fla
         why.contains(&format!("DNS server 127.0.0.1:{closed} refused the tcp connection")),
         "{why}"
     );
+}
+
+async fn every_server_must_answer_the_new_records_before_the_step_succeeds(
+    srv: &DnsServer,
+    _: Flavor,
+) {
+    // A real secondary (Knot, refreshing every 2 s): the step waits for its serial.
+    let test = "dns_verify_secondary";
+    let Some(secondary) = DnsServer::knot_secondary(test, srv, &RECORDS) else { return };
+    let mut step = dns_step(srv, &[("www", DnsRecordType::A, SITE_B)], Some(srv.key()));
+    step.verify_servers = vec![secondary.server()];
+    let long = Duration::from_secs(15);
+    let out = dns::run(&step, long, &ctx(1)).await.expect("the secondary catches up");
+    assert!(out.detail.ends_with("read back from 2 servers"), "{}", out.detail);
+    assert_eq!(secondary.dig(&format!("www.{ZONE}"), "A"), vec![SITE_B]);
+    assert_eq!(secondary.dig(&companion("www"), "TXT"), vec!["1"]);
+
+    // A server of the zone that never gets the update (here: a second primary with the old
+    // zone): the update is applied, but the step fails and says where and what is stale.
+    let Some(stale) = DnsServer::knot("dns_verify_stale", ZONE, &RECORDS) else { return };
+    let mut step = dns_step(srv, &[("www", DnsRecordType::A, SITE_A)], Some(srv.key()));
+    step.verify_servers = vec![stale.server()];
+    let short = Duration::from_secs(3);
+    let why = failed_reason(dns::run(&step, short, &ctx(2)).await);
+    let named = format!("dns: {} (in verify_servers) still answers", stale.server());
+    assert!(why.starts_with(&named), "{why}");
+    assert!(why.contains(&format!("after the update of zone {ZONE} at {}", srv.server())), "{why}");
+    assert!(
+        why.contains(&format!("_drover.www.{ZONE} TXT holds epoch none (the step's epoch is 2)")),
+        "{why}"
+    );
+    assert!(why.contains("(its serial 1, the updated server's 3)"), "{why}");
+    assert!(why.contains("can transfer the zone, or raise the step's timeout"), "{why}");
+    assert_eq!(srv.dig(&companion("www"), "TXT"), vec!["2"], "the update itself was applied");
+
+    // The stale server listing another value for the record is named with it.
+    let mut step = dns_step(srv, &[("www", DnsRecordType::A, SITE_B)], Some(srv.key()));
+    step.verify_servers = vec![stale.server()];
+    let why = failed_reason(dns::run(&step, short, &ctx(3)).await);
+    assert!(
+        why.contains(&format!("www.{ZONE} A answers {SITE_A} (the step sets {SITE_B})")),
+        "{why}"
+    );
+}
+
+async fn drift_is_read_back_and_a_newer_epoch_is_not_drift_to_repair(srv: &DnsServer, _: Flavor) {
+    let to_b = dns_step(srv, &[("www", DnsRecordType::A, SITE_B)], Some(srv.key()));
+    run_step(&to_b, 2).await.expect("epoch 2 update");
+    let out = dns::verify(&to_b, STEP_TIMEOUT, &ctx(2)).await.expect("no drift yet");
+    assert_eq!(out.detail, format!("zone {ZONE}: 1 record and epoch 2 as set, on 1 server"));
+
+    // Someone points www back at site A by hand (keeping the companion): drift.
+    let by_hand = dns_step(srv, &[("www", DnsRecordType::A, SITE_A)], Some(srv.key()));
+    dns::update(&by_hand, STEP_TIMEOUT, &ctx(2), Expected::Epoch(2)).await.expect("hand edit");
+    let why = failed_reason(dns::verify(&to_b, STEP_TIMEOUT, &ctx(2)).await);
+    assert_eq!(
+        why,
+        format!(
+            "dns: zone {ZONE} no longer holds what epoch 2 set: {}: www.{ZONE} A answers \
+             {SITE_A} (the step sets {SITE_B})",
+            srv.server()
+        )
+    );
+    // Running the step again repairs it.
+    run_step(&to_b, 2).await.expect("repair");
+    dns::verify(&to_b, STEP_TIMEOUT, &ctx(2)).await.expect("repaired");
+
+    // A newer epoch in the companion: a check for epoch 2 is refused, not drift to repair,
+    // and a run for epoch 2 leaves the records alone.
+    let newer = dns_step(srv, &[("www", DnsRecordType::A, SITE_A)], Some(srv.key()));
+    run_step(&newer, 5).await.expect("epoch 5");
+    let why = refused_reason(dns::verify(&to_b, STEP_TIMEOUT, &ctx(2)).await);
+    assert!(why.contains("holds epoch 5, newer than this step's epoch 2"), "{why}");
+    refused_reason(run_step(&to_b, 2).await);
+    assert_eq!(srv.dig(&format!("www.{ZONE}"), "A"), vec![SITE_A]);
+    assert_eq!(srv.dig(&companion("www"), "TXT"), vec!["5"]);
 }

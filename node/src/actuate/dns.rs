@@ -6,11 +6,27 @@
 //!   ├─ server    host:port ──▶ address; one TCP connection (or UDP socket) for every exchange
 //!   ├─ read      query TXT _drover.<first record name> ──▶ Expected: absent | epoch E
 //!   │              E > ctx.epoch ──▶ StepError::Refused (a newer activation owns the records)
-//!   └─ update    ONE UPDATE message, applied atomically by the server:
-//!                  prerequisite  TXT RRset == { "E" }   (or: no TXT RRset)
-//!                  update        delete the TXT RRset, add TXT "ctx.epoch",
-//!                                delete each (name, type) RRset of the step, add its records
+//!   ├─ update    ONE UPDATE message, applied atomically by the server:
+//!   │              prerequisite  TXT RRset == { "E" }   (or: no TXT RRset)
+//!   │              update        delete the TXT RRset, add TXT "ctx.epoch",
+//!   │                            delete each (name, type) RRset of the step, add its records
+//!   │              YXRRSET / NXRRSET (prerequisite failed) ──▶ StepError::Refused
+//!   └─ read back the step's RRsets and the companion TXT, from the server (signed, within
+//!                  PRIMARY_SETTLE) then from each of `verify_servers` (unsigned, until the
+//!                  deadline: their serial catching up); each must answer exactly the step's
+//!                  records and ctx.epoch, else StepError::Failed naming the server, the record
+//!                  and what it still answers (a newer epoch there: StepError::Refused)
 //! ```
+//!
+//! [`verify`] is the read-back alone, once, for drift checks after commit.
+//!
+//! # Read-back
+//!
+//! A server may answer NOERROR to an update and not apply it (an update-policy that silently
+//! drops names, a zone reloaded from an old file), and a secondary may never get the new
+//! serial. So the step succeeds only when every server it names answers the new records and
+//! epoch. The deadline of the read-back is nine tenths of the step's timeout (the last tenth
+//! leaves room to say what was found); raise the timeout when secondaries need longer.
 //!
 //! # The epoch as a fencing token
 //!
@@ -63,6 +79,11 @@ const EDNS_PAYLOAD: u16 = 1232;
 const SECRET_FILE_MAX: u64 = 4096;
 /// Messages that are not the answer (another source or ID) ignored before giving up.
 const STRAY_MAX: usize = 64;
+/// How long the updated server itself may take to answer what it accepted: servers apply an
+/// update before answering it (RFC 2136 3.5-3.6), so this only absorbs a slow commit.
+const PRIMARY_SETTLE: Duration = Duration::from_secs(2);
+/// Pause between two read-backs of a server that does not answer the new records yet.
+const READ_BACK_EVERY: Duration = Duration::from_millis(200);
 
 /// What the companion TXT record holds before an update: the update's prerequisite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +119,10 @@ pub async fn run(
     ctx: &StepContext,
 ) -> Result<StepOutput, StepError> {
     let waiting = Waiting::default();
+    let started = Instant::now();
+    let deadline = started + timeout.mul_f64(0.9);
     let work = async {
-        let mut session = Session::open(step, &waiting).await?;
+        let mut session = Session::open(step, &step.server, true, &waiting).await?;
         let found = session.read_epoch().await?;
         if let Expected::Epoch(e) = found {
             if e > ctx.epoch {
@@ -113,9 +136,86 @@ pub async fn run(
                 });
             }
         }
-        session.update(ctx, found).await
+        let mut out = session.update(ctx, found).await?;
+        let primary_serial =
+            session.confirm(ctx, deadline.min(Instant::now() + PRIMARY_SETTLE), None).await?;
+        for server in &step.verify_servers {
+            let mut other = Session::open(step, server, false, &waiting).await?;
+            other.confirm(ctx, deadline, Some((session.server, primary_serial))).await?;
+        }
+        let servers = 1 + step.verify_servers.len();
+        out.detail = format!(
+            "{}, read back from {servers} server{}",
+            out.detail,
+            if servers == 1 { "" } else { "s" }
+        );
+        Ok(out)
     };
     within(timeout, &waiting, work).await
+}
+
+/// Reads back, once and changing nothing, whether the records of `step` and its companion TXT
+/// record hold what a run for `ctx` set: on the step's server and on each of its
+/// `verify_servers`. `Ok` when every one answers so; [`StepError::Failed`] listing, per server,
+/// each record that differs and what it answers (drift); [`StepError::Refused`] when a server
+/// holds an epoch newer than `ctx.epoch` (a newer activation owns the records). Bounded by
+/// `timeout`.
+pub async fn verify(
+    step: &DnsStep,
+    timeout: Duration,
+    ctx: &StepContext,
+) -> Result<StepOutput, StepError> {
+    let waiting = Waiting::default();
+    let work = async {
+        let mut drift = Vec::new();
+        let mut session = Session::open(step, &step.server, true, &waiting).await?;
+        let primary = session.read_back(ctx).await?;
+        if !primary.differences.is_empty() {
+            drift.push(format!("{}: {}", session.server, primary.differences.join("; ")));
+        }
+        for server in &step.verify_servers {
+            let mut other = Session::open(step, server, false, &waiting).await?;
+            let found = other.read_back(ctx).await?;
+            if !found.differences.is_empty() {
+                drift.push(format!(
+                    "{} (serial {}, the primary's {}): {}",
+                    other.server,
+                    serial_text(found.serial),
+                    serial_text(primary.serial),
+                    found.differences.join("; ")
+                ));
+            }
+        }
+        if drift.is_empty() {
+            let servers = 1 + step.verify_servers.len();
+            Ok(StepOutput {
+                detail: format!(
+                    "zone {}: {} record{} and epoch {} as set, on {servers} server{}",
+                    step.zone,
+                    step.records.len(),
+                    if step.records.len() == 1 { "" } else { "s" },
+                    ctx.epoch,
+                    if servers == 1 { "" } else { "s" }
+                ),
+                output_tail: String::new(),
+            })
+        } else {
+            Err(failed(
+                format!(
+                    "dns: zone {} no longer holds what epoch {} set: {}",
+                    step.zone,
+                    ctx.epoch,
+                    drift.join(" | ")
+                ),
+                String::new(),
+            ))
+        }
+    };
+    within(timeout, &waiting, work).await
+}
+
+fn serial_text(serial: Option<u32>) -> String {
+    serial.map_or_else(|| "unknown".to_string(), |s| s.to_string())
 }
 
 /// Sends the update of `step` for `ctx.epoch` with `expected` as the prerequisite on the
@@ -130,7 +230,7 @@ pub async fn update(
 ) -> Result<StepOutput, StepError> {
     let waiting = Waiting::default();
     let work = async {
-        let mut session = Session::open(step, &waiting).await?;
+        let mut session = Session::open(step, &step.server, true, &waiting).await?;
         session.update(ctx, expected).await
     };
     within(timeout, &waiting, work).await
@@ -141,7 +241,7 @@ pub async fn update(
 pub async fn read_epoch(step: &DnsStep, timeout: Duration) -> Result<Expected, StepError> {
     let waiting = Waiting::default();
     let work = async {
-        let mut session = Session::open(step, &waiting).await?;
+        let mut session = Session::open(step, &step.server, true, &waiting).await?;
         session.read_epoch().await
     };
     within(timeout, &waiting, work).await
@@ -216,12 +316,50 @@ impl Plan {
 
     /// The query of the companion TXT record.
     fn query(&self) -> Message {
-        let mut message = Message::query();
-        let mut query = Query::query(self.companion.clone(), RecordType::TXT);
-        query.set_query_class(DNSClass::IN);
-        message.add_query(query);
-        message.edns = Some(edns());
-        message
+        query_of(&self.companion, RecordType::TXT)
+    }
+
+    /// The (name, type) RRsets the step sets, each once, in the step's order, with the values
+    /// it sets in them (as [`rdata_text`] writes them, sorted).
+    fn rrsets(&self) -> Vec<(Name, RecordType, Vec<String>)> {
+        let mut sets: Vec<(Name, RecordType, Vec<String>)> = Vec::new();
+        for r in &self.records {
+            let value = rdata_text(&r.data);
+            match sets.iter_mut().find(|(n, t, _)| *n == r.name && *t == r.record_type()) {
+                Some((_, _, values)) => values.push(value),
+                None => sets.push((r.name.clone(), r.record_type(), vec![value])),
+            }
+        }
+        for (_, _, values) in &mut sets {
+            values.sort();
+            values.dedup();
+        }
+        sets
+    }
+
+    /// What differs between what a server answers and what a run for `epoch` sets: one line
+    /// per record set or companion, e.g. `www.example. A answers 192.0.2.1 (the step sets
+    /// 198.18.0.5)`; empty when the server holds exactly the step's records and epoch.
+    fn differences(&self, epoch: u64, answered: &Answered) -> Vec<String> {
+        let mut out = Vec::new();
+        for ((name, rtype, want), got) in self.rrsets().iter().zip(&answered.rrsets) {
+            if want != got {
+                let got = if got.is_empty() { "nothing".to_string() } else { got.join(", ") };
+                out.push(format!(
+                    "{name} {rtype} answers {got} (the step sets {})",
+                    want.join(", ")
+                ));
+            }
+        }
+        match &answered.epoch {
+            Ok(Expected::Epoch(e)) if *e == epoch => {}
+            Ok(found) => out.push(format!(
+                "{} TXT holds epoch {found} (the step's epoch is {epoch})",
+                self.companion
+            )),
+            Err(why) => out.push(format!("{} TXT {why}", self.companion)),
+        }
+        out
     }
 
     /// The update of the records for `epoch`, on condition that the companion TXT record holds
@@ -267,6 +405,36 @@ fn rrset_marker(name: &Name, rtype: RecordType, class: DNSClass) -> Record {
     let mut record = Record::update0(name.clone(), 0, rtype);
     record.dns_class = class;
     record
+}
+
+/// A query of (`name`, `rtype`) in class IN, with EDNS.
+fn query_of(name: &Name, rtype: RecordType) -> Message {
+    let mut message = Message::query();
+    let mut query = Query::query(name.clone(), rtype);
+    query.set_query_class(DNSClass::IN);
+    message.add_query(query);
+    message.edns = Some(edns());
+    message
+}
+
+/// Record data as zone files and dig print it: `192.0.2.1`, `2001:db8::1`, `www.example.`.
+fn rdata_text(data: &RData) -> String {
+    data.to_string()
+}
+
+/// What a server answered for a step's record sets and companion, read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answered {
+    /// Per RRset of [`Plan::rrsets`], in its order: the values answered, sorted.
+    rrsets: Vec<Vec<String>>,
+    /// The companion's epoch, or why it is not one.
+    epoch: Result<Expected, String>,
+}
+
+/// A read-back of one server: what differs from what the step sets, and the zone's serial.
+struct ReadBack {
+    differences: Vec<String>,
+    serial: Option<u32>,
 }
 
 fn epoch_txt(epoch: u64) -> RData {
@@ -406,19 +574,25 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    /// Loads the key, resolves the server and connects (TCP) or binds a socket (UDP).
-    async fn open(step: &'a DnsStep, waiting: &'a Waiting) -> Result<Session<'a>, StepError> {
+    /// Loads the key (when `sign` and the step has one), resolves `server` (the step's own or
+    /// one of its `verify_servers`) and connects (TCP) or binds a socket (UDP).
+    async fn open(
+        step: &'a DnsStep,
+        server: &str,
+        sign: bool,
+        waiting: &'a Waiting,
+    ) -> Result<Session<'a>, StepError> {
         let started = Instant::now();
         let plan = Plan::new(step).map_err(|why| failed(format!("dns: {why}"), String::new()))?;
         let signer = match &step.tsig {
-            Some(tsig) => {
+            Some(tsig) if sign => {
                 waiting.set(format!("reading the TSIG secret file {}", tsig.secret_file));
                 Some(load_signer(tsig).await?)
             }
-            None => None,
+            _ => None,
         };
-        waiting.set(format!("resolving DNS server {}", step.server));
-        let server = resolve(&step.server).await?;
+        waiting.set(format!("resolving DNS server {server}"));
+        let server = resolve(server).await?;
         let proto = protocol_name(step.protocol);
         waiting.set(format!("connecting to DNS server {server} over {proto}"));
         let (conn, handle) = match step.protocol {
@@ -444,8 +618,138 @@ impl<'a> Session<'a> {
         Ok(Session { step, plan, server, signer, conn, handle, waiting, started })
     }
 
-    /// Reads the companion TXT record.
+    /// Reads back the step's record sets, the companion and the zone's SOA serial, and says
+    /// what differs from what a run for `ctx` sets. A newer epoch than `ctx.epoch` in the
+    /// companion is [`StepError::Refused`].
+    async fn read_back(&mut self, ctx: &StepContext) -> Result<ReadBack, StepError> {
+        let mut rrsets = Vec::new();
+        for (name, rtype, _) in self.plan.rrsets() {
+            let what = format!("read-back of {name} {rtype}");
+            let answer = self.exchange(query_of(&name, rtype), &what).await?;
+            self.authoritative(&answer, &what)?;
+            let mut values: Vec<String> = match answer.rcode() {
+                ResponseCode::NoError | ResponseCode::NXDomain => answer
+                    .message
+                    .answers
+                    .iter()
+                    .filter(|r| r.name == name && r.record_type() == rtype)
+                    .map(|r| rdata_text(&r.data))
+                    .collect(),
+                _ => return Err(self.rejected(&what, &answer)),
+            };
+            values.sort();
+            values.dedup();
+            rrsets.push(values);
+        }
+        let epoch = self.read_companion().await?.map_err(|(why, _)| why);
+        if let Ok(Expected::Epoch(e)) = epoch {
+            if e > ctx.epoch {
+                return Err(StepError::Refused {
+                    reason: format!(
+                        "dns: {} at {} holds epoch {e}, newer than this step's epoch {}: a newer \
+                         activation owns the records of zone {}",
+                        self.plan.companion, self.server, ctx.epoch, self.step.zone
+                    ),
+                });
+            }
+        }
+        let serial = self.serial().await;
+        let answered = Answered { rrsets, epoch };
+        Ok(ReadBack { differences: self.plan.differences(ctx.epoch, &answered), serial })
+    }
+
+    /// The zone's SOA serial as this server answers it; `None` when it does not say.
+    async fn serial(&mut self) -> Option<u32> {
+        let what = format!("query of SOA {}", self.plan.zone);
+        let answer = self.exchange(query_of(&self.plan.zone, RecordType::SOA), &what).await.ok()?;
+        answer.message.answers.iter().find_map(|r| match &r.data {
+            RData::SOA(soa) => Some(soa.serial),
+            _ => None,
+        })
+    }
+
+    /// Fails unless `answer` carries the AA flag: only an authoritative server's answer tells
+    /// what the zone holds (a resolver's may come from its cache).
+    fn authoritative(&self, answer: &Answer, what: &str) -> Result<(), StepError> {
+        if answer.message.metadata.authoritative
+            || !matches!(answer.rcode(), ResponseCode::NoError | ResponseCode::NXDomain)
+        {
+            return Ok(());
+        }
+        Err(failed(
+            format!(
+                "dns: {} is not authoritative for zone {} (its answer to the {what} lacks the \
+                 AA flag); the step's server and verify_servers must be servers of the zone, \
+                 not resolvers",
+                self.server, self.step.zone
+            ),
+            answer.text(),
+        ))
+    }
+
+    /// Reads back until this server answers exactly what the update for `ctx` set, or
+    /// `deadline`. `primary`: when this is one of `verify_servers`, the updated server and
+    /// the serial it answered, for the message. Returns this server's serial.
+    async fn confirm(
+        &mut self,
+        ctx: &StepContext,
+        deadline: Instant,
+        primary: Option<(SocketAddr, Option<u32>)>,
+    ) -> Result<Option<u32>, StepError> {
+        loop {
+            self.waiting.set(format!("reading back zone {} from {}", self.step.zone, self.server));
+            let found = self.read_back(ctx).await?;
+            if found.differences.is_empty() {
+                return Ok(found.serial);
+            }
+            if Instant::now() + READ_BACK_EVERY >= deadline {
+                let still = found.differences.join("; ");
+                let waited = edge::fmt_ms(self.started.elapsed());
+                let reason = match primary {
+                    None => format!(
+                        "dns: {} answered NOERROR to the update of zone {} but {waited} later \
+                         still answers: {still}; it did not apply the update: check its \
+                         update-policy (a rule may drop these names silently), whether \
+                         something reloads the zone from an old file, and its log",
+                        self.server, self.step.zone
+                    ),
+                    Some((updated, serial)) => format!(
+                        "dns: {} (in verify_servers) still answers, {waited} after the update of \
+                         zone {} at {updated}: {still} (its serial {}, the updated server's \
+                         {}); check that it is a secondary of the zone that gets NOTIFY from \
+                         {updated} and can transfer the zone, or raise the step's timeout if \
+                         it needs longer",
+                        self.server,
+                        self.step.zone,
+                        serial_text(found.serial),
+                        serial_text(serial)
+                    ),
+                };
+                return Err(failed(reason, String::new()));
+            }
+            tokio::time::sleep(READ_BACK_EVERY).await;
+        }
+    }
+
+    /// Reads the companion TXT record; an error when it holds something else than one epoch.
     async fn read_epoch(&mut self) -> Result<Expected, StepError> {
+        let text = self.read_companion().await?;
+        text.map_err(|(why, answer)| {
+            failed(
+                format!(
+                    "dns: {} at {} {why}; this record is drover's fencing token for zone {}: \
+                     delete it (e.g. with nsupdate or knsupdate) unless something else owns the \
+                     name",
+                    self.plan.companion, self.server, self.step.zone
+                ),
+                answer,
+            )
+        })
+    }
+
+    /// Reads the companion TXT record: the epoch, or why it is not one (with the answer's
+    /// text). Errors are those of the exchange itself.
+    async fn read_companion(&mut self) -> Result<Result<Expected, (String, String)>, StepError> {
         let what = format!("query of TXT {}", self.plan.companion);
         let answer = self.exchange(self.plan.query(), &what).await?;
         let authoritative = answer.message.metadata.authoritative;
@@ -458,19 +762,9 @@ impl<'a> Session<'a> {
                 ),
                 answer.text(),
             )),
-            ResponseCode::NXDomain => Ok(Expected::Absent),
-            ResponseCode::NoError => epoch_of(&answer.message.answers, &self.plan.companion)
-                .map_err(|why| {
-                    failed(
-                        format!(
-                            "dns: {} at {} {why}; this record is drover's fencing token for \
-                             zone {}: delete it (e.g. with nsupdate or knsupdate) unless \
-                             something else owns the name",
-                            self.plan.companion, self.server, self.step.zone
-                        ),
-                        answer.text(),
-                    )
-                }),
+            ResponseCode::NXDomain => Ok(Ok(Expected::Absent)),
+            ResponseCode::NoError => Ok(epoch_of(&answer.message.answers, &self.plan.companion)
+                .map_err(|why| (why, answer.text()))),
             _ => Err(self.rejected(&what, &answer)),
         }
     }
@@ -506,7 +800,9 @@ impl<'a> Session<'a> {
     }
 
     /// The error for an update whose prerequisite failed: the companion record no longer holds
-    /// what was read. Reads it again to say who owns the records now.
+    /// what was read. Always [`StepError::Refused`]: another writer changed the records between
+    /// the read and the update, so a retry must not overwrite them blindly; the workflow
+    /// decides. Reads the record again to say who owns the records now.
     async fn prerequisite_failed(
         &mut self,
         answer: &Answer,
@@ -532,17 +828,20 @@ impl<'a> Session<'a> {
                     ctx.epoch
                 ),
             },
-            Ok(now) => failed(
-                format!(
-                    "{head}; it now holds epoch {now}: another activation changed it since it \
-                     was read; a retry reads it again"
+            Ok(now) => StepError::Refused {
+                reason: format!(
+                    "{head}; it now holds epoch {now}: another writer changed it since it was \
+                     read (this step's epoch is {}); find out who writes these records, then \
+                     resume the workflow",
+                    ctx.epoch
                 ),
-                answer.text(),
-            ),
-            Err(err) => failed(
-                format!("{head}; reading it again did not work either: {err}"),
-                answer.text(),
-            ),
+            },
+            Err(err) => StepError::Refused {
+                reason: format!(
+                    "{head}; reading it again did not work either ({err}); find out who writes \
+                     these records, then resume the workflow"
+                ),
+            },
         }
     }
 
@@ -773,7 +1072,51 @@ mod tests {
             tsig: None,
             records,
             protocol: DnsProtocol::Tcp,
+            verify_servers: Vec::new(),
         }
+    }
+
+    #[test]
+    fn differences_name_each_record_set_and_the_epoch_that_differ() {
+        let plan = Plan::new(&step(vec![
+            record("www.example.test.", DnsRecordType::A, 60, "198.18.0.2"),
+            record("www.example.test.", DnsRecordType::A, 60, "198.18.0.1"),
+            record("db.example.test.", DnsRecordType::CNAME, 60, "www.example.test."),
+        ]))
+        .expect("plan");
+        let sets = plan.rrsets();
+        assert_eq!(sets.len(), 2, "one entry per (name, type)");
+        assert_eq!(sets[0].2, vec!["198.18.0.1", "198.18.0.2"], "sorted");
+        let exact = Answered {
+            rrsets: vec![
+                vec!["198.18.0.1".into(), "198.18.0.2".into()],
+                vec!["www.example.test.".into()],
+            ],
+            epoch: Ok(Expected::Epoch(4)),
+        };
+        assert!(plan.differences(4, &exact).is_empty());
+        assert_eq!(
+            plan.differences(5, &exact),
+            vec!["_drover.www.example.test. TXT holds epoch 4 (the step's epoch is 5)"]
+        );
+        let stale = Answered {
+            rrsets: vec![vec!["192.0.2.9".into()], vec![]],
+            epoch: Ok(Expected::Absent),
+        };
+        assert_eq!(
+            plan.differences(5, &stale),
+            vec![
+                "www.example.test. A answers 192.0.2.9 (the step sets 198.18.0.1, 198.18.0.2)",
+                "db.example.test. CNAME answers nothing (the step sets www.example.test.)",
+                "_drover.www.example.test. TXT holds epoch none (the step's epoch is 5)",
+            ]
+        );
+        let garbled =
+            Answered { epoch: Err("holds 2 TXT records instead of one epoch".into()), ..exact };
+        assert_eq!(
+            plan.differences(4, &garbled),
+            vec!["_drover.www.example.test. TXT holds 2 TXT records instead of one epoch"]
+        );
     }
 
     fn name(s: &str) -> Name {

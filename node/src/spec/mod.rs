@@ -588,7 +588,15 @@ pub struct DnsStep {
     pub records: Vec<DnsRecord>,
     /// Transport.
     pub protocol: DnsProtocol,
+    /// More servers of the zone (`host:port`, e.g. its secondaries) that must answer the new
+    /// records and epoch before the step succeeds; the updated `server` always must. Queried
+    /// without TSIG; at most [`MAX_DNS_VERIFY_SERVERS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_servers: Vec<String>,
 }
+
+/// Most `verify_servers` a `dns` step may list.
+pub const MAX_DNS_VERIFY_SERVERS: usize = 16;
 
 /// A TSIG key reference.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -138,6 +138,7 @@ pub(super) struct Step {
     pub tsig: Option<Tsig>,
     pub records: Option<Vec<Record>>,
     pub protocol: Option<String>,
+    pub verify_servers: Option<Vec<String>>,
     // haproxy
     pub socket: Option<String>,
     pub set: Option<Vec<HaproxySet>>,
@@ -164,6 +165,7 @@ impl Step {
         push_if(&mut v, "tsig", self.tsig.is_some());
         push_if(&mut v, "records", self.records.is_some());
         push_if(&mut v, "protocol", self.protocol.is_some());
+        push_if(&mut v, "verify_servers", self.verify_servers.is_some());
         push_if(&mut v, "socket", self.socket.is_some());
         push_if(&mut v, "set", self.set.is_some());
         v

@@ -344,6 +344,26 @@ fn step_kind_rules() {
     assert_error(&r, "service[0].runbook.dr.activate[0].run_on", "required for kind \"exec\"");
     let r = parse_edit("secret_file = \"/etc/drover/tsig.key\"", "secret_file = \"tsig.key\"");
     assert_error(&r, "service[0].runbook.dr.activate[2].tsig.secret_file", "absolute path");
+    let with = |servers: &str| {
+        parse_edit(
+            "  server = \"ns1.example:53\"\n",
+            &format!("  server = \"ns1.example:53\"\n  verify_servers = {servers}\n"),
+        )
+    };
+    let ok = with("[\"ns2.example:53\"]").expect("verify_servers of another server");
+    let Some(StepAction::Dns(d)) =
+        ok.services[0].runbook("dr", Phase::Activate).get(2).map(|s| &s.action)
+    else {
+        panic!("dr.activate[2] is the dns step");
+    };
+    assert_eq!(d.verify_servers, vec!["ns2.example:53"]);
+    let r = with("[\"ns2.example\"]");
+    assert_error(&r, "service[0].runbook.dr.activate[2].verify_servers[0]", "host:port");
+    let r = with("[\"ns1.example:53\"]");
+    assert_error(&r, "service[0].runbook.dr.activate[2].verify_servers[0]", "always checked");
+    let many: Vec<String> = (0..17).map(|i| format!("\"ns{i}.example:53\"")).collect();
+    let r = with(&format!("[{}]", many.join(", ")));
+    assert_error(&r, "service[0].runbook.dr.activate[2].verify_servers", "at most 16");
 }
 
 #[test]

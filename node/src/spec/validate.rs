@@ -930,7 +930,7 @@ impl Validator {
             prefix,
             "dns",
             present,
-            &["server", "zone", "tsig", "records", "protocol"],
+            &["server", "zone", "tsig", "records", "protocol", "verify_servers"],
         );
         let server = self.required(prefix, "server", "dns", &st.server);
         if let Some(s) = server {
@@ -990,12 +990,35 @@ impl Validator {
                 records.push(rec);
             }
         }
+        let verify_servers = st.verify_servers.clone().unwrap_or_default();
+        if verify_servers.len() > super::MAX_DNS_VERIFY_SERVERS {
+            self.err(
+                format!("{prefix}.verify_servers"),
+                format!(
+                    "lists {} servers; at most {} are checked",
+                    verify_servers.len(),
+                    super::MAX_DNS_VERIFY_SERVERS
+                ),
+            );
+        }
+        for (i, s) in verify_servers.iter().enumerate() {
+            if let Err(r) = check_host_port(s) {
+                self.err(format!("{prefix}.verify_servers[{i}]"), r);
+            }
+            if Some(s) == server {
+                self.err(
+                    format!("{prefix}.verify_servers[{i}]"),
+                    format!("{s} is the step's server, which is always checked; list only the zone's other servers"),
+                );
+            }
+        }
         Some(StepAction::Dns(DnsStep {
             server: server?.clone(),
             zone: zone?.clone(),
             tsig,
             records,
             protocol,
+            verify_servers,
         }))
     }
 

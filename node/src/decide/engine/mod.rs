@@ -179,7 +179,7 @@ pub enum Command {
     /// Propose this entry through Raft, then call [`Engine::proposal_done`] with its service.
     Propose(ControlRequest),
     /// Run this step attempt and report with [`Engine::step_result`].
-    RunStep(StepDispatch),
+    RunStep(Box<StepDispatch>),
     /// Run these veto hooks in order on the leader, stopping at the first that fails, and
     /// report with [`Engine::veto_result`].
     RunVeto {
@@ -311,6 +311,9 @@ struct Mine {
     progress: Progress,
     /// The outcome, once known; proposed as `StepFinished` until the state moves on.
     result: Option<Result<String, String>>,
+    /// The failure in `result` was a refusal by the world ([`Engine::step_refused`]): the
+    /// step fails for good, without retries.
+    refused: bool,
     /// Executors that could not run this attempt (unreachable, refused, died): not asked again
     /// for it.
     excluded: BTreeSet<NodeId>,
@@ -472,6 +475,30 @@ impl Engine {
             let waiting = matches!(mine.progress, Progress::Dispatched { .. });
             if mine.step == step && mine.attempt == attempt && waiting && mine.result.is_none() {
                 mine.result = Some(result);
+            }
+        }
+    }
+
+    /// The attempt ran and the world refused it (an actuator's `StepError::Refused`: e.g. a
+    /// newer epoch owns the DNS records). Like a failed [`Engine::step_result`], except that
+    /// the step is not retried: it fails for good and its `on_failure` decides at once.
+    pub fn step_refused(
+        &mut self,
+        service: &str,
+        workflow_id: u64,
+        step: usize,
+        attempt: u32,
+        why: String,
+    ) {
+        let Some(run) = self.runs.get_mut(service) else { return };
+        if run.workflow_id != workflow_id {
+            return;
+        }
+        if let Some(mine) = run.mine.as_mut() {
+            let waiting = matches!(mine.progress, Progress::Dispatched { .. });
+            if mine.step == step && mine.attempt == attempt && waiting && mine.result.is_none() {
+                mine.result = Some(Err(why));
+                mine.refused = true;
             }
         }
     }

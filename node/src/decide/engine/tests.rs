@@ -183,7 +183,7 @@ impl Sim {
                     self.engine.proposal_done(SVC);
                 }
                 Command::RunStep(d) => {
-                    self.dispatched.push(d.clone());
+                    self.dispatched.push((**d).clone());
                     if let Some(result) = (self.answer)(d) {
                         self.engine.step_result(
                             &d.service,

@@ -72,6 +72,7 @@ pub(super) fn drive_workflow(
                                 step: i,
                                 attempt,
                                 outcome,
+                                refused: mine.refused,
                                 author: params.node_name.clone(),
                                 at_unix_ms: obs.now_unix_ms,
                             };
@@ -156,6 +157,7 @@ fn start_step(
         executor,
         progress: Progress::Started,
         result,
+        refused: false,
         excluded: BTreeSet::new(),
         reroutes: 0,
     });
@@ -287,7 +289,7 @@ fn advance(
             let (from, to) = wf.step_sites(mine.step);
             let deadline = now + action.timeout + params.step_result_grace;
             mine.progress = Progress::Dispatched { deadline };
-            sink.out.push(Command::RunStep(StepDispatch {
+            sink.out.push(Command::RunStep(Box::new(StepDispatch {
                 service: name.to_string(),
                 workflow_id: wf.id,
                 step: mine.step,
@@ -298,7 +300,7 @@ fn advance(
                 from_site: from.to_string(),
                 to_site: to.to_string(),
                 deadline,
-            }));
+            })));
         }
         Progress::Dispatched { deadline } if now >= deadline => {
             let who = who_runs(params, obs, mine.executor);

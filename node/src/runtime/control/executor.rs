@@ -11,23 +11,26 @@ use super::{ControlCtx, StepKey, EPOCH_CATCH_UP};
 
 /// How an executor's refusal to run a step starts (the leader then asks another executor).
 pub(super) const REFUSED: &str = "refused:";
-use crate::actuate::StepContext;
+use crate::actuate::{StepContext, StepError};
 use crate::consensus::state::control::StepStatus;
 use crate::spec::Step;
 
+/// Runs `step` on this node: its detail, or the error (with the last line of output) and
+/// whether it was a refusal by the world ([`StepError::Refused`]: not to be retried).
 pub(super) async fn run_local(
     ctx: &ControlCtx,
     step: &Step,
     sc: &StepContext,
-) -> Result<String, String> {
+) -> Result<String, (String, bool)> {
     match ctx.actuator.run(step, sc).await {
         Ok(out) => Ok(out.detail),
         Err(e) => {
+            let refused = matches!(e, StepError::Refused { .. });
             let tail = e.output_tail().lines().last().unwrap_or("").to_string();
             if tail.is_empty() {
-                Err(e.to_string())
+                Err((e.to_string(), refused))
             } else {
-                Err(format!("{e} (last output: {tail})"))
+                Err((format!("{e} (last output: {tail})"), refused))
             }
         }
     }
@@ -96,7 +99,12 @@ pub(super) async fn run_for_leader(ctx: &ControlCtx, r: pb::RunStepRequest) -> p
             Ok(step) => break step,
             Err(detail) => {
                 warn!(service = %r.service, "{detail}");
-                return pb::RunStepReply { ok: false, detail, output_tail: String::new() };
+                return pb::RunStepReply {
+                    ok: false,
+                    detail,
+                    output_tail: String::new(),
+                    refused: false,
+                };
             }
         }
     };
@@ -112,7 +120,7 @@ pub(super) async fn run_for_leader(ctx: &ControlCtx, r: pb::RunStepRequest) -> p
             r.service
         );
         warn!(service = %r.service, "{detail}");
-        return pb::RunStepReply { ok: false, detail, output_tail: String::new() };
+        return pb::RunStepReply { ok: false, detail, output_tail: String::new(), refused: false };
     };
     let sc = StepContext {
         service: r.service.clone(),
@@ -124,11 +132,17 @@ pub(super) async fn run_for_leader(ctx: &ControlCtx, r: pb::RunStepRequest) -> p
     };
     info!(service = %r.service, epoch = r.epoch, step = r.step + 1, attempt = r.attempt, kind = step.action.kind(), "running step for the leader");
     match ctx.actuator.run(&step, &sc).await {
-        Ok(out) => pb::RunStepReply { ok: true, detail: out.detail, output_tail: out.output_tail },
+        Ok(out) => pb::RunStepReply {
+            ok: true,
+            detail: out.detail,
+            output_tail: out.output_tail,
+            refused: false,
+        },
         Err(e) => pb::RunStepReply {
             ok: false,
             detail: e.to_string(),
             output_tail: e.output_tail().to_string(),
+            refused: matches!(e, StepError::Refused { .. }),
         },
     }
 }

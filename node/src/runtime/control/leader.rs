@@ -106,14 +106,19 @@ pub(super) async fn controller_loop(
                 }
                 continue;
             }
-            Some(Event::StepResult { service, workflow_id, step, attempt, result, not_run }) => {
-                match result {
-                    Err(why) if not_run => {
-                        eng.step_not_run(&service, workflow_id, step, attempt, why)
-                    }
-                    result => eng.step_result(&service, workflow_id, step, attempt, result),
-                }
-            }
+            Some(Event::StepResult {
+                service,
+                workflow_id,
+                step,
+                attempt,
+                result,
+                not_run,
+                refused,
+            }) => match result {
+                Err(why) if not_run => eng.step_not_run(&service, workflow_id, step, attempt, why),
+                Err(why) if refused => eng.step_refused(&service, workflow_id, step, attempt, why),
+                result => eng.step_result(&service, workflow_id, step, attempt, result),
+            },
             Some(Event::ProposalDone { term: asked_by, service }) if asked_by == term => {
                 eng.proposal_done(&service)
             }
@@ -155,7 +160,7 @@ pub(super) async fn controller_loop(
         for cmd in commands {
             match cmd {
                 Command::Propose(req) => propose(&ctx, term, req),
-                Command::RunStep(d) => dispatch(&ctx, d, &members),
+                Command::RunStep(d) => dispatch(&ctx, *d, &members),
                 Command::RunVeto { service, from_site, to_site, hooks, .. } => {
                     run_veto(&ctx, term, service, from_site, to_site, hooks)
                 }
@@ -253,11 +258,13 @@ fn dispatch(ctx: &ControlCtx, d: StepDispatch, members: &BTreeMap<NodeId, Member
             Some((id, Some(member))) if id != ctx.node.id => {
                 match run_remote(&ctx, id, &member, &d, limit).await {
                     Remote::Ran(result) => (result, false),
-                    Remote::NotRun(why) => (Err(why), true),
+                    Remote::NotRun(why) => (Err((why, false)), true),
                 }
             }
             // Never run a site-bound step elsewhere because its executor left the cluster.
-            Some((id, None)) => (Err(format!("executor node {id} is no longer a member")), true),
+            Some((id, None)) => {
+                (Err((format!("executor node {id} is no longer a member"), false)), true)
+            }
             _ => {
                 // Registered like a step run for a remote leader, so that no request can start
                 // a second copy of it on this node while it runs.
@@ -265,7 +272,8 @@ fn dispatch(ctx: &ControlCtx, d: StepDispatch, members: &BTreeMap<NodeId, Member
                 match RunningGuard::claim(&ctx, key) {
                     Some(_running) => (run_local(&ctx, &d.action, &context_of(&d)).await, false),
                     None => {
-                        (Err("the same step attempt is already running on this node".into()), false)
+                        let why = "the same step attempt is already running on this node";
+                        (Err((why.to_string(), false)), false)
                     }
                 }
             }
@@ -274,10 +282,14 @@ fn dispatch(ctx: &ControlCtx, d: StepDispatch, members: &BTreeMap<NodeId, Member
             Ok(detail) => {
                 info!(service = %d.service, step = d.step + 1, attempt = d.attempt, epoch = d.epoch, "step done: {detail}")
             }
-            Err(e) => {
+            Err((e, _)) => {
                 warn!(service = %d.service, step = d.step + 1, attempt = d.attempt, epoch = d.epoch, "step failed: {e}")
             }
         }
+        let (result, refused) = match result {
+            Ok(detail) => (Ok(detail), false),
+            Err((why, refused)) => (Err(why), refused),
+        };
         let _ = ctx
             .events
             .send(Event::StepResult {
@@ -287,6 +299,7 @@ fn dispatch(ctx: &ControlCtx, d: StepDispatch, members: &BTreeMap<NodeId, Member
                 attempt: d.attempt,
                 result,
                 not_run,
+                refused,
             })
             .await;
     });
@@ -415,8 +428,8 @@ fn context_of(d: &StepDispatch) -> StepContext {
 
 /// What became of a step sent to an executor.
 enum Remote {
-    /// The executor ran it: its result.
-    Ran(Result<String, String>),
+    /// The executor ran it: its result (an error says whether the world refused it).
+    Ran(Result<String, (String, bool)>),
     /// The executor could not run it (unreachable, died mid-step, refused it): another may.
     NotRun(String),
 }
@@ -443,9 +456,10 @@ async fn run_remote(
     };
     match tokio::time::timeout(limit, client.run_step(req)).await {
         // The step may have run this long: its outcome is unknown, and counts as a failure.
-        Err(_) => {
-            Remote::Ran(Err(format!("no answer from {} within {}s", member.name, limit.as_secs())))
-        }
+        Err(_) => Remote::Ran(Err((
+            format!("no answer from {} within {}s", member.name, limit.as_secs()),
+            false,
+        ))),
         Ok(Err(status)) => Remote::NotRun(format!(
             "{} could not run the step: {}",
             member.name,
@@ -458,7 +472,7 @@ async fn run_remote(
             } else if r.detail.starts_with(REFUSED) {
                 Remote::NotRun(format!("{} on {}", r.detail, member.name))
             } else {
-                Remote::Ran(Err(format!("{} on {}", r.detail, member.name)))
+                Remote::Ran(Err((format!("{} on {}", r.detail, member.name), r.refused)))
             }
         }
     }

@@ -584,11 +584,11 @@ async fn self_fence(ctx: &ControlCtx, spec: &ClusterSpec, service: &str, epoch: 
                     info!(service, step = i + 1, attempt, "on_lease_lost step done: {d}");
                     break;
                 }
-                Err(e) if attempt <= step.retries => {
+                Err((e, _)) if attempt <= step.retries => {
                     warn!(service, step = i + 1, attempt, "on_lease_lost step failed, retrying: {e}");
                     tokio::time::sleep(step.backoff).await;
                 }
-                Err(e) => error!(
+                Err((e, _)) => error!(
                     service,
                     step = i + 1,
                     attempt,

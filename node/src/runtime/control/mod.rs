@@ -127,6 +127,8 @@ enum Event {
         result: Result<String, String>,
         /// The executor could not run the step (unreachable, died, refused): costs no attempt.
         not_run: bool,
+        /// The step ran and the world refused it (`StepError::Refused`): no retry.
+        refused: bool,
     },
     ProposalDone {
         /// The leadership term (engine) that proposed; a result for an earlier one is dropped.

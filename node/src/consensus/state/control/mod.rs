@@ -743,6 +743,12 @@ pub enum ControlRequest {
         attempt: u32,
         /// One line of detail, or the error.
         outcome: Result<String, String>,
+        /// The world refused the attempt (e.g. a DNS server holds a newer epoch, or another
+        /// writer changed the records between read and update): the step fails for good at
+        /// once, with no retry, and its `on_failure` decides. Absent (false) in entries written
+        /// before refusals were told apart.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        refused: bool,
         /// Who proposed it (the leader's name).
         author: String,
         /// Proposer's wall clock.
@@ -911,9 +917,18 @@ impl ControlState {
                 step,
                 attempt,
                 outcome,
+                refused,
                 at_unix_ms,
                 ..
-            } => self.step_finished(service, *workflow_id, *step, *attempt, outcome, *at_unix_ms),
+            } => self.step_finished(
+                service,
+                *workflow_id,
+                *step,
+                *attempt,
+                outcome,
+                *refused,
+                *at_unix_ms,
+            ),
             ControlRequest::Commit { service, at_unix_ms, .. } => {
                 self.commit(service, *at_unix_ms, true)
             }

@@ -55,6 +55,17 @@ fn started(c: &mut ControlState, wf: u64, step: usize, attempt: u32) -> Outcome 
 
 fn finished(c: &mut ControlState, wf: u64, step: usize, attempt: u32, ok: bool) -> Outcome {
     let outcome = if ok { Ok("done".to_string()) } else { Err("boom".to_string()) };
+    finish(c, wf, step, attempt, outcome, false)
+}
+
+fn finish(
+    c: &mut ControlState,
+    wf: u64,
+    step: usize,
+    attempt: u32,
+    outcome: Result<String, String>,
+    refused: bool,
+) -> Outcome {
     c.apply(
         0,
         &ControlRequest::StepFinished {
@@ -63,6 +74,7 @@ fn finished(c: &mut ControlState, wf: u64, step: usize, attempt: u32, ok: bool) 
             step,
             attempt,
             outcome,
+            refused,
             author: "leader".into(),
             at_unix_ms: 5000,
         },
@@ -174,6 +186,24 @@ fn retries_then_abort_stops_the_workflow_until_resumed() {
     assert_eq!(finished(&mut c, 10, 2, 4, true).rejected, None);
     run_all(&mut c, 10);
     assert_eq!(svc(&c).active_site, "dr");
+}
+
+#[test]
+fn a_refused_step_fails_for_good_without_its_retries() {
+    let mut c = ControlState::default();
+    apply_spec(&mut c, spec_with("commit = \"auto\""), None);
+    start(&mut c, 10, 1);
+    run_until(&mut c, 10, 2);
+    // dr.activate[0] has retries = 2, but the world refused attempt 1: no attempt 2.
+    started(&mut c, 10, 2, 1);
+    let why = Err("step refused: a newer epoch owns the records".to_string());
+    assert_eq!(finish(&mut c, 10, 2, 1, why, true).rejected, None);
+    assert_eq!(svc(&c).phase, ServicePhase::FailoverFailed);
+    assert!(started(&mut c, 10, 2, 2).rejected.is_some(), "not retried");
+    // An entry written before refusals were told apart reads as not refused.
+    let old = r#"{"step_finished":{"service":"s","workflow_id":1,"step":0,"attempt":1,"outcome":{"Err":"x"},"author":"l","at_unix_ms":0}}"#;
+    let req: ControlRequest = serde_json::from_str(old).expect("an old entry parses");
+    assert!(matches!(req, ControlRequest::StepFinished { refused: false, .. }));
 }
 
 fn run_until(c: &mut ControlState, wf: u64, step: usize) {

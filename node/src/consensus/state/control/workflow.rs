@@ -108,6 +108,7 @@ impl ControlState {
         Outcome { rejected: None, record: None, changed: true }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn step_finished(
         &mut self,
         service: &str,
@@ -115,6 +116,7 @@ impl ControlState {
         step: usize,
         attempt: u32,
         outcome: &Result<String, String>,
+        refused: bool,
         at_unix_ms: i64,
     ) -> Outcome {
         let spec = self.spec.as_ref().map(|s| &s.spec);
@@ -164,7 +166,7 @@ impl ControlState {
                 }
                 format!("{label} succeeded: {detail}")
             }
-            Err(error) if attempt - s.attempt_base < s.max_attempts() => {
+            Err(error) if !refused && attempt - s.attempt_base < s.max_attempts() => {
                 s.status = StepStatus::RetryWait { attempt, error: error.clone() };
                 format!("{label} attempt {attempt} failed, will retry: {error}")
             }
