@@ -89,8 +89,9 @@ impl DryRun {
 }
 
 /// The dry run of a failover (`switchover = false`) or switchover of `service` to `to`.
-/// `gates`: the leader's verdict of the readiness and lag gates for a failover to `to` (None:
-/// not evaluated yet). Errors: no such service or site.
+/// `gates`: the leader's verdict of the readiness gates for a failover to `to` (None: not
+/// evaluated yet). `split_brain`: the leader's reason to block a switchover to `to` (a passing
+/// passive check, unacknowledged). Errors: no such service or site.
 pub fn dry_run(
     spec: &ClusterSpec,
     state: &ServiceState,
@@ -98,6 +99,7 @@ pub fn dry_run(
     to: &str,
     switchover: bool,
     gates: Option<Result<(), String>>,
+    split_brain: Option<String>,
     members: &BTreeMap<NodeId, Member>,
 ) -> Result<DryRun, String> {
     let svc = spec.service(service).ok_or_else(|| format!("no service named {service}"))?;
@@ -164,6 +166,9 @@ pub fn dry_run(
                 None => "no lag probe: no wait for replication".to_string(),
             },
         );
+        if let Some(why) = split_brain {
+            gate("split brain", false, format!("{why} (--force skips this gate)"));
+        }
     } else {
         match gates {
             Some(Ok(())) => gate("readiness and lag", true, "pass".to_string()),
@@ -301,7 +306,7 @@ mod tests {
         let (spec, c) = state();
         let s = &c.services["file-transfer"];
         let blocked = Some(Err("dr is not ready".to_string()));
-        let d = dry_run(&spec, s, "file-transfer", "dr", false, blocked, &BTreeMap::new()).unwrap();
+        let d = dry_run(&spec, s, "file-transfer", "dr", false, blocked, None, &BTreeMap::new()).unwrap();
         assert!(!d.would_start());
         let gate = d.gates.iter().find(|g| g.name == "readiness and lag").unwrap();
         assert!(gate.detail.contains("--force"), "{gate:?}");
@@ -314,7 +319,7 @@ mod tests {
         // prod has a fence step: no lease wait when it succeeds; one probe step on dr.
         assert!(d.best_case < d.safe_wait, "{:?}", d.best_case);
         assert!(d.detection > spec.policy_for("file-transfer").unwrap().down_after);
-        let ok = dry_run(&spec, s, "file-transfer", "dr", false, Some(Ok(())), &BTreeMap::new());
+        let ok = dry_run(&spec, s, "file-transfer", "dr", false, Some(Ok(())), None, &BTreeMap::new());
         assert!(ok.unwrap().would_start());
     }
 
@@ -322,14 +327,14 @@ mod tests {
     fn a_switchover_plans_deactivate_catch_up_and_needs_an_activate_runbook() {
         let (spec, c) = state();
         let s = &c.services["file-transfer"];
-        let d = dry_run(&spec, s, "file-transfer", "dr", true, None, &BTreeMap::new()).unwrap();
+        let d = dry_run(&spec, s, "file-transfer", "dr", true, None, None, &BTreeMap::new()).unwrap();
         assert!(d.would_start(), "{:?}", d.gates);
         assert_eq!(d.steps[0].stage, "deactivate");
         assert_eq!(d.steps[1].stage, "catch_up");
         assert!(
-            dry_run(&spec, s, "file-transfer", "nowhere", true, None, &BTreeMap::new()).is_err()
+            dry_run(&spec, s, "file-transfer", "nowhere", true, None, None, &BTreeMap::new()).is_err()
         );
-        let to_self = dry_run(&spec, s, "file-transfer", "prod", true, None, &BTreeMap::new());
+        let to_self = dry_run(&spec, s, "file-transfer", "prod", true, None, None, &BTreeMap::new());
         assert!(to_self.unwrap_err().contains("already the active site"));
     }
 }
