@@ -389,3 +389,252 @@ fn secs(d: Duration) -> String {
         format!("{:.1}s", d.as_secs_f64())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::state::control::{ControlRequest, ControlState};
+    use crate::consensus::types::Role;
+
+    const SPEC: &str = include_str!("../spec/testdata/cluster.toml");
+    const SVC: &str = "file-transfer";
+
+    /// The test spec with two consistency checks (`config` gates, `schema` does not) and two
+    /// passive checks of dr (`port` gates, `page` does not), applied to a fresh state.
+    fn fixture() -> (Service, ServiceState) {
+        let extra = r#"
+  [[service.consistency]]
+  name = "config"
+  kind = "exec"
+  command = ["true"]
+  interval = "10s"
+  timeout = "5s"
+
+  [[service.consistency]]
+  name = "schema"
+  kind = "exec"
+  command = ["true"]
+  gate = false
+
+  [[service.passive]]
+  name = "port"
+  site = "dr"
+  kind = "tcp"
+  address = "st.dr.example:22"
+
+  [[service.passive]]
+  name = "page"
+  site = "dr"
+  kind = "tcp"
+  address = "st.dr.example:80"
+  gate = false
+
+  # Replication lag"#;
+        let text = SPEC.replacen("  # Replication lag", extra, 1);
+        let spec = crate::spec::parse(&text, "test").unwrap_or_else(|e| panic!("{e}"));
+        let mut control = ControlState::default();
+        let applied = control.apply(
+            1,
+            &ControlRequest::ApplySpec {
+                expected_version: None,
+                spec: Box::new(spec.clone()),
+                text,
+                author: "op".into(),
+                at_unix_ms: 0,
+            },
+        );
+        assert_eq!(applied.rejected, None);
+        let mut svc = spec.service(SVC).unwrap().clone();
+        svc.max_lag_on_failover = None;
+        (svc, control.services[SVC].clone())
+    }
+
+    struct World {
+        fingerprints: Fingerprints,
+        passive: PassiveResults,
+        voters: BTreeSet<NodeId>,
+        members: BTreeMap<NodeId, Member>,
+        now: MonoTime,
+    }
+
+    impl World {
+        fn new() -> World {
+            let m = |site: &str| Member {
+                name: format!("{site}-x"),
+                site: site.into(),
+                role: Role::Controller,
+                address: "x:1".into(),
+            };
+            World {
+                fingerprints: BTreeMap::new(),
+                passive: BTreeMap::new(),
+                voters: [1, 2, 3].into(),
+                members: BTreeMap::from([
+                    (1, m("prod")),
+                    (2, m("dr")),
+                    (3, m("witness")),
+                    (4, m("prod")),
+                ]),
+                now: MonoTime::from_ms(100_000),
+            }
+        }
+
+        fn fp(&mut self, node: NodeId, site: &str, check: &str, value: Result<&str, &str>, ago_ms: u64) {
+            let seen = FingerprintSeen {
+                site: site.into(),
+                value: value.map(str::to_string).map_err(str::to_string),
+                at: MonoTime::from_ms(100_000 - ago_ms),
+            };
+            self.fingerprints.entry((SVC.into(), check.into())).or_default().insert(node, seen);
+        }
+
+        fn passive(&mut self, observer: NodeId, check: &str, verdict: Verdict) {
+            let seen = PassiveSeen { verdict, detail: "connected".into(), at: self.now };
+            self.passive.entry((SVC.into(), check.into())).or_default().insert(observer, seen);
+        }
+
+        fn verdict(&self, svc: &Service, state: &ServiceState) -> StandbyReadiness {
+            let (readiness, lag) = (BTreeMap::new(), BTreeMap::new());
+            let inputs = Inputs {
+                readiness: &readiness,
+                lag: &lag,
+                fingerprints: &self.fingerprints,
+                passive: &self.passive,
+                voters: &self.voters,
+                members: &self.members,
+                now: self.now,
+                stale_after: Duration::from_secs(5),
+            };
+            standby(&inputs, svc, SVC, state, "dr")
+        }
+    }
+
+    fn texts(v: &StandbyReadiness) -> Vec<(bool, String)> {
+        v.reasons.iter().map(|r| (r.gating, r.text.clone())).collect()
+    }
+
+    #[test]
+    fn fingerprints_are_compared_between_the_active_site_and_the_standby() {
+        let (svc, state) = fixture();
+        let mut w = World::new();
+        for node in [1, 2, 3] {
+            w.passive(node, "port", Verdict::Unhealthy);
+            w.passive(node, "page", Verdict::Unhealthy);
+        }
+        // Nothing reported: unknown, which gates only where the check does.
+        let v = w.verdict(&svc, &state);
+        assert!(!v.ready);
+        assert_eq!(
+            texts(&v),
+            [
+                (
+                    true,
+                    "consistency check config: the fingerprint of prod (active) is unknown: no \
+                     report from a node of prod yet"
+                        .to_string()
+                ),
+                (
+                    false,
+                    "consistency check schema: the fingerprint of prod (active) is unknown: no \
+                     report from a node of prod yet (not gating)"
+                        .to_string()
+                ),
+            ]
+        );
+
+        w.fp(1, "prod", "config", Ok("abc"), 1_000);
+        w.fp(2, "dr", "config", Ok("abc"), 1_000);
+        w.fp(1, "prod", "schema", Ok("7"), 1_000);
+        w.fp(2, "dr", "schema", Ok("6"), 1_000);
+        let v = w.verdict(&svc, &state);
+        assert!(v.ready, "{v:?}");
+        assert_eq!(v.consistency[0].state(), "match");
+        assert_eq!(
+            texts(&v),
+            [(
+                false,
+                "consistency check schema differs: prod (active) has \"7\", dr has \"6\" (not \
+                 gating)"
+                    .to_string()
+            )]
+        );
+
+        // The standby's configuration drifts: it is not ready, and both values are named.
+        w.fp(2, "dr", "config", Ok("abd"), 500);
+        let v = w.verdict(&svc, &state);
+        assert!(!v.ready);
+        assert_eq!(v.blocker().unwrap().key, "gate_consistency");
+        assert_eq!(
+            v.blocker().unwrap().text,
+            "consistency check config differs: prod (active) has \"abc\", dr has \"abd\""
+        );
+        assert_eq!(v.consistency[0].standby, Fingerprint::Known("abd".into()));
+
+        // A node of prod claiming to speak for dr is not taken for dr; the witness neither.
+        w.fp(4, "dr", "config", Ok("abc"), 0);
+        w.fp(3, "dr", "config", Ok("abc"), 0);
+        assert_eq!(w.verdict(&svc, &state).consistency[0].state(), "mismatch");
+
+        // A stale or failed fingerprint is unknown, with why.
+        w.fp(2, "dr", "config", Ok("abc"), 31_000);
+        let stale = w.verdict(&svc, &state);
+        assert!(stale.blocker().unwrap().text.ends_with("the newest report from dr is 31s old"));
+        w.fp(2, "dr", "config", Err("consistency check config: exit 1"), 0);
+        let failed = w.verdict(&svc, &state);
+        assert_eq!(
+            failed.consistency[0].standby,
+            Fingerprint::Unknown("consistency check config: exit 1".into())
+        );
+        assert!(!failed.ready);
+    }
+
+    #[test]
+    fn a_passing_passive_check_is_a_split_brain_until_acknowledged() {
+        let (svc, mut state) = fixture();
+        let mut w = World::new();
+        w.fp(1, "prod", "config", Ok("a"), 0);
+        w.fp(2, "dr", "config", Ok("a"), 0);
+        w.fp(1, "prod", "schema", Ok("a"), 0);
+        w.fp(2, "dr", "schema", Ok("a"), 0);
+        // One observer's failing result is no majority: unknown.
+        w.passive(1, "port", Verdict::Unhealthy);
+        let v = w.verdict(&svc, &state);
+        assert_eq!(v.passive[0].state, "unknown");
+        assert_eq!(v.blocker().unwrap().key, "gate_passive");
+        assert_eq!(v.passive[1].state, "unknown");
+        // Failing from a majority: not serving, ready.
+        w.passive(2, "port", Verdict::Unhealthy);
+        w.passive(1, "page", Verdict::Unhealthy);
+        w.passive(3, "page", Verdict::Unhealthy);
+        let v = w.verdict(&svc, &state);
+        assert!(v.ready && v.split_brain_alert().is_none(), "{v:?}");
+        assert_eq!((v.passive[0].state, v.passive[1].state), ("not_serving", "not_serving"));
+
+        // One observer sees the non-gating check pass: alerted, not blocking.
+        w.passive(3, "page", Verdict::Healthy);
+        let v = w.verdict(&svc, &state);
+        assert!(v.ready && v.split_brain_block().is_none());
+        let alert = v.split_brain_alert().unwrap();
+        assert!(alert.contains("standby dr is serving: possible split brain (passive check page \
+                                passes from 1 of 3 observers (connected))"), "{alert}");
+        assert!(alert.ends_with("(not gating)"), "{alert}");
+
+        // The gating one passes: blocked, and the alert says how to acknowledge it.
+        w.passive(3, "port", Verdict::Healthy);
+        let v = w.verdict(&svc, &state);
+        assert!(!v.ready);
+        let block = v.split_brain_block().unwrap();
+        assert!(block.text.ends_with("'droverctl ack file-transfer --split-brain dr'"));
+        // An acknowledgement of an earlier epoch does not count.
+        state.split_brain_acks.insert("dr".into(), state.epoch - 1);
+        assert!(!w.verdict(&svc, &state).ready);
+        state.split_brain_acks.insert("dr".into(), state.epoch);
+        let v = w.verdict(&svc, &state);
+        assert!(v.ready && v.passive[0].acknowledged, "{v:?}");
+        assert!(v.split_brain_alert().unwrap().contains("acknowledged by an operator at epoch 1"));
+        // A check of a non-voter does not count.
+        w.voters = [1, 2].into();
+        let v = w.verdict(&svc, &state);
+        assert_eq!(v.passive[0].state, "not_serving");
+    }
+}
