@@ -25,8 +25,11 @@ fn rig(test: &str, extra: impl Fn(&Rig) -> String) -> Rig {
     let mut r = Rig::loopback(test);
     r.start_app("prod", "initial deployment");
     let extra = extra(&r);
-    let text = lifecycle_spec(&r.apps)
-        .replacen("initial_active = \"prod\"\n", &format!("initial_active = \"prod\"\n{extra}"), 1);
+    let text = lifecycle_spec(&r.apps).replacen(
+        "initial_active = \"prod\"\n",
+        &format!("initial_active = \"prod\"\n{extra}"),
+        1,
+    );
     r.apply_spec(&text, "the lifecycle spec with standby readiness checks");
     r.wait_protecting_with_prod_up(PROTECTING_TIMEOUT);
     r
@@ -135,15 +138,16 @@ fn a_consistency_mismatch_blocks_readiness_until_the_fingerprints_agree() {
 
 #[test]
 fn a_serving_standby_raises_a_split_brain_alert_and_blocks_a_failover_to_it() {
-    let mut r = rig("a_serving_standby_raises_a_split_brain_alert_and_blocks_a_failover_to_it", |r| {
-        // dr's application must not answer while dr is standby.
-        let dr = r.apps.sites().iter().find(|s| s.site == "dr").expect("a dr app").addr;
-        format!(
+    let mut r =
+        rig("a_serving_standby_raises_a_split_brain_alert_and_blocks_a_failover_to_it", |r| {
+            // dr's application must not answer while dr is standby.
+            let dr = r.apps.sites().iter().find(|s| s.site == "dr").expect("a dr app").addr;
+            format!(
             "  [[service.passive]]\n  name = \"app\"\n  site = \"dr\"\n  kind = \"http\"\n  url = \
              \"http://{dr}/healthz\"\n  expect_status = 200\n  interval = \"500ms\"\n  timeout = \
              \"400ms\"\n"
         )
-    });
+        });
     // dr's application is not running: its passive check fails, as it should.
     r.wait("dr ready, its application not serving", VERDICT_TIMEOUT, |r| {
         let dr = standby_dr(r)?;

@@ -524,8 +524,7 @@ impl Admin for AdminService {
                 &req.service,
                 &req.to,
                 req.switchover,
-                gates,
-                split_brain,
+                crate::decide::dry_run::LeaderVerdict { gates, split_brain },
                 &members,
             ))
         });
@@ -712,9 +711,9 @@ impl AdminService {
         Ok(match req.action.as_str() {
             "ack" if !to.is_empty() => {
                 // The leader's view: there must be a split brain to acknowledge.
-                let serving = self.standby(&service, &to).and_then(|v| {
-                    v.split_brain_alert().map(str::to_string)
-                });
+                let serving = self
+                    .standby(&service, &to)
+                    .and_then(|v| v.split_brain_alert().map(str::to_string));
                 if serving.is_none() {
                     return Err(Status::failed_precondition(format!(
                         "no split-brain alert for {service} on {to}: the leader sees none of its \
@@ -777,16 +776,21 @@ impl AdminService {
             }
             "switchover" => {
                 need_to()?;
-                if !req.force {
-                    if let Some(why) = self.split_brain_block(&service, &to) {
-                        return Err(Status::failed_precondition(format!(
-                            "switchover of {service} to {to} blocked: {why}; or add --force to \
-                             switch over anyway"
-                        )));
-                    }
+                let blocked = self.split_brain_block(&service, &to);
+                if let (Some(why), false) = (&blocked, req.force) {
+                    return Err(Status::failed_precondition(format!(
+                        "switchover of {service} to {to} blocked: {why}; or add --force to \
+                         switch over anyway"
+                    )));
                 }
                 let reason =
                     if reason.is_empty() { "planned switchover".to_string() } else { reason };
+                // Recorded: the history says the operator went past the alert.
+                let reason = if blocked.is_some() {
+                    format!("{reason} (forced while {to} serves: possible split brain)")
+                } else {
+                    reason
+                };
                 ControlRequest::StartSwitchover {
                     service,
                     from: active,

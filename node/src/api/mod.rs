@@ -74,8 +74,7 @@ pub type HealthView = Arc<RwLock<BTreeMap<String, BTreeMap<String, String>>>>;
 /// Leader-side gate verdicts of a failover, per service and target site.
 pub type GateView = Arc<RwLock<BTreeMap<String, BTreeMap<String, Result<(), String>>>>>;
 /// Leader-side readiness verdicts of each service's standbys.
-pub type ReadinessView =
-    Arc<RwLock<BTreeMap<String, Vec<crate::decide::StandbyReadiness>>>>;
+pub type ReadinessView = Arc<RwLock<BTreeMap<String, Vec<crate::decide::StandbyReadiness>>>>;
 /// Services this node has self-fenced, with the epoch it fenced at.
 pub type FencedView = Arc<Mutex<BTreeMap<String, u64>>>;
 /// When each member last answered this node's presence check.

@@ -483,3 +483,97 @@ pub fn plan_table(service: &str, r: &pb::PlanReply) -> String {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_with_standby(standby: pb::StandbyStatus) -> pb::StatusReply {
+        pb::StatusReply {
+            spec_version: 3,
+            services: vec![pb::ServiceStatus {
+                name: "webshop".into(),
+                active_site: "prod".into(),
+                epoch: 1,
+                phase: "protecting".into(),
+                mode: "auto".into(),
+                lease_site: "prod".into(),
+                standbys: vec![standby],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_shows_each_standbys_verdict_with_its_reasons_and_fingerprints() {
+        let s = status_with_standby(pb::StandbyStatus {
+            site: "dr".into(),
+            ready: false,
+            reasons: vec![
+                "consistency check config differs: prod (active) has \"v1\", dr has \"v2\"".into(),
+            ],
+            consistency: vec![
+                pb::ConsistencyStatus {
+                    check: "config".into(),
+                    gate: true,
+                    state: "mismatch".into(),
+                    active_site: "prod".into(),
+                    active_value: "v1".into(),
+                    standby_value: "v2".into(),
+                    detail: String::new(),
+                },
+                pb::ConsistencyStatus {
+                    check: "schema".into(),
+                    gate: false,
+                    state: "unknown".into(),
+                    active_site: "prod".into(),
+                    active_value: "7".into(),
+                    standby_value: String::new(),
+                    detail: "dr: no report from a node of dr yet".into(),
+                },
+            ],
+            ..Default::default()
+        });
+        let text = services_table(&s);
+        assert!(!text.starts_with("ALERT"), "{text}");
+        let tail = text.split("standby readiness:\n").nth(1).unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(
+            tail,
+            "  webshop -> dr: NOT READY\n      consistency check config differs: prod (active) \
+             has \"v1\", dr has \"v2\"\n      consistency config: mismatch (prod=\"v1\" dr=\"v2\")\n      \
+             consistency schema: unknown (prod=\"7\" dr=unknown)\n"
+        );
+        let json = status_json(&s);
+        let dr = &json["services"][0]["standbys"][0];
+        assert_eq!(dr["ready"], false);
+        assert_eq!(dr["consistency"][0]["standby"], "v2");
+        assert_eq!(dr["consistency"][1]["standby"], Value::Null);
+        assert_eq!(dr["split_brain"], Value::Null);
+    }
+
+    #[test]
+    fn a_serving_standby_opens_status_with_an_alert() {
+        let alert = "webshop: standby dr is serving: possible split brain (passive check app \
+                     passes from 3 of 5 observers (HTTP 200))";
+        let s = status_with_standby(pb::StandbyStatus {
+            site: "dr".into(),
+            ready: false,
+            reasons: vec![alert.into()],
+            passive: vec![pb::PassiveStatus {
+                check: "app".into(),
+                gate: true,
+                state: "serving".into(),
+                acknowledged: false,
+                detail: "passes from 3 of 5 observers (HTTP 200)".into(),
+            }],
+            split_brain: alert.into(),
+            ..Default::default()
+        });
+        let text = services_table(&s);
+        assert_eq!(text.lines().next(), Some(format!("ALERT: {alert}").as_str()), "{text}");
+        let json = status_json(&s);
+        assert_eq!(json["services"][0]["standbys"][0]["split_brain"], alert);
+        assert_eq!(json["services"][0]["standbys"][0]["passive"][0]["state"], "serving");
+    }
+}

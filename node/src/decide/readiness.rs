@@ -203,18 +203,15 @@ pub(crate) fn standby(
     };
 
     if svc.readiness.iter().any(|c| c.site == target) {
-        let ready = inputs
-            .readiness
-            .get(&(name.to_string(), target.to_string()))
-            .map_or(0, |by| {
-                by.iter()
-                    .filter(|(id, (v, at))| {
-                        inputs.voters.contains(id)
-                            && *v == Verdict::Healthy
-                            && inputs.now.saturating_duration_since(*at) <= inputs.stale_after
-                    })
-                    .count()
-            });
+        let ready = inputs.readiness.get(&(name.to_string(), target.to_string())).map_or(0, |by| {
+            by.iter()
+                .filter(|(id, (v, at))| {
+                    inputs.voters.contains(id)
+                        && *v == Verdict::Healthy
+                        && inputs.now.saturating_duration_since(*at) <= inputs.stale_after
+                })
+                .count()
+        });
         if ready < needed {
             reasons.push(Reason {
                 key: "gate_ready",
@@ -313,11 +310,8 @@ pub(crate) fn standby(
             seen.iter().filter(|s| s.verdict == Verdict::Healthy).collect();
         let failing = seen.iter().filter(|s| s.verdict == Verdict::Unhealthy).count();
         let (state_name, detail) = if let Some(first) = passing.first() {
-            let detail = format!(
-                "passes from {} of {voters} observers ({})",
-                passing.len(),
-                first.detail
-            );
+            let detail =
+                format!("passes from {} of {voters} observers ({})", passing.len(), first.detail);
             let mut text = format!(
                 "{name}: standby {target} is serving: possible split brain (passive check {} \
                  {detail})",
@@ -479,7 +473,14 @@ mod tests {
             }
         }
 
-        fn fp(&mut self, node: NodeId, site: &str, check: &str, value: Result<&str, &str>, ago_ms: u64) {
+        fn fp(
+            &mut self,
+            node: NodeId,
+            site: &str,
+            check: &str,
+            value: Result<&str, &str>,
+            ago_ms: u64,
+        ) {
             let seen = FingerprintSeen {
                 site: site.into(),
                 value: value.map(str::to_string).map_err(str::to_string),
@@ -615,8 +616,13 @@ mod tests {
         let v = w.verdict(&svc, &state);
         assert!(v.ready && v.split_brain_block().is_none());
         let alert = v.split_brain_alert().unwrap();
-        assert!(alert.contains("standby dr is serving: possible split brain (passive check page \
-                                passes from 1 of 3 observers (connected))"), "{alert}");
+        assert!(
+            alert.contains(
+                "standby dr is serving: possible split brain (passive check page \
+                                passes from 1 of 3 observers (connected))"
+            ),
+            "{alert}"
+        );
         assert!(alert.ends_with("(not gating)"), "{alert}");
 
         // The gating one passes: blocked, and the alert says how to acknowledge it.

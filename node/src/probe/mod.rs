@@ -290,10 +290,7 @@ pub async fn run_fingerprint(
             )
             .await
             .map_err(|_| {
-                format!(
-                    "consistency check {name}: timed out after {}",
-                    edge::fmt_ms(check.timeout)
-                )
+                format!("consistency check {name}: timed out after {}", edge::fmt_ms(check.timeout))
             })?;
             let answer = sent.map_err(|e| format!("consistency check {name}: {e}"))?;
             if !(200..300).contains(&answer.status) {

@@ -171,8 +171,9 @@ impl Prober {
             for site in &spec.sites {
                 let has_readiness = service.readiness.iter().any(|c| c.site == site.name);
                 let has_passive = service.passive.iter().any(|p| p.check.site == site.name);
-                let fingerprints =
-                    site.name == shared.own_site && !site.witness && !service.consistency.is_empty();
+                let fingerprints = site.name == shared.own_site
+                    && !site.witness
+                    && !service.consistency.is_empty();
                 if service.checks_for(&site.name).next().is_none()
                     && !has_readiness
                     && !has_passive
@@ -305,12 +306,11 @@ impl Shared {
     }
 
     fn fold_checks(&self, service: &str, site: &str, purpose: Purpose) -> SiteReport {
-        let defined = self.spec.as_ref().and_then(|spec| spec.service(service)).map(|svc| {
-            match purpose {
+        let defined =
+            self.spec.as_ref().and_then(|spec| spec.service(service)).map(|svc| match purpose {
                 Purpose::Readiness => &svc.readiness,
                 Purpose::Health | Purpose::Passive => &svc.checks,
-            }
-        });
+            });
         // In spec order; a check listed twice is folded once.
         let mut checks: Vec<(u64, &Slot, &Check)> = Vec::new();
         for check in defined.into_iter().flatten().filter(|c| c.site == site) {
@@ -451,9 +451,8 @@ impl Supervisor {
                 keys.push(JobKey::Passive { check: p.check.clone() });
             }
             // A site fingerprints itself; a witness has nothing to fingerprint.
-            let own_capable = spec
-                .and_then(|s| s.site(&self.own_site))
-                .is_some_and(|site| !site.witness);
+            let own_capable =
+                spec.and_then(|s| s.site(&self.own_site)).is_some_and(|site| !site.witness);
             if own_capable {
                 for check in &service.consistency {
                     keys.push(JobKey::Fingerprint {
@@ -629,8 +628,12 @@ fn log_change(key: &JobKey, previous: Option<&Outcome>, now: &Outcome) {
                 return;
             }
             match r {
-                Ok(v) => tracing::info!(%service, check = %check.name, fingerprint = %v, "fingerprint"),
-                Err(e) => tracing::warn!(%service, check = %check.name, cause = %e, "consistency check failed"),
+                Ok(v) => {
+                    tracing::info!(%service, check = %check.name, fingerprint = %v, "fingerprint")
+                }
+                Err(e) => {
+                    tracing::warn!(%service, check = %check.name, cause = %e, "consistency check failed")
+                }
             }
         }
         _ => {}

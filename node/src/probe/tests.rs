@@ -525,7 +525,8 @@ async fn a_fingerprint_comes_from_a_command_with_the_site_or_from_a_url() {
 async fn the_prober_reports_its_own_sites_fingerprints_and_every_passive_check() {
     let (tx, rx) = watch::channel(None);
     let prober = Prober::spawn("dr".into(), rx, ProbeLimits::default());
-    let mut svc = service("web", vec![fast("prod", exec("exit 0")), fast("dr", exec("exit 0"))], None);
+    let mut svc =
+        service("web", vec![fast("prod", exec("exit 0")), fast("dr", exec("exit 0"))], None);
     svc.consistency.push(consistency(FingerprintSource::Exec {
         command: vec!["sh".into(), "-c".into(), "echo \"v-$DROVER_SITE\"".into()],
     }));

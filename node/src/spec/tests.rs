@@ -832,3 +832,13 @@ fn bad_consistency_and_passive_checks_are_refused_with_their_keys() {
     let e = r.unwrap_err();
     assert!(e.to_string().contains("colour"), "{e}");
 }
+
+#[test]
+fn the_complete_example_of_the_docs_validates() {
+    let doc = include_str!("../../../docs/cluster-spec.md");
+    let section = doc.split("## A complete example").nth(1).expect("the docs have the section");
+    let toml = section.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
+    let spec = parse(toml, "docs/cluster-spec.md").unwrap_or_else(|e| panic!("{e}"));
+    let svc = &spec.services[0];
+    assert_eq!((svc.consistency.len(), svc.passive.len()), (1, 1));
+}

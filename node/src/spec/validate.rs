@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use super::raw;
 use super::{
-    Check, CheckProbe, ClusterSpec, CommitMode, ConsistencyCheck, FingerprintSource, PassiveCheck, DnsProtocol, DnsRecord, DnsRecordType, DnsStep,
-    ExecStep, FenceAction, FenceAgentStep, HaproxySet, HaproxyState, HaproxyStep, HttpStep,
-    LagProbe, LagSource, OnFailure, Phase, Policy, PolicyOverride, ProbeStep, RunOn, Service, Site,
-    SpecError, Step, StepAction, Tsig, VetoHook, WaitStep, DEFAULT_VETO_TIMEOUT,
-    MAX_CLOCK_DRIFT_LIMIT, MAX_DNS_TTL_SECS, MAX_RETRIES, MAX_SERVICES, MAX_TIMEOUT,
-    MAX_VETO_TIMEOUT, RUN_ON_ANY,
+    Check, CheckProbe, ClusterSpec, CommitMode, ConsistencyCheck, DnsProtocol, DnsRecord,
+    DnsRecordType, DnsStep, ExecStep, FenceAction, FenceAgentStep, FingerprintSource, HaproxySet,
+    HaproxyState, HaproxyStep, HttpStep, LagProbe, LagSource, OnFailure, PassiveCheck, Phase,
+    Policy, PolicyOverride, ProbeStep, RunOn, Service, Site, SpecError, Step, StepAction, Tsig,
+    VetoHook, WaitStep, DEFAULT_VETO_TIMEOUT, MAX_CLOCK_DRIFT_LIMIT, MAX_DNS_TTL_SECS, MAX_RETRIES,
+    MAX_SERVICES, MAX_TIMEOUT, MAX_VETO_TIMEOUT, RUN_ON_ANY,
 };
 use crate::config::check_name;
 
@@ -410,7 +410,11 @@ impl Validator {
         Some(name.clone())
     }
 
-    fn consistency_checks(&mut self, prefix: &str, raw: &[raw::Consistency]) -> Vec<ConsistencyCheck> {
+    fn consistency_checks(
+        &mut self,
+        prefix: &str,
+        raw: &[raw::Consistency],
+    ) -> Vec<ConsistencyCheck> {
         let mut seen = HashMap::new();
         let mut out = Vec::new();
         for (j, c) in raw.iter().enumerate() {

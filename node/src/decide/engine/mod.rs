@@ -863,7 +863,6 @@ impl Run {
     }
 }
 
-
 /// `3s`, `2.5s`: whole seconds when exact, else one decimal.
 fn secs(d: Duration) -> String {
     if d.as_millis().is_multiple_of(1000) {

@@ -1343,7 +1343,9 @@ fn a_serving_standby_is_alerted_and_blocks_the_failover_until_acknowledged() {
         sim.run(1_000);
     }
     assert_eq!(starts(&sim.log), 0);
-    assert!(sim.alerts.iter().any(|(_, m)| m.starts_with("failover of file-transfer to dr blocked: file-transfer: standby dr is serving")));
+    assert!(sim.alerts.iter().any(|(_, m)| m.starts_with(
+        "failover of file-transfer to dr blocked: file-transfer: standby dr is serving"
+    )));
 
     // An operator acknowledges it: the alert stays in status, the failover goes ahead.
     sim.propose(ControlRequest::AckSplitBrain {

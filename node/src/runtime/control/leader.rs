@@ -107,13 +107,16 @@ pub(super) async fn controller_loop(
                         );
                     }
                     let taken = |age_ms: u64| {
-                        ctx.clock.at(
-                            received.checked_sub(Duration::from_millis(age_ms)).unwrap_or(received),
-                        )
+                        ctx.clock.at(received
+                            .checked_sub(Duration::from_millis(age_ms))
+                            .unwrap_or(received))
                     };
                     for f in &r.fingerprints {
-                        let value =
-                            if f.error.is_empty() { Ok(f.value.clone()) } else { Err(f.error.clone()) };
+                        let value = if f.error.is_empty() {
+                            Ok(f.value.clone())
+                        } else {
+                            Err(f.error.clone())
+                        };
                         eng.fingerprint_report(
                             observer,
                             &r.service,

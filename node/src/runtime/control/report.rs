@@ -83,8 +83,7 @@ pub(super) async fn reporter_loop(
                             check: f.check,
                             value,
                             error,
-                            age_ms: now.saturating_duration_since(f.observed_at).as_millis()
-                                as u64,
+                            age_ms: now.saturating_duration_since(f.observed_at).as_millis() as u64,
                         }
                     })
                     .collect(),

@@ -452,11 +452,8 @@ impl ControlState {
     /// Records an operator's acknowledgement that standby `site` of `service` serves, for the
     /// current epoch; acknowledgements of earlier epochs are dropped.
     pub(super) fn ack_split_brain(&mut self, service: &str, site: &str) -> Outcome {
-        let capable = self
-            .spec
-            .as_ref()
-            .and_then(|v| v.spec.site(site))
-            .is_some_and(|s| !s.witness);
+        let capable =
+            self.spec.as_ref().and_then(|v| v.spec.site(site)).is_some_and(|s| !s.witness);
         let Some(state) = self.services.get_mut(service) else {
             return rejected(format!("no service named {service}"));
         };
