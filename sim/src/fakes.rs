@@ -202,6 +202,8 @@ impl ProbeSource for SimProbes {
                     observed_at: Instant::now(),
                     lag: None,
                     ready: None,
+                    fingerprints: Vec::new(),
+                    passive: Vec::new(),
                 }
             })
             .collect()

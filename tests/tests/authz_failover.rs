@@ -36,6 +36,7 @@ fn prod_down(observer: NodeId) -> pb::ProbeReports {
         age_ms: 0,
         lag: None,
         ready: Some("healthy".into()),
+        ..Default::default()
     };
     pb::ProbeReports {
         observer,

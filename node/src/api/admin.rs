@@ -514,6 +514,7 @@ impl Admin for AdminService {
             .read()
             .ok()
             .and_then(|g| g.get(&req.service).and_then(|by| by.get(&req.to)).cloned());
+        let split_brain = self.split_brain_block(&req.service, &req.to);
         let run = self.node.state.read(|s| {
             let spec = &s.control.spec.as_ref()?.spec;
             let state = s.control.services.get(&req.service)?;
@@ -523,7 +524,7 @@ impl Admin for AdminService {
                 &req.service,
                 &req.to,
                 req.switchover,
-                gates,
+                crate::decide::dry_run::LeaderVerdict { gates, split_brain },
                 &members,
             ))
         });
@@ -667,6 +668,19 @@ impl AdminService {
         Ok((resp.log_id.index, resp.data))
     }
 
+    /// The leader's readiness verdict of standby `site` of `service` (None on a follower,
+    /// before the leader evaluated it, or when `site` is not a standby).
+    fn standby(&self, service: &str, site: &str) -> Option<crate::decide::StandbyReadiness> {
+        let view = self.node.readiness.read().ok()?;
+        view.get(service)?.iter().find(|v| v.site == site).cloned()
+    }
+
+    /// Why a switchover of `service` to `site` is blocked: a gating passive check of the site
+    /// passes and no operator acknowledged it.
+    fn split_brain_block(&self, service: &str, site: &str) -> Option<String> {
+        self.standby(service, site)?.split_brain_block().map(|r| r.text.clone())
+    }
+
     /// The control request for one service of an operator's `ServiceAction`: for an
     /// unforced failover, the leader's readiness and lag gates first.
     fn service_request(
@@ -695,6 +709,20 @@ impl AdminService {
             Ok(())
         };
         Ok(match req.action.as_str() {
+            "ack" if !to.is_empty() => {
+                // The leader's view: there must be a split brain to acknowledge.
+                let serving = self
+                    .standby(&service, &to)
+                    .and_then(|v| v.split_brain_alert().map(str::to_string));
+                if serving.is_none() {
+                    return Err(Status::failed_precondition(format!(
+                        "no split-brain alert for {service} on {to}: the leader sees none of its \
+                         passive checks pass (is {to} a standby of {service} with passive \
+                         checks? see 'droverctl status'); nothing to acknowledge"
+                    )));
+                }
+                ControlRequest::AckSplitBrain { service, site: to, author, at_unix_ms }
+            }
             "ack" => ControlRequest::Ack { service, author, at_unix_ms },
             "commit" => ControlRequest::Commit { service, author, at_unix_ms },
             "resume" => ControlRequest::Resume { service, author, at_unix_ms },
@@ -748,8 +776,21 @@ impl AdminService {
             }
             "switchover" => {
                 need_to()?;
+                let blocked = self.split_brain_block(&service, &to);
+                if let (Some(why), false) = (&blocked, req.force) {
+                    return Err(Status::failed_precondition(format!(
+                        "switchover of {service} to {to} blocked: {why}; or add --force to \
+                         switch over anyway"
+                    )));
+                }
                 let reason =
                     if reason.is_empty() { "planned switchover".to_string() } else { reason };
+                // Recorded: the history says the operator went past the alert.
+                let reason = if blocked.is_some() {
+                    format!("{reason} (forced while {to} serves: possible split brain)")
+                } else {
+                    reason
+                };
                 ControlRequest::StartSwitchover {
                     service,
                     from: active,

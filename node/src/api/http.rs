@@ -244,6 +244,7 @@ pub fn render_metrics(view: &ClusterView) -> String {
         view.members.len() as u64,
     );
     gauge("drover_history_seq", "Seq of the newest history record.", view.history_seq);
+    readiness_metrics(&mut out, view);
     let lagging: Vec<_> = view.members.iter().filter(|m| m.id != view.node_id).collect();
     if lagging.iter().any(|m| m.lag.is_some()) {
         let _ = writeln!(out, "# HELP drover_raft_replication_lag Entries a follower is behind the leader's log (leader only).\n# TYPE drover_raft_replication_lag gauge");
@@ -271,4 +272,55 @@ pub fn render_metrics(view: &ClusterView) -> String {
         }
     }
     out
+}
+
+/// The leader's readiness verdicts: per standby whether it is ready, per consistency check
+/// whether its fingerprints differ (no sample while one is unknown), per passive check whether
+/// it passes (the standby serves). Nothing on followers.
+fn readiness_metrics(out: &mut String, view: &ClusterView) {
+    let standbys: Vec<(&String, &crate::decide::StandbyReadiness)> =
+        view.readiness.iter().flat_map(|(svc, vs)| vs.iter().map(move |v| (svc, v))).collect();
+    if standbys.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP drover_standby_ready 1 if an unforced failover of the service to the standby site passes every readiness gate (leader only).\n# TYPE drover_standby_ready gauge");
+    for (svc, v) in &standbys {
+        let _ = writeln!(
+            out,
+            "drover_standby_ready{{service=\"{svc}\",site=\"{}\"}} {}",
+            v.site,
+            u8::from(v.ready)
+        );
+    }
+    if standbys.iter().any(|(_, v)| !v.consistency.is_empty()) {
+        let _ = writeln!(out, "# HELP drover_consistency_mismatch 1 if the standby's fingerprint differs from the active site's, 0 if equal; absent while either is unknown (leader only).\n# TYPE drover_consistency_mismatch gauge");
+        for (svc, v) in &standbys {
+            for c in &v.consistency {
+                let value = match c.state() {
+                    "match" => 0,
+                    "mismatch" => 1,
+                    _ => continue,
+                };
+                let _ = writeln!(
+                    out,
+                    "drover_consistency_mismatch{{service=\"{svc}\",site=\"{}\",check=\"{}\"}} {value}",
+                    v.site, c.check
+                );
+            }
+        }
+    }
+    if standbys.iter().any(|(_, v)| !v.passive.is_empty()) {
+        let _ = writeln!(out, "# HELP drover_standby_serving 1 if a passive check of the standby passes (it serves: possible split brain), else 0 (leader only).\n# TYPE drover_standby_serving gauge");
+        for (svc, v) in &standbys {
+            for p in &v.passive {
+                let _ = writeln!(
+                    out,
+                    "drover_standby_serving{{service=\"{svc}\",site=\"{}\",check=\"{}\"}} {}",
+                    v.site,
+                    p.check,
+                    u8::from(p.state == "serving")
+                );
+            }
+        }
+    }
 }

@@ -49,6 +49,9 @@ pub struct NodeHandle {
     /// The leader's verdict of the readiness and lag gates of a failover of each service to
     /// each site (service -> site -> Ok or why not), for operators' unforced failovers.
     pub gates: GateView,
+    /// The leader's readiness verdict of each standby of each service (service -> standbys in
+    /// spec order), for status and metrics; empty on followers.
+    pub readiness: ReadinessView,
     /// Services this node self-fenced, with the epoch.
     pub fenced: FencedView,
     /// Services whose lease this node believes its site holds right now (by its own clock,
@@ -70,6 +73,8 @@ pub struct NodeHandle {
 pub type HealthView = Arc<RwLock<BTreeMap<String, BTreeMap<String, String>>>>;
 /// Leader-side gate verdicts of a failover, per service and target site.
 pub type GateView = Arc<RwLock<BTreeMap<String, BTreeMap<String, Result<(), String>>>>>;
+/// Leader-side readiness verdicts of each service's standbys.
+pub type ReadinessView = Arc<RwLock<BTreeMap<String, Vec<crate::decide::StandbyReadiness>>>>;
 /// Services this node has self-fenced, with the epoch it fenced at.
 pub type FencedView = Arc<Mutex<BTreeMap<String, u64>>>;
 /// When each member last answered this node's presence check.

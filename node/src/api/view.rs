@@ -40,6 +40,8 @@ pub struct ClusterView {
     pub services: Vec<(String, ServiceState)>,
     /// The leader's detector view (service -> site -> health); empty on followers.
     pub health: BTreeMap<String, BTreeMap<String, String>>,
+    /// The leader's readiness verdict of each service's standbys; empty on followers.
+    pub readiness: BTreeMap<String, Vec<crate::decide::StandbyReadiness>>,
 }
 
 /// One member as seen from this node.
@@ -138,6 +140,7 @@ impl NodeHandle {
                 .state
                 .read(|s| s.control.services.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
             health: self.health.read().map(|h| h.clone()).unwrap_or_default(),
+            readiness: self.readiness.read().map(|r| r.clone()).unwrap_or_default(),
         }
     }
 }

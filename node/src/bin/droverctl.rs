@@ -120,8 +120,16 @@ enum Cmd {
     /// The replicated cluster spec (sites, services, checks, runbooks, policy).
     #[command(subcommand)]
     Config(ConfigCmd),
-    /// End a service's cooldown after an automatic failover, re-arming automatic failover.
-    Ack { service: String },
+    /// End a service's cooldown after an automatic failover, re-arming automatic failover;
+    /// with --split-brain SITE, acknowledge instead that standby SITE serves (its passive
+    /// checks pass), so that they no longer block a failover or switchover to it at the
+    /// current epoch.
+    Ack {
+        service: String,
+        /// The standby whose split-brain alert is acknowledged.
+        #[arg(long = "split-brain", value_name = "SITE")]
+        split_brain: Option<String>,
+    },
     /// Commit a verified failover waiting in pending_commit (manual commit mode).
     Commit { service: String },
     /// End a pause of automatic action, and retry the step a stopped workflow (failover,
@@ -164,6 +172,9 @@ enum Cmd {
         /// Why (recorded in the history).
         #[arg(long, default_value = "planned switchover")]
         reason: String,
+        /// Switch over even while a passive check of SITE passes (a possible split brain).
+        #[arg(long)]
+        force: bool,
         /// Follow the workflow until it ends (exit 1 if it fails).
         #[arg(long)]
         wait: bool,
@@ -558,7 +569,13 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
                 }
             }
         }
-        Cmd::Ack { service } => service_action(client, service, "ack", cli.json).await?,
+        Cmd::Ack { service, split_brain } => {
+            let req = pb::ServiceActionRequest {
+                to: split_brain.clone().unwrap_or_default(),
+                ..action_req(Some(service), "ack", false)?
+            };
+            service_action_req(client, req, cli.json).await?;
+        }
         Cmd::Commit { service } => service_action(client, service, "commit", cli.json).await?,
         Cmd::Resume { service, all, wait } => {
             let req = action_req(service.as_deref(), "resume", *all)?;
@@ -584,10 +601,11 @@ async fn run(client: &Client, cli: &Cli) -> Result<(), ClientError> {
                 follow(client, Some(service.clone()), Some(r.workflow_id), cli.json).await?;
             }
         }
-        Cmd::Switchover { service, to, reason, wait } => {
+        Cmd::Switchover { service, to, reason, force, wait } => {
             let req = pb::ServiceActionRequest {
                 to: to.clone(),
                 reason: reason.clone(),
+                force: *force,
                 ..action_req(Some(service), "switchover", false)?
             };
             let r = service_action_req(client, req, cli.json).await?;

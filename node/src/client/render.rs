@@ -48,9 +48,35 @@ fn service_json(s: &pb::ServiceStatus) -> Value {
     let alert = (!s.alert.is_empty()).then_some(&s.alert);
     let own: serde_json::Map<String, Value> =
         s.own_sites.iter().map(|h| (h.site.clone(), Value::String(h.health.clone()))).collect();
+    let standbys: Vec<_> = s.standbys.iter().map(standby_json).collect();
     json!({"name": s.name, "active_site": s.active_site, "epoch": s.epoch, "phase": s.phase, "mode": s.mode,
            "lease_site": s.lease_site, "sites": sites, "own_view": own, "workflow": workflow,
-           "alert": alert, "primary": if s.primary.is_empty() { None } else { Some(&s.primary) }})
+           "alert": alert, "primary": if s.primary.is_empty() { None } else { Some(&s.primary) },
+           "standbys": standbys})
+}
+
+/// One standby's readiness verdict; unknown fingerprints are `null`.
+fn standby_json(v: &pb::StandbyStatus) -> Value {
+    let some = |s: &String| (!s.is_empty()).then_some(s.clone());
+    let consistency: Vec<_> = v
+        .consistency
+        .iter()
+        .map(|c| {
+            json!({"check": c.check, "gate": c.gate, "state": c.state,
+                   "active_site": c.active_site, "active": some(&c.active_value),
+                   "standby": some(&c.standby_value), "detail": some(&c.detail)})
+        })
+        .collect();
+    let passive: Vec<_> = v
+        .passive
+        .iter()
+        .map(|p| {
+            json!({"check": p.check, "gate": p.gate, "state": p.state,
+                   "acknowledged": p.acknowledged, "detail": p.detail})
+        })
+        .collect();
+    json!({"site": v.site, "ready": v.ready, "reasons": v.reasons, "consistency": consistency,
+           "passive": passive, "split_brain": some(&v.split_brain)})
 }
 
 /// The services part of `droverctl status`.
@@ -63,8 +89,13 @@ pub fn services_table(s: &pb::StatusReply) -> String {
 /// The `ALERT:` lines (nobody serving, what to do), then a blank line; empty without any.
 fn alerts(s: &pb::StatusReply) -> String {
     let mut out = String::new();
-    for svc in s.services.iter().filter(|svc| !svc.alert.is_empty()) {
-        let _ = writeln!(out, "ALERT: {}", svc.alert);
+    for svc in &s.services {
+        if !svc.alert.is_empty() {
+            let _ = writeln!(out, "ALERT: {}", svc.alert);
+        }
+        for standby in svc.standbys.iter().filter(|v| !v.split_brain.is_empty()) {
+            let _ = writeln!(out, "ALERT: {}", standby.split_brain);
+        }
     }
     if !out.is_empty() {
         out.push('\n');
@@ -109,6 +140,7 @@ fn services_only(s: &pb::StatusReply) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    out.push_str(&standbys(s));
     for svc in &s.services {
         let Some(w) = &svc.workflow else { continue };
         let _ = writeln!(
@@ -150,6 +182,44 @@ fn services_only(s: &pb::StatusReply) -> String {
         out.push_str(&table(&rows));
     }
     out
+}
+
+/// The readiness of every standby (leader only): `ready`, or `NOT READY` with the reasons,
+/// one per line; then every consistency fingerprint side by side. Empty without standbys.
+fn standbys(s: &pb::StatusReply) -> String {
+    let mut out = String::new();
+    for svc in &s.services {
+        for v in &svc.standbys {
+            let verdict = if v.ready { "ready" } else { "NOT READY" };
+            let _ = writeln!(out, "  {} -> {}: {verdict}", svc.name, v.site);
+            for r in &v.reasons {
+                let _ = writeln!(out, "      {r}");
+            }
+            for c in &v.consistency {
+                let shown = |value: &str| {
+                    if value.is_empty() {
+                        "unknown".to_string()
+                    } else {
+                        format!("{value:?}")
+                    }
+                };
+                let _ = writeln!(
+                    out,
+                    "      consistency {}: {} ({}={} {}={})",
+                    c.check,
+                    c.state,
+                    c.active_site,
+                    shown(&c.active_value),
+                    v.site,
+                    shown(&c.standby_value)
+                );
+            }
+        }
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!("\nstandby readiness:\n{out}")
 }
 
 /// `droverctl status`.
@@ -412,4 +482,98 @@ pub fn plan_table(service: &str, r: &pb::PlanReply) -> String {
         }
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_with_standby(standby: pb::StandbyStatus) -> pb::StatusReply {
+        pb::StatusReply {
+            spec_version: 3,
+            services: vec![pb::ServiceStatus {
+                name: "webshop".into(),
+                active_site: "prod".into(),
+                epoch: 1,
+                phase: "protecting".into(),
+                mode: "auto".into(),
+                lease_site: "prod".into(),
+                standbys: vec![standby],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_shows_each_standbys_verdict_with_its_reasons_and_fingerprints() {
+        let s = status_with_standby(pb::StandbyStatus {
+            site: "dr".into(),
+            ready: false,
+            reasons: vec![
+                "consistency check config differs: prod (active) has \"v1\", dr has \"v2\"".into(),
+            ],
+            consistency: vec![
+                pb::ConsistencyStatus {
+                    check: "config".into(),
+                    gate: true,
+                    state: "mismatch".into(),
+                    active_site: "prod".into(),
+                    active_value: "v1".into(),
+                    standby_value: "v2".into(),
+                    detail: String::new(),
+                },
+                pb::ConsistencyStatus {
+                    check: "schema".into(),
+                    gate: false,
+                    state: "unknown".into(),
+                    active_site: "prod".into(),
+                    active_value: "7".into(),
+                    standby_value: String::new(),
+                    detail: "dr: no report from a node of dr yet".into(),
+                },
+            ],
+            ..Default::default()
+        });
+        let text = services_table(&s);
+        assert!(!text.starts_with("ALERT"), "{text}");
+        let tail = text.split("standby readiness:\n").nth(1).unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(
+            tail,
+            "  webshop -> dr: NOT READY\n      consistency check config differs: prod (active) \
+             has \"v1\", dr has \"v2\"\n      consistency config: mismatch (prod=\"v1\" dr=\"v2\")\n      \
+             consistency schema: unknown (prod=\"7\" dr=unknown)\n"
+        );
+        let json = status_json(&s);
+        let dr = &json["services"][0]["standbys"][0];
+        assert_eq!(dr["ready"], false);
+        assert_eq!(dr["consistency"][0]["standby"], "v2");
+        assert_eq!(dr["consistency"][1]["standby"], Value::Null);
+        assert_eq!(dr["split_brain"], Value::Null);
+    }
+
+    #[test]
+    fn a_serving_standby_opens_status_with_an_alert() {
+        let alert = "webshop: standby dr is serving: possible split brain (passive check app \
+                     passes from 3 of 5 observers (HTTP 200))";
+        let s = status_with_standby(pb::StandbyStatus {
+            site: "dr".into(),
+            ready: false,
+            reasons: vec![alert.into()],
+            passive: vec![pb::PassiveStatus {
+                check: "app".into(),
+                gate: true,
+                state: "serving".into(),
+                acknowledged: false,
+                detail: "passes from 3 of 5 observers (HTTP 200)".into(),
+            }],
+            split_brain: alert.into(),
+            ..Default::default()
+        });
+        let text = services_table(&s);
+        assert_eq!(text.lines().next(), Some(format!("ALERT: {alert}").as_str()), "{text}");
+        let json = status_json(&s);
+        assert_eq!(json["services"][0]["standbys"][0]["split_brain"], alert);
+        assert_eq!(json["services"][0]["standbys"][0]["passive"][0]["state"], "serving");
+    }
 }

@@ -88,18 +88,28 @@ impl DryRun {
     }
 }
 
-/// The dry run of a failover (`switchover = false`) or switchover of `service` to `to`.
-/// `gates`: the leader's verdict of the readiness and lag gates for a failover to `to` (None:
-/// not evaluated yet). Errors: no such service or site.
+/// What the leader evaluated of a move to the target site, for [`dry_run`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderVerdict {
+    /// The readiness gates of a failover (None: not evaluated yet).
+    pub gates: Option<Result<(), String>>,
+    /// Why a switchover is blocked: a gating passive check of the target passes,
+    /// unacknowledged (a possible split brain).
+    pub split_brain: Option<String>,
+}
+
+/// The dry run of a failover (`switchover = false`) or switchover of `service` to `to`, with
+/// the leader's `verdict` on the target. Errors: no such service or site.
 pub fn dry_run(
     spec: &ClusterSpec,
     state: &ServiceState,
     service: &str,
     to: &str,
     switchover: bool,
-    gates: Option<Result<(), String>>,
+    verdict: LeaderVerdict,
     members: &BTreeMap<NodeId, Member>,
 ) -> Result<DryRun, String> {
+    let LeaderVerdict { gates, split_brain } = verdict;
     let svc = spec.service(service).ok_or_else(|| format!("no service named {service}"))?;
     let policy = spec.policy_for(service).ok_or_else(|| format!("no policy for {service}"))?;
     if spec.site(to).is_none() {
@@ -164,6 +174,9 @@ pub fn dry_run(
                 None => "no lag probe: no wait for replication".to_string(),
             },
         );
+        if let Some(why) = split_brain {
+            gate("split brain", false, format!("{why} (--force skips this gate)"));
+        }
     } else {
         match gates {
             Some(Ok(())) => gate("readiness and lag", true, "pass".to_string()),
@@ -301,7 +314,16 @@ mod tests {
         let (spec, c) = state();
         let s = &c.services["file-transfer"];
         let blocked = Some(Err("dr is not ready".to_string()));
-        let d = dry_run(&spec, s, "file-transfer", "dr", false, blocked, &BTreeMap::new()).unwrap();
+        let d = dry_run(
+            &spec,
+            s,
+            "file-transfer",
+            "dr",
+            false,
+            LeaderVerdict { gates: blocked, split_brain: None },
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert!(!d.would_start());
         let gate = d.gates.iter().find(|g| g.name == "readiness and lag").unwrap();
         assert!(gate.detail.contains("--force"), "{gate:?}");
@@ -314,7 +336,15 @@ mod tests {
         // prod has a fence step: no lease wait when it succeeds; one probe step on dr.
         assert!(d.best_case < d.safe_wait, "{:?}", d.best_case);
         assert!(d.detection > spec.policy_for("file-transfer").unwrap().down_after);
-        let ok = dry_run(&spec, s, "file-transfer", "dr", false, Some(Ok(())), &BTreeMap::new());
+        let ok = dry_run(
+            &spec,
+            s,
+            "file-transfer",
+            "dr",
+            false,
+            LeaderVerdict { gates: Some(Ok(())), split_brain: None },
+            &BTreeMap::new(),
+        );
         assert!(ok.unwrap().would_start());
     }
 
@@ -322,14 +352,47 @@ mod tests {
     fn a_switchover_plans_deactivate_catch_up_and_needs_an_activate_runbook() {
         let (spec, c) = state();
         let s = &c.services["file-transfer"];
-        let d = dry_run(&spec, s, "file-transfer", "dr", true, None, &BTreeMap::new()).unwrap();
+        let d = dry_run(
+            &spec,
+            s,
+            "file-transfer",
+            "dr",
+            true,
+            LeaderVerdict { gates: None, split_brain: None },
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert!(d.would_start(), "{:?}", d.gates);
         assert_eq!(d.steps[0].stage, "deactivate");
         assert_eq!(d.steps[1].stage, "catch_up");
-        assert!(
-            dry_run(&spec, s, "file-transfer", "nowhere", true, None, &BTreeMap::new()).is_err()
+        assert!(dry_run(
+            &spec,
+            s,
+            "file-transfer",
+            "nowhere",
+            true,
+            LeaderVerdict { gates: None, split_brain: None },
+            &BTreeMap::new()
+        )
+        .is_err());
+        let to_self = dry_run(
+            &spec,
+            s,
+            "file-transfer",
+            "prod",
+            true,
+            LeaderVerdict { gates: None, split_brain: None },
+            &BTreeMap::new(),
         );
-        let to_self = dry_run(&spec, s, "file-transfer", "prod", true, None, &BTreeMap::new());
         assert!(to_self.unwrap_err().contains("already the active site"));
+        // A serving dr (a passing passive check, unacknowledged) holds a switchover too.
+        let serving = LeaderVerdict {
+            gates: Some(Ok(())),
+            split_brain: Some("webshop: standby dr is serving: possible split brain".into()),
+        };
+        let d = dry_run(&spec, s, "file-transfer", "dr", true, serving, &BTreeMap::new()).unwrap();
+        assert!(!d.would_start());
+        let gate = d.gates.iter().find(|g| g.name == "split brain").unwrap();
+        assert!(gate.detail.ends_with("(--force skips this gate)"), "{gate:?}");
     }
 }

@@ -30,7 +30,8 @@
 //!
 //! Parts: [`detect`] (observer-quorum site health with hysteresis, DESIGN.md 3), [`lease`]
 //! (lease expiry and the safe wait before activating without confirmed fencing, DESIGN.md 6),
-//! and [`engine`], the leader's decision engine built on both: it decides automatic failovers
+//! [`readiness`] (whether each standby could take over now: readiness checks, lag,
+//! consistency fingerprints, passive checks), and [`engine`], the leader's decision engine built on both: it decides automatic failovers
 //! (quorum detection, policy, cooldown, no automatic failback, readiness and lag gates, veto
 //! hooks) and
 //! carries failover workflows through step by step (one proposal in flight per service,
@@ -43,6 +44,7 @@ pub mod durability;
 pub mod election;
 pub mod engine;
 pub mod lease;
+pub mod readiness;
 pub mod time;
 
 pub use detect::{
@@ -52,4 +54,5 @@ pub use durability::{DurabilityCheck, DurabilityParams, DurabilityVerdict, Probe
 pub use election::{ElectionGuard, ElectionTimings, GuardCommand, GuardInput, RaftRole};
 pub use engine::{Command, Engine, EngineParams, Observation, StepDispatch};
 pub use lease::{HolderLease, LeaseParams, LeaseParamsError};
+pub use readiness::{ConsistencyView, Fingerprint, PassiveView, Reason, StandbyReadiness};
 pub use time::MonoTime;

@@ -91,6 +91,57 @@ fn service_to_pb(name: &str, s: &ServiceState, view: &ClusterView) -> pb::Servic
         workflow: s.workflow.as_ref().map(workflow_to_pb),
         alert: s.nobody_serving(name).unwrap_or_default(),
         own_sites: Vec::new(),
+        standbys: view.readiness.get(name).into_iter().flatten().map(standby_to_pb).collect(),
+    }
+}
+
+fn standby_to_pb(v: &crate::decide::StandbyReadiness) -> pb::StandbyStatus {
+    use crate::decide::Fingerprint;
+    let value = |f: &Fingerprint| match f {
+        Fingerprint::Known(v) => (v.clone(), String::new()),
+        Fingerprint::Unknown(why) => (String::new(), why.clone()),
+    };
+    pb::StandbyStatus {
+        site: v.site.clone(),
+        ready: v.ready,
+        reasons: v.reasons.iter().map(|r| r.text.clone()).collect(),
+        consistency: v
+            .consistency
+            .iter()
+            .map(|c| {
+                let (active_value, active_why) = value(&c.active);
+                let (standby_value, standby_why) = value(&c.standby);
+                let detail = match (active_why.is_empty(), standby_why.is_empty()) {
+                    (true, true) => String::new(),
+                    (false, true) => format!("{}: {active_why}", c.active_site),
+                    (true, false) => format!("{}: {standby_why}", v.site),
+                    (false, false) => {
+                        format!("{}: {active_why}; {}: {standby_why}", c.active_site, v.site)
+                    }
+                };
+                pb::ConsistencyStatus {
+                    check: c.check.clone(),
+                    gate: c.gate,
+                    state: c.state().to_string(),
+                    active_site: c.active_site.clone(),
+                    active_value,
+                    standby_value,
+                    detail,
+                }
+            })
+            .collect(),
+        passive: v
+            .passive
+            .iter()
+            .map(|p| pb::PassiveStatus {
+                check: p.check.clone(),
+                gate: p.gate,
+                state: p.state.to_string(),
+                acknowledged: p.acknowledged,
+                detail: p.detail.clone(),
+            })
+            .collect(),
+        split_brain: v.split_brain_alert().unwrap_or_default().to_string(),
     }
 }
 

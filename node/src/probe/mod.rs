@@ -33,9 +33,12 @@ use std::time::{Duration, Instant};
 
 use crate::decide::Verdict;
 use crate::edge::{self, exec, http};
-use crate::spec::{Check, CheckProbe, LagProbe, LagSource};
+use crate::spec::{
+    Check, CheckProbe, ConsistencyCheck, FingerprintSource, LagProbe, LagSource,
+    MAX_FINGERPRINT_BYTES,
+};
 
-pub use prober::{ProbeLimits, Prober, SiteReport};
+pub use prober::{FingerprintReading, PassiveReading, ProbeLimits, Prober, SiteReport};
 
 /// Where a node's latest probe results come from: its own [`Prober`] on a real node, the
 /// simulated sites in `drover-sim`.
@@ -239,6 +242,89 @@ pub async fn run_lag(probe: &LagProbe) -> Result<f64, String> {
         }
     };
     parse_lag(&text)
+}
+
+/// Runs a consistency check once on this node for `service`, bounded by its `timeout`: the
+/// fingerprint of this node's `site`, or one line saying why there is none.
+///
+/// - `exec`: runs with `DROVER_SERVICE` and `DROVER_SITE` set; it must exit 0 and its stdout
+///   is the fingerprint.
+/// - `http`: a GET that must answer 2xx; the body is the fingerprint.
+///
+/// Either way the text is trimmed and must be 1 to [`MAX_FINGERPRINT_BYTES`] bytes long.
+pub async fn run_fingerprint(
+    check: &ConsistencyCheck,
+    service: &str,
+    site: &str,
+) -> Result<String, String> {
+    let name = &check.name;
+    let bytes = match &check.source {
+        FingerprintSource::Exec { command } => {
+            let spec = exec::ExecSpec {
+                command,
+                env: vec![
+                    ("DROVER_SERVICE".to_string(), service.to_string()),
+                    ("DROVER_SITE".to_string(), site.to_string()),
+                ],
+                timeout: check.timeout,
+                output_cap: EXEC_OUTPUT_CAP,
+            };
+            let out = exec::run(spec)
+                .await
+                .map_err(|e| format!("consistency check {name}: {}", e.describe()))?;
+            if !out.status.success() {
+                let why = edge::last_line(&String::from_utf8_lossy(&out.stderr), DETAIL_MAX);
+                let status = exec::describe_status(out.status);
+                return Err(if why.is_empty() {
+                    format!("consistency check {name}: {status}")
+                } else {
+                    format!("consistency check {name}: {status}: {why}")
+                });
+            }
+            out.stdout
+        }
+        FingerprintSource::Http { url } => {
+            let sent = tokio::time::timeout(
+                check.timeout,
+                http::client().send(http::Outgoing::get(url), HTTP_BODY_CAP),
+            )
+            .await
+            .map_err(|_| {
+                format!("consistency check {name}: timed out after {}", edge::fmt_ms(check.timeout))
+            })?;
+            let answer = sent.map_err(|e| format!("consistency check {name}: {e}"))?;
+            if !(200..300).contains(&answer.status) {
+                return Err(format!(
+                    "consistency check {name}: HTTP {} (expected 2xx)",
+                    answer.status
+                ));
+            }
+            answer.body
+        }
+    };
+    parse_fingerprint(name, &bytes)
+}
+
+/// A fingerprint from what a consistency check printed: the text trimmed, 1 to
+/// [`MAX_FINGERPRINT_BYTES`] bytes long (bytes that are not UTF-8 are replaced).
+pub fn parse_fingerprint(name: &str, output: &[u8]) -> Result<String, String> {
+    let text = String::from_utf8_lossy(output);
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!(
+            "consistency check {name} printed nothing; it must print a fingerprint (a hash, a \
+             version)"
+        ));
+    }
+    if text.len() > MAX_FINGERPRINT_BYTES {
+        return Err(format!(
+            "consistency check {name} printed {} bytes; a fingerprint is at most \
+             {MAX_FINGERPRINT_BYTES}: print a hash of the content instead (e.g. pipe it through \
+             sha256sum)",
+            text.len()
+        ));
+    }
+    Ok(text.to_string())
 }
 
 /// Parses a lag value: a finite number >= 0.

@@ -31,10 +31,10 @@ use tokio::time::MissedTickBehavior;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::late::{discount_late, Lateness, StallMonitor};
-use super::{run_check, run_lag, ProbeResult, DETAIL_MAX};
+use super::{run_check, run_fingerprint, run_lag, ProbeResult, DETAIL_MAX};
 use crate::decide::Verdict;
 use crate::edge;
-use crate::spec::{Check, CheckProbe, ClusterSpec, LagProbe, RunOn};
+use crate::spec::{Check, CheckProbe, ClusterSpec, ConsistencyCheck, LagProbe, RunOn};
 
 /// Limits of one [`Prober`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +91,37 @@ pub struct SiteReport {
     /// The verdict of the site's readiness checks (can it take over?), `None` when the
     /// service has none for this site.
     pub ready: Option<Verdict>,
+    /// The fingerprints of the service's consistency checks, in spec order; only in the
+    /// report of this node's own site (a site fingerprints itself), and only once a check ran.
+    pub fingerprints: Vec<FingerprintReading>,
+    /// The latest result of each of the service's passive checks of this site, in spec order
+    /// (`Healthy` = the check passes: the site serves).
+    pub passive: Vec<PassiveReading>,
+}
+
+/// The latest run of one consistency check on this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FingerprintReading {
+    /// The check's name.
+    pub check: String,
+    /// The fingerprint, or why there is none.
+    pub value: Result<String, String>,
+    /// When the run ended.
+    pub observed_at: Instant,
+}
+
+/// The latest run of one passive check from this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveReading {
+    /// The check's name.
+    pub check: String,
+    /// `Healthy`: the check passes (the site serves); `Unhealthy`: it fails, as it should on
+    /// a standby; `Unknown`: it could not run or has not run yet.
+    pub verdict: Verdict,
+    /// One short line from the run.
+    pub detail: String,
+    /// When the run ended (or, before the first run, when the check was started).
+    pub observed_at: Instant,
 }
 
 /// Handle of the background prober; dropping it stops every probe task.
@@ -109,7 +140,8 @@ impl Prober {
         spec: watch::Receiver<Option<Arc<ClusterSpec>>>,
         limits: ProbeLimits,
     ) -> Prober {
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared =
+            Arc::new(Mutex::new(Shared { own_site: own_site.clone(), ..Shared::default() }));
         let semaphore = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
         let pace = Pace {
             semaphore,
@@ -138,7 +170,15 @@ impl Prober {
         for service in &spec.services {
             for site in &spec.sites {
                 let has_readiness = service.readiness.iter().any(|c| c.site == site.name);
-                if service.checks_for(&site.name).next().is_none() && !has_readiness {
+                let has_passive = service.passive.iter().any(|p| p.check.site == site.name);
+                let fingerprints = site.name == shared.own_site
+                    && !site.witness
+                    && !service.consistency.is_empty();
+                if service.checks_for(&site.name).next().is_none()
+                    && !has_readiness
+                    && !has_passive
+                    && !fingerprints
+                {
                     continue;
                 }
                 reports.push(shared.fold(&service.name, &site.name));
@@ -163,13 +203,25 @@ enum JobKey {
         service: String,
         probe: LagProbe,
     },
+    /// A passive check: must fail while its site is a standby.
+    Passive {
+        check: Check,
+    },
+    /// A consistency check of one service, fingerprinting this node's own site.
+    Fingerprint {
+        service: String,
+        check: ConsistencyCheck,
+    },
 }
 
 impl JobKey {
     fn interval(&self) -> Duration {
         match self {
-            JobKey::Check { check, .. } | JobKey::Readiness { check, .. } => check.interval,
+            JobKey::Check { check, .. }
+            | JobKey::Readiness { check, .. }
+            | JobKey::Passive { check } => check.interval,
             JobKey::Lag { probe, .. } => probe.interval,
+            JobKey::Fingerprint { check, .. } => check.interval,
         }
     }
 }
@@ -179,6 +231,15 @@ impl JobKey {
 enum Outcome {
     Check(ProbeResult),
     Lag(Result<f64, String>),
+    Fingerprint(Result<String, String>),
+}
+
+/// What a check is run for; the same check may be run for several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Purpose {
+    Health,
+    Readiness,
+    Passive,
 }
 
 #[derive(Debug)]
@@ -190,32 +251,70 @@ struct Slot {
 
 #[derive(Debug, Default)]
 struct Shared {
+    /// This node's site: consistency checks fingerprint it.
+    own_site: String,
     spec: Option<Arc<ClusterSpec>>,
     slots: HashMap<u64, Slot>,
-    /// The job of each health (`false`) and readiness (`true`) check.
-    checks: HashMap<(bool, Check), u64>,
+    /// The job of each health, readiness and passive check.
+    checks: HashMap<(Purpose, Check), u64>,
 }
 
 impl Shared {
     fn fold(&self, service: &str, site: &str) -> SiteReport {
-        let mut report = self.fold_checks(service, site, false);
-        let ready = self.fold_checks(service, site, true);
+        let mut report = self.fold_checks(service, site, Purpose::Health);
+        let ready = self.fold_checks(service, site, Purpose::Readiness);
         report.ready = (!ready.detail.ends_with("no checks running")).then_some(ready.verdict);
+        let Some(svc) = self.spec.as_ref().and_then(|spec| spec.service(service)) else {
+            return report;
+        };
+        for p in svc.passive.iter().filter(|p| p.check.site == site) {
+            let slot = self
+                .checks
+                .get(&(Purpose::Passive, p.check.clone()))
+                .and_then(|id| self.slots.get(id));
+            let Some(slot) = slot else { continue };
+            let (verdict, detail, observed_at) = match &slot.last {
+                Some((Outcome::Check(r), at)) => (r.verdict, r.detail.clone(), *at),
+                _ => (Verdict::Unknown, "not probed yet".to_string(), slot.started),
+            };
+            report.passive.push(PassiveReading {
+                check: p.name.clone(),
+                verdict,
+                detail,
+                observed_at,
+            });
+        }
+        if site == self.own_site {
+            for c in &svc.consistency {
+                let done = self.slots.values().find_map(|slot| match (&slot.key, &slot.last) {
+                    (
+                        JobKey::Fingerprint { service: s, check },
+                        Some((Outcome::Fingerprint(value), at)),
+                    ) if s == service && check == c => Some((value.clone(), *at)),
+                    _ => None,
+                });
+                if let Some((value, observed_at)) = done {
+                    report.fingerprints.push(FingerprintReading {
+                        check: c.name.clone(),
+                        value,
+                        observed_at,
+                    });
+                }
+            }
+        }
         report
     }
 
-    fn fold_checks(&self, service: &str, site: &str, readiness: bool) -> SiteReport {
-        let defined = self.spec.as_ref().and_then(|spec| spec.service(service)).map(|svc| {
-            if readiness {
-                &svc.readiness
-            } else {
-                &svc.checks
-            }
-        });
+    fn fold_checks(&self, service: &str, site: &str, purpose: Purpose) -> SiteReport {
+        let defined =
+            self.spec.as_ref().and_then(|spec| spec.service(service)).map(|svc| match purpose {
+                Purpose::Readiness => &svc.readiness,
+                Purpose::Health | Purpose::Passive => &svc.checks,
+            });
         // In spec order; a check listed twice is folded once.
         let mut checks: Vec<(u64, &Slot, &Check)> = Vec::new();
         for check in defined.into_iter().flatten().filter(|c| c.site == site) {
-            let Some(id) = self.checks.get(&(readiness, check.clone())) else { continue };
+            let Some(id) = self.checks.get(&(purpose, check.clone())) else { continue };
             let Some(slot) = self.slots.get(id) else { continue };
             if !checks.iter().any(|(other, ..)| other == id) {
                 checks.push((*id, slot, check));
@@ -258,7 +357,10 @@ impl Shared {
                         RunOn::Site(run_on) => run_on == site,
                     }
             }
-            JobKey::Check { .. } | JobKey::Readiness { .. } => false,
+            JobKey::Check { .. }
+            | JobKey::Readiness { .. }
+            | JobKey::Passive { .. }
+            | JobKey::Fingerprint { .. } => false,
         });
         if let Some(Slot { last: Some((Outcome::Lag(value), _)), .. }) = lag_slot {
             match value {
@@ -275,6 +377,8 @@ impl Shared {
             observed_at: observed_at.unwrap_or_else(Instant::now),
             lag,
             ready: None,
+            fingerprints: Vec::new(),
+            passive: Vec::new(),
         }
     }
 }
@@ -343,6 +447,20 @@ impl Supervisor {
             for check in &service.readiness {
                 keys.push(JobKey::Readiness { check: check.clone() });
             }
+            for p in &service.passive {
+                keys.push(JobKey::Passive { check: p.check.clone() });
+            }
+            // A site fingerprints itself; a witness has nothing to fingerprint.
+            let own_capable =
+                spec.and_then(|s| s.site(&self.own_site)).is_some_and(|site| !site.witness);
+            if own_capable {
+                for check in &service.consistency {
+                    keys.push(JobKey::Fingerprint {
+                        service: service.name.clone(),
+                        check: check.clone(),
+                    });
+                }
+            }
             if let Some(probe) = &service.lag {
                 let here = match &probe.run_on {
                     RunOn::Any => true,
@@ -383,15 +501,19 @@ impl Supervisor {
             shared.slots.insert(id, Slot { key: key.clone(), started: Instant::now(), last: None });
             match &key {
                 JobKey::Check { check } => {
-                    shared.checks.insert((false, check.clone()), id);
+                    shared.checks.insert((Purpose::Health, check.clone()), id);
                 }
                 JobKey::Readiness { check } => {
-                    shared.checks.insert((true, check.clone()), id);
+                    shared.checks.insert((Purpose::Readiness, check.clone()), id);
                 }
-                JobKey::Lag { .. } => {}
+                JobKey::Passive { check } => {
+                    shared.checks.insert((Purpose::Passive, check.clone()), id);
+                }
+                JobKey::Lag { .. } | JobKey::Fingerprint { .. } => {}
             }
             let task = tokio::spawn(run_job(
                 id,
+                self.own_site.clone(),
                 key.clone(),
                 delay,
                 self.shared.clone(),
@@ -419,6 +541,7 @@ struct Pace {
 
 async fn run_job(
     id: u64,
+    own_site: String,
     key: JobKey,
     first_delay: Duration,
     shared: Arc<Mutex<Shared>>,
@@ -437,7 +560,9 @@ async fn run_job(
         let Ok(_permit) = permit else { return };
         let began = Instant::now();
         let outcome = match &key {
-            JobKey::Check { check, .. } | JobKey::Readiness { check, .. } => {
+            JobKey::Check { check, .. }
+            | JobKey::Readiness { check, .. }
+            | JobKey::Passive { check } => {
                 let result = run_check(check).await;
                 let late = Lateness {
                     start_delay: began.saturating_duration_since(scheduled),
@@ -448,6 +573,9 @@ async fn run_job(
                 Outcome::Check(discount_late(result, &late, pace.tolerance))
             }
             JobKey::Lag { probe, .. } => Outcome::Lag(run_lag(probe).await),
+            JobKey::Fingerprint { service, check } => {
+                Outcome::Fingerprint(run_fingerprint(check, service, &own_site).await)
+            }
         };
         let mut shared = lock(&shared);
         // A slot that is gone belongs to a job being stopped; never recreate it.
@@ -491,13 +619,32 @@ fn log_change(key: &JobKey, previous: Option<&Outcome>, now: &Outcome) {
                 _ => {}
             }
         }
+        (JobKey::Fingerprint { service, check }, prev, Outcome::Fingerprint(r)) => {
+            let prev = match prev {
+                Some(Outcome::Fingerprint(p)) => Some(p),
+                _ => None,
+            };
+            if prev == Some(r) {
+                return;
+            }
+            match r {
+                Ok(v) => {
+                    tracing::info!(%service, check = %check.name, fingerprint = %v, "fingerprint")
+                }
+                Err(e) => {
+                    tracing::warn!(%service, check = %check.name, cause = %e, "consistency check failed")
+                }
+            }
+        }
         _ => {}
     }
 }
 
 fn key_site(key: &JobKey) -> &str {
     match key {
-        JobKey::Check { check, .. } | JobKey::Readiness { check, .. } => &check.site,
-        JobKey::Lag { .. } => "",
+        JobKey::Check { check, .. }
+        | JobKey::Readiness { check, .. }
+        | JobKey::Passive { check } => &check.site,
+        JobKey::Lag { .. } | JobKey::Fingerprint { .. } => "",
     }
 }

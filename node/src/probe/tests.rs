@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::spec::{ClusterSpec, Policy, RunOn, Service, Site};
+use crate::spec::{ConsistencyCheck, FingerprintSource, MAX_FINGERPRINT_BYTES};
 
 /// A local HTTP server whose `/health` answers the status in `status` with body
 /// `all systems ok`; `/slow` answers after 5 s; `/lag` and `/text` answer fixed bodies.
@@ -214,6 +215,8 @@ fn service(name: &str, checks: Vec<Check>, lag: Option<LagProbe>) -> Service {
         readiness: Vec::new(),
         runbooks: Default::default(),
         veto: Vec::new(),
+        consistency: Vec::new(),
+        passive: Vec::new(),
     }
 }
 
@@ -475,4 +478,76 @@ async fn a_timeout_of_a_run_that_waited_for_a_slot_is_unknown() {
     let late = reports.iter().find(|r| r.detail.contains("not counted")).unwrap();
     assert!(late.detail.contains("timed out after 600ms"), "{}", late.detail);
     assert!(late.detail.contains("late"), "{}", late.detail);
+}
+
+#[test]
+fn a_fingerprint_is_trimmed_and_bounded() {
+    assert_eq!(parse_fingerprint("config", b"  abc123 \n"), Ok("abc123".to_string()));
+    let empty = parse_fingerprint("config", b" \n").unwrap_err();
+    assert!(empty.contains("config printed nothing"), "{empty}");
+    let long = vec![b'a'; MAX_FINGERPRINT_BYTES + 1];
+    let too_long = parse_fingerprint("config", &long).unwrap_err();
+    assert!(too_long.contains("257 bytes") && too_long.contains("sha256sum"), "{too_long}");
+    assert!(parse_fingerprint("config", &long[..MAX_FINGERPRINT_BYTES]).is_ok());
+}
+
+fn consistency(source: FingerprintSource) -> ConsistencyCheck {
+    ConsistencyCheck {
+        name: "config".into(),
+        source,
+        interval: Duration::from_millis(200),
+        timeout: Duration::from_millis(150),
+        gate: true,
+    }
+}
+
+#[tokio::test]
+async fn a_fingerprint_comes_from_a_command_with_the_site_or_from_a_url() {
+    let by_site = consistency(FingerprintSource::Exec {
+        command: vec!["sh".into(), "-c".into(), "echo \"$DROVER_SERVICE@$DROVER_SITE\"".into()],
+    });
+    assert_eq!(run_fingerprint(&by_site, "web", "dr").await, Ok("web@dr".to_string()));
+    let failing = consistency(FingerprintSource::Exec {
+        command: vec!["sh".into(), "-c".into(), "echo no config >&2; exit 3".into()],
+    });
+    let err = run_fingerprint(&failing, "web", "dr").await.unwrap_err();
+    assert!(err.starts_with("consistency check config: exit 3") && err.ends_with("no config"));
+    let srv = TestServer::start().await;
+    let url = consistency(FingerprintSource::Http { url: srv.url("/text") });
+    assert_eq!(run_fingerprint(&url, "web", "dr").await, Ok("soon".to_string()));
+    srv.status.store(500, Ordering::SeqCst);
+    let down = consistency(FingerprintSource::Http { url: srv.url("/health") });
+    let err = run_fingerprint(&down, "web", "dr").await.unwrap_err();
+    assert_eq!(err, "consistency check config: HTTP 500 (expected 2xx)");
+}
+
+#[tokio::test]
+async fn the_prober_reports_its_own_sites_fingerprints_and_every_passive_check() {
+    let (tx, rx) = watch::channel(None);
+    let prober = Prober::spawn("dr".into(), rx, ProbeLimits::default());
+    let mut svc =
+        service("web", vec![fast("prod", exec("exit 0")), fast("dr", exec("exit 0"))], None);
+    svc.consistency.push(consistency(FingerprintSource::Exec {
+        command: vec!["sh".into(), "-c".into(), "echo \"v-$DROVER_SITE\"".into()],
+    }));
+    svc.passive.push(crate::spec::PassiveCheck {
+        name: "app".into(),
+        check: fast("dr", exec("exit 0")),
+        gate: true,
+    });
+    tx.send(Some(spec(vec![svc]))).unwrap();
+    let reports = wait_for(&prober, "a fingerprint and a passive result", |r| {
+        find(r, "web", "dr").is_some_and(|r| {
+            !r.fingerprints.is_empty()
+                && r.passive.first().is_some_and(|p| p.verdict == Verdict::Healthy)
+        })
+    })
+    .await;
+    let dr = find(&reports, "web", "dr").unwrap();
+    assert_eq!(dr.fingerprints[0].check, "config");
+    assert_eq!(dr.fingerprints[0].value, Ok("v-dr".to_string()));
+    assert_eq!(dr.passive[0].check, "app");
+    // This node is in dr: it fingerprints dr only, and prod has no passive check.
+    let prod = find(&reports, "web", "prod").unwrap();
+    assert!(prod.fingerprints.is_empty() && prod.passive.is_empty(), "{prod:?}");
 }

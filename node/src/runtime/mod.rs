@@ -350,6 +350,7 @@ pub async fn assemble(
         authz: Authorizer::new(raft.clone(), tls.is_some()),
         own_health: Default::default(),
         gates: Default::default(),
+        readiness: Default::default(),
         presence: Default::default(),
         storage_fault: durability::no_fault(),
     };

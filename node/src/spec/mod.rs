@@ -216,6 +216,14 @@ pub struct Service {
     /// holds; any of them failing vetoes it. Absent from specs committed before hooks existed.
     #[serde(default)]
     pub veto: Vec<VetoHook>,
+    /// Consistency checks: fingerprints every non-witness site takes of itself, which must be
+    /// equal on the active site and a standby. Absent from specs committed before they existed.
+    #[serde(default)]
+    pub consistency: Vec<ConsistencyCheck>,
+    /// Passive checks: checks that must *fail* on a standby (its application must not serve
+    /// while it is standby). Absent from specs committed before they existed.
+    #[serde(default)]
+    pub passive: Vec<PassiveCheck>,
 }
 
 impl Service {
@@ -301,6 +309,66 @@ pub enum CheckProbe {
         /// Program and arguments (no shell).
         command: Vec<String>,
     },
+}
+
+/// Longest fingerprint a consistency check may report, in bytes (after trimming): a hash or a
+/// version string, not a whole file.
+pub const MAX_FINGERPRINT_BYTES: usize = 256;
+
+/// A consistency check (`[[service.consistency]]`): every node of every non-witness site runs
+/// it against its own site and reports the fingerprint it prints (a hash of a configuration
+/// directory, a schema version). A standby whose fingerprint differs from the active site's is
+/// not ready.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConsistencyCheck {
+    /// Unique among the service's consistency checks (`[a-z0-9-]`); names it in status,
+    /// alerts and metrics.
+    pub name: String,
+    /// How the fingerprint is obtained.
+    #[serde(flatten)]
+    pub source: FingerprintSource,
+    /// Time between two runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time after which a run counts as failed (< `interval`).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Whether a difference (or an unknown fingerprint) blocks an unforced failover to the
+    /// standby; `false` only shows it.
+    pub gate: bool,
+}
+
+/// How a consistency check obtains its fingerprint: at most [`MAX_FINGERPRINT_BYTES`] bytes
+/// of text, trimmed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FingerprintSource {
+    /// A command that must exit 0; its stdout is the fingerprint. It runs with
+    /// `DROVER_SERVICE` and `DROVER_SITE` (the site of the node running it) set.
+    Exec {
+        /// Program and arguments (no shell).
+        command: Vec<String>,
+    },
+    /// An HTTP GET that must answer 2xx; its body is the fingerprint.
+    Http {
+        /// `http://` or `https://` URL.
+        url: String,
+    },
+}
+
+/// A passive check (`[[service.passive]]`): a health check of `site` that must fail while
+/// `site` is a standby. Every observer runs it, like a health check. When it passes, the
+/// standby is serving: a possible split brain, alerted, and (with `gate`) blocking a failover
+/// or switchover to it until an operator acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PassiveCheck {
+    /// Unique among the service's passive checks (`[a-z0-9-]`).
+    pub name: String,
+    /// The check; `site` is the standby it watches.
+    pub check: Check,
+    /// Whether a passing check blocks failover and switchover to the site (until
+    /// acknowledged); the alert is shown either way.
+    pub gate: bool,
 }
 
 /// The standby's replication lag probe; it reports a number (e.g. seconds behind).

@@ -58,6 +58,56 @@ pub(super) struct Service {
     pub runbook: BTreeMap<String, BTreeMap<String, Vec<Step>>>,
     #[serde(default)]
     pub veto: Vec<Veto>,
+    #[serde(default)]
+    pub consistency: Vec<Consistency>,
+    #[serde(default)]
+    pub passive: Vec<Passive>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Consistency {
+    pub name: Option<String>,
+    pub kind: String,
+    pub command: Option<Vec<String>>,
+    pub url: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub gate: Option<bool>,
+}
+
+/// A passive check: a [`Check`] with a name and a gate switch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Passive {
+    pub name: Option<String>,
+    pub gate: Option<bool>,
+    pub site: String,
+    pub kind: String,
+    pub url: Option<String>,
+    pub expect_status: Option<i64>,
+    pub body_contains: Option<String>,
+    pub address: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+}
+
+impl Passive {
+    /// The check part, validated like any health check.
+    pub fn check(&self) -> Check {
+        Check {
+            site: self.site.clone(),
+            kind: self.kind.clone(),
+            url: self.url.clone(),
+            expect_status: self.expect_status,
+            body_contains: self.body_contains.clone(),
+            address: self.address.clone(),
+            command: self.command.clone(),
+            interval: self.interval.clone(),
+            timeout: self.timeout.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -733,3 +733,132 @@ fn the_number_of_services_is_bounded() {
     let over = parse(&many_services(MAX_SERVICES + 1), "cluster.toml");
     assert_error(&over, "service", "301 services; a cluster protects at most 300");
 }
+
+/// The example with consistency and passive checks added before its lag probe.
+fn with_readiness(extra: &str) -> Result<ClusterSpec, SpecErrors> {
+    parse_edit(
+        "  # Replication lag of the standby",
+        &format!("{extra}\n  # Replication lag of the standby"),
+    )
+}
+
+const CONSISTENCY_AND_PASSIVE: &str = r#"
+  [[service.consistency]]
+  name = "config"
+  kind = "exec"
+  command = ["sh", "-c", "cat /etc/st/*.conf | sha256sum"]
+  interval = "30s"
+
+  [[service.consistency]]
+  name = "schema"
+  kind = "http"
+  url = "http://localhost:8080/schema-version"
+  gate = false
+
+  [[service.passive]]
+  name = "st-port"
+  site = "dr"
+  kind = "tcp"
+  address = "st.dr.example:22"
+"#;
+
+#[test]
+fn consistency_and_passive_checks_parse_with_their_defaults() {
+    let spec = with_readiness(CONSISTENCY_AND_PASSIVE).unwrap_or_else(|e| panic!("{e}"));
+    let svc = spec.service("file-transfer").unwrap();
+    assert_eq!(
+        svc.consistency[0],
+        ConsistencyCheck {
+            name: "config".into(),
+            source: FingerprintSource::Exec {
+                command: vec!["sh".into(), "-c".into(), "cat /etc/st/*.conf | sha256sum".into()]
+            },
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            gate: true,
+        }
+    );
+    let schema = &svc.consistency[1];
+    assert_eq!(
+        (schema.interval, schema.timeout, schema.gate),
+        (Duration::from_secs(10), Duration::from_secs(5), false)
+    );
+    let passive = &svc.passive[0];
+    assert_eq!((passive.name.as_str(), passive.gate), ("st-port", true));
+    assert_eq!(passive.check.site, "dr");
+    assert_eq!(passive.check.probe, CheckProbe::Tcp { address: "st.dr.example:22".into() });
+    // Replicated as JSON: both survive the round trip, and a spec committed before they
+    // existed still reads (without them).
+    let back: ClusterSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+    assert_eq!(back, spec);
+    let mut old = serde_json::to_value(example()).unwrap();
+    for svc in old["services"].as_array_mut().unwrap() {
+        let svc = svc.as_object_mut().unwrap();
+        assert!(svc.remove("consistency").is_some() && svc.remove("passive").is_some());
+    }
+    let old: ClusterSpec = serde_json::from_value(old).unwrap();
+    assert!(old.services[0].consistency.is_empty() && old.services[0].passive.is_empty());
+}
+
+#[test]
+fn bad_consistency_and_passive_checks_are_refused_with_their_keys() {
+    let r = with_readiness(
+        r#"
+  [[service.consistency]]
+  kind = "exec"
+  command = ["true"]
+
+  [[service.consistency]]
+  name = "Config"
+  kind = "tcp"
+
+  [[service.consistency]]
+  name = "same"
+  kind = "http"
+  url = "http://localhost/v"
+  command = ["true"]
+
+  [[service.consistency]]
+  name = "same"
+  kind = "exec"
+  command = ["true"]
+  interval = "1s"
+  timeout = "2s"
+
+  [[service.passive]]
+  name = "on-witness"
+  site = "witness"
+  kind = "tcp"
+  address = "w.example:1"
+
+  [[service.passive]]
+  site = "dr"
+  kind = "exec"
+"#,
+    );
+    assert_error(&r, "service[0].consistency[0].name", "is required");
+    assert_error(&r, "service[0].consistency[1].name", "lowercase");
+    assert_error(&r, "service[0].consistency[1].kind", "unknown consistency check kind \"tcp\"");
+    assert_error(&r, "service[0].consistency[2].command", "not a key of an \"http\" consistency");
+    assert_error(&r, "service[0].consistency[3].name", "\"same\" is also consistency[2]");
+    assert_error(&r, "service[0].consistency[3].timeout", "not shorter than the interval");
+    assert_error(&r, "service[0].passive[0].site", "is the witness");
+    assert_error(&r, "service[0].passive[1].name", "is required");
+    assert_error(&r, "service[0].passive[1].command", "is required for kind \"exec\"");
+    // An unknown key in a passive table names its path.
+    let r = with_readiness(
+        "  [[service.passive]]\n  name = \"p\"\n  site = \"dr\"\n  kind = \"tcp\"\n  address = \"a:1\"\n  colour = \"red\"\n",
+    );
+    let e = r.unwrap_err();
+    assert!(e.to_string().contains("colour"), "{e}");
+}
+
+#[test]
+fn the_complete_example_of_the_docs_validates() {
+    let doc = include_str!("../../../docs/cluster-spec.md");
+    let section = doc.split("## A complete example").nth(1).expect("the docs have the section");
+    let toml = section.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
+    let spec = parse(toml, "docs/cluster-spec.md").unwrap_or_else(|e| panic!("{e}"));
+    let svc = &spec.services[0];
+    assert_eq!((svc.consistency.len(), svc.passive.len()), (1, 1));
+}

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use super::raw;
 use super::{
-    Check, CheckProbe, ClusterSpec, CommitMode, DnsProtocol, DnsRecord, DnsRecordType, DnsStep,
-    ExecStep, FenceAction, FenceAgentStep, HaproxySet, HaproxyState, HaproxyStep, HttpStep,
-    LagProbe, LagSource, OnFailure, Phase, Policy, PolicyOverride, ProbeStep, RunOn, Service, Site,
-    SpecError, Step, StepAction, Tsig, VetoHook, WaitStep, DEFAULT_VETO_TIMEOUT,
-    MAX_CLOCK_DRIFT_LIMIT, MAX_DNS_TTL_SECS, MAX_RETRIES, MAX_SERVICES, MAX_TIMEOUT,
-    MAX_VETO_TIMEOUT, RUN_ON_ANY,
+    Check, CheckProbe, ClusterSpec, CommitMode, ConsistencyCheck, DnsProtocol, DnsRecord,
+    DnsRecordType, DnsStep, ExecStep, FenceAction, FenceAgentStep, FingerprintSource, HaproxySet,
+    HaproxyState, HaproxyStep, HttpStep, LagProbe, LagSource, OnFailure, PassiveCheck, Phase,
+    Policy, PolicyOverride, ProbeStep, RunOn, Service, Site, SpecError, Step, StepAction, Tsig,
+    VetoHook, WaitStep, DEFAULT_VETO_TIMEOUT, MAX_CLOCK_DRIFT_LIMIT, MAX_DNS_TTL_SECS, MAX_RETRIES,
+    MAX_SERVICES, MAX_TIMEOUT, MAX_VETO_TIMEOUT, RUN_ON_ANY,
 };
 use crate::config::check_name;
 
@@ -23,6 +23,8 @@ const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_LAG_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_LAG_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CONSISTENCY_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_CONSISTENCY_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 const DEFAULT_DNS_TTL_SECS: u32 = 60;
 const HTTP_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -352,6 +354,9 @@ impl Validator {
             .filter_map(|(j, h)| self.veto(&format!("{prefix}.veto[{j}]"), h))
             .collect();
 
+        let consistency = self.consistency_checks(prefix, &s.consistency);
+        let passive = self.passive_checks(prefix, &s.passive);
+
         Service {
             name: s.name.clone(),
             initial_active: s.initial_active.clone(),
@@ -362,7 +367,129 @@ impl Validator {
             readiness,
             runbooks,
             veto,
+            consistency,
+            passive,
         }
+    }
+
+    /// The `name` of a named check: present, a valid name, and not used by an earlier check
+    /// of the same list (`seen`).
+    fn check_name_of<'a>(
+        &mut self,
+        prefix: &str,
+        table: &str,
+        name: Option<&'a String>,
+        seen: &mut HashMap<&'a str, usize>,
+        index: usize,
+    ) -> Option<String> {
+        let key = format!("{prefix}.name");
+        let Some(name) = name else {
+            self.err(
+                key,
+                format!(
+                    "is required; name the check (e.g. name = \"config\") so status, alerts \
+                     and metrics can say which [[service.{table}]] it is"
+                ),
+            );
+            return None;
+        };
+        if let Err(r) = check_name(name) {
+            self.err(key, r);
+            return None;
+        }
+        if let Some(j) = seen.insert(name, index) {
+            self.err(
+                key,
+                format!(
+                    "{name:?} is also {table}[{j}]; names of a service's {table} checks must be \
+                     unique"
+                ),
+            );
+            return None;
+        }
+        Some(name.clone())
+    }
+
+    fn consistency_checks(
+        &mut self,
+        prefix: &str,
+        raw: &[raw::Consistency],
+    ) -> Vec<ConsistencyCheck> {
+        let mut seen = HashMap::new();
+        let mut out = Vec::new();
+        for (j, c) in raw.iter().enumerate() {
+            let pre = format!("{prefix}.consistency[{j}]");
+            let name = self.check_name_of(&pre, "consistency", c.name.as_ref(), &mut seen, j);
+            let (interval, timeout) = self.interval_timeout(
+                &pre,
+                &c.interval,
+                &c.timeout,
+                DEFAULT_CONSISTENCY_INTERVAL,
+                DEFAULT_CONSISTENCY_TIMEOUT,
+            );
+            let source = match c.kind.as_str() {
+                "exec" => {
+                    if c.url.is_some() {
+                        self.err(
+                            format!("{pre}.url"),
+                            "is not a key of an \"exec\" consistency check; it takes command",
+                        );
+                    }
+                    let cmd = self.required(&pre, "command", "exec", &c.command);
+                    if let Some(cmd) = cmd {
+                        self.command(&format!("{pre}.command"), cmd);
+                    }
+                    cmd.map(|c| FingerprintSource::Exec { command: c.clone() })
+                }
+                "http" => {
+                    if c.command.is_some() {
+                        self.err(
+                            format!("{pre}.command"),
+                            "is not a key of an \"http\" consistency check; it takes url",
+                        );
+                    }
+                    let url = self.required(&pre, "url", "http", &c.url);
+                    if let Some(url) = url {
+                        self.url(&format!("{pre}.url"), url);
+                    }
+                    url.map(|u| FingerprintSource::Http { url: u.clone() })
+                }
+                other => {
+                    self.err(
+                        format!("{pre}.kind"),
+                        format!(
+                            "unknown consistency check kind {other:?}; use exec (stdout is the \
+                             fingerprint) or http (the body is)"
+                        ),
+                    );
+                    None
+                }
+            };
+            if let (Some(name), Some(source)) = (name, source) {
+                out.push(ConsistencyCheck {
+                    name,
+                    source,
+                    interval,
+                    timeout,
+                    gate: c.gate.unwrap_or(true),
+                });
+            }
+        }
+        out
+    }
+
+    fn passive_checks(&mut self, prefix: &str, raw: &[raw::Passive]) -> Vec<PassiveCheck> {
+        let mut seen = HashMap::new();
+        let mut out = Vec::new();
+        for (j, p) in raw.iter().enumerate() {
+            let pre = format!("{prefix}.passive[{j}]");
+            let name = self.check_name_of(&pre, "passive", p.name.as_ref(), &mut seen, j);
+            let check = self.check(&pre, &p.check());
+            if let (Some(name), Some(check)) = (name, check) {
+                out.push(PassiveCheck { name, check, gate: p.gate.unwrap_or(true) });
+            }
+        }
+        out
     }
 
     fn veto(&mut self, prefix: &str, h: &raw::Veto) -> Option<VetoHook> {

@@ -3,31 +3,9 @@
 
 use super::*;
 
-/// Fresh "ready" readiness reports from voters for (service, site), and the voter count.
-fn quorum_ready(
-    readiness: &Reports,
-    voters: &BTreeSet<NodeId>,
-    service: &str,
-    site: &str,
-    now: MonoTime,
-    stale_after: Duration,
-) -> (usize, usize) {
-    let ready = readiness.get(&(service.to_string(), site.to_string())).map_or(0, |by| {
-        by.iter()
-            .filter(|(id, (v, at))| {
-                voters.contains(id)
-                    && *v == Verdict::Healthy
-                    && now.saturating_duration_since(*at) <= stale_after
-            })
-            .count()
-    });
-    (ready, voters.len())
-}
-
 /// What [`decide_failover`] reads (and, for veto runs, updates) besides the observation.
 pub(super) struct Inputs<'a> {
-    pub(super) lag: &'a BTreeMap<String, (f64, MonoTime)>,
-    pub(super) readiness: &'a Reports,
+    pub(super) readiness: readiness::Inputs<'a>,
     pub(super) vetoes: &'a mut BTreeMap<String, VetoRun>,
 }
 
@@ -117,7 +95,7 @@ pub(super) fn decide_failover(
     obs: &Observation,
     sink: &mut Sink,
 ) {
-    let Inputs { lag, readiness, vetoes } = inputs;
+    let Inputs { readiness, vetoes } = inputs;
     let (name, state, now) = (s.name, s.state, obs.now);
     let primary = state.primary_site(&s.svc.initial_active);
     // Automatic failover protects the primary: while it is active and at rest (protecting,
@@ -165,8 +143,10 @@ pub(super) fn decide_failover(
         return sink.alert(name, "no_target", msg);
     };
 
-    if let Err((key, why)) = gates(params, readiness, lag, s.svc, name, target, obs.voters, now) {
-        return sink.alert(name, key, format!("failover of {name} to {target} blocked: {why}"));
+    let verdict = readiness::standby(&readiness, s.svc, name, state, target);
+    if let Some(blocker) = verdict.blocker() {
+        let msg = format!("failover of {name} to {target} blocked: {}", blocker.text);
+        return sink.alert(name, blocker.key, msg);
     }
     let outage = Outage { from: active.to_string(), down_since: since, to: target.to_string() };
     if !veto_passed(params, vetoes, s, outage, now, sink) {
@@ -289,56 +269,4 @@ pub(super) fn paused(s: &Svc, obs: &Observation, sink: &mut Sink) {
         );
         sink.alert(name, "paused", msg);
     }
-}
-
-/// The readiness and lag gates of a failover of `service` to `target` (an operator's
-/// `--force` skips them): `Err((alert key, why))` when one blocks it.
-///
-/// The standby's health checks say nothing about whether it can take over (a cold standby
-/// fails them by design); its readiness checks do, when the service has some: they must pass
-/// from a majority of the voters. With `max_lag_on_failover`, a fresh lag report must be at
-/// most that.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn gates(
-    params: &EngineParams,
-    readiness: &Reports,
-    lag: &BTreeMap<String, (f64, MonoTime)>,
-    svc: &Service,
-    name: &str,
-    target: &str,
-    voters: &BTreeSet<NodeId>,
-    now: MonoTime,
-) -> Result<(), (&'static str, String)> {
-    let stale_after = params.detect.stale_after;
-    if svc.readiness.iter().any(|c| c.site == target) {
-        let (ready, voters) = quorum_ready(readiness, voters, name, target, now, stale_after);
-        let needed = voters / 2 + 1;
-        if ready < needed {
-            return Err((
-                "gate_ready",
-                format!(
-                    "{target} is not ready (its readiness checks pass from {ready} of {voters} \
-                     observers, {needed} needed)"
-                ),
-            ));
-        }
-    }
-    if let Some(max) = svc.max_lag_on_failover {
-        let blocked = match lag.get(name) {
-            None => Some("replication lag unknown (no lag report yet)".to_string()),
-            Some(&(_, at)) if now.saturating_duration_since(at) > stale_after => Some(format!(
-                "replication lag unknown (the newest lag report is {} old; stale after {})",
-                secs(now.saturating_duration_since(at)),
-                secs(stale_after)
-            )),
-            Some(&(value, _)) if value > max => {
-                Some(format!("replication lag {value} > max_lag_on_failover {max}"))
-            }
-            Some(_) => None,
-        };
-        if let Some(why) = blocked {
-            return Err(("gate_lag", why));
-        }
-    }
-    Ok(())
 }

@@ -110,6 +110,9 @@ use super::detect::{
     DetectEvent, DetectPolicy, DetectPolicyError, Detector, SiteHealth, Tally, Verdict,
 };
 use super::lease::LeaseParams;
+use super::readiness::{
+    self, FingerprintSeen, Fingerprints, PassiveResults, PassiveSeen, Reports, StandbyReadiness,
+};
 use super::time::MonoTime;
 use crate::consensus::state::control::{
     Automation, ControlRequest, ControlState, LeaseTerms, ServicePhase, ServiceState, Stage,
@@ -242,6 +245,10 @@ pub struct Engine {
     readiness: Reports,
     /// Freshest lag value per service, with when it was reported.
     lag: BTreeMap<String, (f64, MonoTime)>,
+    /// Latest consistency fingerprint per reporting node, per (service, check).
+    fingerprints: Fingerprints,
+    /// Latest passive check result per observer, per (service, check).
+    passive: PassiveResults,
     detection: BTreeMap<String, Detection>,
     /// Services with a proposal in flight.
     outstanding: BTreeSet<String>,
@@ -387,6 +394,8 @@ impl Engine {
             reports: BTreeMap::new(),
             readiness: BTreeMap::new(),
             lag: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
+            passive: BTreeMap::new(),
             detection: BTreeMap::new(),
             outstanding: BTreeSet::new(),
             runs: BTreeMap::new(),
@@ -454,6 +463,42 @@ impl Engine {
         let latest = self.readiness.entry((service.to_string(), site.to_string())).or_default();
         if latest.get(&observer).is_none_or(|&(_, old)| old <= at) {
             latest.insert(observer, (verdict, at));
+        }
+    }
+
+    /// A consistency fingerprint: `node`, a member of `site`, took `value` (or failed to, with
+    /// why) of its own site for `service`'s check `check` at `at`. Only the newest per node
+    /// counts; the verdict uses it only while `node` is a member of `site`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fingerprint_report(
+        &mut self,
+        node: NodeId,
+        service: &str,
+        site: &str,
+        check: &str,
+        value: Result<String, String>,
+        at: MonoTime,
+    ) {
+        let by = self.fingerprints.entry((service.to_string(), check.to_string())).or_default();
+        if by.get(&node).is_none_or(|old| old.at <= at) {
+            by.insert(node, FingerprintSeen { site: site.to_string(), value, at });
+        }
+    }
+
+    /// A passive check result: what `observer` saw of `service`'s passive check `check` at
+    /// `at` (`Healthy`: it passes, the site serves).
+    pub fn passive_report(
+        &mut self,
+        observer: NodeId,
+        service: &str,
+        check: &str,
+        verdict: Verdict,
+        detail: String,
+        at: MonoTime,
+    ) {
+        let by = self.passive.entry((service.to_string(), check.to_string())).or_default();
+        if by.get(&observer).is_none_or(|old| old.at <= at) {
+            by.insert(observer, PassiveSeen { verdict, detail, at });
         }
     }
 
@@ -555,30 +600,57 @@ impl Engine {
     }
 
     /// Whether an operator's unforced failover of `service` to `target` passes the readiness
-    /// and lag gates now: `Err(why)` names the one that blocks it. The leader publishes it
-    /// for the admin API.
+    /// gates now (readiness checks, lag, consistency and passive checks): `Err(why)` names
+    /// the first that blocks it. The leader publishes it for the admin API.
     pub fn failover_gates(
         &self,
-        spec: &ClusterSpec,
+        obs: &Observation,
         service: &str,
         target: &str,
-        voters: &BTreeSet<NodeId>,
-        now: MonoTime,
     ) -> Result<(), String> {
-        let Some(svc) = spec.service(service) else {
-            return Err(format!("no service named {service}"));
-        };
-        automatic::gates(
-            &self.params,
-            &self.readiness,
-            &self.lag,
-            svc,
-            service,
-            target,
-            voters,
-            now,
-        )
-        .map_err(|(_, why)| why)
+        let verdict = self
+            .standby_verdict(obs, service, target)
+            .ok_or_else(|| format!("no service named {service}"))?;
+        match verdict.blocker() {
+            Some(r) => Err(r.text.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// The readiness verdict of every standby of `service` (every site that can be active
+    /// but is not), in spec order; empty for an unknown service. For status and metrics.
+    pub fn standby_readiness(&self, obs: &Observation, service: &str) -> Vec<StandbyReadiness> {
+        let Some(spec) = obs.control.spec.as_ref().map(|v| &v.spec) else { return Vec::new() };
+        let Some(state) = obs.control.services.get(service) else { return Vec::new() };
+        spec.active_capable_sites()
+            .filter(|site| *site != state.active_site)
+            .filter_map(|site| self.standby_verdict(obs, service, site))
+            .collect()
+    }
+
+    fn standby_verdict(
+        &self,
+        obs: &Observation,
+        service: &str,
+        target: &str,
+    ) -> Option<StandbyReadiness> {
+        let spec = &obs.control.spec.as_ref()?.spec;
+        let svc = spec.service(service)?;
+        let state = obs.control.services.get(service)?;
+        Some(readiness::standby(&self.readiness_inputs(obs), svc, service, state, target))
+    }
+
+    fn readiness_inputs<'a>(&'a self, obs: &Observation<'a>) -> readiness::Inputs<'a> {
+        readiness::Inputs {
+            readiness: &self.readiness,
+            lag: &self.lag,
+            fingerprints: &self.fingerprints,
+            passive: &self.passive,
+            voters: obs.voters,
+            members: obs.members,
+            now: obs.now,
+            stale_after: self.params.detect.stale_after,
+        }
     }
 
     /// Detection's view of `site` for `service` (for status display); `Up` when unknown.
@@ -642,6 +714,26 @@ impl Engine {
                     }
                 }
             }
+            // A serving standby is alerted whatever the service is doing.
+            let inputs = readiness::Inputs {
+                readiness: &self.readiness,
+                lag: &self.lag,
+                fingerprints: &self.fingerprints,
+                passive: &self.passive,
+                voters: obs.voters,
+                members: obs.members,
+                now: obs.now,
+                stale_after: self.params.detect.stale_after,
+            };
+            for site in spec.active_capable_sites().filter(|site| *site != state.active_site) {
+                if !svc.passive.iter().any(|p| p.check.site == site) {
+                    continue;
+                }
+                let verdict = readiness::standby(&inputs, svc, name, state, site);
+                if let Some(text) = verdict.split_brain_alert() {
+                    sink.alert(name, &format!("split_brain:{site}"), text.to_string());
+                }
+            }
             match state.active_workflow() {
                 None if state.paused.is_some() => {
                     self.runs.remove(name);
@@ -655,11 +747,17 @@ impl Engine {
                     if decide_reactivation(&self.params, fenced, stale_after, &s, obs, &mut sink) {
                         continue;
                     }
-                    let inputs = Inputs {
-                        lag: &self.lag,
+                    let readiness = readiness::Inputs {
                         readiness: &self.readiness,
-                        vetoes: &mut self.vetoes,
+                        lag: &self.lag,
+                        fingerprints: &self.fingerprints,
+                        passive: &self.passive,
+                        voters: obs.voters,
+                        members: obs.members,
+                        now: obs.now,
+                        stale_after: self.params.detect.stale_after,
                     };
+                    let inputs = Inputs { readiness, vetoes: &mut self.vetoes };
                     decide_failover(&self.params, inputs, &s, obs, &mut sink);
                 }
                 Some(wf) => {
@@ -682,6 +780,15 @@ impl Engine {
         let known = |s: &str| spec.service(s).is_some() && control.services.contains_key(s);
         self.reports.retain(|(service, site), _| known(service) && spec.site(site).is_some());
         self.lag.retain(|service, _| known(service));
+        self.readiness.retain(|(service, site), _| known(service) && spec.site(site).is_some());
+        self.fingerprints.retain(|(service, check), _| {
+            spec.service(service).is_some_and(|s| s.consistency.iter().any(|c| &c.name == check))
+                && known(service)
+        });
+        self.passive.retain(|(service, check), _| {
+            spec.service(service).is_some_and(|s| s.passive.iter().any(|p| &p.name == check))
+                && known(service)
+        });
         self.detection.retain(|service, _| known(service));
         self.runs.retain(|service, _| known(service));
         self.vetoes.retain(|service, _| known(service));
@@ -782,9 +889,6 @@ impl Run {
         }
     }
 }
-
-/// Latest report per observer, per (service, site).
-type Reports = BTreeMap<(String, String), BTreeMap<NodeId, (Verdict, MonoTime)>>;
 
 /// `3s`, `2.5s`: whole seconds when exact, else one decimal.
 fn secs(d: Duration) -> String {

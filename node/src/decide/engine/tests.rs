@@ -1251,3 +1251,114 @@ fn a_pause_suppresses_automatic_failover_until_it_expires() {
     assert!(sim.log.iter().any(|r| matches!(r, ControlRequest::PauseExpired { .. })));
     assert_eq!(sim.svc().paused, None);
 }
+
+/// A consistency check (every non-witness site fingerprints itself) and a passive check of dr.
+const DR_CONSISTENCY_AND_PASSIVE: (&str, &str) = (
+    "  # Replication lag",
+    "  [[service.consistency]]\n  name = \"config\"\n  kind = \"exec\"\n  command = [\"cat\", \"/etc/st/version\"]\n\n  [[service.passive]]\n  name = \"st-port\"\n  site = \"dr\"\n  kind = \"tcp\"\n  address = \"st.dr.example:22\"\n\n  # Replication lag",
+);
+
+impl Sim {
+    /// prod-1 and dr-1 report the fingerprints of their sites; every observer sees the
+    /// passive check of dr with `passive`.
+    fn fingerprints(&mut self, prod: &str, dr: &str, passive: Verdict) {
+        self.engine.fingerprint_report(1, SVC, "prod", "config", Ok(prod.into()), self.now);
+        self.engine.fingerprint_report(3, SVC, "dr", "config", Ok(dr.into()), self.now);
+        for o in ALL {
+            self.engine.passive_report(o, SVC, "st-port", passive, "probe".into(), self.now);
+        }
+    }
+
+    fn standby(&self) -> crate::decide::StandbyReadiness {
+        let obs = Observation {
+            now: self.now,
+            now_unix_ms: self.unix_ms,
+            control: &self.control,
+            voters: &self.voters,
+            members: &self.members,
+            reachable: &self.reachable,
+        };
+        let mut all = self.engine.standby_readiness(&obs, SVC);
+        assert_eq!(all.len(), 1, "one standby: {all:?}");
+        all.remove(0)
+    }
+}
+
+#[test]
+fn a_consistency_mismatch_blocks_the_failover_until_the_fingerprints_agree() {
+    let mut sim = Sim::new(&[DR_CONSISTENCY_AND_PASSIVE]);
+    sim.fingerprints("v1", "v2", Verdict::Unhealthy);
+    sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
+    for _ in 0..6 {
+        sim.fingerprints("v1", "v2", Verdict::Unhealthy);
+        sim.run(1_000);
+    }
+    assert_eq!(starts(&sim.log), 0);
+    assert!(
+        sim.alerts.iter().any(|(_, m)| m
+            == "failover of file-transfer to dr blocked: consistency check config differs: prod \
+                (active) has \"v1\", dr has \"v2\""),
+        "{:?}",
+        sim.alerts
+    );
+    let v = sim.standby();
+    assert!(!v.ready);
+    assert_eq!(v.consistency[0].state(), "mismatch");
+    // The operator's view names the same reason.
+    let obs_gate = {
+        let obs = Observation {
+            now: sim.now,
+            now_unix_ms: sim.unix_ms,
+            control: &sim.control,
+            voters: &sim.voters,
+            members: &sim.members,
+            reachable: &sim.reachable,
+        };
+        sim.engine.failover_gates(&obs, SVC, "dr")
+    };
+    assert!(obs_gate.unwrap_err().contains("differs"));
+
+    // dr's configuration is fixed: the failover starts at the next tick.
+    sim.fingerprints("v1", "v1", Verdict::Unhealthy);
+    sim.run(1_000);
+    assert_eq!(starts(&sim.log), 1);
+}
+
+#[test]
+fn a_serving_standby_is_alerted_and_blocks_the_failover_until_acknowledged() {
+    let mut sim = Sim::new(&[DR_CONSISTENCY_AND_PASSIVE]);
+    sim.fingerprints("v1", "v1", Verdict::Healthy);
+    sim.run(1_000);
+    // Alerted while prod is still up: a split brain does not wait for an outage.
+    let alert = "file-transfer: standby dr is serving: possible split brain (passive check \
+                 st-port passes from 5 of 5 observers (probe)); failover and switchover to dr \
+                 are blocked until it stops serving or an operator runs 'droverctl ack \
+                 file-transfer --split-brain dr'";
+    assert!(sim.alerts.iter().any(|(_, m)| m == alert), "{:?}", sim.alerts);
+    assert_eq!(sim.standby().split_brain_block().map(|r| r.key), Some("split_brain"));
+
+    sim.see(&[3, 4, WITNESS], "prod", Verdict::Unhealthy);
+    for _ in 0..6 {
+        sim.fingerprints("v1", "v1", Verdict::Healthy);
+        sim.run(1_000);
+    }
+    assert_eq!(starts(&sim.log), 0);
+    assert!(sim.alerts.iter().any(|(_, m)| m.starts_with(
+        "failover of file-transfer to dr blocked: file-transfer: standby dr is serving"
+    )));
+
+    // An operator acknowledges it: the alert stays in status, the failover goes ahead.
+    sim.propose(ControlRequest::AckSplitBrain {
+        service: SVC.into(),
+        site: "dr".into(),
+        author: "op".into(),
+        at_unix_ms: 0,
+    });
+    assert!(sim.rejected.is_empty(), "{:?}", sim.rejected);
+    let v = sim.standby();
+    assert!(v.ready && v.passive[0].acknowledged, "{v:?}");
+    assert!(v.split_brain_alert().is_some_and(|a| a.contains("acknowledged by an operator")));
+    sim.fingerprints("v1", "v1", Verdict::Healthy);
+    sim.run(1_000);
+    assert_eq!(starts(&sim.log), 1);
+}

@@ -57,6 +57,9 @@ pub(super) async fn controller_loop(
                 if let Ok(mut g) = ctx.node.gates.write() {
                     g.clear();
                 }
+                if let Ok(mut r) = ctx.node.readiness.write() {
+                    r.clear();
+                }
             }
             continue;
         }
@@ -101,6 +104,36 @@ pub(super) async fn controller_loop(
                             &r.site,
                             parse_verdict(ready),
                             at,
+                        );
+                    }
+                    let taken = |age_ms: u64| {
+                        ctx.clock.at(received
+                            .checked_sub(Duration::from_millis(age_ms))
+                            .unwrap_or(received))
+                    };
+                    for f in &r.fingerprints {
+                        let value = if f.error.is_empty() {
+                            Ok(f.value.clone())
+                        } else {
+                            Err(f.error.clone())
+                        };
+                        eng.fingerprint_report(
+                            observer,
+                            &r.service,
+                            &r.site,
+                            &f.check,
+                            value,
+                            taken(f.age_ms),
+                        );
+                    }
+                    for p in &r.passive {
+                        eng.passive_report(
+                            observer,
+                            &r.service,
+                            &p.check,
+                            parse_verdict(&p.verdict),
+                            p.detail.clone(),
+                            taken(p.age_ms),
                         );
                     }
                 }
@@ -201,22 +234,31 @@ fn publish_health(
     }
 }
 
-/// The gates of a failover of every service to each of its other sites, for the admin API.
+/// The gates of a failover of every service to each of its other sites, and the readiness
+/// verdict of every standby, for the admin API, status and metrics.
 fn publish_gates(ctx: &ControlCtx, eng: &Engine, obs: &Observation) {
-    let Some(spec) = obs.control.spec.as_ref().map(|v| &v.spec) else { return };
-    let mut view = BTreeMap::new();
-    for (name, state) in &obs.control.services {
-        let sites = spec
-            .active_capable_sites()
-            .filter(|site| *site != state.active_site)
-            .map(|site| {
-                (site.to_string(), eng.failover_gates(spec, name, site, obs.voters, obs.now))
+    let mut gates = BTreeMap::new();
+    let mut readiness = BTreeMap::new();
+    for name in obs.control.services.keys() {
+        let standbys = eng.standby_readiness(obs, name);
+        let sites = standbys
+            .iter()
+            .map(|v| {
+                let verdict = match v.blocker() {
+                    Some(r) => Err(r.text.clone()),
+                    None => Ok(()),
+                };
+                (v.site.clone(), verdict)
             })
             .collect();
-        view.insert(name.clone(), sites);
+        gates.insert(name.clone(), sites);
+        readiness.insert(name.clone(), standbys);
     }
     if let Ok(mut g) = ctx.node.gates.write() {
-        *g = view;
+        *g = gates;
+    }
+    if let Ok(mut r) = ctx.node.readiness.write() {
+        *r = readiness;
     }
 }
 

@@ -71,6 +71,32 @@ pub(super) async fn reporter_loop(
                 age_ms: now.saturating_duration_since(r.observed_at).as_millis() as u64,
                 lag: r.lag,
                 ready: r.ready.map(|v| verdict_name(v).to_string()),
+                fingerprints: r
+                    .fingerprints
+                    .into_iter()
+                    .map(|f| {
+                        let (value, error) = match f.value {
+                            Ok(v) => (v, String::new()),
+                            Err(e) => (String::new(), e),
+                        };
+                        pb::FingerprintReport {
+                            check: f.check,
+                            value,
+                            error,
+                            age_ms: now.saturating_duration_since(f.observed_at).as_millis() as u64,
+                        }
+                    })
+                    .collect(),
+                passive: r
+                    .passive
+                    .into_iter()
+                    .map(|p| pb::PassiveReport {
+                        check: p.check,
+                        verdict: verdict_name(p.verdict).to_string(),
+                        detail: p.detail,
+                        age_ms: now.saturating_duration_since(p.observed_at).as_millis() as u64,
+                    })
+                    .collect(),
             })
             .collect();
         // Services this node self-fenced at the epoch its site still holds the lease at.

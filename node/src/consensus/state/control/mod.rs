@@ -540,6 +540,12 @@ pub struct ServiceState {
     /// None: the spec's `initial_active`. A reprotect makes the active site the primary.
     #[serde(default)]
     pub primary: Option<String>,
+    /// Standby sites whose serving (a passing passive check: a possible split brain) an
+    /// operator acknowledged, with the epoch acknowledged at (`droverctl ack SERVICE
+    /// --split-brain SITE`): a failover or switchover to such a site is not blocked by its
+    /// passive checks while the service's epoch is still that one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub split_brain_acks: BTreeMap<String, u64>,
 }
 
 impl ServiceState {
@@ -558,6 +564,12 @@ impl ServiceState {
                 !matches!(w.state, WorkflowState::Committed | WorkflowState::Failed { .. })
             }
         })
+    }
+
+    /// Whether an operator acknowledged that `site` serves while standby, at the current
+    /// epoch (see [`ServiceState::split_brain_acks`]).
+    pub fn split_brain_acknowledged(&self, site: &str) -> bool {
+        self.split_brain_acks.get(site) == Some(&self.epoch)
     }
 
     /// The site automatic failover protects (moves away from): the primary a reprotect set,
@@ -799,6 +811,19 @@ pub enum ControlRequest {
         /// Proposer's wall clock.
         at_unix_ms: i64,
     },
+    /// `droverctl ack SERVICE --split-brain SITE`: an operator acknowledges that standby
+    /// `site` serves (its passive checks pass) at the current epoch, so that a failover or
+    /// switchover to it is no longer blocked by them.
+    AckSplitBrain {
+        /// Service name.
+        service: String,
+        /// The standby whose serving is acknowledged.
+        site: String,
+        /// Who.
+        author: String,
+        /// Proposer's wall clock.
+        at_unix_ms: i64,
+    },
 }
 
 impl ControlRequest {
@@ -813,6 +838,7 @@ impl ControlRequest {
             | ControlRequest::Resume { author, .. }
             | ControlRequest::StartReactivation { author, .. }
             | ControlRequest::Ack { author, .. }
+            | ControlRequest::AckSplitBrain { author, .. }
             | ControlRequest::StartSwitchover { author, .. }
             | ControlRequest::StartReprotect { author, .. }
             | ControlRequest::Pause { author, .. }
@@ -831,6 +857,7 @@ impl ControlRequest {
             | ControlRequest::Resume { service, .. }
             | ControlRequest::StartReactivation { service, .. }
             | ControlRequest::Ack { service, .. }
+            | ControlRequest::AckSplitBrain { service, .. }
             | ControlRequest::StartSwitchover { service, .. }
             | ControlRequest::StartReprotect { service, .. }
             | ControlRequest::Pause { service, .. }
@@ -849,6 +876,7 @@ impl ControlRequest {
             | ControlRequest::Resume { at_unix_ms, .. }
             | ControlRequest::StartReactivation { at_unix_ms, .. }
             | ControlRequest::Ack { at_unix_ms, .. }
+            | ControlRequest::AckSplitBrain { at_unix_ms, .. }
             | ControlRequest::StartSwitchover { at_unix_ms, .. }
             | ControlRequest::StartReprotect { at_unix_ms, .. }
             | ControlRequest::Pause { at_unix_ms, .. }
@@ -934,6 +962,9 @@ impl ControlState {
             }
             ControlRequest::Resume { service, .. } => self.resume(service),
             ControlRequest::Ack { service, .. } => self.ack(service),
+            ControlRequest::AckSplitBrain { service, site, .. } => {
+                self.ack_split_brain(service, site)
+            }
         };
         for (name, before) in before_epochs {
             if let Some(s) = self.services.get(&name) {
@@ -1018,6 +1049,7 @@ impl ControlState {
                     workflow: None,
                     paused: None,
                     primary: None,
+                    split_brain_acks: BTreeMap::new(),
                 },
             );
         }

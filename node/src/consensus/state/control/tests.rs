@@ -669,3 +669,27 @@ fn a_pause_needs_a_reason_ends_by_resume_or_by_its_own_expiry() {
     assert!(out.record.unwrap().1.contains("resumed (paused by alice: db upgrade)"));
     assert!(c.apply(0, &resume).rejected.unwrap().contains("nothing to resume"));
 }
+
+#[test]
+fn a_split_brain_acknowledgement_holds_for_one_standby_at_the_current_epoch() {
+    let mut c = ControlState::default();
+    apply_spec(&mut c, spec_with("commit = \"auto\""), None);
+    let ack = |site: &str| ControlRequest::AckSplitBrain {
+        service: SVC.into(),
+        site: site.into(),
+        author: "op".into(),
+        at_unix_ms: 0,
+    };
+    let active = c.apply(0, &ack("prod")).rejected.unwrap();
+    assert!(active.contains("prod is the active site"), "{active}");
+    let witness = c.apply(0, &ack("witness")).rejected.unwrap();
+    assert!(witness.contains("not a site of the spec that can be active"), "{witness}");
+    let done = c.apply(0, &ack("dr"));
+    assert_eq!(done.rejected, None);
+    assert_eq!(done.record.as_ref().map(|r| r.0), Some("ack"));
+    assert!(svc(&c).split_brain_acknowledged("dr"));
+    assert!(c.apply(0, &ack("dr")).rejected.unwrap().contains("already acknowledged"));
+    // A failover is a new epoch: the acknowledgement no longer holds.
+    start(&mut c, 10, 1);
+    assert!(!svc(&c).split_brain_acknowledged("dr"));
+}

@@ -450,4 +450,43 @@ impl ControlState {
             Automation::Auto => rejected(format!("service {service} is not in cooldown")),
         }
     }
+
+    /// Records an operator's acknowledgement that standby `site` of `service` serves, for the
+    /// current epoch; acknowledgements of earlier epochs are dropped.
+    pub(super) fn ack_split_brain(&mut self, service: &str, site: &str) -> Outcome {
+        let capable =
+            self.spec.as_ref().and_then(|v| v.spec.site(site)).is_some_and(|s| !s.witness);
+        let Some(state) = self.services.get_mut(service) else {
+            return rejected(format!("no service named {service}"));
+        };
+        if !capable {
+            return rejected(format!(
+                "{site} is not a site of the spec that can be active; name a standby site of \
+                 {service}"
+            ));
+        }
+        if state.active_site == site {
+            return rejected(format!(
+                "{site} is the active site of {service}; its application is expected to serve, \
+                 there is no split brain to acknowledge there"
+            ));
+        }
+        let epoch = state.epoch;
+        if state.split_brain_acknowledged(site) {
+            return rejected(format!(
+                "the split-brain alert of {service} on {site} is already acknowledged at epoch \
+                 {epoch}"
+            ));
+        }
+        state.split_brain_acks.retain(|_, e| *e == epoch);
+        state.split_brain_acks.insert(site.to_string(), epoch);
+        changed(
+            "ack",
+            format!(
+                "split-brain alert of {service} on {site} acknowledged at epoch {epoch}: a \
+                 failover or switchover to {site} is no longer blocked by its passive checks \
+                 until the epoch changes"
+            ),
+        )
+    }
 }
