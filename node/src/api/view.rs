@@ -40,6 +40,8 @@ pub struct ClusterView {
     pub services: Vec<(String, ServiceState)>,
     /// The leader's detector view (service -> site -> health); empty on followers.
     pub health: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per service: whether drift is repaired (the policy's `repair`), for the alerts.
+    pub repair: BTreeMap<String, bool>,
 }
 
 /// One member as seen from this node.
@@ -138,6 +140,14 @@ impl NodeHandle {
                 .state
                 .read(|s| s.control.services.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
             health: self.health.read().map(|h| h.clone()).unwrap_or_default(),
+            repair: self.state.read(|s| {
+                let spec = s.control.spec.as_ref().map(|v| &v.spec);
+                s.control
+                    .services
+                    .keys()
+                    .map(|k| (k.clone(), spec.and_then(|sp| sp.policy_for(k)).is_some_and(|p| p.repair)))
+                    .collect()
+            }),
         }
     }
 }

@@ -50,7 +50,8 @@ fn service_json(s: &pb::ServiceStatus) -> Value {
         s.own_sites.iter().map(|h| (h.site.clone(), Value::String(h.health.clone()))).collect();
     json!({"name": s.name, "active_site": s.active_site, "epoch": s.epoch, "phase": s.phase, "mode": s.mode,
            "lease_site": s.lease_site, "sites": sites, "own_view": own, "workflow": workflow,
-           "alert": alert, "primary": if s.primary.is_empty() { None } else { Some(&s.primary) }})
+           "alert": alert, "primary": if s.primary.is_empty() { None } else { Some(&s.primary) },
+           "drift": s.drift})
 }
 
 /// The services part of `droverctl status`.
@@ -60,11 +61,17 @@ pub fn services_table(s: &pb::StatusReply) -> String {
     out
 }
 
-/// The `ALERT:` lines (nobody serving, what to do), then a blank line; empty without any.
+/// The `ALERT:` lines (nobody serving, drifted traffic steps; what to do), then a blank
+/// line; empty without any.
 fn alerts(s: &pb::StatusReply) -> String {
     let mut out = String::new();
-    for svc in s.services.iter().filter(|svc| !svc.alert.is_empty()) {
-        let _ = writeln!(out, "ALERT: {}", svc.alert);
+    for svc in &s.services {
+        if !svc.alert.is_empty() {
+            let _ = writeln!(out, "ALERT: {}", svc.alert);
+        }
+        for drift in &svc.drift {
+            let _ = writeln!(out, "ALERT: {drift}");
+        }
     }
     if !out.is_empty() {
         out.push('\n');

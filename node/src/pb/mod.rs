@@ -91,6 +91,7 @@ fn service_to_pb(name: &str, s: &ServiceState, view: &ClusterView) -> pb::Servic
         workflow: s.workflow.as_ref().map(workflow_to_pb),
         alert: s.nobody_serving(name).unwrap_or_default(),
         own_sites: Vec::new(),
+        drift: s.drift_alerts(name, view.repair.get(name).copied().unwrap_or(true)),
     }
 }
 

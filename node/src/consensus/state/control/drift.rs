@@ -194,3 +194,105 @@ impl ControlState {
         }
     }
 }
+
+/// A committed traffic step an executor may read back (and run again), as its own replicated
+/// state has it: see [`ControlState::reconcilable`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconcilable {
+    /// The step, as committed.
+    pub step: crate::spec::Step,
+    /// `DROVER_FROM_SITE` of the step's run.
+    pub from_site: String,
+    /// `DROVER_TO_SITE` of the step's run.
+    pub to_site: String,
+    /// The service's current epoch: the one a repair runs with.
+    pub epoch: u64,
+    /// Whether a repair is allowed: the policy's `repair` and no pause.
+    pub repair: bool,
+}
+
+/// Why a step is not reconcilable here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotReconcilable {
+    /// The state here may only be behind the asker's (an older epoch, the workflow not yet
+    /// committed): worth waiting a little for it to catch up.
+    pub behind: bool,
+    /// Why, in words.
+    pub why: String,
+}
+
+impl ControlState {
+    /// Whether step `step` of workflow `workflow_id` of `service` may be read back and run
+    /// again for drift at `epoch`, judged only on this state: `epoch` is the service's current
+    /// one, the service is protecting or failed over, the workflow is the committed one that
+    /// established the epoch, and the step is a verifiable step that succeeded.
+    pub fn reconcilable(
+        &self,
+        service: &str,
+        workflow_id: u64,
+        step: usize,
+        epoch: u64,
+    ) -> Result<Reconcilable, NotReconcilable> {
+        let no = |behind: bool, why: String| Err(NotReconcilable { behind, why });
+        let Some(s) = self.services.get(service) else {
+            return no(true, format!("no service {service} in this node's state"));
+        };
+        if s.epoch < epoch {
+            return no(
+                true,
+                format!(
+                    "this node has not caught up to epoch {epoch} of {service} (it is at {})",
+                    s.epoch
+                ),
+            );
+        }
+        if s.epoch > epoch {
+            return no(
+                false,
+                format!(
+                    "{service} is at epoch {} here, not {epoch}: a newer workflow superseded it",
+                    s.epoch
+                ),
+            );
+        }
+        let Some(wf) = s.workflow.as_ref().filter(|w| w.id == workflow_id && w.epoch == epoch)
+        else {
+            return no(
+                false,
+                format!("workflow {workflow_id} does not belong to epoch {epoch} of {service} here"),
+            );
+        };
+        if wf.state != WorkflowState::Committed {
+            return no(true, format!("workflow {workflow_id} of {service} is not committed here"));
+        }
+        if !matches!(s.phase, ServicePhase::Protecting | ServicePhase::FailedOver) {
+            return no(
+                false,
+                format!("{service} is {} here; only a settled service is reconciled", s.phase.as_str()),
+            );
+        }
+        let ws = wf.steps.get(step);
+        let Some((ws, action)) = ws.and_then(|w| w.action.as_ref().map(|a| (w, a))) else {
+            return no(false, format!("workflow {workflow_id} of {service} has no step {} to run", step + 1));
+        };
+        if !verifiable(&action.action) || !matches!(ws.status, StepStatus::Succeeded { .. }) {
+            return no(
+                false,
+                format!(
+                    "step {} ({}) of workflow {workflow_id} is not a traffic step that succeeded",
+                    step + 1,
+                    ws.describe()
+                ),
+            );
+        }
+        let (from, to) = wf.step_sites(step);
+        let policy = self.spec.as_ref().and_then(|v| v.spec.policy_for(service));
+        Ok(Reconcilable {
+            step: action.clone(),
+            from_site: from.to_string(),
+            to_site: to.to_string(),
+            epoch: s.epoch,
+            repair: policy.is_some_and(|p| p.repair) && s.paused.is_none(),
+        })
+    }
+}

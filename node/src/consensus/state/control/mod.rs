@@ -939,7 +939,7 @@ mod plan;
 mod start;
 mod workflow;
 
-pub use drift::{Drift, DriftCounters, DriftFinding};
+pub use drift::{Drift, DriftCounters, DriftFinding, NotReconcilable, Reconcilable};
 use plan::phase_of;
 pub use plan::{
     plan_failover, plan_reactivation, plan_reprotect, plan_restore, plan_return, plan_switchover,
