@@ -12,7 +12,9 @@
 use std::time::Duration;
 
 use drover_tests::servers::{Backend, Haproxy};
-use drover_tests::{failover_spec_head, require_program, AppSite, Apps, Cluster, Rig, LEADER_TIMEOUT};
+use drover_tests::{
+    failover_spec_head, require_program, AppSite, Apps, Cluster, Rig, LEADER_TIMEOUT,
+};
 use serde_json::Value;
 
 const PROTECTING_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,8 +27,11 @@ const REQUESTS: usize = 8;
 fn spec(apps: &Apps, haproxy: &Haproxy) -> String {
     let script = apps.script();
     let script = script.display();
-    let head = failover_spec_head(apps)
-        .replacen("commit = \"auto\"", "commit = \"auto\"\nreconcile_every = \"1s\"", 1);
+    let head = failover_spec_head(apps).replacen(
+        "commit = \"auto\"",
+        "commit = \"auto\"\nreconcile_every = \"1s\"",
+        1,
+    );
     let socket = haproxy.admin_socket();
     let socket = socket.display();
     format!(
@@ -137,7 +142,10 @@ fn haproxy_drift_after_a_failover_is_found_recorded_and_repaired() {
     let drift = records(&mut r, "drift");
     let text = drift[0]["text"].as_str().unwrap_or_default().to_string();
     let expected = "webshop: step 4 (activate haproxy on dr) of failover workflow";
-    if !(text.contains(expected) && text.contains("epoch 2 drifted") && text.contains("app/prod was set to maint")) {
+    if !(text.contains(expected)
+        && text.contains("epoch 2 drifted")
+        && text.contains("app/prod was set to maint"))
+    {
         r.fail(format!("the drift record should name the step, epoch and server: {text:?}"));
     }
     let repaired = records(&mut r, "drift_repaired");
@@ -181,7 +189,9 @@ fn haproxy_drift_after_a_failover_is_found_recorded_and_repaired() {
         r.fail("a drift that persists must not be recorded again, nor repaired while paused");
     }
     let status = r.c.ctl(&["status"]);
-    if !status.stdout.contains("ALERT: webshop: drift at step 4") || !status.stdout.contains("is paused") {
+    if !status.stdout.contains("ALERT: webshop: drift at step 4")
+        || !status.stdout.contains("is paused")
+    {
         r.fail(format!("status should show the drift as an ALERT line: {}", status.stdout));
     }
     let out = r.c.ctl(&["resume", "webshop"]);

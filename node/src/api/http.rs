@@ -238,7 +238,8 @@ fn render_drift(out: &mut String, view: &ClusterView) {
          # TYPE drover_drift_repairs_total counter"
     );
     for (name, s) in &view.services {
-        for (result, n) in [("ok", s.drift_counts.repaired), ("failed", s.drift_counts.repair_failed)]
+        for (result, n) in
+            [("ok", s.drift_counts.repaired), ("failed", s.drift_counts.repair_failed)]
         {
             let _ = writeln!(
                 out,

@@ -145,7 +145,9 @@ impl NodeHandle {
                 s.control
                     .services
                     .keys()
-                    .map(|k| (k.clone(), spec.and_then(|sp| sp.policy_for(k)).is_some_and(|p| p.repair)))
+                    .map(|k| {
+                        (k.clone(), spec.and_then(|sp| sp.policy_for(k)).is_some_and(|p| p.repair))
+                    })
                     .collect()
             }),
         }

@@ -231,7 +231,8 @@ impl Reconciler {
                 track.every = t.every;
             }
             let (service, workflow_id, step) = (&t.key.0, t.key.1, t.step);
-            let recorded = t.state.drift.iter().any(|d| d.workflow_id == workflow_id && d.step == step);
+            let recorded =
+                t.state.drift.iter().any(|d| d.workflow_id == workflow_id && d.step == step);
             if let Some(deadline) = track.in_flight {
                 if now < deadline {
                     continue;
@@ -249,9 +250,13 @@ impl Reconciler {
                 let finding_of_not_run =
                     matches!(result, CheckOutcome::NotRun(_)).then(|| result.clone());
                 let finding = match (result, recorded) {
-                    (CheckOutcome::Drifted(detail), false) => Some(DriftFinding::Detected { detail }),
+                    (CheckOutcome::Drifted(detail), false) => {
+                        Some(DriftFinding::Detected { detail })
+                    }
                     (CheckOutcome::Holds(detail), true) => Some(DriftFinding::Cleared { detail }),
-                    (CheckOutcome::Repaired(detail), true) => Some(DriftFinding::Repaired { detail }),
+                    (CheckOutcome::Repaired(detail), true) => {
+                        Some(DriftFinding::Repaired { detail })
+                    }
                     (CheckOutcome::RepairFailed(error), true) => {
                         Some(DriftFinding::RepairFailed { error })
                     }

@@ -220,7 +220,10 @@ fn drift_is_recorded_once_then_repaired_at_once() {
     let ReconcileCommand::Check(d) = &out[0] else { unreachable!() };
     assert_eq!(d.deadline, at(EVERY_MS + 300 + 2 * 10_000 + 5_000), "read-back and run");
     w.result(EVERY_MS + 400, HAPROXY, CheckOutcome::Repaired("set ready".into()));
-    assert_eq!(findings(&w.tick(EVERY_MS + 500)), [DriftFinding::Repaired { detail: "set ready".into() }]);
+    assert_eq!(
+        findings(&w.tick(EVERY_MS + 500)),
+        [DriftFinding::Repaired { detail: "set ready".into() }]
+    );
     assert!(w.svc().drift.is_empty());
     assert_eq!((w.svc().drift_counts.detected, w.svc().drift_counts.repaired), (1, 1));
     assert!(w.log.iter().all(|(_, rejected)| rejected.is_none()), "{:?}", w.log);
@@ -231,7 +234,8 @@ fn drift_is_recorded_once_then_repaired_at_once() {
 
 #[test]
 fn a_drift_that_persists_is_not_recorded_again_and_clears_when_it_holds() {
-    let mut w = World::committed("reconcile_every = \"10s\"\nrepair = false", ReconcileParams::new("dr-1"));
+    let mut w =
+        World::committed("reconcile_every = \"10s\"\nrepair = false", ReconcileParams::new("dr-1"));
     w.tick(0);
     for round in 1..=3 {
         let t = round * EVERY_MS;
@@ -256,10 +260,13 @@ fn a_drift_that_persists_is_not_recorded_again_and_clears_when_it_holds() {
 
 #[test]
 fn failed_repairs_back_off_and_each_is_recorded() {
-    let mut w = World::committed(TEN_S, ReconcileParams {
-        repair_backoff_max: Duration::from_secs(30),
-        ..ReconcileParams::new("dr-1")
-    });
+    let mut w = World::committed(
+        TEN_S,
+        ReconcileParams {
+            repair_backoff_max: Duration::from_secs(30),
+            ..ReconcileParams::new("dr-1")
+        },
+    );
     w.tick(0);
     w.tick(EVERY_MS);
     w.result(EVERY_MS, HAPROXY, CheckOutcome::Drifted("maint".into()));
@@ -289,11 +296,23 @@ fn failed_repairs_back_off_and_each_is_recorded() {
     }
     assert_eq!(w.svc().drift[0].repairs_failed, 4);
     assert_eq!(w.svc().drift_counts.repair_failed, 4);
-    assert_eq!(repair_backoff(Duration::from_secs(10), 1, Duration::from_secs(600)), Duration::from_secs(10));
-    assert_eq!(repair_backoff(Duration::from_secs(10), 4, Duration::from_secs(600)), Duration::from_secs(80));
-    assert_eq!(repair_backoff(Duration::from_secs(10), 40, Duration::from_secs(600)), Duration::from_secs(600));
+    assert_eq!(
+        repair_backoff(Duration::from_secs(10), 1, Duration::from_secs(600)),
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        repair_backoff(Duration::from_secs(10), 4, Duration::from_secs(600)),
+        Duration::from_secs(80)
+    );
+    assert_eq!(
+        repair_backoff(Duration::from_secs(10), 40, Duration::from_secs(600)),
+        Duration::from_secs(600)
+    );
     // An interval longer than the cap is the floor.
-    assert_eq!(repair_backoff(Duration::from_secs(3600), 5, Duration::from_secs(600)), Duration::from_secs(3600));
+    assert_eq!(
+        repair_backoff(Duration::from_secs(3600), 5, Duration::from_secs(600)),
+        Duration::from_secs(3600)
+    );
 }
 
 #[test]
@@ -312,7 +331,10 @@ fn a_pause_stops_the_repair_not_the_check() {
     w.tick(0);
     assert_eq!(checks(&w.tick(EVERY_MS)), [(HAPROXY, false), (DNS, false)]);
     w.result(EVERY_MS, HAPROXY, CheckOutcome::Drifted("maint".into()));
-    assert_eq!(findings(&w.tick(EVERY_MS + 1)), [DriftFinding::Detected { detail: "maint".into() }]);
+    assert_eq!(
+        findings(&w.tick(EVERY_MS + 1)),
+        [DriftFinding::Detected { detail: "maint".into() }]
+    );
     assert!(checks(&w.tick(EVERY_MS + 2)).is_empty(), "paused: no repair");
     assert_eq!(checks(&w.tick(2 * EVERY_MS)), [(HAPROXY, false)], "still checked");
 }
@@ -335,7 +357,10 @@ fn nothing_is_reconciled_before_the_workflow_committed() {
 #[test]
 fn checks_are_capped_and_go_where_the_step_runs() {
     let text = "reconcile_every = \"10s\"";
-    let mut w = World::committed(text, ReconcileParams { max_in_flight: 1, ..ReconcileParams::new("witness") });
+    let mut w = World::committed(
+        text,
+        ReconcileParams { max_in_flight: 1, ..ReconcileParams::new("witness") },
+    );
     w.tick(0);
     let out = w.tick(EVERY_MS);
     assert_eq!(checks(&out), [(HAPROXY, false)], "one at a time");

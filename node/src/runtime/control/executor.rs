@@ -214,7 +214,9 @@ pub(super) async fn reconcile_for_leader(
     let drift = match ctx.actuator.verify(&found.step, &context(&found)).await {
         Ok(out) => return reply("holds", out.detail, String::new()),
         Err(StepError::Failed { reason, .. }) => reason,
-        Err(e) => return reply("not_checked", format!("the read-back did not run: {e}"), String::new()),
+        Err(e) => {
+            return reply("not_checked", format!("the read-back did not run: {e}"), String::new())
+        }
     };
     if !r.repair {
         return reply("drifted", drift, String::new());
@@ -233,7 +235,8 @@ pub(super) async fn reconcile_for_leader(
         Ok(out) => reply("repaired", drift, out.detail),
         Err(e) => {
             let tail = e.output_tail().lines().last().unwrap_or("").to_string();
-            let why = if tail.is_empty() { e.to_string() } else { format!("{e} (last output: {tail})") };
+            let why =
+                if tail.is_empty() { e.to_string() } else { format!("{e} (last output: {tail})") };
             reply("repair_failed", drift, why)
         }
     }

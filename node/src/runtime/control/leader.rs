@@ -346,26 +346,24 @@ fn reconcile(ctx: &ControlCtx, term: u64, d: CheckDispatch, members: &BTreeMap<N
         let runs = if d.repair { 2 } else { 1 };
         let limit = d.action.timeout * runs + Duration::from_secs(5);
         let outcome = match executor {
-            Some((id, Some(member))) if id != ctx.node.id => {
-                match ctx.peers.control(id, &member) {
-                    Err(why) => CheckOutcome::NotRun(why),
-                    Ok(mut client) => {
-                        match tokio::time::timeout(limit, client.reconcile_step(req)).await {
-                            Err(_) => CheckOutcome::NotRun(format!(
-                                "no answer from {} within {}s",
-                                member.name,
-                                limit.as_secs()
-                            )),
-                            Ok(Err(status)) => CheckOutcome::NotRun(format!(
-                                "{} could not check the step: {}",
-                                member.name,
-                                crate::consensus::network::describe_status(&status)
-                            )),
-                            Ok(Ok(reply)) => outcome_of(reply.into_inner(), &member.name),
-                        }
+            Some((id, Some(member))) if id != ctx.node.id => match ctx.peers.control(id, &member) {
+                Err(why) => CheckOutcome::NotRun(why),
+                Ok(mut client) => {
+                    match tokio::time::timeout(limit, client.reconcile_step(req)).await {
+                        Err(_) => CheckOutcome::NotRun(format!(
+                            "no answer from {} within {}s",
+                            member.name,
+                            limit.as_secs()
+                        )),
+                        Ok(Err(status)) => CheckOutcome::NotRun(format!(
+                            "{} could not check the step: {}",
+                            member.name,
+                            crate::consensus::network::describe_status(&status)
+                        )),
+                        Ok(Ok(reply)) => outcome_of(reply.into_inner(), &member.name),
                     }
                 }
-            }
+            },
             Some((id, None)) => CheckOutcome::NotRun(format!("node {id} is no longer a member")),
             _ => outcome_of(reconcile_for_leader(&ctx, req).await, &ctx.node.name),
         };
@@ -376,7 +374,9 @@ fn reconcile(ctx: &ControlCtx, term: u64, d: CheckDispatch, members: &BTreeMap<N
             CheckOutcome::NotRun(why) => {
                 debug!(service = %d.service, step = d.step + 1, "drift check not run: {why}")
             }
-            other => warn!(service = %d.service, step = d.step + 1, epoch = d.epoch, "drift: {other:?}"),
+            other => {
+                warn!(service = %d.service, step = d.step + 1, epoch = d.epoch, "drift: {other:?}")
+            }
         }
         let _ = ctx
             .events

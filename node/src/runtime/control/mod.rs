@@ -154,10 +154,7 @@ enum Event {
         outcome: crate::decide::CheckOutcome,
     },
     /// A `Drift` entry the reconciler of term `term` proposed was applied or refused.
-    DriftProposalDone {
-        term: u64,
-        service: String,
-    },
+    DriftProposalDone { term: u64, service: String },
 }
 
 /// Cached gRPC channels to members (each redialed when its member stops answering on it).

@@ -114,7 +114,10 @@ impl ControlState {
             ));
         };
         let Some(ws) = wf.steps.get(step) else {
-            return rejected(format!("workflow {workflow_id} of {service} has no step {}", step + 1));
+            return rejected(format!(
+                "workflow {workflow_id} of {service} has no step {}",
+                step + 1
+            ));
         };
         let checkable = ws.action.as_ref().is_some_and(|a| verifiable(&a.action))
             && matches!(ws.status, StepStatus::Succeeded { .. });
@@ -172,7 +175,10 @@ impl ControlState {
             }
             (DriftFinding::Cleared { detail }, Some(i)) => {
                 state.drift.remove(i);
-                changed("drift_cleared", format!("{what} holds again (not repaired by drover): {detail}"))
+                changed(
+                    "drift_cleared",
+                    format!("{what} holds again (not repaired by drover): {detail}"),
+                )
             }
         }
     }
@@ -259,7 +265,9 @@ impl ControlState {
         else {
             return no(
                 false,
-                format!("workflow {workflow_id} does not belong to epoch {epoch} of {service} here"),
+                format!(
+                    "workflow {workflow_id} does not belong to epoch {epoch} of {service} here"
+                ),
             );
         };
         if wf.state != WorkflowState::Committed {
@@ -268,12 +276,18 @@ impl ControlState {
         if !matches!(s.phase, ServicePhase::Protecting | ServicePhase::FailedOver) {
             return no(
                 false,
-                format!("{service} is {} here; only a settled service is reconciled", s.phase.as_str()),
+                format!(
+                    "{service} is {} here; only a settled service is reconciled",
+                    s.phase.as_str()
+                ),
             );
         }
         let ws = wf.steps.get(step);
         let Some((ws, action)) = ws.and_then(|w| w.action.as_ref().map(|a| (w, a))) else {
-            return no(false, format!("workflow {workflow_id} of {service} has no step {} to run", step + 1));
+            return no(
+                false,
+                format!("workflow {workflow_id} of {service} has no step {} to run", step + 1),
+            );
         };
         if !verifiable(&action.action) || !matches!(ws.status, StepStatus::Succeeded { .. }) {
             return no(

@@ -986,7 +986,13 @@ impl ControlState {
             ControlRequest::Resume { service, .. } => self.resume(service),
             ControlRequest::Ack { service, .. } => self.ack(service),
             ControlRequest::Drift {
-                service, epoch, workflow_id, step, finding, at_unix_ms, ..
+                service,
+                epoch,
+                workflow_id,
+                step,
+                finding,
+                at_unix_ms,
+                ..
             } => self.drift(service, *epoch, *workflow_id, *step, finding, *at_unix_ms),
         };
         self.forget_stale_drift();
@@ -1110,7 +1116,9 @@ impl ControlState {
                     d.epoch
                 );
                 assert!(
-                    !s.drift[..i].iter().any(|o| o.workflow_id == d.workflow_id && o.step == d.step),
+                    !s.drift[..i]
+                        .iter()
+                        .any(|o| o.workflow_id == d.workflow_id && o.step == d.step),
                     "{name}: drift of step {} recorded twice",
                     d.step
                 );

@@ -640,7 +640,13 @@ fn a_pause_needs_a_reason_ends_by_resume_or_by_its_own_expiry() {
     assert!(c.apply(0, &resume).rejected.unwrap().contains("nothing to resume"));
 }
 
-fn drift_report(c: &mut ControlState, epoch: u64, wf: u64, step: usize, f: DriftFinding) -> Outcome {
+fn drift_report(
+    c: &mut ControlState,
+    epoch: u64,
+    wf: u64,
+    step: usize,
+    f: DriftFinding,
+) -> Outcome {
     c.apply(
         0,
         &ControlRequest::Drift {
@@ -686,7 +692,8 @@ fn drift_is_recorded_once_then_repaired_or_cleared() {
     assert!(again.rejected.unwrap().contains("already recorded"));
     assert_eq!(again.record, None);
     // A failed repair keeps it and counts.
-    let o = drift_report(&mut c, 2, 10, 3, DriftFinding::RepairFailed { error: "socket gone".into() });
+    let o =
+        drift_report(&mut c, 2, 10, 3, DriftFinding::RepairFailed { error: "socket gone".into() });
     assert_eq!(o.record.unwrap().0, "drift_repair_failed");
     assert_eq!(svc(&c).drift[0].repairs_failed, 1);
     let alerts = svc(&c).drift_alerts(SVC, true);
@@ -702,7 +709,8 @@ fn drift_is_recorded_once_then_repaired_or_cleared() {
     assert!(o.rejected.unwrap().contains("no drift is recorded"));
     // Found again, then it holds again without a repair.
     assert_eq!(drift_report(&mut c, 2, 10, 4, detected("A is 10.0.0.1")).rejected, None);
-    let o = drift_report(&mut c, 2, 10, 4, DriftFinding::Cleared { detail: "A is 10.0.0.2".into() });
+    let o =
+        drift_report(&mut c, 2, 10, 4, DriftFinding::Cleared { detail: "A is 10.0.0.2".into() });
     assert_eq!(o.record.unwrap().0, "drift_cleared");
     assert!(svc(&c).drift.is_empty());
     assert_eq!(svc(&c).drift_counts.detected, 2);
@@ -754,7 +762,10 @@ fn drift_is_not_recorded_while_a_workflow_runs_and_is_forgotten_by_the_next() {
 fn reconcilable_is_judged_on_the_own_state_only() {
     let mut c = committed_failover();
     let r = c.reconcilable(SVC, 10, 3, 2).unwrap();
-    assert_eq!((r.epoch, r.from_site.as_str(), r.to_site.as_str(), r.repair), (2, "prod", "dr", true));
+    assert_eq!(
+        (r.epoch, r.from_site.as_str(), r.to_site.as_str(), r.repair),
+        (2, "prod", "dr", true)
+    );
     assert_eq!(r.step.action.kind(), "haproxy");
     let behind = c.reconcilable(SVC, 10, 3, 3).unwrap_err();
     assert!(behind.behind && behind.why.contains("has not caught up to epoch 3"), "{behind:?}");
