@@ -13,6 +13,9 @@
 //! - `dns` points the zone at the workflow's target site, refusing an epoch older than the
 //!   zone's (the fencing-token prerequisite of the real DNS step);
 //! - `wait` sleeps; everything else is not simulated and fails.
+//!
+//! `verify` (the drift read-back) is simulated for `dns`: the zone must point at the step's
+//! target site with no newer epoch owning it.
 
 use std::time::Duration;
 
@@ -166,10 +169,54 @@ impl SimActuator {
     }
 }
 
+impl SimActuator {
+    /// Reads back what a `dns` step set: the zone points at the step's target site, and no
+    /// newer epoch owns it. Other kinds cannot be read back here.
+    async fn read_back(&self, step: &Step, ctx: &StepContext) -> Result<StepOutput, StepError> {
+        self.unstalled().await;
+        match &step.action {
+            StepAction::Dns(_) => {
+                tokio::time::sleep(self.duration(5, 50)).await;
+                self.unstalled().await;
+                let w = lock(&self.world);
+                let (epoch, site) = &w.dns;
+                if *epoch > ctx.epoch {
+                    return Err(failed(format!(
+                        "dns: epoch {epoch} owns the name (this check is epoch {})",
+                        ctx.epoch
+                    )));
+                }
+                if *site != ctx.to_site {
+                    return Err(failed(format!(
+                        "dns: the name points at {site}, not {} (epoch {epoch})",
+                        ctx.to_site
+                    )));
+                }
+                Ok(StepOutput {
+                    detail: format!("dns points at {site} (epoch {epoch})"),
+                    output_tail: String::new(),
+                })
+            }
+            other => Err(StepError::Unsupported { kind: other.kind() }),
+        }
+    }
+}
+
 impl Actuator for SimActuator {
     fn run<'a>(&'a self, step: &'a Step, ctx: &'a StepContext) -> StepFuture<'a> {
         Box::pin(async move {
             match tokio::time::timeout(step.timeout, self.act(step, ctx)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    Err(StepError::Timeout { after: step.timeout, output_tail: String::new() })
+                }
+            }
+        })
+    }
+
+    fn verify<'a>(&'a self, step: &'a Step, ctx: &'a StepContext) -> StepFuture<'a> {
+        Box::pin(async move {
+            match tokio::time::timeout(step.timeout, self.read_back(step, ctx)).await {
                 Ok(result) => result,
                 Err(_) => {
                     Err(StepError::Timeout { after: step.timeout, output_tail: String::new() })

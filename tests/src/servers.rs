@@ -331,6 +331,7 @@ pub struct Haproxy {
     dir: tempfile::TempDir,
     frontend: u16,
     tcp_stats: String,
+    binary: PathBuf,
 }
 
 impl Haproxy {
@@ -362,25 +363,52 @@ impl Haproxy {
         }
         let cfg = dir.path().join("haproxy.cfg");
         fs::write(&cfg, config).expect("write haproxy.cfg");
-        let log = fs::File::create(dir.path().join("haproxy.log")).expect("haproxy log");
-        let child = Command::new(binary)
+        let child = Haproxy::spawn(binary, dir.path());
+        let h = Haproxy { child, dir, frontend, tcp_stats, binary: binary.to_path_buf() };
+        h.wait_started();
+        h
+    }
+
+    /// Starts HAProxy on `dir`'s haproxy.cfg, appending to its log.
+    fn spawn(binary: &Path, dir: &Path) -> Child {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("haproxy.log"))
+            .expect("haproxy log");
+        Command::new(binary)
             .arg("-db")
             .arg("-f")
-            .arg(&cfg)
+            .arg(dir.join("haproxy.cfg"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log file"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let h = Haproxy { child, dir, frontend, tcp_stats };
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()))
+    }
+
+    fn wait_started(&self) {
         let deadline = Instant::now() + START_TIMEOUT;
-        while !(h.admin_socket().exists() && TcpStream::connect(("127.0.0.1", frontend)).is_ok()) {
+        while !(self.admin_socket().exists()
+            && TcpStream::connect(("127.0.0.1", self.frontend)).is_ok()
+            && TcpStream::connect(&self.tcp_stats).is_ok())
+        {
             if Instant::now() > deadline {
-                panic!("HAProxy did not start within {START_TIMEOUT:?}; its log:\n{}", h.log());
+                panic!("HAProxy did not start within {START_TIMEOUT:?}; its log:\n{}", self.log());
             }
             thread::sleep(Duration::from_millis(50));
         }
-        h
+    }
+
+    /// Stops HAProxy and starts it again on the same configuration, as a reload without a
+    /// server-state file does: every server's state and weight set through the runtime API
+    /// is lost, back to what haproxy.cfg says.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(self.admin_socket());
+        self.child = Haproxy::spawn(&self.binary, self.dir.path());
+        self.wait_started();
     }
 
     /// The UNIX socket at `level admin`.

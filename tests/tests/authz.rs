@@ -158,6 +158,16 @@ fn call(r: &Rogue, method: &str, me: NodeId) -> Result<(), Status> {
             };
             r.call(|ch| async move { C::new(ch).run_step(req).await }).map(ok)
         }
+        "/drover.v1.Control/ReconcileStep" => {
+            let req = pb::ReconcileStepRequest {
+                service: "none".into(),
+                workflow_id: 1,
+                step: 0,
+                epoch: 1,
+                repair: false,
+            };
+            r.call(|ch| async move { C::new(ch).reconcile_step(req).await }).map(ok)
+        }
         "/drover.v1.Control/RunVeto" => {
             let req = pb::RunVetoRequest {
                 service: "none".into(),

@@ -8,6 +8,9 @@
 //!                                                                               weight compared
 //! ```
 //!
+//! [`verify`] runs the read-back alone (a drift check after the failover committed): it sends
+//! no `set`, and says which server differs from what the step sets.
+//!
 //! One command per connection (the runtime API's non-interactive mode: HAProxy answers and
 //! closes), over a UNIX socket (an absolute path) or TCP (`host:port`). HAProxy answers a
 //! successful `set` with an empty line and anything else with a line of text, which becomes a
@@ -83,7 +86,6 @@ fn state_name(state: HaproxyState) -> &'static str {
 
 /// Sends every change, then checks them; each command and answer goes to `transcript`.
 async fn apply(step: &HaproxyStep, transcript: &mut Vec<String>) -> Result<(), String> {
-    let mut targets = Vec::with_capacity(step.set.len());
     for change in &step.set {
         let (backend, server) = split_server(&change.server)?;
         let mut commands =
@@ -96,9 +98,19 @@ async fn apply(step: &HaproxyStep, transcript: &mut Vec<String>) -> Result<(), S
             transcript.push(format!("> {cmd}\n{}", answer.trim_end()));
             set_answer(&step.socket, &cmd, backend, server, &answer)?;
         }
+    }
+    read_back(step, transcript).await
+}
+
+/// Reads every backend the step names once (`show servers state`), changing nothing, and
+/// compares each server with what the step sets; each command and answer goes to
+/// `transcript`. `Err` names the first server that differs.
+async fn read_back(step: &HaproxyStep, transcript: &mut Vec<String>) -> Result<(), String> {
+    let mut targets = Vec::with_capacity(step.set.len());
+    for change in &step.set {
+        let (backend, server) = split_server(&change.server)?;
         targets.push((backend, server, change));
     }
-    // Read back once per backend, after every change: what HAProxy holds now.
     let mut backends: Vec<&str> = targets.iter().map(|(b, _, _)| *b).collect();
     backends.sort_unstable();
     backends.dedup();
@@ -113,7 +125,7 @@ async fn apply(step: &HaproxyStep, transcript: &mut Vec<String>) -> Result<(), S
             let row = rows.iter().find(|r| r.name == *server).ok_or_else(|| {
                 format!(
                     "haproxy {}: server {backend}/{server} is missing from 'show servers state \
-                     {backend}' after the change",
+                     {backend}'; check the step's server names against haproxy.cfg",
                     step.socket
                 )
             })?;
@@ -121,6 +133,30 @@ async fn apply(step: &HaproxyStep, transcript: &mut Vec<String>) -> Result<(), S
         }
     }
     Ok(())
+}
+
+/// Reads back whether HAProxy still holds what `step` sets, changing nothing (a drift check);
+/// bounded by `timeout`. A server in another state or with another weight is
+/// [`StepError::Failed`] naming it; an unreachable socket too (the effect cannot be shown to
+/// hold).
+pub(super) async fn verify(step: &HaproxyStep, timeout: Duration) -> Result<StepOutput, StepError> {
+    let started = Instant::now();
+    let mut transcript = Vec::new();
+    let result = tokio::time::timeout(timeout, read_back(step, &mut transcript)).await;
+    let output_tail = edge::text_tail(transcript.join("\n").as_bytes(), OUTPUT_TAIL_MAX);
+    match result {
+        Err(_) => Err(StepError::Timeout { after: timeout, output_tail }),
+        Ok(Err(reason)) => Err(StepError::Failed { reason, output_tail }),
+        Ok(Ok(())) => Ok(StepOutput {
+            detail: format!(
+                "haproxy {}: {} still held after {}",
+                step.socket,
+                describe_changes(&step.set),
+                edge::fmt_ms(started.elapsed())
+            ),
+            output_tail,
+        }),
+    }
 }
 
 /// `backend/server` split in two (validation guarantees the shape).

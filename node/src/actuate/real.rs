@@ -73,6 +73,28 @@ impl Actuator for RealActuator {
             result
         })
     }
+
+    fn verify<'a>(&'a self, step: &'a Step, ctx: &'a StepContext) -> StepFuture<'a> {
+        Box::pin(async move {
+            let kind = step.action.kind();
+            let result = match &step.action {
+                StepAction::Haproxy(h) => haproxy::verify(h, step.timeout).await,
+                StepAction::Dns(d) => super::dns::verify(d, step.timeout, ctx).await,
+                _ => Err(StepError::Unsupported { kind }),
+            };
+            match &result {
+                Ok(out) => tracing::debug!(
+                    service = %ctx.service, epoch = ctx.epoch, kind, detail = %out.detail,
+                    "step's effect holds"
+                ),
+                Err(err) => tracing::warn!(
+                    service = %ctx.service, epoch = ctx.epoch, kind, cause = %err,
+                    "step's effect does not hold (drift)"
+                ),
+            }
+            result
+        })
+    }
 }
 
 async fn run_exec(

@@ -75,6 +75,7 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/drover.v1.Control/ReportProbes", Need::Member),
     ("/drover.v1.Control/RunStep", Need::Member),
     ("/drover.v1.Control/RunVeto", Need::Member),
+    ("/drover.v1.Control/ReconcileStep", Need::Member),
     ("/drover.v1.Control/FenceStatus", Need::Member),
     ("/drover.v1.Control/RenewLeases", Need::Member),
     // Asked by a member starting on an empty data dir, before any membership may exist here.

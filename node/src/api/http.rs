@@ -206,6 +206,49 @@ async fn metrics(State(node): State<NodeHandle>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render_metrics(&view))
 }
 
+/// The drift series of every service, from the replicated state (every node shows the same):
+/// `drover_drift{service,step}` 1 per drifted traffic step (step is 1-based),
+/// `drover_drift_detected_total{service}` and `drover_drift_repairs_total{service,result}`.
+fn render_drift(out: &mut String, view: &ClusterView) {
+    let _ = writeln!(
+        out,
+        "# HELP drover_drift 1 while a traffic step of the committed workflow is found drifted.\n\
+         # TYPE drover_drift gauge"
+    );
+    for (name, s) in &view.services {
+        for d in &s.drift {
+            let _ = writeln!(out, "drover_drift{{service=\"{name}\",step=\"{}\"}} 1", d.step + 1);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP drover_drift_detected_total Drifts of traffic steps found.\n\
+         # TYPE drover_drift_detected_total counter"
+    );
+    for (name, s) in &view.services {
+        let _ = writeln!(
+            out,
+            "drover_drift_detected_total{{service=\"{name}\"}} {}",
+            s.drift_counts.detected
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP drover_drift_repairs_total Drifted traffic steps run again, by result.\n\
+         # TYPE drover_drift_repairs_total counter"
+    );
+    for (name, s) in &view.services {
+        for (result, n) in
+            [("ok", s.drift_counts.repaired), ("failed", s.drift_counts.repair_failed)]
+        {
+            let _ = writeln!(
+                out,
+                "drover_drift_repairs_total{{service=\"{name}\",result=\"{result}\"}} {n}"
+            );
+        }
+    }
+}
+
 /// Renders the view in the Prometheus text exposition format.
 pub fn render_metrics(view: &ClusterView) -> String {
     let mut out = String::new();
@@ -245,6 +288,7 @@ pub fn render_metrics(view: &ClusterView) -> String {
     );
     gauge("drover_history_seq", "Seq of the newest history record.", view.history_seq);
     readiness_metrics(&mut out, view);
+    render_drift(&mut out, view);
     let lagging: Vec<_> = view.members.iter().filter(|m| m.id != view.node_id).collect();
     if lagging.iter().any(|m| m.lag.is_some()) {
         let _ = writeln!(out, "# HELP drover_raft_replication_lag Entries a follower is behind the leader's log (leader only).\n# TYPE drover_raft_replication_lag gauge");

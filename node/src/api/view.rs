@@ -42,6 +42,8 @@ pub struct ClusterView {
     pub health: BTreeMap<String, BTreeMap<String, String>>,
     /// The leader's readiness verdict of each service's standbys; empty on followers.
     pub readiness: BTreeMap<String, Vec<crate::decide::StandbyReadiness>>,
+    /// Per service: whether drift is repaired (the policy's `repair`), for the alerts.
+    pub repair: BTreeMap<String, bool>,
 }
 
 /// One member as seen from this node.
@@ -141,6 +143,16 @@ impl NodeHandle {
                 .read(|s| s.control.services.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
             health: self.health.read().map(|h| h.clone()).unwrap_or_default(),
             readiness: self.readiness.read().map(|r| r.clone()).unwrap_or_default(),
+            repair: self.state.read(|s| {
+                let spec = s.control.spec.as_ref().map(|v| &v.spec);
+                s.control
+                    .services
+                    .keys()
+                    .map(|k| {
+                        (k.clone(), spec.and_then(|sp| sp.policy_for(k)).is_some_and(|p| p.repair))
+                    })
+                    .collect()
+            }),
         }
     }
 }

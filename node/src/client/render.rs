@@ -52,7 +52,7 @@ fn service_json(s: &pb::ServiceStatus) -> Value {
     json!({"name": s.name, "active_site": s.active_site, "epoch": s.epoch, "phase": s.phase, "mode": s.mode,
            "lease_site": s.lease_site, "sites": sites, "own_view": own, "workflow": workflow,
            "alert": alert, "primary": if s.primary.is_empty() { None } else { Some(&s.primary) },
-           "standbys": standbys})
+           "standbys": standbys, "drift": s.drift})
 }
 
 /// One standby's readiness verdict; unknown fingerprints are `null`.
@@ -86,7 +86,8 @@ pub fn services_table(s: &pb::StatusReply) -> String {
     out
 }
 
-/// The `ALERT:` lines (nobody serving, what to do), then a blank line; empty without any.
+/// The `ALERT:` lines (nobody serving, drifted traffic steps; what to do), then a blank
+/// line; empty without any.
 fn alerts(s: &pb::StatusReply) -> String {
     let mut out = String::new();
     for svc in &s.services {
@@ -95,6 +96,9 @@ fn alerts(s: &pb::StatusReply) -> String {
         }
         for standby in svc.standbys.iter().filter(|v| !v.split_brain.is_empty()) {
             let _ = writeln!(out, "ALERT: {}", standby.split_brain);
+        }
+        for drift in &svc.drift {
+            let _ = writeln!(out, "ALERT: {drift}");
         }
     }
     if !out.is_empty() {

@@ -25,6 +25,9 @@
 //! [`durability`] schedules each member's check that its disk still takes writes and judges
 //! the outcome (a node that cannot persist must stop before a failover needs it).
 //!
+//! [`reconcile`] schedules, after a failover committed, the read-back of its traffic steps'
+//! effect (drift), and decides what to record and when to have a drifted step run again.
+//!
 //! [`election`] decides when a member may start a Raft election (pre-vote) and when a leader
 //! without a quorum stands back.
 //!
@@ -45,6 +48,7 @@ pub mod election;
 pub mod engine;
 pub mod lease;
 pub mod readiness;
+pub mod reconcile;
 pub mod time;
 
 pub use detect::{
@@ -55,4 +59,5 @@ pub use election::{ElectionGuard, ElectionTimings, GuardCommand, GuardInput, Raf
 pub use engine::{Command, Engine, EngineParams, Observation, StepDispatch};
 pub use lease::{HolderLease, LeaseParams, LeaseParamsError};
 pub use readiness::{ConsistencyView, Fingerprint, PassiveView, Reason, StandbyReadiness};
+pub use reconcile::{CheckDispatch, CheckOutcome, ReconcileCommand, ReconcileParams, Reconciler};
 pub use time::MonoTime;

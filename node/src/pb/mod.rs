@@ -92,6 +92,7 @@ fn service_to_pb(name: &str, s: &ServiceState, view: &ClusterView) -> pb::Servic
         alert: s.nobody_serving(name).unwrap_or_default(),
         own_sites: Vec::new(),
         standbys: view.readiness.get(name).into_iter().flatten().map(standby_to_pb).collect(),
+        drift: s.drift_alerts(name, view.repair.get(name).copied().unwrap_or(true)),
     }
 }
 

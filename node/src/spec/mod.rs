@@ -105,6 +105,29 @@ pub struct Policy {
     /// lag probe to report 0 before it gives up and returns the service to the old site.
     #[serde(with = "humantime_serde", default = "default_catch_up_timeout")]
     pub catch_up_timeout: Duration,
+    /// How often, after a failover or switchover committed, the effect of each of its traffic
+    /// steps (`dns`, `haproxy`) is read back to find drift (a reload, an edit by hand).
+    #[serde(with = "humantime_serde", default = "default_reconcile_every")]
+    pub reconcile_every: Duration,
+    /// Whether a traffic step found drifted is run again (at the current epoch), or only
+    /// reported.
+    #[serde(default = "default_repair")]
+    pub repair: bool,
+}
+
+/// Default [`Policy::reconcile_every`]: 30 seconds.
+pub const DEFAULT_RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// Shortest [`Policy::reconcile_every`]: 1 second.
+pub const MIN_RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// Longest [`Policy::reconcile_every`]: 24 hours.
+pub const MAX_RECONCILE_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+fn default_reconcile_every() -> Duration {
+    DEFAULT_RECONCILE_EVERY
+}
+
+fn default_repair() -> bool {
+    true
 }
 
 /// Default [`Policy::catch_up_timeout`]: 5 minutes.
@@ -128,6 +151,8 @@ impl Default for Policy {
             auto_failover: true,
             commit: CommitMode::Auto,
             catch_up_timeout: DEFAULT_CATCH_UP_TIMEOUT,
+            reconcile_every: DEFAULT_RECONCILE_EVERY,
+            repair: true,
         }
     }
 }
@@ -162,6 +187,12 @@ pub struct PolicyOverride {
     /// Overrides [`Policy::catch_up_timeout`].
     #[serde(with = "humantime_serde::option", default, skip_serializing_if = "Option::is_none")]
     pub catch_up_timeout: Option<Duration>,
+    /// Overrides [`Policy::reconcile_every`].
+    #[serde(with = "humantime_serde::option", default, skip_serializing_if = "Option::is_none")]
+    pub reconcile_every: Option<Duration>,
+    /// Overrides [`Policy::repair`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<bool>,
 }
 
 impl PolicyOverride {
@@ -177,6 +208,8 @@ impl PolicyOverride {
             auto_failover: self.auto_failover.unwrap_or(base.auto_failover),
             commit: self.commit.unwrap_or(base.commit),
             catch_up_timeout: self.catch_up_timeout.unwrap_or(base.catch_up_timeout),
+            reconcile_every: self.reconcile_every.unwrap_or(base.reconcile_every),
+            repair: self.repair.unwrap_or(base.repair),
         }
     }
 }

@@ -39,6 +39,8 @@ pub(super) struct Policy {
     pub auto_failover: Option<bool>,
     pub commit: Option<String>,
     pub catch_up_timeout: Option<String>,
+    pub reconcile_every: Option<String>,
+    pub repair: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -315,6 +315,29 @@ fn policy_rules() {
     let r = parse_edit("commit = \"auto\"", "commit = \"later\"");
     assert_error(&r, "policy.commit", "use \"auto\" or \"manual\"");
     parse_edit("max_clock_drift = 0.01", "max_clock_drift = 0").unwrap_or_else(|e| panic!("{e}"));
+    let r = parse_edit("commit = \"auto\"", "commit = \"auto\"\nreconcile_every = \"200ms\"");
+    assert_error(&r, "policy.reconcile_every", "outside [1s, 24h]");
+    let r = parse_edit("commit = \"auto\"", "commit = \"auto\"\nreconcile_every = \"2d\"");
+    assert_error(&r, "policy.reconcile_every", "outside [1s, 24h]");
+}
+
+#[test]
+fn drift_reconciliation_keys_default_and_override_per_service() {
+    let spec = example();
+    assert_eq!(spec.policy.reconcile_every, Duration::from_secs(30));
+    assert!(spec.policy.repair);
+    let spec = parse_edit(
+        "max_lag_on_failover = 30",
+        "max_lag_on_failover = 30\npolicy = { reconcile_every = \"2s\", repair = false }",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let p = spec.policy_for("file-transfer").unwrap();
+    assert_eq!((p.reconcile_every, p.repair), (Duration::from_secs(2), false));
+    let r = parse_edit(
+        "max_lag_on_failover = 30",
+        "max_lag_on_failover = 30\npolicy = { reconcile_every = \"0s\" }",
+    );
+    assert_error(&r, "service[0].policy.reconcile_every", "outside [1s, 24h]");
 }
 
 #[test]

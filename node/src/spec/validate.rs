@@ -190,6 +190,8 @@ impl Validator {
             auto_failover: p.auto_failover,
             commit: p.commit.as_deref().and_then(|s| self.commit_mode(&k("commit"), s)),
             catch_up_timeout: dur(self, "catch_up_timeout", &p.catch_up_timeout),
+            reconcile_every: dur(self, "reconcile_every", &p.reconcile_every),
+            repair: p.repair,
         }
     }
 
@@ -1297,6 +1299,7 @@ fn override_sets(p: &raw::Policy, key: &str) -> bool {
         "self_fence_grace" => p.self_fence_grace.is_some(),
         "cooldown" => p.cooldown.is_some(),
         "catch_up_timeout" => p.catch_up_timeout.is_some(),
+        "reconcile_every" => p.reconcile_every.is_some(),
         _ => false,
     }
 }
@@ -1342,6 +1345,19 @@ fn policy_rule_violations(p: &Policy) -> Vec<(&'static str, String, &'static [&'
             "catch_up_timeout",
             format!("{} is outside (0s, 24h]", fmt_d(p.catch_up_timeout)),
             &["catch_up_timeout"][..],
+        ));
+    }
+    if p.reconcile_every < crate::spec::MIN_RECONCILE_EVERY
+        || p.reconcile_every > crate::spec::MAX_RECONCILE_EVERY
+    {
+        v.push((
+            "reconcile_every",
+            format!(
+                "{} is outside [1s, 24h]; it is how often the traffic steps of a committed \
+                 failover are read back for drift",
+                fmt_d(p.reconcile_every)
+            ),
+            &["reconcile_every"][..],
         ));
     }
     if p.self_fence_grace.is_zero() {

@@ -104,6 +104,7 @@ mod automatic;
 mod workflow;
 
 use automatic::{decide_failover, decide_reactivation, Inputs};
+pub(crate) use workflow::choose_executor;
 use workflow::drive_workflow;
 
 use super::detect::{

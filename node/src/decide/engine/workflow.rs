@@ -324,7 +324,7 @@ fn who_runs(params: &EngineParams, obs: &Observation, executor: Option<NodeId>) 
 /// Who runs `step`: `Ok(None)` for the leader itself (and for what the engine evaluates),
 /// `Ok(Some(id))` for another reachable controller not in `excluded`, `Err(why)` when no
 /// suitable node is reachable. Witness members never run steps.
-fn choose_executor(
+pub(crate) fn choose_executor(
     params: &EngineParams,
     step: &WorkflowStep,
     obs: &Observation,

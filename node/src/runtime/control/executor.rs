@@ -169,3 +169,94 @@ impl Drop for RunningGuard<'_> {
         self.ctx.steps_running.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
 }
+
+/// The `attempt` part of the key a drift check or repair holds while it runs (a step attempt
+/// never reaches it), so that no two of them run side by side for one step on this node.
+const RECONCILE_ATTEMPT: u32 = u32::MAX;
+
+/// Reads back a committed traffic step's effect for the leader and, when it drifted and both
+/// the request and this node's own state allow it, runs the step again with the epoch this
+/// node's state holds at that moment. Everything is checked against this node's replicated
+/// state (`ControlState::reconcilable`), never taken from the request; the state is read
+/// again right before a repair runs.
+pub(super) async fn reconcile_for_leader(
+    ctx: &ControlCtx,
+    r: pb::ReconcileStepRequest,
+) -> pb::ReconcileStepReply {
+    let step = r.step as usize;
+    let judge = |ctx: &ControlCtx| {
+        ctx.node.state.read(|s| s.control.reconcilable(&r.service, r.workflow_id, step, r.epoch))
+    };
+    let reply = |outcome: &str, detail: String, repair_detail: String| pb::ReconcileStepReply {
+        outcome: outcome.to_string(),
+        detail,
+        repair_detail,
+    };
+    let deadline = Instant::now() + EPOCH_CATCH_UP;
+    let found = loop {
+        match judge(ctx) {
+            Ok(found) => break found,
+            Err(no) if no.behind && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(no) => {
+                let detail = format!("{REFUSED} {}", no.why);
+                warn!(service = %r.service, "drift check {detail}");
+                return reply("not_checked", detail, String::new());
+            }
+        }
+    };
+    let key = (r.service.clone(), r.workflow_id, r.step, RECONCILE_ATTEMPT);
+    let Some(_running) = RunningGuard::claim(ctx, key) else {
+        let detail = format!(
+            "{REFUSED} a drift check of step {} of workflow {} of {} is already running on this \
+             node",
+            step + 1,
+            r.workflow_id,
+            r.service
+        );
+        return reply("not_checked", detail, String::new());
+    };
+    let context = |found: &crate::consensus::state::control::Reconcilable| StepContext {
+        service: r.service.clone(),
+        epoch: found.epoch,
+        from_site: found.from_site.clone(),
+        to_site: found.to_site.clone(),
+        recovery_point: None,
+        test: false,
+    };
+    let drift = match ctx.actuator.verify(&found.step, &context(&found)).await {
+        Ok(out) => return reply("holds", out.detail, String::new()),
+        Err(StepError::Failed { reason, .. }) => reason,
+        // A newer epoch than this cluster's owns the records (e.g. written by hand): drift
+        // that a repair must not touch (it would be refused anyway).
+        Err(StepError::Refused { reason }) => {
+            return reply("drifted", reason, "not repaired: a newer epoch owns it".to_string())
+        }
+        Err(e) => {
+            return reply("not_checked", format!("the read-back did not run: {e}"), String::new())
+        }
+    };
+    if !r.repair {
+        return reply("drifted", drift, String::new());
+    }
+    // The repair runs with the epoch this node's state holds now, and only if that state still
+    // allows it (a newer epoch, a pause or repair = false since the check stop it).
+    let now = match judge(ctx) {
+        Ok(now) if now.repair => now,
+        Ok(_) => return reply("drifted", drift, String::new()),
+        Err(no) => {
+            return reply("drifted", drift, format!("not repaired: {}", no.why));
+        }
+    };
+    info!(service = %r.service, epoch = now.epoch, step = step + 1, kind = now.step.action.kind(), "drift found, running the step again: {drift}");
+    match ctx.actuator.run(&now.step, &context(&now)).await {
+        Ok(out) => reply("repaired", drift, out.detail),
+        Err(e) => {
+            let tail = e.output_tail().lines().last().unwrap_or("").to_string();
+            let why =
+                if tail.is_empty() { e.to_string() } else { format!("{e} (last output: {tail})") };
+            reply("repair_failed", drift, why)
+        }
+    }
+}

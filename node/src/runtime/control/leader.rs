@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::executor::{run_local, RunningGuard, REFUSED};
+use super::executor::{reconcile_for_leader, run_local, RunningGuard, REFUSED};
 use super::report::parse_verdict;
 use super::{unix_now_ms, ControlCtx, Event, REPORT_EVERY, TICK};
 
@@ -20,7 +20,10 @@ const DIRECT_FRESH: Duration = Duration::from_millis(REPORT_EVERY.as_millis() as
 use crate::actuate::{Actuator, StepContext, StepError};
 use crate::consensus::state::control::ControlRequest;
 use crate::consensus::types::{Member, NodeId, Request as RaftRequest, Role};
-use crate::decide::{Command, Engine, EngineParams, MonoTime, Observation, StepDispatch};
+use crate::decide::{
+    CheckDispatch, CheckOutcome, Command, Engine, EngineParams, MonoTime, Observation,
+    ReconcileCommand, ReconcileParams, Reconciler, StepDispatch,
+};
 use crate::spec::VetoHook;
 
 /// The leader's loop: one Engine per leadership term.
@@ -30,6 +33,8 @@ pub(super) async fn controller_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut engine: Option<Engine> = None;
+    // The drift reconciler, created and dropped with the engine.
+    let mut reconciler: Option<Reconciler> = None;
     // When each observer last reported to this leader directly.
     let mut direct: BTreeMap<NodeId, Instant> = BTreeMap::new();
     // Counts engines, so results of veto runs asked for by an earlier one are dropped.
@@ -49,6 +54,7 @@ pub(super) async fn controller_loop(
         };
         let standing_back = ctx.node.standing_back.load(std::sync::atomic::Ordering::Relaxed);
         if state != ServerState::Leader || standing_back {
+            reconciler = None;
             if engine.take().is_some() {
                 info!("no longer the leader: failover decisions stop here");
                 if let Ok(mut h) = ctx.node.health.write() {
@@ -69,6 +75,8 @@ pub(super) async fn controller_loop(
             info!("leading: failover decisions are made here");
             Engine::new(EngineParams::new(ctx.node.name.clone()), ctx.clock.at(now))
         });
+        let rec = reconciler
+            .get_or_insert_with(|| Reconciler::new(ReconcileParams::new(ctx.node.name.clone())));
         match event {
             Some(Event::Reports { observer, reports, fenced, received, relayed }) => {
                 // A relay cannot prove whose observation it carries: take relayed reports only
@@ -159,8 +167,21 @@ pub(super) async fn controller_loop(
             Some(Event::VetoResult { term: asked_by, service, result }) if asked_by == term => {
                 eng.veto_result(&service, result);
             }
-            // A veto run asked for by an earlier term: its engine is gone.
-            Some(Event::VetoResult { .. }) | None => {}
+            Some(Event::CheckResult { term: asked_by, service, workflow_id, step, outcome })
+                if asked_by == term =>
+            {
+                rec.check_result(&service, workflow_id, step, outcome, ctx.clock.at(now));
+            }
+            Some(Event::DriftProposalDone { term: asked_by, service }) if asked_by == term => {
+                rec.proposal_done(&service)
+            }
+            // A veto run, check or proposal asked for by an earlier term: its engine is gone.
+            Some(
+                Event::VetoResult { .. }
+                | Event::CheckResult { .. }
+                | Event::DriftProposalDone { .. },
+            )
+            | None => {}
         }
         let membership = membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -188,16 +209,26 @@ pub(super) async fn controller_loop(
             let commands = eng.tick(&obs);
             publish_health(&ctx, eng, obs.now, &s.control);
             publish_gates(&ctx, eng, &obs);
-            commands
+            (commands, rec.tick(&obs))
         });
+        let (commands, checks) = commands;
         for cmd in commands {
             match cmd {
-                Command::Propose(req) => propose(&ctx, term, req),
+                Command::Propose(req) => propose(&ctx, term, req, false),
                 Command::RunStep(d) => dispatch(&ctx, *d, &members),
                 Command::RunVeto { service, from_site, to_site, hooks, .. } => {
                     run_veto(&ctx, term, service, from_site, to_site, hooks)
                 }
                 Command::Alert { service, message } => warn!(service = %service, "{message}"),
+            }
+        }
+        for cmd in checks {
+            match cmd {
+                ReconcileCommand::Check(d) => reconcile(&ctx, term, d, &members),
+                ReconcileCommand::Propose(req) => propose(&ctx, term, req, true),
+                ReconcileCommand::Alert { service, message } => {
+                    warn!(service = %service, "{message}")
+                }
             }
         }
     }
@@ -262,7 +293,9 @@ fn publish_gates(ctx: &ControlCtx, eng: &Engine, obs: &Observation) {
     }
 }
 
-fn propose(ctx: &ControlCtx, term: u64, req: ControlRequest) {
+/// Proposes `req`; once applied or refused, tells the engine (or, with `for_reconciler`, the
+/// drift reconciler) of term `term`.
+fn propose(ctx: &ControlCtx, term: u64, req: ControlRequest, for_reconciler: bool) {
     let raft = ctx.node.raft.clone();
     let events = ctx.events.clone();
     let service = req.service().unwrap_or_default().to_string();
@@ -287,7 +320,12 @@ fn propose(ctx: &ControlCtx, term: u64, req: ControlRequest) {
             Ok(Err(e)) => warn!(service = %service, cause = %e, "proposal failed"),
             Err(_) => warn!(service = %service, "proposal not committed within 10s"),
         }
-        let _ = events.send(Event::ProposalDone { term, service }).await;
+        let done = if for_reconciler {
+            Event::DriftProposalDone { term, service }
+        } else {
+            Event::ProposalDone { term, service }
+        };
+        let _ = events.send(done).await;
     });
 }
 
@@ -345,6 +383,84 @@ fn dispatch(ctx: &ControlCtx, d: StepDispatch, members: &BTreeMap<NodeId, Member
             })
             .await;
     });
+}
+
+/// Carries out a drift check (or repair) on its executor, through the same checks against the
+/// executor's own state whether it is this node or another, and reports what it found.
+fn reconcile(ctx: &ControlCtx, term: u64, d: CheckDispatch, members: &BTreeMap<NodeId, Member>) {
+    let ctx = ctx.clone();
+    let executor = d.executor.map(|id| (id, members.get(&id).cloned()));
+    tokio::spawn(async move {
+        let req = pb::ReconcileStepRequest {
+            service: d.service.clone(),
+            workflow_id: d.workflow_id,
+            step: d.step as u64,
+            epoch: d.epoch,
+            repair: d.repair,
+        };
+        let runs = if d.repair { 2 } else { 1 };
+        let limit = d.action.timeout * runs + Duration::from_secs(5);
+        let outcome = match executor {
+            Some((id, Some(member))) if id != ctx.node.id => match ctx.peers.control(id, &member) {
+                Err(why) => CheckOutcome::NotRun(why),
+                Ok(mut client) => {
+                    match tokio::time::timeout(limit, client.reconcile_step(req)).await {
+                        Err(_) => CheckOutcome::NotRun(format!(
+                            "no answer from {} within {}s",
+                            member.name,
+                            limit.as_secs()
+                        )),
+                        Ok(Err(status)) => CheckOutcome::NotRun(format!(
+                            "{} could not check the step: {}",
+                            member.name,
+                            crate::consensus::network::describe_status(&status)
+                        )),
+                        Ok(Ok(reply)) => outcome_of(reply.into_inner(), &member.name),
+                    }
+                }
+            },
+            Some((id, None)) => CheckOutcome::NotRun(format!("node {id} is no longer a member")),
+            _ => outcome_of(reconcile_for_leader(&ctx, req).await, &ctx.node.name),
+        };
+        match &outcome {
+            CheckOutcome::Holds(detail) => {
+                debug!(service = %d.service, step = d.step + 1, "no drift: {detail}")
+            }
+            CheckOutcome::NotRun(why) => {
+                debug!(service = %d.service, step = d.step + 1, "drift check not run: {why}")
+            }
+            other => {
+                warn!(service = %d.service, step = d.step + 1, epoch = d.epoch, "drift: {other:?}")
+            }
+        }
+        let _ = ctx
+            .events
+            .send(Event::CheckResult {
+                term,
+                service: d.service,
+                workflow_id: d.workflow_id,
+                step: d.step,
+                outcome,
+            })
+            .await;
+    });
+}
+
+/// What an executor's answer to a drift check means, `on` naming the executor.
+fn outcome_of(r: pb::ReconcileStepReply, on: &str) -> CheckOutcome {
+    match r.outcome.as_str() {
+        "holds" => CheckOutcome::Holds(format!("{} (on {on})", r.detail)),
+        "drifted" => CheckOutcome::Drifted(format!("{} (on {on})", r.detail)),
+        "repaired" => CheckOutcome::Repaired(format!(
+            "{} (on {on}); it had drifted: {}",
+            r.repair_detail, r.detail
+        )),
+        "repair_failed" => CheckOutcome::RepairFailed(format!(
+            "{} (on {on}); the drift: {}",
+            r.repair_detail, r.detail
+        )),
+        _ => CheckOutcome::NotRun(format!("{} (on {on})", r.detail)),
+    }
 }
 
 /// Runs `service`'s veto hooks on this node (the leader) and reports the verdict to the

@@ -7,6 +7,10 @@
 //!                                                         │                gRPC RunStep on a node of the step's site
 //!                                                         └──▶ RunVeto ──▶ hooks in order on the local actuator
 //!                                                                          ──▶ Event::VetoResult ──▶ Engine::veto_result
+//!                reconciler: Reconciler::tick(observation) ──▶ Check ──▶ local read-back, or gRPC
+//!                                                         │             ReconcileStep on a node of the step's site
+//!                                                         │     ──▶ Event::CheckResult ──▶ Reconciler::check_result
+//!                                                         └──▶ Propose(Drift) ──▶ Raft client_write
 //!  active site:  lease loop: RenewLeases, one per node and round for all its leases (one
 //!                linearizable read on the leader), measured from the send; not renewed for
 //!                lease_ttl, or revoked ──▶ run on_lease_lost locally
@@ -17,7 +21,8 @@
 //!
 //! - `report.rs`   probe reports (and finished self-fences) to the leader
 //! - `leader.rs`   the leader's loop: engine ticks, proposals, step dispatch, vetoes
-//! - `executor.rs` running a step on a node of its site (epoch, workflow and attempt checks)
+//! - `executor.rs` running a step on a node of its site (epoch, workflow and attempt checks),
+//!   and reading a committed traffic step back for drift (and running it again)
 //! - `lease.rs`    the holder side: renewals, relays, expiry, self-fence; the leader's check
 //! - `service.rs`  the Control gRPC service: hands each call to the parts above
 
@@ -142,6 +147,16 @@ enum Event {
         service: String,
         result: Result<(), String>,
     },
+    /// A drift check (or repair) asked for by the reconciler of leadership term `term` ended.
+    CheckResult {
+        term: u64,
+        service: String,
+        workflow_id: u64,
+        step: usize,
+        outcome: crate::decide::CheckOutcome,
+    },
+    /// A `Drift` entry the reconciler of term `term` proposed was applied or refused.
+    DriftProposalDone { term: u64, service: String },
 }
 
 /// Cached gRPC channels to members (each redialed when its member stops answering on it).

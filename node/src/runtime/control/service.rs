@@ -11,7 +11,7 @@ use openraft::ServerState;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use super::executor::run_for_leader;
+use super::executor::{reconcile_for_leader, run_for_leader};
 use super::leader::veto_verdict;
 use super::lease::{ask_renewals, confirm_leases, Batch, MAX_RENEWALS_PER_REQUEST};
 use super::{leader_of, ControlCtx, Event, EPOCH_CATCH_UP, RPC_TIMEOUT};
@@ -208,20 +208,32 @@ impl Control for ControlService {
             return Err(Status::failed_precondition("a witness never runs workflow steps"));
         }
         let caller = caller_of(&req)?;
-        known_leader_is(&self.ctx, &caller).await?;
+        known_leader_is(&self.ctx, &caller, "/drover.v1.Control/RunStep").await?;
         Ok(Response::new(run_for_leader(&self.ctx, req.into_inner()).await))
+    }
+
+    async fn reconcile_step(
+        &self,
+        req: Request<pb::ReconcileStepRequest>,
+    ) -> Result<Response<pb::ReconcileStepReply>, Status> {
+        if self.ctx.role != Role::Controller {
+            return Err(Status::failed_precondition("a witness never reads back or runs steps"));
+        }
+        let caller = caller_of(&req)?;
+        known_leader_is(&self.ctx, &caller, "/drover.v1.Control/ReconcileStep").await?;
+        Ok(Response::new(reconcile_for_leader(&self.ctx, req.into_inner()).await))
     }
 }
 
 /// Refuses unless `caller` is the leader this node itself knows, waiting up to
 /// `EPOCH_CATCH_UP` for a new leader's first heartbeat to get here.
-async fn known_leader_is(ctx: &ControlCtx, caller: &Caller) -> Result<(), Status> {
+async fn known_leader_is(ctx: &ControlCtx, caller: &Caller, method: &str) -> Result<(), Status> {
     let (id, name) = match caller {
         Caller::Unchecked => return Ok(()),
         Caller::Member { id: Some(id), name } => (*id, name),
         other => {
             return Err(Status::permission_denied(format!(
-                "RunStep only from the leader; the caller is {other:?}"
+                "{method} only from the leader; the caller is {other:?}"
             )))
         }
     };
@@ -234,10 +246,10 @@ async fn known_leader_is(ctx: &ControlCtx, caller: &Caller) -> Result<(), Status
         if Instant::now() >= deadline {
             let known = leader.map_or("no leader".to_string(), |l| format!("node {l}"));
             let status = Status::permission_denied(format!(
-                "/drover.v1.Control/RunStep: {name} (node {id}) is not the leader this node knows ({known}); steps run only at the leader's request"
+                "{method}: {name} (node {id}) is not the leader this node knows ({known}); steps run only at the leader's request"
             ));
             let who = format!("node certificate of {name}");
-            return Err(ctx.node.authz.refused(&who, "/drover.v1.Control/RunStep", "", &status));
+            return Err(ctx.node.authz.refused(&who, method, "", &status));
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

@@ -546,6 +546,13 @@ pub struct ServiceState {
     /// passive checks while the service's epoch is still that one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub split_brain_acks: BTreeMap<String, u64>,
+    /// Traffic steps of the committed workflow found drifted and not repaired yet (see
+    /// [`drift`](self::Drift)).
+    #[serde(default)]
+    pub drift: Vec<Drift>,
+    /// Drifts found and repaired so far.
+    #[serde(default)]
+    pub drift_counts: DriftCounters,
 }
 
 impl ServiceState {
@@ -576,6 +583,41 @@ impl ServiceState {
     /// else the spec's `initial_active`.
     pub fn primary_site<'a>(&'a self, initial_active: &'a str) -> &'a str {
         self.primary.as_deref().unwrap_or(initial_active)
+    }
+
+    /// One alert per drifted traffic step: what drifted, since when, and what drover does
+    /// about it. Empty when nothing drifted.
+    pub fn drift_alerts(&self, service: &str, repair: bool) -> Vec<String> {
+        let wf = self.workflow.as_ref();
+        self.drift
+            .iter()
+            .map(|d| {
+                let step = wf
+                    .and_then(|w| w.steps.get(d.step))
+                    .map_or_else(|| "?".to_string(), WorkflowStep::describe);
+                let doing = match (&d.last_repair_error, repair, &self.paused) {
+                    (_, false, _) => format!(
+                        "repair is off for {service}: put it back by hand, or set repair = true"
+                    ),
+                    (_, true, Some(_)) => format!(
+                        "{service} is paused, so it is not repaired: fix it by hand or run \
+                         'droverctl resume {service}'"
+                    ),
+                    (Some(err), true, None) => format!(
+                        "{} repairs failed, the last: {err}; fix the cause (drover keeps \
+                         retrying)",
+                        d.repairs_failed
+                    ),
+                    (None, true, None) => "drover is repairing it".to_string(),
+                };
+                format!(
+                    "{service}: drift at step {} ({step}, epoch {}): {}; {doing}",
+                    d.step + 1,
+                    d.epoch,
+                    d.detail
+                )
+            })
+            .collect()
     }
 
     /// When a failover stopped (failed or paused) after it revoked the old site's lease, so
@@ -802,6 +844,25 @@ pub enum ControlRequest {
         /// Proposer's wall clock.
         at_unix_ms: i64,
     },
+    /// The leader's reconciler read back a traffic step of the committed workflow that
+    /// established `epoch`, or ran it again: what it found (see [`DriftFinding`]). Rejected
+    /// unless `epoch` is the service's current epoch.
+    Drift {
+        /// Service name.
+        service: String,
+        /// The epoch the check ran at.
+        epoch: u64,
+        /// The committed workflow.
+        workflow_id: u64,
+        /// Index of the step in its plan.
+        step: usize,
+        /// What was found or done.
+        finding: DriftFinding,
+        /// Who proposed it (the leader's name).
+        author: String,
+        /// Proposer's wall clock.
+        at_unix_ms: i64,
+    },
     /// `droverctl ack`: end a cooldown so automatic failover is armed again.
     Ack {
         /// Service name.
@@ -842,7 +903,8 @@ impl ControlRequest {
             | ControlRequest::StartSwitchover { author, .. }
             | ControlRequest::StartReprotect { author, .. }
             | ControlRequest::Pause { author, .. }
-            | ControlRequest::PauseExpired { author, .. } => author,
+            | ControlRequest::PauseExpired { author, .. }
+            | ControlRequest::Drift { author, .. } => author,
         }
     }
 
@@ -861,7 +923,8 @@ impl ControlRequest {
             | ControlRequest::StartSwitchover { service, .. }
             | ControlRequest::StartReprotect { service, .. }
             | ControlRequest::Pause { service, .. }
-            | ControlRequest::PauseExpired { service, .. } => Some(service),
+            | ControlRequest::PauseExpired { service, .. }
+            | ControlRequest::Drift { service, .. } => Some(service),
         }
     }
 
@@ -880,7 +943,8 @@ impl ControlRequest {
             | ControlRequest::StartSwitchover { at_unix_ms, .. }
             | ControlRequest::StartReprotect { at_unix_ms, .. }
             | ControlRequest::Pause { at_unix_ms, .. }
-            | ControlRequest::PauseExpired { at_unix_ms, .. } => *at_unix_ms,
+            | ControlRequest::PauseExpired { at_unix_ms, .. }
+            | ControlRequest::Drift { at_unix_ms, .. } => *at_unix_ms,
         }
     }
 }
@@ -904,10 +968,12 @@ fn changed(kind: &'static str, text: impl Into<String>) -> Outcome {
     Outcome { rejected: None, record: Some((kind, text.into())), changed: true }
 }
 
+mod drift;
 mod plan;
 mod start;
 mod workflow;
 
+pub use drift::{Drift, DriftCounters, DriftFinding, NotReconcilable, Reconcilable};
 use plan::phase_of;
 pub use plan::{
     plan_failover, plan_reactivation, plan_reprotect, plan_restore, plan_return, plan_switchover,
@@ -965,7 +1031,17 @@ impl ControlState {
             ControlRequest::AckSplitBrain { service, site, .. } => {
                 self.ack_split_brain(service, site)
             }
+            ControlRequest::Drift {
+                service,
+                epoch,
+                workflow_id,
+                step,
+                finding,
+                at_unix_ms,
+                ..
+            } => self.drift(service, *epoch, *workflow_id, *step, finding, *at_unix_ms),
         };
+        self.forget_stale_drift();
         for (name, before) in before_epochs {
             if let Some(s) = self.services.get(&name) {
                 assert!(
@@ -1050,6 +1126,8 @@ impl ControlState {
                     paused: None,
                     primary: None,
                     split_brain_acks: BTreeMap::new(),
+                    drift: Vec::new(),
+                    drift_counts: DriftCounters::default(),
                 },
             );
         }
@@ -1070,6 +1148,28 @@ impl ControlState {
     /// The rules that must hold after every entry; a violation is a bug and stops the node.
     pub fn check_invariants(&self) {
         for (name, s) in &self.services {
+            // Drift is only ever recorded for the committed workflow of the current epoch, one
+            // entry per step.
+            for (i, d) in s.drift.iter().enumerate() {
+                let wf = s.workflow.as_ref();
+                assert!(
+                    d.epoch == s.epoch
+                        && wf.is_some_and(|w| w.id == d.workflow_id
+                            && w.state == WorkflowState::Committed
+                            && w.epoch == s.epoch
+                            && d.step < w.steps.len()),
+                    "{name}: drift of step {} at epoch {} outlived its committed workflow",
+                    d.step,
+                    d.epoch
+                );
+                assert!(
+                    !s.drift[..i]
+                        .iter()
+                        .any(|o| o.workflow_id == d.workflow_id && o.step == d.step),
+                    "{name}: drift of step {} recorded twice",
+                    d.step
+                );
+            }
             if let Some(lease) = &s.lease {
                 assert!(
                     lease.epoch == s.epoch,

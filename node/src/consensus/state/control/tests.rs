@@ -693,3 +693,150 @@ fn a_split_brain_acknowledgement_holds_for_one_standby_at_the_current_epoch() {
     start(&mut c, 10, 1);
     assert!(!svc(&c).split_brain_acknowledged("dr"));
 }
+
+fn drift_report(
+    c: &mut ControlState,
+    epoch: u64,
+    wf: u64,
+    step: usize,
+    f: DriftFinding,
+) -> Outcome {
+    c.apply(
+        0,
+        &ControlRequest::Drift {
+            service: SVC.into(),
+            epoch,
+            workflow_id: wf,
+            step,
+            finding: f,
+            author: "leader".into(),
+            at_unix_ms: 9000,
+        },
+    )
+}
+
+/// A committed failover to dr (workflow 10, epoch 2); its step 3 is the haproxy step, 4 the
+/// dns step, 2 an exec step.
+fn committed_failover() -> ControlState {
+    let mut c = ControlState::default();
+    apply_spec(&mut c, spec_with("commit = \"auto\""), None);
+    assert_eq!(start(&mut c, 10, 1).rejected, None);
+    run_all(&mut c, 10);
+    let s = svc(&c);
+    assert_eq!((s.phase, s.epoch), (ServicePhase::FailedOver, 2));
+    assert_eq!(s.workflow.as_ref().unwrap().steps[3].kind(), "haproxy");
+    c
+}
+
+fn detected(detail: &str) -> DriftFinding {
+    DriftFinding::Detected { detail: detail.into() }
+}
+
+#[test]
+fn drift_is_recorded_once_then_repaired_or_cleared() {
+    let mut c = committed_failover();
+    let o = drift_report(&mut c, 2, 10, 3, detected("app/dr is maint"));
+    assert_eq!(o.rejected, None);
+    let (kind, text) = o.record.unwrap();
+    assert_eq!(kind, "drift");
+    assert!(text.contains("step 4 (activate haproxy on dr) of failover workflow 10, epoch 2 drifted: app/dr is maint"), "{text}");
+    assert_eq!(svc(&c).drift.len(), 1);
+    // While it persists it is not recorded again.
+    let again = drift_report(&mut c, 2, 10, 3, detected("app/dr is maint"));
+    assert!(again.rejected.unwrap().contains("already recorded"));
+    assert_eq!(again.record, None);
+    // A failed repair keeps it and counts.
+    let o =
+        drift_report(&mut c, 2, 10, 3, DriftFinding::RepairFailed { error: "socket gone".into() });
+    assert_eq!(o.record.unwrap().0, "drift_repair_failed");
+    assert_eq!(svc(&c).drift[0].repairs_failed, 1);
+    let alerts = svc(&c).drift_alerts(SVC, true);
+    assert_eq!(alerts.len(), 1);
+    assert!(alerts[0].contains("1 repairs failed, the last: socket gone"), "{}", alerts[0]);
+    // A repair clears it.
+    let o = drift_report(&mut c, 2, 10, 3, DriftFinding::Repaired { detail: "set".into() });
+    assert_eq!(o.record.unwrap().0, "drift_repaired");
+    assert!(svc(&c).drift.is_empty());
+    assert_eq!(svc(&c).drift_counts, DriftCounters { detected: 1, repaired: 1, repair_failed: 1 });
+    // A repair or clearing of a drift not recorded changes nothing.
+    let o = drift_report(&mut c, 2, 10, 3, DriftFinding::Repaired { detail: "set".into() });
+    assert!(o.rejected.unwrap().contains("no drift is recorded"));
+    // Found again, then it holds again without a repair.
+    assert_eq!(drift_report(&mut c, 2, 10, 4, detected("A is 10.0.0.1")).rejected, None);
+    let o =
+        drift_report(&mut c, 2, 10, 4, DriftFinding::Cleared { detail: "A is 10.0.0.2".into() });
+    assert_eq!(o.record.unwrap().0, "drift_cleared");
+    assert!(svc(&c).drift.is_empty());
+    assert_eq!(svc(&c).drift_counts.detected, 2);
+}
+
+#[test]
+fn drift_of_a_stale_epoch_or_another_step_is_rejected() {
+    let mut c = committed_failover();
+    let before = c.clone();
+    // A stale leader's report of the previous epoch.
+    let o = drift_report(&mut c, 1, 10, 3, detected("x"));
+    assert!(o.rejected.unwrap().contains("is at epoch 2"), "stale epoch");
+    // A future epoch, another workflow, a step that is not a traffic step, no such step.
+    assert!(drift_report(&mut c, 3, 10, 3, detected("x")).rejected.is_some());
+    assert!(drift_report(&mut c, 2, 11, 3, detected("x")).rejected.is_some());
+    let o = drift_report(&mut c, 2, 10, 2, detected("x"));
+    assert!(o.rejected.unwrap().contains("not a traffic step"));
+    assert!(drift_report(&mut c, 2, 10, 99, detected("x")).rejected.is_some());
+    assert_eq!(c, before, "rejected reports change nothing");
+}
+
+#[test]
+fn drift_is_not_recorded_while_a_workflow_runs_and_is_forgotten_by_the_next() {
+    let mut c = ControlState::default();
+    apply_spec(&mut c, spec_with("commit = \"auto\""), None);
+    assert_eq!(start(&mut c, 10, 1).rejected, None);
+    let o = drift_report(&mut c, 2, 10, 3, detected("x"));
+    assert!(o.rejected.is_some(), "not before the workflow committed");
+    assert!(c.reconcilable(SVC, 10, 3, 2).unwrap_err().behind);
+    run_all(&mut c, 10);
+    assert_eq!(drift_report(&mut c, 2, 10, 3, detected("x")).rejected, None);
+    // A reprotect replaces the workflow: the drift of the failover's step goes with it.
+    let o = c.apply(
+        20,
+        &ControlRequest::StartReprotect {
+            service: SVC.into(),
+            expected_epoch: 2,
+            reason: "back to normal".into(),
+            author: "op".into(),
+            at_unix_ms: 0,
+        },
+    );
+    assert_eq!(o.rejected, None);
+    assert!(svc(&c).drift.is_empty());
+    assert_eq!(svc(&c).drift_counts.detected, 1, "counters stay");
+}
+
+#[test]
+fn reconcilable_is_judged_on_the_own_state_only() {
+    let mut c = committed_failover();
+    let r = c.reconcilable(SVC, 10, 3, 2).unwrap();
+    assert_eq!(
+        (r.epoch, r.from_site.as_str(), r.to_site.as_str(), r.repair),
+        (2, "prod", "dr", true)
+    );
+    assert_eq!(r.step.action.kind(), "haproxy");
+    let behind = c.reconcilable(SVC, 10, 3, 3).unwrap_err();
+    assert!(behind.behind && behind.why.contains("has not caught up to epoch 3"), "{behind:?}");
+    let stale = c.reconcilable(SVC, 10, 3, 1).unwrap_err();
+    assert!(!stale.behind && stale.why.contains("superseded"), "{stale:?}");
+    assert!(!c.reconcilable(SVC, 10, 2, 2).unwrap_err().behind, "an exec step is not reconciled");
+    // A pause stops the repair, not the check.
+    let o = c.apply(
+        30,
+        &ControlRequest::Pause {
+            service: SVC.into(),
+            reason: "maintenance".into(),
+            until_unix_ms: None,
+            author: "op".into(),
+            at_unix_ms: 0,
+        },
+    );
+    assert_eq!(o.rejected, None);
+    assert!(!c.reconcilable(SVC, 10, 3, 2).unwrap().repair);
+}
