@@ -87,6 +87,17 @@ fn change(server: &str, state: HaproxyState, weight: Option<u16>) -> HaproxySet 
 }
 
 async fn run(socket: &str, set: Vec<HaproxySet>) -> Result<StepOutput, StepError> {
+    let (step, ctx) = step_and_context(socket, set);
+    RealActuator::new().run(&step, &ctx).await
+}
+
+/// The read-back alone, as a drift check runs it.
+async fn verify(socket: &str, set: Vec<HaproxySet>) -> Result<StepOutput, StepError> {
+    let (step, ctx) = step_and_context(socket, set);
+    RealActuator::new().verify(&step, &ctx).await
+}
+
+fn step_and_context(socket: &str, set: Vec<HaproxySet>) -> (Step, StepContext) {
     let step = Step {
         run_on: RunOn::Any,
         timeout: STEP_TIMEOUT,
@@ -103,7 +114,7 @@ async fn run(socket: &str, set: Vec<HaproxySet>) -> Result<StepOutput, StepError
         recovery_point: None,
         test: false,
     };
-    RealActuator::new().run(&step, &ctx).await
+    (step, ctx)
 }
 
 fn failed_reason(result: Result<StepOutput, StepError>) -> String {
@@ -211,4 +222,35 @@ async fn haproxy_step_over_tcp_sets_and_reads_back_weights() {
     assert_eq!((weight("dr"), weight("prod")), (Some(42), Some(0)), "{state:?}");
     // Weight 0 takes prod out of the rotation.
     assert_eq!(answering(&h), ["dr"]);
+}
+
+#[tokio::test]
+async fn the_read_back_alone_tells_drift_from_an_unreachable_haproxy() {
+    let test = "the_read_back_alone_tells_drift_from_an_unreachable_haproxy";
+    let Some(binary) = drover_tests::require_program(test, "haproxy", "haproxy") else { return };
+    let (mut h, _apps) = start(&binary);
+    let socket = h.admin_socket().display().to_string();
+    let to_dr = || {
+        vec![
+            change("app/prod", HaproxyState::Maint, None),
+            change("app/dr", HaproxyState::Ready, None),
+        ]
+    };
+    // Before the step: drift, naming the server; the check itself set nothing.
+    let why = failed_reason(verify(&socket, to_dr()).await);
+    assert!(why.contains("app/prod"), "{why}");
+    assert_eq!(answering(&h), ["prod"], "a check changes nothing");
+    run(&socket, to_dr()).await.expect("the step");
+    let out = verify(&socket, to_dr()).await.expect("held");
+    assert!(out.detail.contains("still held"), "{}", out.detail);
+    // A restart reverts the states: drift again.
+    h.restart();
+    let why = failed_reason(verify(&socket, to_dr()).await);
+    assert!(why.contains("app/prod"), "{why}");
+    // No socket at all (HAProxy down, or mid-reload): not drift, nothing known.
+    let gone = format!("{socket}.gone");
+    match verify(&gone, to_dr()).await {
+        Err(StepError::Unreachable { reason }) => assert!(reason.contains("no socket"), "{reason}"),
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
 }

@@ -137,8 +137,9 @@ async fn read_back(step: &HaproxyStep, transcript: &mut Vec<String>) -> Result<(
 
 /// Reads back whether HAProxy still holds what `step` sets, changing nothing (a drift check);
 /// bounded by `timeout`. A server in another state or with another weight is
-/// [`StepError::Failed`] naming it; an unreachable socket too (the effect cannot be shown to
-/// hold).
+/// [`StepError::Failed`] naming it. A socket that does not answer the first command (HAProxy
+/// down or in the middle of a reload) is [`StepError::Unreachable`]: nothing was read, so it
+/// is not drift; the next check tries again.
 pub(super) async fn verify(step: &HaproxyStep, timeout: Duration) -> Result<StepOutput, StepError> {
     let started = Instant::now();
     let mut transcript = Vec::new();
@@ -146,6 +147,8 @@ pub(super) async fn verify(step: &HaproxyStep, timeout: Duration) -> Result<Step
     let output_tail = edge::text_tail(transcript.join("\n").as_bytes(), OUTPUT_TAIL_MAX);
     match result {
         Err(_) => Err(StepError::Timeout { after: timeout, output_tail }),
+        // Nothing answered yet: the socket could not be reached.
+        Ok(Err(reason)) if transcript.is_empty() => Err(StepError::Unreachable { reason }),
         Ok(Err(reason)) => Err(StepError::Failed { reason, output_tail }),
         Ok(Ok(())) => Ok(StepOutput {
             detail: format!(

@@ -163,6 +163,14 @@ pub enum StepError {
         /// Why, and what to do about it.
         reason: String,
     },
+    /// A read-back ([`Actuator::verify`]) could not reach what the step acts on (e.g. no
+    /// HAProxy socket during a reload): nothing was read, so nothing is known about drift;
+    /// the next check tries again.
+    #[error("{reason}")]
+    Unreachable {
+        /// What could not be reached, and what to check.
+        reason: String,
+    },
     /// This actuator cannot run steps of this kind.
     #[error("step kind {kind} is not available in this build yet")]
     Unsupported {
@@ -178,7 +186,9 @@ impl StepError {
             StepError::Timeout { output_tail, .. } | StepError::Failed { output_tail, .. } => {
                 output_tail
             }
-            StepError::Refused { .. } | StepError::Unsupported { .. } => "",
+            StepError::Refused { .. }
+            | StepError::Unreachable { .. }
+            | StepError::Unsupported { .. } => "",
         }
     }
 }
