@@ -35,7 +35,7 @@ use super::engine::{choose_executor, EngineParams, Observation};
 use super::time::MonoTime;
 use crate::actuate::verifiable;
 use crate::consensus::state::control::{
-    ControlRequest, DriftFinding, ServicePhase, ServiceState, StepStatus, WorkflowState,
+    ControlRequest, DriftFinding, ServicePhase, ServiceState, StepStatus,
 };
 use crate::consensus::types::NodeId;
 use crate::spec::Step;
@@ -167,13 +167,7 @@ fn targets<'a>(obs: &Observation<'a>) -> Vec<Target<'a>> {
         if !matches!(s.phase, ServicePhase::Protecting | ServicePhase::FailedOver) {
             continue;
         }
-        let Some(wf) = s
-            .workflow
-            .as_ref()
-            .filter(|w| w.state == WorkflowState::Committed && w.epoch == s.epoch)
-        else {
-            continue;
-        };
+        let Some(wf) = s.traffic_workflow() else { continue };
         for (i, st) in wf.steps.iter().enumerate() {
             let traffic = st.action.as_ref().is_some_and(|a| verifiable(&a.action));
             if traffic && matches!(st.status, StepStatus::Succeeded { .. }) {
@@ -294,7 +288,7 @@ impl Reconciler {
             if in_flight >= self.params.max_in_flight {
                 continue;
             }
-            let Some(wf) = t.state.workflow.as_ref() else { continue };
+            let Some(wf) = t.state.traffic_workflow() else { continue };
             let ws = &wf.steps[step];
             let Some(action) = ws.action.clone() else { continue };
             let executor = match choose_executor(&self.params.engine, ws, obs, &BTreeSet::new()) {

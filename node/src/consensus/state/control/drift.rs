@@ -105,9 +105,8 @@ impl ControlState {
                 state.phase.as_str()
             ));
         }
-        let Some(wf) = state.workflow.as_ref().filter(|w| {
-            w.id == workflow_id && w.epoch == epoch && w.state == WorkflowState::Committed
-        }) else {
+        let Some(wf) = state.traffic_workflow().filter(|w| w.id == workflow_id && w.epoch == epoch)
+        else {
             return rejected(format!(
                 "drift report of {service} for workflow {workflow_id}, which is not the \
                  committed workflow of epoch {epoch}"
@@ -190,11 +189,7 @@ impl ControlState {
             if s.drift.is_empty() {
                 continue;
             }
-            let current = s
-                .workflow
-                .as_ref()
-                .filter(|w| w.state == WorkflowState::Committed && w.epoch == s.epoch)
-                .map(|w| w.id);
+            let current = s.traffic_workflow().map(|w| w.id);
             let epoch = s.epoch;
             s.drift.retain(|d| Some(d.workflow_id) == current && d.epoch == epoch);
         }
@@ -261,7 +256,11 @@ impl ControlState {
                 ),
             );
         }
-        let Some(wf) = s.workflow.as_ref().filter(|w| w.id == workflow_id && w.epoch == epoch)
+        // The service's workflow, or the move a reprotect kept (`moved_by`).
+        let Some(wf) = [s.workflow.as_ref(), s.moved_by.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|w| w.id == workflow_id && w.epoch == epoch)
         else {
             return no(
                 false,
@@ -280,6 +279,12 @@ impl ControlState {
                     "{service} is {} here; only a settled service is reconciled",
                     s.phase.as_str()
                 ),
+            );
+        }
+        if s.traffic_workflow().map(|w| w.id) != Some(workflow_id) {
+            return no(
+                false,
+                format!("workflow {workflow_id} is not the move that serves {service} here"),
             );
         }
         let ws = wf.steps.get(step);

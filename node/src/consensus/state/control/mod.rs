@@ -540,6 +540,11 @@ pub struct ServiceState {
     /// None: the spec's `initial_active`. A reprotect makes the active site the primary.
     #[serde(default)]
     pub primary: Option<String>,
+    /// The committed move (failover, switchover, reactivation) of the current epoch, kept
+    /// here when a reprotect replaces it as `workflow`: its traffic steps still hold what
+    /// serves, so drift checks go on reading them back (see [`ServiceState::traffic_workflow`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_by: Option<Workflow>,
     /// Standby sites whose serving (a passing passive check: a possible split brain) an
     /// operator acknowledged, with the epoch acknowledged at (`droverctl ack SERVICE
     /// --split-brain SITE`): a failover or switchover to such a site is not blocked by its
@@ -556,6 +561,20 @@ pub struct ServiceState {
 }
 
 impl ServiceState {
+    /// The committed workflow of the current epoch whose traffic steps are what serves: the
+    /// service's `workflow` when it is a committed move, or the move a reprotect replaced
+    /// (`moved_by`); `None` otherwise (no move yet, a workflow running or stopped).
+    pub fn traffic_workflow(&self) -> Option<&Workflow> {
+        let committed =
+            |w: &&Workflow| w.state == WorkflowState::Committed && w.epoch == self.epoch;
+        let current = self.workflow.as_ref().filter(committed)?;
+        if current.kind == WorkflowKind::Reprotect {
+            self.moved_by.as_ref().filter(committed)
+        } else {
+            Some(current)
+        }
+    }
+
     /// The workflow, if one is in progress (not yet committed). A reactivation that ended
     /// failed is not in progress: it leaves the service in its phase (see the module doc).
     ///
@@ -1125,6 +1144,7 @@ impl ControlState {
                     workflow: None,
                     paused: None,
                     primary: None,
+                    moved_by: None,
                     split_brain_acks: BTreeMap::new(),
                     drift: Vec::new(),
                     drift_counts: DriftCounters::default(),
@@ -1148,16 +1168,13 @@ impl ControlState {
     /// The rules that must hold after every entry; a violation is a bug and stops the node.
     pub fn check_invariants(&self) {
         for (name, s) in &self.services {
-            // Drift is only ever recorded for the committed workflow of the current epoch, one
-            // entry per step.
+            // Drift is only ever recorded for the committed move that serves at the current
+            // epoch ([`ServiceState::traffic_workflow`]), one entry per step.
             for (i, d) in s.drift.iter().enumerate() {
-                let wf = s.workflow.as_ref();
+                let wf = s.traffic_workflow();
                 assert!(
                     d.epoch == s.epoch
-                        && wf.is_some_and(|w| w.id == d.workflow_id
-                            && w.state == WorkflowState::Committed
-                            && w.epoch == s.epoch
-                            && d.step < w.steps.len()),
+                        && wf.is_some_and(|w| w.id == d.workflow_id && d.step < w.steps.len()),
                     "{name}: drift of step {} at epoch {} outlived its committed workflow",
                     d.step,
                     d.epoch

@@ -278,6 +278,11 @@ impl ControlState {
         }
         let plan = plan_reprotect(spec, service, &active);
         state.phase = ServicePhase::Reprotecting;
+        // The move that made this epoch keeps its traffic steps under drift checks (a reprotect
+        // again after a failed one keeps the one already kept).
+        if let Some(moved) = state.traffic_workflow().cloned() {
+            state.moved_by = Some(moved);
+        }
         let mut wf = Workflow {
             kind: WorkflowKind::Reprotect,
             id: log_index,

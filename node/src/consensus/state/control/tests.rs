@@ -787,7 +787,7 @@ fn drift_of_a_stale_epoch_or_another_step_is_rejected() {
 }
 
 #[test]
-fn drift_is_not_recorded_while_a_workflow_runs_and_is_forgotten_by_the_next() {
+fn drift_is_not_recorded_while_a_workflow_runs_and_a_reprotect_keeps_the_move_checked() {
     let mut c = ControlState::default();
     apply_spec(&mut c, spec_with("commit = \"auto\""), None);
     assert_eq!(start(&mut c, 10, 1).rejected, None);
@@ -808,8 +808,16 @@ fn drift_is_not_recorded_while_a_workflow_runs_and_is_forgotten_by_the_next() {
         },
     );
     assert_eq!(o.rejected, None);
+    // This spec has no reprotect runbook: the reprotect commits at once, and the failover's
+    // drift stays recorded (its move still serves at this epoch).
+    assert_eq!(svc(&c).phase, ServicePhase::Protecting);
+    assert_eq!(svc(&c).drift.len(), 1);
+    assert_eq!(svc(&c).traffic_workflow().map(|w| w.id), Some(10), "the failover still serves");
+    assert!(c.reconcilable(SVC, 10, 3, 2).is_ok(), "its traffic steps are checked again");
+    assert!(c.reconcilable(SVC, 20, 0, 2).is_err(), "the reprotect has no traffic step");
+    let o = drift_report(&mut c, 2, 10, 3, DriftFinding::Repaired { detail: "set".into() });
+    assert_eq!(o.rejected, None);
     assert!(svc(&c).drift.is_empty());
-    assert_eq!(svc(&c).drift_counts.detected, 1, "counters stay");
 }
 
 #[test]
