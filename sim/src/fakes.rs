@@ -166,7 +166,9 @@ impl SimActuator {
                 if applied {
                     w.dns = (ctx.epoch, ctx.to_site.clone());
                     let state = w.dns.clone();
-                    w.dns_states.push(state);
+                    if w.dns_states.last() != Some(&state) {
+                        w.dns_states.push(state);
+                    }
                 }
                 w.record(Action {
                     at: Duration::ZERO,

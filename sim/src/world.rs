@@ -259,8 +259,8 @@ pub struct World {
     /// Whether the DNS server answers success to updates but drops them (a server policy
     /// that silently ignores them).
     pub dns_ignores: bool,
-    /// Every state the zone was in, oldest first (the initial one, then each applied update
-    /// or revert): a revert goes back to the one before the current one.
+    /// Every state an update put the zone in, oldest first, the initial one included and
+    /// repeats left out (a revert goes back to the one before the last).
     pub dns_states: Vec<(u64, String)>,
     /// Every update the DNS server accepted, in order.
     pub dns_writes: Vec<DnsWrite>,
@@ -377,17 +377,21 @@ impl World {
         self.ledger.push(action);
     }
 
-    /// A reload restores the zone's previous state: the name points at the site and carries
-    /// the epoch it had before the last change. Returns the state restored, if there was one.
+    /// A reload restores the zone as it was before the last update that changed it: the name
+    /// points at the site, with the epoch, it had before. Nothing changes if it is there
+    /// already (a second reload with no update in between). Returns the state restored, if any.
     pub fn revert_dns(&mut self) -> Option<(u64, String)> {
-        let previous = self.dns_states.iter().rev().find(|s| **s != self.dns).cloned()?;
+        let last = self.dns_states.last()?;
+        let previous = self.dns_states.iter().rev().find(|s| *s != last)?.clone();
+        if previous == self.dns {
+            return None;
+        }
         let line = format!(
             "dns reverted from {} (epoch {}) to {} (epoch {})",
             self.dns.1, self.dns.0, previous.1, previous.0
         );
         self.event("fault", &line);
         self.dns = previous.clone();
-        self.dns_states.push(previous.clone());
         Some(previous)
     }
 
