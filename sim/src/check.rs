@@ -909,12 +909,15 @@ impl Checker {
         }
         // D1: what the committed workflow of the current epoch set, if it set DNS.
         let expected = committed
-            .filter(|(t, wf)| wf.dns_done && matches!(t.phase.as_str(), "protecting" | "failed_over"))
+            .filter(|(t, wf)| {
+                wf.dns_done && matches!(t.phase.as_str(), "protecting" | "failed_over")
+            })
             .map(|(t, wf)| (t, (wf.epoch, wf.to.clone()), wf.kind));
         match expected {
             Some((t, set, kind)) if world.dns != set && world.dns.0 <= set.0 => {
                 let leader_followed = self.led.last().is_some_and(|l| l.3.is_none());
-                let relaxed = world.dns_ignores || world.dns_refuses || !leader_followed || t.paused;
+                let relaxed =
+                    world.dns_ignores || world.dns_refuses || !leader_followed || t.paused;
                 if relaxed || self.drift_since.as_ref().is_none_or(|(_, s)| *s != set) {
                     self.drift_since = Some((now, set.clone()));
                 }

@@ -158,8 +158,9 @@ pub fn plan(
     length: Duration,
 ) -> Option<Plan> {
     let name: &'static str = if scenario == MIX {
-        let mix: Vec<&'static str> = names().filter(|n| !NOT_IN_MIX.contains(n)).collect();
-        *rng.pick(&mix)
+        let mix: Vec<&(&'static str, &str)> =
+            SCENARIOS.iter().filter(|(n, _)| !NOT_IN_MIX.contains(n)).collect();
+        rng.pick(&mix).0
     } else {
         names().find(|n| *n == scenario)?
     };

@@ -83,7 +83,10 @@ impl SimPolicy {
             ms(self.self_fence_grace),
             self.activate_warmup.map(|w| format!(" activate_warmup {}", ms(w))).unwrap_or_default()
         ) + if self.dr_on_lease_lost { " dr_on_lease_lost" } else { "" }
-            + &self.reconcile_every.map(|r| format!(" reconcile_every {}", ms(r))).unwrap_or_default()
+            + &self
+                .reconcile_every
+                .map(|r| format!(" reconcile_every {}", ms(r)))
+                .unwrap_or_default()
     }
 }
 

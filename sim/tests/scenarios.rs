@@ -311,9 +311,9 @@ fn drift_is_repaired_in_time_with_the_current_epoch() {
 #[test]
 fn mutation_check_the_drift_checkers_find_bad_repairs() {
     for (mutation, invariant) in [(Mutation::RepairOldEpoch, "D2"), (Mutation::NoRepair, "D1")] {
-        let found = (1..=3).find_map(|seed| {
-            let o = run(&RunConfig { mutation: Some(mutation), ..config(seed, "dns-drift", 5) });
-            o.violations.iter().any(|v| v.invariant == invariant).then_some(seed)
+        let found = (1..=3).find(|seed| {
+            let o = run(&RunConfig { mutation: Some(mutation), ..config(*seed, "dns-drift", 5) });
+            o.violations.iter().any(|v| v.invariant == invariant)
         });
         let seed = found.unwrap_or_else(|| panic!("{} went unnoticed in 3 seeds", mutation.name()));
         let fixed = run(&config(seed, "dns-drift", 5));

@@ -409,4 +409,3 @@ pub mod mutation {
 
 #[cfg(test)]
 mod tests;
-
