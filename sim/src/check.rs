@@ -47,6 +47,20 @@
 //!   running workflow (a failover, a reactivation, a switchover in any of its stages). Nobody serving and no workflow running (none, failed or
 //!   paused) for [`Bounds::unserved`] while a connected majority exists and dr has power is a
 //!   violation: a workflow that cannot finish must not leave the service dark.
+//!
+//! The drift checkers judge the reconciler (`decide::reconcile`) against the world's DNS zone:
+//!
+//! - D1 drift repaired within bound: once the workflow of the service's current epoch has
+//!   committed with its `dns` step done, the zone points at that workflow's target site with
+//!   that epoch again within [`Bounds::drift`] of any change (a reload restoring an old zone,
+//!   an update the server dropped). The clock restarts while nothing can repair it: the
+//!   server refuses or drops updates, no leader is followed by a majority (which includes
+//!   runs with random message loss, as for A2), or the service is paused. A zone owned by a
+//!   newer epoch is not drift (the reconciler never repairs over it).
+//! - D2 no DNS update with an older epoch: no update the server accepts (a step's or a
+//!   repair's, applied or dropped) carries an epoch older than the newest one it ever
+//!   accepted. A reload restores an older epoch at the server, so its own prerequisite no
+//!   longer stops such a write: only the writer's epoch does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -54,7 +68,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover::api::NodeHandle;
-use drover::consensus::state::control::{WorkflowKind, WorkflowState};
+use drover::consensus::state::control::{StepStatus, WorkflowKind, WorkflowState};
 use openraft::ServerState;
 
 use crate::world::{Topology, World, DR, PROD, SERVICE};
@@ -80,6 +94,14 @@ pub struct Bounds {
     pub election_timeout_max: Duration,
     /// The policy's `lease_ttl`.
     pub lease_ttl: Duration,
+    /// D1: longest the zone may differ from what the committed workflow set while a leader
+    /// is followed and the server takes updates: `2 x reconcile_every` (the next check is due
+    /// at most one interval after the change, one more if a check in flight read the zone
+    /// just before it), `3 x` the `dns` step's timeout (the check's read-back; the repair's
+    /// read-back again, dispatched once the drift is committed; the update), the election
+    /// timeout (a new leader's reconciler starts with the term, after its first commit), and
+    /// 2 s for the drift entry's commit, ticks and round trips.
+    pub drift: Duration,
 }
 
 /// A1: a leader followed by a majority for less than this gives a holder no dependable chance
@@ -98,13 +120,31 @@ impl Bounds {
         let election = election_timeout_max * 3 + Duration::from_secs(1);
         let renewal = election + Duration::from_secs(4);
         let unserved = down_after + Duration::from_secs(2) + election + renewal;
-        Bounds { election, renewal, unserved, down_after, election_timeout_max, lease_ttl }
+        Bounds {
+            election,
+            renewal,
+            unserved,
+            down_after,
+            election_timeout_max,
+            lease_ttl,
+            drift: Duration::MAX,
+        }
+    }
+
+    /// These bounds with D1's for a policy with `reconcile_every` and `dns` steps of
+    /// `dns_timeout`.
+    pub fn with_drift(self, reconcile_every: Duration, dns_timeout: Duration) -> Bounds {
+        let drift = reconcile_every * 2
+            + dns_timeout * 3
+            + self.election_timeout_max
+            + Duration::from_secs(2);
+        Bounds { drift, ..self }
     }
 }
 
 /// Every name a [`Violation`] may carry.
 pub const INVARIANTS: &[&str] =
-    &["S1", "S2", "S3", "S4", "S5", "A1", "A2", "A3", "L1", "L2", "PANIC"];
+    &["S1", "S2", "S3", "S4", "S5", "A1", "A2", "A3", "L1", "L2", "D1", "D2", "PANIC"];
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +172,8 @@ struct Seen {
     fenced: Option<u64>,
     workflow_running: bool,
     lease: Option<(String, u64)>,
+    /// The service is paused (repairs are off).
+    paused: bool,
     /// The service's workflow (in progress, or the last one).
     workflow: Option<SeenWorkflow>,
 }
@@ -145,10 +187,14 @@ struct SeenWorkflow {
     automatic: bool,
     epoch: u64,
     state: WorkflowState,
+    /// The site it moves the service to.
+    to: String,
+    /// One of its `dns` steps succeeded.
+    dns_done: bool,
 }
 
 fn look(node: &NodeHandle, last_index: Option<u64>) -> Seen {
-    let (applied, state_hash, epoch, phase, workflow_running, lease, workflow) =
+    let (applied, state_hash, epoch, phase, workflow_running, lease, paused, workflow) =
         node.state.read_applied(|applied, cluster| {
             let svc = cluster.control.services.get(SERVICE);
             let moved = applied.map(|l| l.index) != last_index;
@@ -166,12 +212,18 @@ fn look(node: &NodeHandle, last_index: Option<u64>) -> Seen {
                 svc.and_then(|s| s.active_workflow())
                     .is_some_and(|w| w.state == WorkflowState::Running),
                 svc.and_then(|s| s.lease.as_ref()).map(|l| (l.site.clone(), l.epoch)),
+                svc.is_some_and(|s| s.paused.is_some()),
                 svc.and_then(|s| s.workflow.as_ref()).map(|w| SeenWorkflow {
                     id: w.id,
                     kind: w.kind,
                     automatic: w.automatic,
                     epoch: w.epoch,
                     state: w.state.clone(),
+                    to: w.to.clone(),
+                    dns_done: w.steps.iter().any(|st| {
+                        st.action.as_ref().is_some_and(|a| a.action.kind() == "dns")
+                            && matches!(st.status, StepStatus::Succeeded { .. })
+                    }),
                 }),
             )
         });
@@ -191,6 +243,7 @@ fn look(node: &NodeHandle, last_index: Option<u64>) -> Seen {
         fenced,
         workflow_running,
         lease,
+        paused,
         workflow,
     }
 }
@@ -247,6 +300,15 @@ pub struct Checker {
     prod_fine_since: Option<Duration>,
     /// Since when nobody serves and no workflow runs, while a majority is connected (A3).
     unserved_since: Option<Duration>,
+    /// When a workflow was first seen committed (the plan's `after_commit` faults count from
+    /// here).
+    pub committed_at: Option<Duration>,
+    /// D1: since when the zone has differed from what the committed workflow set, with what
+    /// it set: (since, (epoch, site)).
+    drift_since: Option<(Duration, (u64, String))>,
+    /// D2: DNS writes checked so far, and the newest epoch among them.
+    dns_writes_checked: usize,
+    dns_newest: (u64, Duration),
 }
 
 impl Checker {
@@ -291,6 +353,10 @@ impl Checker {
             legit_fence_epochs: Default::default(),
             prod_fine_since: None,
             unserved_since: None,
+            committed_at: None,
+            drift_since: None,
+            dns_writes_checked: 0,
+            dns_newest: (1, Duration::ZERO),
         }
     }
 
@@ -479,6 +545,8 @@ impl Checker {
                 format!("prod and dr both serve (lease believed by {})", beliefs.join(", ")),
             );
         }
+
+        self.drift(world, &seen);
 
         // S2 and S3 on what actuators did since the last look.
         while self.ledger_checked < world.ledger.len() {
@@ -825,6 +893,70 @@ impl Checker {
             }
         } else {
             self.unserved_since = None;
+        }
+    }
+
+    /// D1 and D2 (see the module header).
+    fn drift(&mut self, world: &mut World, seen: &BTreeMap<String, Seen>) {
+        let now = world.now;
+        let top = seen.values().max_by_key(|s| (s.epoch, s.applied));
+        let committed = top.and_then(|t| {
+            let wf = t.workflow.as_ref()?;
+            (wf.state == WorkflowState::Committed && wf.epoch == t.epoch).then_some((t, wf))
+        });
+        if committed.is_some() && self.committed_at.is_none() {
+            self.committed_at = Some(now);
+        }
+        // D1: what the committed workflow of the current epoch set, if it set DNS.
+        let expected = committed
+            .filter(|(t, wf)| {
+                wf.dns_done && matches!(t.phase.as_str(), "protecting" | "failed_over")
+            })
+            .map(|(t, wf)| (t, (wf.epoch, wf.to.clone()), wf.kind));
+        match expected {
+            Some((t, set, kind)) if world.dns != set && world.dns.0 <= set.0 => {
+                let leader_followed = self.led.last().is_some_and(|l| l.3.is_none());
+                let relaxed =
+                    world.dns_ignores || world.dns_refuses || !leader_followed || t.paused;
+                if relaxed || self.drift_since.as_ref().is_none_or(|(_, s)| *s != set) {
+                    self.drift_since = Some((now, set.clone()));
+                }
+                let since = self.drift_since.as_ref().map_or(now, |(t, _)| *t);
+                if now.saturating_sub(since) > self.bounds.drift {
+                    let detail = format!(
+                        "DNS pointed at {} with epoch {} for {:.1}s (since the last time it could be repaired) after the committed {} of epoch {} set it to {}; bound {:.1}s = 2 x reconcile_every + 3 x the dns step's timeout + election_timeout_max + 2s",
+                        world.dns.1,
+                        world.dns.0,
+                        now.saturating_sub(since).as_secs_f64(),
+                        kind.as_str(),
+                        set.0,
+                        set.1,
+                        self.bounds.drift.as_secs_f64()
+                    );
+                    self.violate(world, "D1", detail);
+                    self.drift_since = None;
+                }
+            }
+            _ => self.drift_since = None,
+        }
+        // D2: every update the server accepted since the last look.
+        while self.dns_writes_checked < world.dns_writes.len() {
+            let write = world.dns_writes[self.dns_writes_checked].clone();
+            self.dns_writes_checked += 1;
+            let (newest, at) = self.dns_newest;
+            if write.epoch < newest {
+                let detail = format!(
+                    "{} updated DNS to {} with epoch {}{} although epoch {newest} had been written at {:.3}s",
+                    write.host,
+                    write.site,
+                    write.epoch,
+                    if write.applied { "" } else { " (accepted, ignored)" },
+                    at.as_secs_f64(),
+                );
+                self.violate(world, "D2", detail);
+            } else if write.epoch > newest {
+                self.dns_newest = (write.epoch, write.at);
+            }
         }
     }
 

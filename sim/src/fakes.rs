@@ -11,11 +11,14 @@
 //! - `fence_agent` with `params.target = <site>` powers that site's application off, if the
 //!   executor's site can reach it (out-of-band fencing needs a path) and it has power;
 //! - `dns` points the zone at the workflow's target site, refusing an epoch older than the
-//!   zone's (the fencing-token prerequisite of the real DNS step);
+//!   zone's (the fencing-token prerequisite of the real DNS step); while
+//!   [`World::dns_ignores`](crate::world::World) holds, the server answers success and drops
+//!   the update; every accepted update is recorded in `World::dns_writes`;
 //! - `wait` sleeps; everything else is not simulated and fails.
 //!
 //! `verify` (the drift read-back) is simulated for `dns`: the zone must point at the step's
-//! target site with no newer epoch owning it.
+//! target site with the step's epoch (drift, `StepError::Failed`, otherwise), and a newer
+//! epoch owning it is `StepError::Refused` (drift never repaired over).
 
 use std::time::Duration;
 
@@ -25,7 +28,9 @@ use drover::probe::{ProbeSource, SiteReport};
 use drover::spec::{FenceAction, Step, StepAction};
 use tokio::time::Instant;
 
-use crate::world::{lock, Action, FenceMode, Mutation, Shared, SimNode, DR, PROD, SERVICE};
+use crate::world::{
+    lock, Action, DnsWrite, FenceMode, Mutation, Shared, SimNode, DR, PROD, SERVICE,
+};
 
 /// A node's simulated actuator.
 pub struct SimActuator {
@@ -149,11 +154,30 @@ impl SimActuator {
                         ),
                     });
                 }
-                w.dns = (ctx.epoch, ctx.to_site.clone());
+                let applied = !w.dns_ignores;
+                let write = DnsWrite {
+                    at: w.now,
+                    host: self.node.host.clone(),
+                    epoch: ctx.epoch,
+                    site: ctx.to_site.clone(),
+                    applied,
+                };
+                w.dns_writes.push(write);
+                if applied {
+                    w.dns = (ctx.epoch, ctx.to_site.clone());
+                    let state = w.dns.clone();
+                    if w.dns_states.last() != Some(&state) {
+                        w.dns_states.push(state);
+                    }
+                }
                 w.record(Action {
                     at: Duration::ZERO,
                     host: self.node.host.clone(),
-                    what: format!("dns -> {}", ctx.to_site),
+                    what: format!(
+                        "dns -> {}{}",
+                        ctx.to_site,
+                        if applied { "" } else { " (accepted, ignored)" }
+                    ),
                     epoch: ctx.epoch,
                     self_fence,
                     activates: None,
@@ -181,15 +205,18 @@ impl SimActuator {
                 let w = lock(&self.world);
                 let (epoch, site) = &w.dns;
                 if *epoch > ctx.epoch {
-                    return Err(failed(format!(
-                        "dns: epoch {epoch} owns the name (this check is epoch {})",
-                        ctx.epoch
-                    )));
+                    return Err(StepError::Refused {
+                        reason: format!(
+                            "dns: epoch {epoch} owns the name (this check is epoch {})",
+                            ctx.epoch
+                        ),
+                    });
                 }
-                if *site != ctx.to_site {
+                if (*epoch, site) != (ctx.epoch, &ctx.to_site) {
                     return Err(failed(format!(
-                        "dns: the name points at {site}, not {} (epoch {epoch})",
-                        ctx.to_site
+                        "dns: the name points at {site} with epoch {epoch}, not at {} with \
+                         epoch {}",
+                        ctx.to_site, ctx.epoch
                     )));
                 }
                 Ok(StepOutput {

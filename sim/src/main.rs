@@ -50,7 +50,7 @@ struct Cli {
     #[arg(long)]
     check_determinism: bool,
     /// Plant a defect the checkers must catch: lying-fence, clock-beyond-drift, lying-disk,
-    /// no-lease-wait, no-reactivate or switchover-early-activate.
+    /// no-lease-wait, no-reactivate, switchover-early-activate, repair-old-epoch or no-repair.
     #[arg(long, value_parser = parse_mutation)]
     mutate: Option<Mutation>,
     /// Run seeds in N worker processes at once (a fresh process per run: the clock overrides

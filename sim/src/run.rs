@@ -93,6 +93,10 @@ pub fn run(cfg: &RunConfig) -> Outcome {
     drover::decide::engine::mutation::set_early_activate(
         cfg.mutation == Some(Mutation::SwitchoverEarlyActivate),
     );
+    drover::decide::reconcile::mutation::set_repair_old_epoch(
+        cfg.mutation == Some(Mutation::RepairOldEpoch),
+    );
+    drover::decide::reconcile::mutation::set_no_repair(cfg.mutation == Some(Mutation::NoRepair));
     // A fresh thread per run: std seeds every HashMap from per-thread keys, drawn once per
     // thread (from the seeded generator, while the run is active) and then advanced by each
     // map made. On a reused thread a second run of a seed would iterate its maps in another
@@ -108,6 +112,8 @@ pub fn run(cfg: &RunConfig) -> Outcome {
     drover::decide::lease::mutation::set_no_lease_wait(false);
     drover::decide::engine::mutation::set_no_reactivate(false);
     drover::decide::engine::mutation::set_early_activate(false);
+    drover::decide::reconcile::mutation::set_repair_old_epoch(false);
+    drover::decide::reconcile::mutation::set_no_repair(false);
     det::deactivate();
     let wall = det::wall_now().saturating_sub(wall_start);
     match result {
@@ -221,7 +227,8 @@ fn simulate(cfg: &RunConfig) -> Outcome {
     let election_timeout_max = Duration::from_millis(node::raft_config().election_timeout_max);
     let mut checker = Checker::new(
         topology.clone(),
-        Bounds::new(election_timeout_max, policy.down_after, policy.lease_ttl),
+        Bounds::new(election_timeout_max, policy.down_after, policy.lease_ttl)
+            .with_drift(policy.reconcile_every, spec::dns_timeout(&spec.0)),
         spec::recovery_bound(&spec.0),
         plan.loss_at,
         plan.quiet_from,
@@ -233,6 +240,7 @@ fn simulate(cfg: &RunConfig) -> Outcome {
     // Nodes that exited by themselves, restarted by their supervisor at the given time.
     let mut supervised: Vec<(Duration, String)> = Vec::new();
     let mut later: Vec<(Duration, Fault)> = Vec::new();
+    let mut after_commit = plan.after_commit.clone();
     let mut crashed: Vec<String> = Vec::new();
     let mut steps: u64 = 0;
     let check_every = (CHECK_PERIOD.as_nanos() / cfg.tick.as_nanos().max(1)).max(1) as u64;
@@ -241,6 +249,14 @@ fn simulate(cfg: &RunConfig) -> Outcome {
         let mut due: Vec<Fault> = Vec::new();
         while faults.peek().is_some_and(|(t, _)| *t <= now) {
             due.push(faults.next().expect("peeked").1);
+        }
+        // Faults timed from the first commit, once it is seen (none in the quiet period).
+        if let Some(committed) = checker.committed_at.filter(|_| !after_commit.is_empty()) {
+            for (delay, fault) in after_commit.drain(..) {
+                if committed + delay < plan.quiet_from {
+                    later.push((committed + delay, fault));
+                }
+            }
         }
         later.retain(|(t, f)| {
             if *t <= now {
@@ -553,6 +569,10 @@ fn apply(
         Fault::CrashLeaderInWorkflow { restart_after } => *leader_crash = Some(restart_after),
         Fault::Fence(mode) => lock(world).fence = mode,
         Fault::DnsRefuses(on) => lock(world).dns_refuses = on,
+        Fault::DnsIgnores(on) => lock(world).dns_ignores = on,
+        Fault::DnsRevert => {
+            lock(world).revert_dns();
+        }
         Fault::Slowdown(factor) => lock(world).actuator_slowdown = factor.max(1),
         Fault::Loss(rate) => {
             lock(world).message_loss = rate;
@@ -619,6 +639,7 @@ fn apply(
                 }
                 w.fence = FenceMode::Works;
                 w.dns_refuses = false;
+                w.dns_ignores = false;
                 w.app_refuses.clear();
                 w.actuator_slowdown = 1;
                 for p in w.powered.values_mut() {

@@ -67,6 +67,12 @@ pub enum Fault {
     /// A workflow's `sim-app <verb>` on `site` fails (`refuses`) or works again: an
     /// application that will not start, a stop script that fails.
     AppRefuses { site: &'static str, verb: &'static str, refuses: bool },
+    /// The DNS server answers success to updates but drops them (`true`), or applies them
+    /// again (`false`): a server whose policy silently ignores the update.
+    DnsIgnores(bool),
+    /// A reload of the DNS server restores the zone's previous state: the name points at the
+    /// site, with the epoch, it had before its last change.
+    DnsRevert,
     /// Everything back to normal but the applications' health: cuts, isolation, stalls,
     /// power, crashed hosts, full disks, actuators, refusing applications, loss.
     HealAll,
@@ -94,6 +100,10 @@ pub struct Plan {
     pub policy: SimPolicy,
     /// The host that forms the cluster and leads first.
     pub first_leader: String,
+    /// Faults timed from the first commit of a workflow (failover or switchover) the run
+    /// sees, instead of from the run's start; those that would fall in the quiet period are
+    /// dropped.
+    pub after_commit: Vec<(Duration, Fault)>,
 }
 
 /// The scenarios, with what each one does.
@@ -120,7 +130,12 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("switchover", "an operator's planned switchover prod -> dr at a random time, with prod's members stalled or cut off, the leader crashed or stalled, members stalled or links cut around it: safety and availability"),
     ("failback", "a planned switchover prod -> dr, then back dr -> prod, each with a fault around it"),
     ("switchover-fails", "a planned switchover prod -> dr whose prod deactivation fails (restore prod), or whose dr activation or verification fails (the way back: undo dr, return the lease, restore prod)"),
+    ("dns-drift", "a failover or a planned switchover to dr, then DNS drifts: reloads restore the previous zone, the server accepts updates but ignores them for a while (reconcile_every 2-6 s): drift repaired in time (D1), never with an older epoch (D2); not in mix"),
 ];
+
+/// Scenarios `mix` does not draw: `mix` picks from the others with the seed's first draw, so
+/// a scenario added to its list would change the run of every `mix` seed recorded so far.
+pub const NOT_IN_MIX: &[&str] = &["dns-drift"];
 
 /// The scenario names, for `--scenario`.
 pub fn names() -> impl Iterator<Item = &'static str> {
@@ -142,13 +157,20 @@ pub fn plan(
     topology: &Topology,
     length: Duration,
 ) -> Option<Plan> {
-    let name: &'static str =
-        if scenario == MIX { rng.pick(SCENARIOS).0 } else { names().find(|n| *n == scenario)? };
+    let name: &'static str = if scenario == MIX {
+        let mix: Vec<&(&'static str, &str)> =
+            SCENARIOS.iter().filter(|(n, _)| !NOT_IN_MIX.contains(n)).collect();
+        rng.pick(&mix).0
+    } else {
+        names().find(|n| *n == scenario)?
+    };
     // dr-self-fence needs a failover, a stall longer than the lease and the A3 bound after it;
     // failback two switchovers with faults around each.
     let least = match name {
         "dr-self-fence" => 180,
         "failback" => 120,
+        // A failover or switchover, then up to three reverts with their repairs.
+        "dns-drift" => 150,
         _ => 60,
     };
     let length = length.max(Duration::from_secs(least));
@@ -165,6 +187,7 @@ pub fn plan(
     let other_hosts: Vec<String> = topology.nodes.iter().map(|n| n.host.clone()).collect();
     let mut policy = SimPolicy::choose(rng);
     let mut first_leader = rng.pick(&other_hosts).clone();
+    let mut after_commit: Vec<(Duration, Fault)> = Vec::new();
     let hosts_of =
         |site: &str| -> Vec<String> { topology.site_nodes(site).map(|n| n.host.clone()).collect() };
     let at_random = |rng: &mut SimRng| start + window.mul_f64(rng.range(0, 1000) as f64 / 1000.0);
@@ -441,6 +464,37 @@ pub fn plan(
                 faults.extend(around_switchover(rng, at, PROD, topology));
             }
         }
+        "dns-drift" => {
+            // Short enough that several checks fit between the commit and the quiet period.
+            policy.reconcile_every = Some(Duration::from_millis(rng.range(4, 12) * 500));
+            // A short lease, so that a failover commits early and leaves time for drift.
+            policy.lease_ttl = Duration::from_millis(rng.range(16, 24) * 500);
+            if rng.chance(0.5) {
+                faults.push((start, Fault::AppHealth { site: PROD, healthy: false }));
+                loss_at = Some(start);
+            } else {
+                faults.push((start, Fault::Switchover { to: DR }));
+                // The server drops the switchover's own update (it runs a few seconds after
+                // the order): the workflow commits with DNS still on prod.
+                if rng.chance(0.4) {
+                    faults.push((start, Fault::DnsIgnores(true)));
+                    faults.push((start + secs(rng, 3, 12), Fault::DnsIgnores(false)));
+                }
+            }
+            let mut t = Duration::ZERO;
+            for _ in 0..rng.range(1, 3) {
+                t += secs(rng, 2, 25);
+                after_commit.push((t, Fault::DnsRevert));
+                // The server also drops updates for a while: repairs answered with success
+                // change nothing, and the drift is found again.
+                if rng.chance(0.4) {
+                    let until = t + secs(rng, 1, 8);
+                    after_commit.push((t, Fault::DnsIgnores(true)));
+                    after_commit.push((until, Fault::DnsIgnores(false)));
+                    t = until;
+                }
+            }
+        }
         _ => return None,
     }
     faults.push((quiet_from, Fault::HealAll));
@@ -455,6 +509,7 @@ pub fn plan(
         length,
         policy,
         first_leader,
+        after_commit,
     })
 }
 

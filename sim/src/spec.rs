@@ -31,6 +31,9 @@ pub struct SimPolicy {
     /// dr has an `on_lease_lost` runbook that stops its application (as prod has), so a dr
     /// that self-fences while active stops serving.
     pub dr_on_lease_lost: bool,
+    /// `reconcile_every`, if the run sets it (the node's default of 30 s otherwise: the
+    /// drift checks then start late in a run of a minute or two).
+    pub reconcile_every: Option<Duration>,
 }
 
 impl Default for SimPolicy {
@@ -44,6 +47,7 @@ impl Default for SimPolicy {
             self_fence_grace: Duration::from_secs(2),
             activate_warmup: None,
             dr_on_lease_lost: false,
+            reconcile_every: None,
         }
     }
 }
@@ -65,6 +69,7 @@ impl SimPolicy {
             self_fence_grace: half_secs(rng, 2, 4),
             activate_warmup: None,
             dr_on_lease_lost: false,
+            reconcile_every: None,
         }
     }
 
@@ -78,6 +83,10 @@ impl SimPolicy {
             ms(self.self_fence_grace),
             self.activate_warmup.map(|w| format!(" activate_warmup {}", ms(w))).unwrap_or_default()
         ) + if self.dr_on_lease_lost { " dr_on_lease_lost" } else { "" }
+            + &self
+                .reconcile_every
+                .map(|r| format!(" reconcile_every {}", ms(r)))
+                .unwrap_or_default()
     }
 }
 
@@ -99,6 +108,13 @@ pub fn text(policy: &SimPolicy) -> String {
             ms(w + Duration::from_secs(2))
         )
     });
+    if let Some(every) = policy.reconcile_every {
+        text = text.replacen(
+            "commit = \"auto\"\n",
+            &format!("commit = \"auto\"\nreconcile_every = \"{}\"\n", ms(every)),
+            1,
+        );
+    }
     if policy.dr_on_lease_lost {
         text = text.replacen(
             "  [[service.runbook.dr.activate]]",
@@ -271,6 +287,18 @@ pub fn recovery_bound(spec: &ClusterSpec) -> Duration {
     .safe_wait();
     let election = Duration::from_secs(10);
     policy.down_after + Duration::from_secs(2) + election + steps + lease_wait
+}
+
+/// The longest timeout of the spec's `dns` steps (D1's bound counts it), 0 without any.
+pub fn dns_timeout(spec: &ClusterSpec) -> Duration {
+    let svc = spec.service(SERVICE).expect("the spec has the service");
+    [PROD, DR]
+        .iter()
+        .flat_map(|site| svc.runbook(site, Phase::Activate).iter())
+        .filter(|s| s.action.kind() == "dns")
+        .map(|s| s.timeout)
+        .max()
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -131,12 +131,19 @@ pub enum Mutation {
     /// lease wait ends at once (node feature `sim-mutations`): a member of the old site that
     /// has not heard of the release still believes its lease while its application runs.
     SwitchoverEarlyActivate,
+    /// A drift repair runs the step with the epoch before the current one (node feature
+    /// `sim-mutations`): after a reload restored the previous zone, the repair is accepted
+    /// with an epoch older than the newest the zone ever took (D2).
+    RepairOldEpoch,
+    /// Drift is found and recorded but never repaired (node feature `sim-mutations`): DNS
+    /// stays where a revert or an ignored update left it (D1).
+    NoRepair,
 }
 
 impl Mutation {
     /// Every mutation's `--mutate` name.
     pub const NAMES: &'static str = "lying-fence, clock-beyond-drift, lying-disk, \
-        no-lease-wait, no-reactivate or switchover-early-activate";
+        no-lease-wait, no-reactivate, switchover-early-activate, repair-old-epoch or no-repair";
 
     /// Parses a `--mutate` value.
     pub fn parse(s: &str) -> Option<Mutation> {
@@ -147,6 +154,8 @@ impl Mutation {
             "no-lease-wait" => Some(Mutation::NoLeaseWait),
             "no-reactivate" => Some(Mutation::NoReactivate),
             "switchover-early-activate" => Some(Mutation::SwitchoverEarlyActivate),
+            "repair-old-epoch" => Some(Mutation::RepairOldEpoch),
+            "no-repair" => Some(Mutation::NoRepair),
             _ => None,
         }
     }
@@ -160,6 +169,8 @@ impl Mutation {
             Mutation::NoLeaseWait => "no-lease-wait",
             Mutation::NoReactivate => "no-reactivate",
             Mutation::SwitchoverEarlyActivate => "switchover-early-activate",
+            Mutation::RepairOldEpoch => "repair-old-epoch",
+            Mutation::NoRepair => "no-repair",
         }
     }
 }
@@ -201,6 +212,21 @@ pub struct Action {
     pub activates: Option<String>,
 }
 
+/// An update the DNS server accepted (`dns` step or drift repair), applied or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsWrite {
+    /// Simulated time.
+    pub at: Duration,
+    /// Host that sent it.
+    pub host: String,
+    /// The epoch it carried.
+    pub epoch: u64,
+    /// The site it points the name at.
+    pub site: String,
+    /// The server changed the zone (false: it answered success and dropped the update).
+    pub applied: bool,
+}
+
 /// The shared world; every simulated host and the run loop hold one.
 #[derive(Debug)]
 pub struct World {
@@ -230,6 +256,14 @@ pub struct World {
     pub fence: FenceMode,
     /// Whether the DNS server refuses updates.
     pub dns_refuses: bool,
+    /// Whether the DNS server answers success to updates but drops them (a server policy
+    /// that silently ignores them).
+    pub dns_ignores: bool,
+    /// Every state an update put the zone in, oldest first, the initial one included and
+    /// repeats left out (a revert goes back to the one before the last).
+    pub dns_states: Vec<(u64, String)>,
+    /// Every update the DNS server accepted, in order.
+    pub dns_writes: Vec<DnsWrite>,
     /// (site, `start` | `stop`): a workflow's `sim-app` command on that site exits non-zero
     /// (an application that will not start, a stop script that fails); a self-fence's stop
     /// still works.
@@ -276,6 +310,9 @@ impl World {
             dns: (1, PROD.to_string()),
             fence: FenceMode::Works,
             dns_refuses: false,
+            dns_ignores: false,
+            dns_states: vec![(1, PROD.to_string())],
+            dns_writes: Vec::new(),
             app_refuses: BTreeSet::new(),
             orders: Vec::new(),
             actuator_slowdown: 1,
@@ -338,6 +375,24 @@ impl World {
         );
         self.event("act", &line);
         self.ledger.push(action);
+    }
+
+    /// A reload restores the zone as it was before the last update that changed it: the name
+    /// points at the site, with the epoch, it had before. Nothing changes if it is there
+    /// already (a second reload with no update in between). Returns the state restored, if any.
+    pub fn revert_dns(&mut self) -> Option<(u64, String)> {
+        let last = self.dns_states.last()?;
+        let previous = self.dns_states.iter().rev().find(|s| *s != last)?.clone();
+        if previous == self.dns {
+            return None;
+        }
+        let line = format!(
+            "dns reverted from {} (epoch {}) to {} (epoch {})",
+            self.dns.1, self.dns.0, previous.1, previous.0
+        );
+        self.event("fault", &line);
+        self.dns = previous.clone();
+        Some(previous)
     }
 
     /// Adds an event to the trace at the current simulated time.

@@ -171,6 +171,7 @@ fn every_scenario_is_tested_here() {
         "switchover",
         "failback",
         "switchover-fails",
+        "dns-drift",
     ];
     for name in scenario::names() {
         assert!(tested.contains(&name), "scenario {name} has no fixed-seed test");
@@ -289,6 +290,35 @@ fn mutation_check_the_checkers_find_a_switchover_that_activates_early() {
     let seed = found.expect("switchover-early-activate went unnoticed in 4 seeds");
     let fixed = run(&config(seed, "switchover", 5));
     assert!(fixed.violations.is_empty(), "seed {seed}: {:?}", fixed.violations);
+}
+
+/// DNS that drifts after a commit (reloads restoring the previous zone, updates the server
+/// accepts and drops) is set back in time and never with an older epoch: seed 1 (a switchover
+/// whose own update is dropped, then two reverts, one with updates dropped) and seed 19 (a
+/// failover, then reverts).
+#[test]
+fn drift_is_repaired_in_time_with_the_current_epoch() {
+    for seed in [1, 19] {
+        let o = run(&config(seed, "dns-drift", 5));
+        assert_clean(&o);
+        assert_eq!(o.failovers + o.switchovers, 1, "seed {seed}");
+    }
+}
+
+/// A repair that carries an older epoch is accepted after a reload restored that epoch at
+/// the server (D2), and drift left unrepaired outlasts D1's bound; the same seeds are clean
+/// without the defects.
+#[test]
+fn mutation_check_the_drift_checkers_find_bad_repairs() {
+    for (mutation, invariant) in [(Mutation::RepairOldEpoch, "D2"), (Mutation::NoRepair, "D1")] {
+        let found = (1..=3).find(|seed| {
+            let o = run(&RunConfig { mutation: Some(mutation), ..config(*seed, "dns-drift", 5) });
+            o.violations.iter().any(|v| v.invariant == invariant)
+        });
+        let seed = found.unwrap_or_else(|| panic!("{} went unnoticed in 3 seeds", mutation.name()));
+        let fixed = run(&config(seed, "dns-drift", 5));
+        assert!(fixed.violations.is_empty(), "seed {seed}: {:?}", fixed.violations);
+    }
 }
 
 /// Every run listed in `sim/known-failing.txt` still breaks its invariant (and fails, telling

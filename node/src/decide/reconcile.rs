@@ -370,5 +370,36 @@ pub fn repair_backoff(every: Duration, failures: u32, max: Duration) -> Duration
     wait.min(max.max(every))
 }
 
+/// Planted defects for the simulator's mutation checks (feature `sim-mutations`).
+#[cfg(feature = "sim-mutations")]
+pub mod mutation {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static REPAIR_OLD_EPOCH: AtomicBool = AtomicBool::new(false);
+    static NO_REPAIR: AtomicBool = AtomicBool::new(false);
+
+    /// A drift repair runs the step with the epoch before the one the executor's state holds
+    /// (`drover-sim --mutate repair-old-epoch`). Process-wide; off by default.
+    pub fn set_repair_old_epoch(on: bool) {
+        REPAIR_OLD_EPOCH.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether repairs use the older epoch.
+    pub fn repair_old_epoch() -> bool {
+        REPAIR_OLD_EPOCH.load(Ordering::SeqCst)
+    }
+
+    /// Drift is found and recorded but never repaired (`drover-sim --mutate no-repair`).
+    /// Process-wide; off by default.
+    pub fn set_no_repair(on: bool) {
+        NO_REPAIR.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether repairs are skipped.
+    pub fn no_repair() -> bool {
+        NO_REPAIR.load(Ordering::SeqCst)
+    }
+}
+
 #[cfg(test)]
 mod tests;

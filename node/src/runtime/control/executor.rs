@@ -242,13 +242,24 @@ pub(super) async fn reconcile_for_leader(
     }
     // The repair runs with the epoch this node's state holds now, and only if that state still
     // allows it (a newer epoch, a pause or repair = false since the check stop it).
-    let now = match judge(ctx) {
+    #[cfg(feature = "sim-mutations")]
+    if crate::decide::reconcile::mutation::no_repair() {
+        // The planted defect: drift is reported, never repaired.
+        return reply("drifted", drift, "not repaired (planted defect)".to_string());
+    }
+    #[allow(unused_mut)]
+    let mut now = match judge(ctx) {
         Ok(now) if now.repair => now,
         Ok(_) => return reply("drifted", drift, String::new()),
         Err(no) => {
             return reply("drifted", drift, format!("not repaired: {}", no.why));
         }
     };
+    #[cfg(feature = "sim-mutations")]
+    if crate::decide::reconcile::mutation::repair_old_epoch() {
+        // The planted defect: the repair carries the epoch before the current one.
+        now.epoch = now.epoch.saturating_sub(1);
+    }
     info!(service = %r.service, epoch = now.epoch, step = step + 1, kind = now.step.action.kind(), "drift found, running the step again: {drift}");
     match ctx.actuator.run(&now.step, &context(&now)).await {
         Ok(out) => reply("repaired", drift, out.detail),
