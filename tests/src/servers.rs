@@ -19,7 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use drover::spec::Tsig;
+use drover::actuate::dns::{self, Expected};
+use drover::actuate::StepContext;
+use drover::spec::{DnsProtocol, DnsRecord, DnsRecordType, DnsStep, Tsig};
 
 use crate::process::run_with_deadline;
 
@@ -275,6 +277,37 @@ impl DnsServer {
             algorithm: "hmac-sha256".into(),
             secret_file: self.secret_file("drover.key", TSIG_SECRET),
         }
+    }
+
+    /// Sets `name` (absolute) to the A record `value` and the companion TXT record to `epoch`
+    /// by hand, as an operator's nsupdate would (through drover's own update, with the
+    /// server's key), on condition that the companion holds `expected`. Panics on failure.
+    pub fn set_by_hand(&self, name: &str, value: &str, epoch: u64, expected: Expected) {
+        let step = DnsStep {
+            server: self.server(),
+            zone: self.kdig.zone.clone(),
+            tsig: Some(self.key()),
+            records: vec![DnsRecord {
+                name: name.into(),
+                rtype: DnsRecordType::A,
+                ttl_secs: 30,
+                value: value.into(),
+            }],
+            protocol: DnsProtocol::Tcp,
+            verify_servers: Vec::new(),
+        };
+        let ctx = StepContext {
+            service: "by-hand".into(),
+            epoch,
+            from_site: String::new(),
+            to_site: String::new(),
+            recovery_point: None,
+            test: false,
+        };
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        runtime
+            .block_on(dns::update(&step, Duration::from_secs(5), &ctx, expected))
+            .unwrap_or_else(|e| panic!("setting {name} = {value} at epoch {epoch} by hand: {e}"));
     }
 
     /// What a resolver gets for `name type` (kdig +short, over TCP), one value a line.

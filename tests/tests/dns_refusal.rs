@@ -11,9 +11,7 @@
 
 use std::time::Duration;
 
-use drover::actuate::dns::{self, Expected};
-use drover::actuate::StepContext;
-use drover::spec::{DnsProtocol, DnsRecord, DnsRecordType, DnsStep};
+use drover::actuate::dns::Expected;
 use drover_tests::servers::DnsServer;
 use drover_tests::{failover_spec, steps, AppSite, Apps, Cluster, Rig, LEADER_TIMEOUT};
 
@@ -63,31 +61,7 @@ fn a_refused_dns_step_fails_the_failover_without_retries() {
     r.wait_protecting_with_prod_up(PROTECTING_TIMEOUT);
 
     // A newer activation (epoch 7) owns the name: its record points elsewhere.
-    let owner = DnsStep {
-        server: knot.server(),
-        zone: ZONE.into(),
-        tsig: Some(key),
-        records: vec![DnsRecord {
-            name: format!("www.{ZONE}"),
-            rtype: DnsRecordType::A,
-            ttl_secs: 30,
-            value: "198.18.7.7".into(),
-        }],
-        protocol: DnsProtocol::Tcp,
-        verify_servers: Vec::new(),
-    };
-    let ctx = StepContext {
-        service: "elsewhere".into(),
-        epoch: 7,
-        from_site: "x".into(),
-        to_site: "y".into(),
-        recovery_point: None,
-        test: false,
-    };
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime
-        .block_on(dns::update(&owner, Duration::from_secs(5), &ctx, Expected::Absent))
-        .unwrap_or_else(|e| r.fail(format!("writing epoch 7 by hand: {e}")));
+    knot.set_by_hand(&format!("www.{ZONE}"), "198.18.7.7", 7, Expected::Absent);
 
     r.apps.kill_9("prod");
     let svc = r.wait("webshop failover_failed", FAILED_TIMEOUT, |r| {

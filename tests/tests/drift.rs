@@ -15,9 +15,7 @@
 
 use std::time::Duration;
 
-use drover::actuate::dns::{self, Expected};
-use drover::actuate::StepContext;
-use drover::spec::{DnsProtocol, DnsRecord, DnsRecordType, DnsStep, Tsig};
+use drover::actuate::dns::Expected;
 use drover_tests::servers::{Backend, DnsServer, Haproxy};
 use drover_tests::{
     failover_spec, failover_spec_head, require_program, AppSite, Apps, Cluster, Rig, LEADER_TIMEOUT,
@@ -218,36 +216,6 @@ fn haproxy_drift_after_a_failover_is_found_recorded_and_repaired() {
 
 const ZONE: &str = "drover.test.";
 
-/// Writes `www` = `value` with `epoch` into the companion, by hand (as an operator's nsupdate
-/// would), expecting the companion to hold `expected`.
-fn write_by_hand(knot: &DnsServer, key: &Tsig, value: &str, epoch: u64, expected: Expected) {
-    let step = DnsStep {
-        server: knot.server(),
-        zone: ZONE.into(),
-        tsig: Some(key.clone()),
-        records: vec![DnsRecord {
-            name: format!("www.{ZONE}"),
-            rtype: DnsRecordType::A,
-            ttl_secs: 30,
-            value: value.into(),
-        }],
-        protocol: DnsProtocol::Tcp,
-        verify_servers: Vec::new(),
-    };
-    let ctx = StepContext {
-        service: "by-hand".into(),
-        epoch,
-        from_site: String::new(),
-        to_site: String::new(),
-        recovery_point: None,
-        test: false,
-    };
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime
-        .block_on(dns::update(&step, Duration::from_secs(5), &ctx, expected))
-        .unwrap_or_else(|e| panic!("writing www = {value} at epoch {epoch} by hand: {e}"));
-}
-
 #[test]
 fn dns_drift_is_repaired_at_the_current_epoch_and_a_newer_epoch_is_left_alone() {
     let test = "dns_drift_is_repaired_at_the_current_epoch_and_a_newer_epoch_is_left_alone";
@@ -301,7 +269,7 @@ fn dns_drift_is_repaired_at_the_current_epoch_and_a_newer_epoch_is_left_alone() 
     }
 
     // By hand, www back to prod (the epoch record kept at 2): found and set again.
-    write_by_hand(&knot, &key, &prod_ip, 2, Expected::Epoch(2));
+    knot.set_by_hand(&www, &prod_ip, 2, Expected::Epoch(2));
     r.wait("the dns drift recorded and repaired", REPAIR_TIMEOUT, |r| {
         let drift = records(r, "drift");
         let repaired = records(r, "drift_repaired");
@@ -324,7 +292,7 @@ fn dns_drift_is_repaired_at_the_current_epoch_and_a_newer_epoch_is_left_alone() 
     }
 
     // A newer epoch (9) written by hand: drift, shown, never overwritten with epoch 2.
-    write_by_hand(&knot, &key, "198.18.9.9", 9, Expected::Epoch(2));
+    knot.set_by_hand(&www, "198.18.9.9", 9, Expected::Epoch(2));
     r.wait("the newer epoch shown as drift", REPAIR_TIMEOUT, |r| {
         let drift = records(r, "drift");
         let status = r.c.ctl(&["status"]);
